@@ -1,0 +1,1 @@
+"""reimager's host-agnostic core. Nothing here imports azure.functions."""

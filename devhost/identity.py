@@ -1,0 +1,54 @@
+"""The App Service managed-identity endpoint that azure-identity calls (IDENTITY_ENDPOINT/HEADER).
+
+Tokens it issues are the only ones the Compute simulator accepts.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+from aiohttp import web
+
+PATH = "/msi/token"
+
+
+class TokenIssuer:
+    def __init__(self, lifetime_seconds: int = 3600) -> None:
+        self.header_secret = secrets.token_urlsafe(16)
+        self.lifetime = lifetime_seconds
+        self._tokens: dict[str, float] = {}
+        self.issued = 0
+
+    def issue(self) -> tuple[str, int]:
+        token = "devhost." + secrets.token_urlsafe(24)
+        expires_on = int(time.time()) + self.lifetime
+        self._tokens[token] = expires_on
+        self.issued += 1
+        return token, expires_on
+
+    def valid(self, token: str) -> bool:
+        expiry = self._tokens.get(token)
+        return expiry is not None and expiry > time.time()
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get(PATH, self._handle)
+        return app
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        if request.headers.get("X-IDENTITY-HEADER") != self.header_secret:
+            return web.json_response({"error": "invalid_request", "error_description": "bad identity header"},
+                                     status=401)
+        resource = request.query.get("resource")
+        if request.query.get("api-version") != "2019-08-01" or not resource:
+            return web.json_response({"error": "invalid_request", "error_description": "need api-version, resource"},
+                                     status=400)
+        token, expires_on = self.issue()
+        return web.json_response({
+            "access_token": token,
+            "expires_on": str(expires_on),
+            "resource": resource,
+            "token_type": "Bearer",
+            "client_id": request.query.get("client_id", "00000000-0000-0000-0000-0000000000aa"),
+        })

@@ -1,0 +1,345 @@
+"""ARM Compute client: an azure-core async pipeline with azure-identity tokens.
+
+Three calls: read a target's model (preflight), submit a reimage, poll its operation once.
+POST is retried only where it cannot have been applied: a 429 with a bounded Retry-After, or
+a connection that was never established. Bearer tokens go only to the configured ARM host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from azure.core import AsyncPipelineClient
+from azure.core.exceptions import AzureError, ServiceRequestError
+from azure.core.pipeline import PipelineRequest, PipelineResponse
+from azure.core.pipeline.policies import (
+    AsyncBearerTokenCredentialPolicy,
+    AsyncRetryPolicy,
+    DistributedTracingPolicy,
+    HeadersPolicy,
+    HttpLoggingPolicy,
+    RequestIdPolicy,
+    SansIOHTTPPolicy,
+    UserAgentPolicy,
+)
+from azure.core.rest import HttpRequest
+
+from shared.errors import ErrorDetail, ReimagerError
+from shared.models import ArmCall, OsType
+from shared.operations import PollMode, PollResult, interpret, parse_retry_after
+from shared.settings import Settings
+from shared.targets import Target, TargetKind
+
+if TYPE_CHECKING:
+    from azure.core.credentials_async import AsyncTokenCredential
+    from azure.core.pipeline.transport import AsyncHttpTransport
+
+logger = logging.getLogger("reimager.compute")
+USER_AGENT = "reimager/0.1.0"
+Sleeper = Callable[[float], Awaitable[None]]
+
+
+# ---- typed errors -------------------------------------------------------------------------
+class ComputeError(ReimagerError):
+    """ARM refused or failed a call. Carries ARM's status, code, message and target."""
+
+    def __init__(self, status: int, code: str, message: str, *, arm_status: int, arm_code: str | None,
+                 arm_message: str | None, arm_target: str | None = None, retry_after: int | None = None,
+                 transient: bool = False) -> None:
+        detail = ErrorDetail(code=arm_code or f"Http{arm_status}", message=arm_message or "", target=arm_target)
+        super().__init__(status, code, message, target=arm_target, details=[detail], retry_after=retry_after,
+                         transient=transient)
+        self.arm_status, self.arm_code, self.arm_message = arm_status, arm_code, arm_message
+
+
+class TargetNotFound(ComputeError):
+    pass
+
+
+class ComputeConflict(ComputeError):
+    pass
+
+
+class ComputeThrottled(ComputeError):
+    pass
+
+
+class ComputeUnavailable(ComputeError):
+    pass
+
+
+class UntrustedOperationUrl(ReimagerError):
+    def __init__(self, url: str) -> None:
+        host = urlsplit(url).netloc or "(none)"
+        super().__init__(502, "UntrustedOperationUrl",
+                         f"ARM returned an operation URL on host '{host}', which is not the configured ARM "
+                         "host; it was not fetched.")
+
+
+class SubmissionUncertain(ComputeError):
+    """The POST was sent but no answer came back: it may or may not have been applied."""
+
+
+def _error_from_response(status: int, headers: dict[str, str], body: bytes, what: str, now: float) -> ComputeError:
+    code = message = target = None
+    try:
+        doc = json.loads(body) if body else {}
+        err = doc.get("error") if isinstance(doc, dict) else None
+        if isinstance(err, dict):
+            code, message, target = err.get("code"), err.get("message"), err.get("target")
+    except ValueError:
+        pass
+    retry = parse_retry_after(headers.get("Retry-After") or headers.get("retry-after"), now)
+    retry_after = int(retry + 0.999) if retry is not None else None
+    kw: dict[str, Any] = {"arm_status": status, "arm_code": code, "arm_message": message, "arm_target": target,
+                          "retry_after": retry_after}
+    said = f"ARM answered {status} {code or ''}: {message or 'no message'}".strip()
+    if status == 404:
+        return TargetNotFound(404, "TargetNotFound", f"{what}: {said}", **kw)
+    if status == 409:
+        return ComputeConflict(409, "OperationInProgress", f"{what}: {said}", **kw)
+    if status == 429:
+        return ComputeThrottled(503, "ComputeUnavailable", f"{what}: ARM is throttling ({said})", transient=True,
+                                **kw)
+    if status >= 500 or status == 408:
+        return ComputeUnavailable(503, "ComputeUnavailable", f"{what}: {said}", transient=True, **kw)
+    return ComputeError(502, "ComputeError", f"{what}: {said}", **kw)
+
+
+# ---- pipeline policies --------------------------------------------------------------------
+def _never_connected(error: BaseException) -> bool:
+    """True only when the request cannot have reached the server (connect failed or timed out).
+
+    azure-core maps every aiohttp ClientError to ServiceRequestError, including a connection
+    dropped after the request was sent, so the underlying aiohttp error decides.
+    """
+    import aiohttp
+
+    inner = getattr(error, "inner_exception", None) or error.__cause__
+    return isinstance(error, ServiceRequestError) and isinstance(
+        inner, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError
+    )
+
+
+class ArmRetryPolicy(AsyncRetryPolicy[Any, Any]):
+    """azure-core's retry, narrowed so that a POST is never repeated once it may have been applied."""
+
+    def __init__(self, *, sleep: Sleeper, max_retry_after: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._sleeper = sleep
+        self._max_retry_after = max_retry_after
+
+    def is_retry(self, settings: dict[str, Any], response: PipelineResponse[Any, Any]) -> bool:
+        status = response.http_response.status_code
+        if response.http_request.method.upper() == "POST" and status != 429:
+            return False
+        retry_after = self.get_retry_after(response)
+        if retry_after is not None and retry_after > self._max_retry_after:
+            return False  # too long to hold a trigger; the caller is told to come back later
+        return bool(super().is_retry(settings, response))
+
+    def _is_method_retryable(self, settings: dict[str, Any], request: Any, response: Any = None) -> bool:
+        if request.method.upper() == "POST" and response is None:
+            return True  # errors: increment() decides, by what kind of error it was
+        return bool(super()._is_method_retryable(settings, request, response=response))
+
+    def increment(self, settings: dict[str, Any], response: Any = None, error: Exception | None = None) -> bool:
+        if error is not None and response is not None and response.http_request.method.upper() == "POST":
+            if not _never_connected(error):
+                return False
+        return bool(super().increment(settings, response=response, error=error))
+
+    async def sleep(self, settings: dict[str, Any], transport: Any, response: Any = None) -> None:
+        delay = self.get_retry_after(response) if response is not None else None
+        if delay is None:
+            delay = self.get_backoff_time(settings)
+        if delay > 0:
+            await self._sleeper(delay)
+
+
+class ArmHostGuardPolicy(SansIOHTTPPolicy[HttpRequest, Any]):
+    """Refuses, before any byte is sent or token fetched, a URL that is not on the ARM origin."""
+
+    def __init__(self, origin: str) -> None:
+        self._origin = origin.lower()
+
+    def on_request(self, request: PipelineRequest[HttpRequest]) -> None:
+        if not same_origin(request.http_request.url, self._origin):
+            raise UntrustedOperationUrl(request.http_request.url)
+
+
+def same_origin(url: str, origin: str) -> bool:
+    a, b = urlsplit(url), urlsplit(origin)
+    return (a.scheme.lower(), (a.netloc or "").lower()) == (b.scheme.lower(), (b.netloc or "").lower())
+
+
+# ---- results ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TargetModel:
+    """What the preflight GET learns about a target."""
+
+    id: str
+    os_type: OsType | None
+    ephemeral_os_disk: bool
+    tags: dict[str, str] = field(default_factory=dict)
+    location: str | None = None
+    capacity: int | None = None  # scale sets: the number of instances
+
+
+@dataclass(frozen=True)
+class Submission:
+    status_code: int
+    async_operation_url: str | None
+    location_url: str | None
+    retry_after: float | None
+    request_id: str | None
+
+    @property
+    def completed(self) -> bool:
+        """200: ARM finished synchronously; there is nothing to poll."""
+        return self.status_code == 200
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"statusCode": self.status_code, "asyncOperationUrl": self.async_operation_url,
+                "locationUrl": self.location_url, "retryAfter": self.retry_after, "requestId": self.request_id}
+
+
+# ---- the client ---------------------------------------------------------------------------
+class ComputeClient:
+    """Lazily builds one pipeline (and credential) on first use, then reuses it."""
+
+    def __init__(self, settings: Settings, *, credential: AsyncTokenCredential | None = None,
+                 transport: AsyncHttpTransport[Any, Any] | None = None, sleep: Sleeper = asyncio.sleep,
+                 clock: Callable[[], float] | None = None, max_retry_after: float = 30, retries: int = 3,
+                 connect_timeout: float = 10, read_timeout: float = 30) -> None:
+        self._settings = settings
+        self._credential = credential
+        self._owns_credential = credential is None
+        self._transport = transport
+        self._sleep = sleep
+        self._clock = clock
+        self._max_retry_after = max_retry_after
+        self._retries = retries
+        self._timeouts = {"connection_timeout": connect_timeout, "read_timeout": read_timeout}
+        self._client: AsyncPipelineClient[HttpRequest, Any] | None = None
+
+    @property
+    def origin(self) -> str:
+        return self._settings.arm_endpoint
+
+    def _now(self) -> float:
+        import time
+
+        return self._clock() if self._clock else time.time()
+
+    def _pipeline(self) -> AsyncPipelineClient[HttpRequest, Any]:
+        if self._client is None:
+            if self._credential is None:
+                from azure.identity.aio import ManagedIdentityCredential
+
+                self._credential = ManagedIdentityCredential(client_id=self._settings.azure_client_id or None)
+            https = urlsplit(self.origin).scheme == "https"
+            scope = f"{self.origin}/.default" if https else "https://management.azure.com/.default"
+            logging_policy = HttpLoggingPolicy(logger=logging.getLogger("reimager.compute.http"))
+            logging_policy.allowed_header_names |= {"Azure-AsyncOperation", "Location", "Retry-After",
+                                                     "x-ms-request-id", "x-ms-ratelimit-remaining-resource"}
+            policies: list[Any] = [
+                HeadersPolicy({"Accept": "application/json"}),
+                UserAgentPolicy(base_user_agent=USER_AGENT),
+                RequestIdPolicy(),
+                ArmHostGuardPolicy(self.origin),
+                ArmRetryPolicy(sleep=self._sleep, max_retry_after=self._max_retry_after,
+                               retry_total=self._retries, retry_backoff_factor=0.5),
+                AsyncBearerTokenCredentialPolicy(self._credential, scope, enforce_https=https),
+                logging_policy,
+                DistributedTracingPolicy(),
+            ]
+            self._client = AsyncPipelineClient(self.origin, policies=policies, transport=self._transport)
+        return self._client
+
+    async def _send(self, request: HttpRequest) -> tuple[int, dict[str, str], bytes]:
+        response = await self._pipeline().send_request(
+            request, connection_timeout=self._timeouts["connection_timeout"],
+            read_timeout=self._timeouts["read_timeout"])
+        body = await response.read()
+        return response.status_code, dict(response.headers), body
+
+    async def get_model(self, target: Target) -> TargetModel:
+        """Preflight: one GET of the VM or scale set model."""
+        request = HttpRequest("GET", f"{self.origin}{target.vm_id}",
+                              params={"api-version": self._settings.compute_api_version})
+        status, headers, body = await self._guarded(request, "reading the target")
+        if status != 200:
+            raise _error_from_response(status, headers, body, "reading the target", self._now())
+        doc = json.loads(body)
+        props = doc.get("properties") or {}
+        profile = props if target.kind is TargetKind.VM else (props.get("virtualMachineProfile") or {})
+        os_disk = (profile.get("storageProfile") or {}).get("osDisk") or {}
+        os_type = os_disk.get("osType")
+        capacity = (doc.get("sku") or {}).get("capacity") if target.kind is not TargetKind.VM else None
+        return TargetModel(
+            id=doc.get("id", target.vm_id),
+            os_type=os_type if os_type in ("Windows", "Linux") else None,
+            ephemeral_os_disk=bool(os_disk.get("diffDiskSettings")),
+            tags={str(k): str(v) for k, v in (doc.get("tags") or {}).items()},
+            location=doc.get("location"),
+            capacity=int(capacity) if capacity is not None else None,
+        )
+
+    async def submit(self, call: ArmCall) -> Submission:
+        """POST the reimage. Raises a typed ComputeError when ARM refuses it."""
+        body = call.wire_body()
+        request = HttpRequest(call.method, f"{self.origin}{call.path}", params=call.query,
+                              json=body if body is not None else None)
+        if body is None:
+            request.headers["Content-Length"] = "0"
+        try:
+            status, headers, raw = await self._send(request)
+        except ReimagerError:
+            raise
+        except AzureError as exc:
+            if _never_connected(exc):
+                raise ComputeUnavailable(503, "ComputeUnavailable", "could not connect to ARM", arm_status=0,
+                                         arm_code="ConnectionFailed", arm_message=type(exc).__name__,
+                                         transient=True) from None
+            raise SubmissionUncertain(502, "SubmissionUncertain",
+                                      "the reimage request was sent but no answer came back; it may or may not "
+                                      "have been applied. Check the target before retrying.", arm_status=0,
+                                      arm_code="NoResponse", arm_message=type(exc).__name__) from None
+        if status not in (200, 202):
+            raise _error_from_response(status, headers, raw, "submitting the reimage", self._now())
+        lower = {k.lower(): v for k, v in headers.items()}
+        return Submission(status, lower.get("azure-asyncoperation"), lower.get("location"),
+                          parse_retry_after(lower.get("retry-after"), self._now()),
+                          lower.get("x-ms-request-id"))
+
+    async def poll(self, url: str, mode: PollMode) -> PollResult:
+        """One status read. A failed read is reported as such (read_failed), never as a failed operation."""
+        if not same_origin(url, self.origin):
+            raise UntrustedOperationUrl(url)
+        status, headers, body = await self._guarded(HttpRequest("GET", url), "reading the operation status")
+        return interpret(mode, status, headers, body, self._now())
+
+    async def _guarded(self, request: HttpRequest, what: str) -> tuple[int, dict[str, str], bytes]:
+        try:
+            return await self._send(request)
+        except ReimagerError:
+            raise
+        except AzureError as exc:
+            raise ComputeUnavailable(503, "ComputeUnavailable", f"{what}: ARM did not answer ({type(exc).__name__})",
+                                     arm_status=0, arm_code="NoResponse", arm_message=type(exc).__name__,
+                                     transient=True) from None
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+        if self._owns_credential and self._credential is not None:
+            await self._credential.close()
+            self._credential = None

@@ -1,0 +1,105 @@
+"""Interpreting ARM async-operation poll responses (Azure-AsyncOperation and Location styles)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+PollMode = Literal["async", "location"]
+
+
+class OperationState(StrEnum):
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    CANCELED = "Canceled"
+
+    @property
+    def terminal(self) -> bool:
+        return self is not OperationState.RUNNING
+
+
+@dataclass(frozen=True)
+class PollResult:
+    """What one status read says. `read_failed` means the read itself failed, not the operation."""
+
+    state: OperationState
+    retry_after: float | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    status_code: int = 200
+    read_failed: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"state": self.state.value, "retryAfter": self.retry_after, "errorCode": self.error_code,
+                "errorMessage": self.error_message, "statusCode": self.status_code, "readFailed": self.read_failed}
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Retry-After as seconds: absent, delta-seconds, or an HTTP-date (RFC 9110)."""
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(int(text))
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+def _body_json(body: bytes | str | None) -> dict[str, Any] | None:
+    if not body:
+        return None
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+_TERMINAL = {"succeeded": OperationState.SUCCEEDED, "failed": OperationState.FAILED,
+             "canceled": OperationState.CANCELED, "cancelled": OperationState.CANCELED}
+
+
+def interpret(mode: PollMode, status_code: int, headers: dict[str, str], body: bytes | str | None,
+              now: float) -> PollResult:
+    """Read one poll response. Any status other than a terminal one means still running (ARM's rule)."""
+    lower = {k.lower(): v for k, v in headers.items()}
+    retry_after = parse_retry_after(lower.get("retry-after"), now)
+    doc = _body_json(body)
+    if status_code >= 400:
+        read_err = (doc or {}).get("error") or {}
+        return PollResult(OperationState.RUNNING, retry_after, read_err.get("code"), read_err.get("message"),
+                          status_code, read_failed=True)
+    if mode == "location" and status_code == 202:
+        return PollResult(OperationState.RUNNING, retry_after, status_code=status_code)
+    if mode == "location" and (doc is None or "status" not in doc):
+        return PollResult(OperationState.SUCCEEDED, retry_after, status_code=status_code)
+    if doc is None or not isinstance(doc.get("status"), str):
+        # A 200 with no readable status is a failed read, not a finished operation.
+        return PollResult(OperationState.RUNNING, retry_after, "UnreadableStatus",
+                          "the operation status response had no status", status_code, read_failed=True)
+    state = _TERMINAL.get(doc["status"].lower(), OperationState.RUNNING)
+    err_doc = doc.get("error")
+    err: dict[str, Any] = err_doc if isinstance(err_doc, dict) else {}
+    code, message = err.get("code"), err.get("message")
+    if state is OperationState.FAILED and not code:
+        code, message = "OperationFailed", message or "ARM reported the operation as Failed"
+    if state is OperationState.CANCELED and not code:
+        code, message = "OperationCanceled", message or "ARM reported the operation as Canceled"
+    return PollResult(state, retry_after, code if state.terminal else None,
+                      message if state.terminal else None, status_code)
+
+
+def next_poll_delay(retry_after: float | None, minimum: int, maximum: int, default: int) -> int:
+    """Seconds to the next poll: Retry-After clamped to [minimum, maximum], else the default."""
+    if retry_after is None:
+        return default
+    return int(min(max(retry_after, minimum), maximum))

@@ -1,0 +1,59 @@
+"""Shared fixtures: the identity endpoint and Compute simulator on real loopback ports."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+
+from devhost.clock import Clock, VirtualClock
+from devhost.compute import ComputeSimulator
+from devhost.identity import PATH, TokenIssuer
+from devhost.serving import Served, serve
+from shared.settings import Settings
+from tests.helpers import SUB
+
+
+@dataclass
+class StandIns:
+    clock: Clock
+    issuer: TokenIssuer
+    sim: ComputeSimulator
+    arm_url: str
+    identity_url: str
+    servers: list[Served]
+
+    def settings(self, **overrides: str) -> Settings:
+        values = {"ARM_ENDPOINT": self.arm_url, "ALLOWED_SCOPES": f"/subscriptions/{SUB}"}
+        values.update(overrides)
+        return Settings(**values)  # type: ignore[arg-type]
+
+
+async def start_standins(monkeypatch: pytest.MonkeyPatch, clock: Clock, **sim_kw: object) -> StandIns:
+    issuer = TokenIssuer()
+    sim = ComputeSimulator(clock=clock, issuer=issuer, **sim_kw)  # type: ignore[arg-type]
+    identity = await serve(issuer.app())
+    arm = await serve(sim.app())
+    monkeypatch.setenv("IDENTITY_ENDPOINT", identity.url + PATH)
+    monkeypatch.setenv("IDENTITY_HEADER", issuer.header_secret)
+    monkeypatch.delenv("MSI_ENDPOINT", raising=False)
+    return StandIns(clock, issuer, sim, arm.url, identity.url + PATH, [identity, arm])
+
+
+@pytest.fixture
+async def standins(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[StandIns]:
+    """Virtual clock: operations end when the test advances time."""
+    s = await start_standins(monkeypatch, VirtualClock(), operation_seconds=60.0, retry_after=10)
+    yield s
+    for server in s.servers:
+        await server.close()
+
+
+@pytest.fixture
+async def realtime_standins(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[StandIns]:
+    """Real clock and short operations, for clients that poll on their own (azure-mgmt-compute)."""
+    s = await start_standins(monkeypatch, Clock(), operation_seconds=0.3, retry_after=0)
+    yield s
+    for server in s.servers:
+        await server.close()

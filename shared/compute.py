@@ -56,6 +56,7 @@ class ComputeError(ReimagerError):
         super().__init__(status, code, message, target=arm_target, details=[detail], retry_after=retry_after,
                          transient=transient)
         self.arm_status, self.arm_code, self.arm_message = arm_status, arm_code, arm_message
+        self.arm_target = arm_target
 
 
 class TargetNotFound(ComputeError):
@@ -66,11 +67,11 @@ class ComputeConflict(ComputeError):
     pass
 
 
-class ComputeThrottled(ComputeError):
+class ComputeUnavailable(ComputeError):
     pass
 
 
-class ComputeUnavailable(ComputeError):
+class ComputeThrottled(ComputeUnavailable):
     pass
 
 
@@ -245,7 +246,7 @@ class ComputeClient:
 
                 self._credential = ManagedIdentityCredential(client_id=self._settings.azure_client_id or None)
             https = urlsplit(self.origin).scheme == "https"
-            scope = f"{self.origin}/.default" if https else "https://management.azure.com/.default"
+            scope = f"{self.origin}/.default" if https else "https://management.azure.com/.default"  # stand-in
             logging_policy = HttpLoggingPolicy(logger=logging.getLogger("reimager.compute.http"))
             logging_policy.allowed_header_names |= {"Azure-AsyncOperation", "Location", "Retry-After",
                                                      "x-ms-request-id", "x-ms-ratelimit-remaining-resource"}
@@ -256,7 +257,7 @@ class ComputeClient:
                 ArmHostGuardPolicy(self.origin),
                 ArmRetryPolicy(sleep=self._sleep, max_retry_after=self._max_retry_after,
                                retry_total=self._retries, retry_backoff_factor=0.5),
-                AsyncBearerTokenCredentialPolicy(self._credential, scope, enforce_https=https),
+                AsyncBearerTokenCredentialPolicy(self._credential, scope),
                 logging_policy,
                 DistributedTracingPolicy(),
             ]
@@ -266,8 +267,10 @@ class ComputeClient:
     async def _send(self, request: HttpRequest) -> tuple[int, dict[str, str], bytes]:
         response = await self._pipeline().send_request(
             request, connection_timeout=self._timeouts["connection_timeout"],
-            read_timeout=self._timeouts["read_timeout"])
-        body = await response.read()
+            read_timeout=self._timeouts["read_timeout"],
+            # Plain http is only ever a loopback stand-in: settings refuse it for any other host.
+            enforce_https=urlsplit(self.origin).scheme == "https")
+        body = response.content  # send_request has already read it (stream=False)
         return response.status_code, dict(response.headers), body
 
     async def get_model(self, target: Target) -> TargetModel:

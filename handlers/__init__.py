@@ -4,4 +4,6 @@ from __future__ import annotations
 
 import azure.durable_functions as df
 
-BLUEPRINTS: list[df.Blueprint] = []
+from handlers import http_api, monitor
+
+BLUEPRINTS: list[df.Blueprint] = [http_api.bp, monitor.bp]

@@ -1,0 +1,36 @@
+"""HTTP API for chatops bots: POST /api/reimage, GET /api/reimage/{operationId}."""
+
+from __future__ import annotations
+
+import json
+
+import azure.durable_functions as df
+import azure.functions as func
+
+from shared import api
+from shared.intake import Outcome
+
+bp = df.Blueprint()
+
+
+def to_response(outcome: Outcome) -> func.HttpResponse:
+    return func.HttpResponse(json.dumps(outcome.body), status_code=outcome.status, headers=outcome.headers,
+                             mimetype="application/json")
+
+
+def base_url(req: func.HttpRequest) -> str:
+    """scheme://host of the request, for status URLs."""
+    url = req.url
+    return url[: url.index("/api/")] if "/api/" in url else url.rstrip("/")
+
+
+@bp.route(route="reimage", methods=["POST"])
+@bp.durable_client_input(client_name="client")
+async def reimage_submit(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
+    return to_response(await api.post_reimage(req.get_body(), client, base_url(req)))
+
+
+@bp.route(route="reimage/{operationId}", methods=["GET"])
+@bp.durable_client_input(client_name="client")
+async def reimage_status(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
+    return to_response(await api.get_reimage(req.route_params.get("operationId", ""), client))

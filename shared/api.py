@@ -1,0 +1,71 @@
+"""HTTP API decisions: JSON bytes in, an Outcome out. The handler only translates."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from shared import runtime
+from shared.errors import ReimagerError
+from shared.events import Trigger
+from shared.intake import Intake, Outcome, operation_view
+from shared.models import parse_request
+from shared.settings import get_settings
+
+log = logging.getLogger("reimager.api")
+MAX_BODY_BYTES = 256 * 1024
+
+
+def parse_json(body: bytes) -> Any:
+    if len(body) > MAX_BODY_BYTES:
+        raise ReimagerError(413, "PayloadTooLarge", f"The body is larger than {MAX_BODY_BYTES} bytes.")
+    try:
+        return json.loads(body.decode("utf-8")) if body else None
+    except (UnicodeDecodeError, ValueError):
+        raise ReimagerError(400, "InvalidRequest", "The body is not valid UTF-8 JSON.") from None
+
+
+def intake(client: Any) -> Intake:
+    return Intake(get_settings(), client, runtime.compute(), runtime.publisher())
+
+
+async def guarded(work: Any) -> Outcome:
+    """Any refusal becomes its ARM-shaped answer; anything unexpected a 500 that reveals nothing."""
+    try:
+        result: Outcome = await work
+        return result
+    except ReimagerError as exc:
+        return Outcome.from_error(exc)
+    except Exception:
+        log.exception("unexpected error")
+        return Outcome(500, {"error": {"code": "InternalError", "message": "An unexpected error occurred."}})
+
+
+async def submit_request(data: Any, client: Any, base_url: str, *, trigger: Trigger = "http",
+                         default_key: str | None = None, reply_to: str | None = None,
+                         reply_correlation_id: str | None = None) -> Outcome:
+    settings = get_settings()
+    request = parse_request(data, default_subscription_id=settings.default_subscription_id,
+                            max_instances=settings.max_instances_per_request)
+    return await intake(client).submit(request, trigger=trigger, default_key=default_key, reply_to=reply_to,
+                                       reply_correlation_id=reply_correlation_id, base_url=base_url)
+
+
+async def post_reimage(body: bytes, client: Any, base_url: str) -> Outcome:
+    async def work() -> Outcome:
+        return await submit_request(parse_json(body), client, base_url)
+
+    return await guarded(work())
+
+
+async def get_reimage(operation_id: str, client: Any) -> Outcome:
+    async def work() -> Outcome:
+        if not operation_id.startswith("op-") or len(operation_id) > 64:
+            raise ReimagerError(404, "OperationNotFound", "No such operation.", target="operationId")
+        view = operation_view(await client.get_status(operation_id, show_input=True))
+        if view is None:
+            raise ReimagerError(404, "OperationNotFound", "No such operation.", target="operationId")
+        return Outcome(200, view)
+
+    return await guarded(work())

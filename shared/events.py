@@ -1,0 +1,179 @@
+"""Completion events: CloudEvents 1.0 builders and publishers (Service Bus topic, or a JSON-lines file).
+
+Event ids are derived from the operation id and type, so a re-sent event carries the same
+MessageId and Service Bus duplicate detection drops it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from shared.errors import ApiError
+from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from azure.servicebus.aio import ServiceBusClient
+
+EventType = Literal["reimager.operation.accepted", "reimager.operation.completed", "reimager.request.rejected"]
+ACCEPTED: EventType = "reimager.operation.accepted"
+COMPLETED: EventType = "reimager.operation.completed"
+REJECTED: EventType = "reimager.request.rejected"
+CONTENT_TYPE = "application/cloudevents+json; charset=utf-8"
+SOURCE = "/reimager"
+_NAMESPACE = uuid.UUID("9b1f4a52-3c3e-4d7e-9a57-6d1c0f3b2a10")
+
+Status = Literal["Accepted", "Running", "Succeeded", "Failed", "Canceled", "TimedOut", "Rejected"]
+Trigger = Literal["http", "alert", "queue"]
+
+
+class EventData(BaseModel):
+    """The `data` of every reimager event. Holds no secrets: requests' secrets never reach it."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    operation_id: str | None = Field(None, description="Durable instance id of the operation (None if rejected).")
+    request_id: str | None = None
+    correlation_id: str | None = None
+    target: str | None = Field(None, description="Normalised ARM id of the target.")
+    instance_ids: list[str] | None = None
+    status: Status
+    error: ApiError | None = None
+    trigger: Trigger
+    requested_by: str | None = None
+    reason: str | None = None
+    submitted_at: datetime | None = None
+    completed_at: datetime | None = None
+    duration_seconds: float | None = None
+    polls: int = 0
+
+
+class CloudEvent(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    specversion: Literal["1.0"] = "1.0"
+    type: EventType
+    source: str = SOURCE
+    subject: str | None = None
+    id: str
+    time: datetime
+    datacontenttype: Literal["application/json"] = "application/json"
+    data: EventData
+
+    def to_json(self) -> str:
+        return self.model_dump_json(by_alias=True, exclude_none=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = json.loads(self.to_json())
+        return out
+
+
+def build_event(event_type: EventType, data: EventData, *, time: datetime | None = None,
+                unique: str | None = None) -> CloudEvent:
+    """Build an event; its id is stable for (operation, type) so re-sends are detected as duplicates."""
+    seed = f"{data.operation_id or unique or uuid.uuid4()}|{event_type}"
+    return CloudEvent(type=event_type, subject=data.target, id=str(uuid.uuid5(_NAMESPACE, seed)),
+                      time=time or datetime.now(UTC), data=data)
+
+
+class Publisher(Protocol):
+    async def publish(self, event: CloudEvent, *, reply_to: str | None = None,
+                      reply_correlation_id: str | None = None) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class FilePublisher:
+    """Local mode: one JSON line per event in EVENTS_FILE (ReplyTo is recorded alongside)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = asyncio.Lock()
+
+    async def publish(self, event: CloudEvent, *, reply_to: str | None = None,
+                      reply_correlation_id: str | None = None) -> None:
+        line = event.to_dict()
+        if reply_to:
+            line["reimagerreplyto"] = reply_to  # CloudEvents extension attribute: the reply queue
+            line["reimagerreplycorrelationid"] = reply_correlation_id
+        async with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps(line, separators=(",", ":")) + "\n")
+
+    async def close(self) -> None:
+        return None
+
+
+class ServiceBusPublisher:
+    """Publishes to the events topic, and to a request's ReplyTo queue. One client, created lazily."""
+
+    def __init__(self, settings: Settings, client: ServiceBusClient | None = None) -> None:
+        self._settings = settings
+        self._client = client
+        self._credential: Any = None
+        self._senders: dict[tuple[str, str], Any] = {}
+
+    def _sb(self) -> ServiceBusClient:
+        if self._client is None:
+            from azure.identity.aio import ManagedIdentityCredential
+            from azure.servicebus.aio import ServiceBusClient
+
+            self._credential = ManagedIdentityCredential(client_id=self._settings.azure_client_id or None)
+            namespace = self._settings.service_bus_namespace
+            assert namespace
+            self._client = ServiceBusClient(namespace, self._credential)
+        return self._client
+
+    def _sender(self, kind: str, name: str) -> Any:
+        key = (kind, name)
+        if key not in self._senders:
+            sb = self._sb()
+            self._senders[key] = sb.get_topic_sender(name) if kind == "topic" else sb.get_queue_sender(name)
+        return self._senders[key]
+
+    @staticmethod
+    def message(event: CloudEvent, correlation_id: str | None) -> Any:
+        from azure.servicebus import ServiceBusMessage
+
+        return ServiceBusMessage(
+            body=event.to_json(),
+            content_type=CONTENT_TYPE,
+            message_id=event.id,
+            correlation_id=correlation_id,
+            subject=event.type,
+            application_properties={"status": event.data.status, "target": event.data.target or ""},
+        )
+
+    async def publish(self, event: CloudEvent, *, reply_to: str | None = None,
+                      reply_correlation_id: str | None = None) -> None:
+        correlation = event.data.correlation_id or event.data.request_id
+        await self._sender("topic", self._settings.events_topic).send_messages(self.message(event, correlation))
+        if reply_to:
+            await self._sender("queue", reply_to).send_messages(self.message(event, reply_correlation_id))
+
+    async def close(self) -> None:
+        for sender in self._senders.values():
+            await sender.close()
+        self._senders.clear()
+        if self._client is not None:
+            await self._client.close()
+        if self._credential is not None:
+            await self._credential.close()
+
+
+def make_publisher(settings: Settings) -> Publisher:
+    if settings.service_bus_namespace:
+        return ServiceBusPublisher(settings)
+    return FilePublisher(settings.events_file)
+
+
+def data_schema() -> dict[str, Any]:
+    return EventData.model_json_schema(by_alias=True, mode="serialization")

@@ -1,0 +1,43 @@
+"""Process-wide clients, created lazily on first use and reused (cold start: nothing at import)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from shared.settings import get_settings
+
+if TYPE_CHECKING:
+    from shared.compute import ComputeClient
+    from shared.events import Publisher
+
+_compute: ComputeClient | None = None
+_publisher: Publisher | None = None
+
+
+def compute() -> ComputeClient:
+    global _compute
+    if _compute is None:
+        from shared.compute import ComputeClient
+
+        _compute = ComputeClient(get_settings())
+    return _compute
+
+
+def publisher() -> Publisher:
+    global _publisher
+    if _publisher is None:
+        from shared.events import make_publisher
+
+        _publisher = make_publisher(get_settings())
+    return _publisher
+
+
+async def reset() -> None:
+    """Close and forget the clients (devhost and tests: new event loop, new settings)."""
+    global _compute, _publisher
+    if _compute is not None:
+        await _compute.close()
+    if _publisher is not None:
+        await _publisher.close()
+    _compute = _publisher = None
+    get_settings.cache_clear()

@@ -144,6 +144,8 @@ class ComputeSimulator:
     requests: list[dict[str, Any]] = field(default_factory=list)
     faults: list[Fault] = field(default_factory=list)
     reimage_counts: dict[str, int] = field(default_factory=dict)
+    async_operation_header: bool = True  # False: answer in the Location style only
+    operation_origin: str | None = None  # set to hand out operation URLs on another host
     _writes_left: int = 1200
     _reads_left: int = 12000
 
@@ -416,15 +418,16 @@ class ComputeSimulator:
         if fault is not None and fault.outcome:
             self._apply_outcome(op, fault)
         self.operations[op.id] = op
-        base = f"{request.url.origin()}/subscriptions/{p.sub}/providers/Microsoft.Compute/locations/" \
-               f"{op.location}/operations/{op.id}"
+        origin = self.operation_origin or str(request.url.origin())
+        base = f"{origin}/subscriptions/{p.sub}/providers/Microsoft.Compute/locations/{op.location}/operations/{op.id}"
         headers = {
-            "Azure-AsyncOperation": f"{base}?api-version={version}",
             "Location": f"{base}?monitor=true&api-version={version}",
             "x-ms-ratelimit-remaining-resource": self._write_quota(is_vm),
             "x-ms-ratelimit-remaining-subscription-writes": str(self._write()),
             "x-ms-request-id": op.id,
         }
+        if self.async_operation_header:
+            headers["Azure-AsyncOperation"] = f"{base}?api-version={version}"
         if self.retry_after is not None:
             headers["Retry-After"] = str(self.retry_after)
         return web.Response(status=202, headers=headers)

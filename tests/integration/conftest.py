@@ -77,15 +77,35 @@ async def make_host(tmp_path: Path, **kw: Any) -> DevHost:
     return await DevHost(clock=VirtualClock(), state_dir=tmp_path / "devhost", **kw).start()
 
 
-@pytest.fixture
-async def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Host]:
-    for name in ("ALLOWED_SCOPES", "COOLDOWN_MINUTES", "ARM_ENDPOINT", "EVENTS_FILE", "IDENTITY_ENDPOINT",
+SETTING_NAMES = ("ALLOWED_SCOPES", "COOLDOWN_MINUTES", "ARM_ENDPOINT", "EVENTS_FILE", "IDENTITY_ENDPOINT",
                  "IDENTITY_HEADER", "DEFAULT_SUBSCRIPTION_ID", "MAX_INSTANCES_PER_REQUEST", "POLL_MIN_SECONDS",
                  "POLL_MAX_SECONDS", "POLL_DEFAULT_SECONDS", "OPERATION_TIMEOUT_MINUTES", "SUBMIT_TIMEOUT_SECONDS",
-                 "POLLS_PER_GENERATION", "ServiceBusConnection__fullyQualifiedNamespace"):
+                 "POLLS_PER_GENERATION", "ServiceBusConnection__fullyQualifiedNamespace")
+
+
+@pytest.fixture
+async def new_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Callable[..., Any]]:
+    """Factory: `await new_host(settings={...}, operation_seconds=..., retry_after=...)`."""
+    for name in SETTING_NAMES:
         monkeypatch.setenv(name, "")
         monkeypatch.delenv(name)
-    dh = await make_host(tmp_path, settings=getattr(host, "overrides", None))
-    async with aiohttp.ClientSession() as http:
-        yield Host(dh, http)
-    await dh.stop()
+    made: list[tuple[DevHost, aiohttp.ClientSession]] = []
+
+    async def factory(**kw: Any) -> Host:
+        dh = await make_host(tmp_path / f"h{len(made)}", **kw)
+        http = aiohttp.ClientSession()
+        made.append((dh, http))
+        return Host(dh, http)
+
+    yield factory
+    for dh, http in made:
+        await http.close()
+        await dh.stop()
+
+
+@pytest.fixture
+async def host(new_host: Callable[..., Any]) -> Host:
+    h: Host = await new_host()
+    return h
+
+

@@ -125,7 +125,10 @@ class DevHost:
         os.environ.update(env)
         os.environ.pop("MSI_ENDPOINT", None)
         await self._reset_clients()
+        from shared import runtime
         from shared.settings import get_settings
+
+        runtime.set_clock(self.clock.utcnow)
 
         get_settings()  # fail now, naming the setting, if an override is bad
         index = function_index()

@@ -69,3 +69,45 @@ async def get_reimage(operation_id: str, client: Any) -> Outcome:
         return Outcome(200, view)
 
     return await guarded(work())
+
+
+async def post_alert(body: bytes, client: Any, base_url: str) -> Outcome:
+    """Azure Monitor action group webhook: 202 when anything acted, 200 when all was ignored.
+
+    A transient failure on any target answers 503, so the action group retries; targets that were
+    already accepted are found again by their key and not submitted twice.
+    """
+    import asyncio
+
+    from shared.alerts import parse_alert
+
+    async def one(target: Any) -> tuple[Any, Outcome | ReimagerError]:
+        try:
+            return target, await submit_request(target.request, client, base_url, trigger="alert",
+                                                default_key=target.idempotency_key)
+        except ReimagerError as exc:
+            return target, exc
+
+    async def work() -> Outcome:
+        parsed = parse_alert(parse_json(body))
+        results = await asyncio.gather(*(one(t) for t in parsed.accepted))
+        accepted: list[dict[str, Any]] = []
+        refused: list[dict[str, Any]] = []
+        transient: ReimagerError | None = None
+        for target, result in results:
+            if isinstance(result, ReimagerError):
+                if result.transient and "operationId" not in result.extra:
+                    transient = result
+                entry: dict[str, Any] = {"target": target.target.id, "error": result.body()["error"]}
+                if "operationId" in result.extra:
+                    entry["operationId"] = result.extra["operationId"]
+                refused.append(entry)
+            else:
+                accepted.append({"target": target.target.id, **{k: result.body.get(k) for k in (
+                    "operationId", "status", "statusUrl", "dryRun", "plan") if k in result.body}})
+        if transient is not None:
+            raise transient
+        body_out = {"alertId": parsed.alert_id, "accepted": accepted, "refused": refused, "ignored": parsed.ignored}
+        return Outcome(202 if accepted else 200, body_out)
+
+    return await guarded(work())

@@ -11,10 +11,10 @@ import asyncio
 import logging
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from shared import policy
+from shared import policy, runtime
 from shared.compute import ComputeClient
 from shared.errors import ReimagerError
 from shared.events import ACCEPTED, EventData, Publisher, Trigger, build_event
@@ -188,7 +188,7 @@ class Intake:
         data = EventData(operation_id=state.operation_id, request_id=state.request_id,
                          correlation_id=state.correlation_id, target=state.target, instance_ids=state.instance_ids,
                          status="Accepted", trigger=state.trigger, requested_by=state.requested_by,
-                         reason=state.reason, submitted_at=datetime.now(UTC))
+                         reason=state.reason, submitted_at=runtime.now())
         try:
             await self.publisher.publish(build_event(ACCEPTED, data))
         except Exception:  # the completion event is the guarantee; accepted is informational

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
+from shared import runtime
 from shared.compute import TargetModel
 from shared.errors import ErrorDetail, ReimagerError
 from shared.ids import cooldown_id
@@ -57,11 +58,11 @@ def keys_to_check(request: ReimageRequest) -> list[str]:
 
 
 async def check_cooldown(request: ReimageRequest, client: Any, now: datetime | None = None) -> None:
-    now = now or datetime.now(UTC)
+    now = now or runtime.now()
     for key in keys_to_check(request):
         status = await client.get_status(cooldown_id(key), show_input=True)
-        runtime = getattr(status.runtime_status, "value", None)
-        if runtime not in ("Running", "Pending"):
+        runtime_status = getattr(status.runtime_status, "value", None)
+        if runtime_status not in ("Running", "Pending"):
             continue
         until = datetime.fromisoformat((status.input_ or {}).get("until", now.isoformat()))
         remaining = max(1, int((until - now).total_seconds() + 0.999))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from shared.settings import get_settings
@@ -12,6 +14,23 @@ if TYPE_CHECKING:
 
 _compute: ComputeClient | None = None
 _publisher: Publisher | None = None
+
+
+def _wall_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+_clock: Callable[[], datetime] = _wall_clock
+
+
+def now() -> datetime:
+    """Current UTC time for decisions outside orchestrations (devhost swaps in its clock)."""
+    return _clock()
+
+
+def set_clock(clock: Callable[[], datetime]) -> None:
+    global _clock
+    _clock = clock
 
 
 def compute() -> ComputeClient:

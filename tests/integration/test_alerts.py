@@ -11,7 +11,8 @@ from tests.helpers import load_json
 from tests.integration.conftest import LINUX_VM, VMSS, Host
 
 SAMPLE_SUB = "aaaa0a0a-bb1b-cc2c-dd3d-eeeeee4e4e4e"
-TEST_VM = f"/subscriptions/{DEMO_SUBSCRIPTION}/resourceGroups/test-RG/providers/Microsoft.Compute/virtualMachines/test-VM"
+TEST_VM = (f"/subscriptions/{DEMO_SUBSCRIPTION}/resourceGroups/test-RG/providers/Microsoft.Compute/"
+           "virtualMachines/test-VM")
 
 
 def repoint(doc: dict[str, Any], old: str = SAMPLE_SUB) -> dict[str, Any]:

@@ -223,7 +223,8 @@ class DevHost:
         if entry.auth_level == "ANONYMOUS":
             return True
         given = request.query.get("code") or request.headers.get("x-functions-key")
-        return given is not None and secrets.compare_digest(given, self.function_key)
+        # bytes: compare_digest refuses non-ASCII str, and a fuzzer will send some
+        return given is not None and secrets.compare_digest(given.encode(), self.function_key.encode())
 
     async def _http_trigger(self, request: web.Request) -> web.StreamResponse:
         import azure.functions as func
@@ -252,8 +253,7 @@ class DevHost:
         import azure.functions as func
         from azure.functions.servicebus import ServiceBusMessage
 
-        if request.headers.get("x-functions-key") != self.function_key and request.query.get("code") != \
-                self.function_key:
+        if self.function_key not in (request.headers.get("x-functions-key"), request.query.get("code")):
             return web.json_response({"error": {"code": "Unauthorized", "message": "master key required"}}, status=401)
         entry = self.index.entries.get(request.match_info["name"])
         if entry is None or entry.trigger_type != "serviceBusTrigger":

@@ -125,12 +125,124 @@ at another host), `NoOperationUrl`, `ComputeUnavailable` / `ComputeError` /
 """
 
 
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    text = {400: "InvalidRequest: the body is not valid; details name each field",
+            401: "No valid function key (`code` query parameter or `x-functions-key` header)",
+            403: "ScopeNotAllowed (outside ALLOWED_SCOPES) or TargetProtected (protection tag)",
+            404: "TargetNotFound / OperationNotFound", 409: "OperationInProgress or RequestIdConflict",
+            413: "PayloadTooLarge (over 256 KB)", 429: "CooldownActive; see Retry-After",
+            500: "InternalError (never for bad input)",
+            502: "ComputeError (ARM refused: its code and message are in details), UntrustedOperationUrl, "
+                 "SubmissionUncertain",
+            503: "ComputeUnavailable (ARM throttled or down) or DurableUnavailable; retry after Retry-After"}
+    return {str(c): _json(_ref("ErrorResponse"), text[c]) for c in codes}
+
+
+def openapi() -> dict[str, Any]:
+    from shared.errors import ErrorResponse
+
+    request = request_schema()
+    defs = request.pop("$defs", {})
+    request.pop("$schema", None)
+    request.pop("$id", None)
+    error = ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
+    error_defs = error.pop("$defs", {})
+    error["properties"]["operationId"] = {"type": "string", "description": "The operation the error belongs to"}
+    status = {"type": "string", "enum": ["Accepted", "Running", "Succeeded", "Failed", "Canceled", "TimedOut"]}
+    nullable_str = {"type": ["string", "null"]}
+    operation = {
+        "type": "object", "required": ["operationId", "status", "target"],
+        "properties": {"operationId": {"type": "string"}, "requestId": {"type": "string"}, "status": status,
+                       "statusUrl": {"type": "string"}, "target": {"type": "string"},
+                       "instanceIds": {"type": ["array", "null"], "items": {"type": "string"}},
+                       "trigger": {"type": "string", "enum": ["http", "alert", "queue"]},
+                       "requestedBy": nullable_str, "createdTime": nullable_str, "lastUpdatedTime": nullable_str,
+                       "polls": {"type": "integer"},
+                       "error": {"anyOf": [_ref("ApiError"), {"type": "null"}]},
+                       "duplicate": {"type": "boolean", "description": "true: this answers an earlier request "
+                                     "with the same idempotency key; nothing new was submitted"}}}
+    dry_run = {"type": "object", "required": ["dryRun", "plan", "checks", "target"],
+               "properties": {"dryRun": {"const": True}, "target": {"type": "string"},
+                              "plan": {"type": "object", "description": "The ARM call that would be made; "
+                                       "secrets redacted as ***"},
+                              "checks": {"type": "array", "items": {"type": "object"}}}}
+    alert_result = {
+        "type": "object", "required": ["alertId", "accepted", "refused", "ignored"],
+        "properties": {"alertId": {"type": "string"},
+                       "accepted": {"type": "array", "items": {"type": "object"}},
+                       "refused": {"type": "array", "items": {"type": "object", "required": ["target", "error"]}},
+                       "ignored": {"type": "array", "items": {"type": "object", "required": ["target", "reason"],
+                                   "properties": {"target": {"type": "string"}, "reason": {"type": "string"}}}}}}
+    alert = {"type": "object", "required": ["schemaId", "data"], "description": "Azure Monitor common alert schema",
+             "properties": {"schemaId": {"type": "string", "enum": ["azureMonitorCommonAlertSchema"]},
+                            "data": {"type": "object", "required": ["essentials"], "properties": {
+                                "essentials": {"type": "object", "required": ["alertId", "monitorCondition"],
+                                               "properties": {"alertId": {"type": "string"},
+                                                              "monitorCondition": {"type": "string"},
+                                                              "alertTargetIDs": {"type": "array",
+                                                                                 "items": {"type": "string"}}}},
+                                "customProperties": {"type": ["object", "null"]}}}}}
+    retry_after = {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait"}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "reimager", "version": "0.1.0",
+                 "description": "Reimage Azure VMs and scale set instances safely. Generated by "
+                                "scripts/generate_schemas.py from the models; a test fails when it is stale."},
+        "security": [{"functionKey": []}, {"functionKeyQuery": []}],
+        "paths": {
+            "/api/reimage": {"post": {
+                "operationId": "submitReimage", "summary": "Request a reimage (or a dry run)",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("ReimageRequest")}}},
+                "responses": {
+                    "202": {**_json(_ref("Operation"), "Accepted and submitted to ARM (or a duplicate of an "
+                                    "operation still running)"),
+                            "headers": {"Location": {"schema": {"type": "string"}}, **retry_after}},
+                    "200": _json({"oneOf": [_ref("Operation"), _ref("DryRun")]},
+                                 "A dry run's plan, or a duplicate of a finished operation"),
+                    **_errors(400, 401, 403, 404, 409, 413, 429, 500, 502, 503)}}},
+            "/api/reimage/{operationId}": {"get": {
+                "operationId": "getReimage", "summary": "An operation's status",
+                "parameters": [{"name": "operationId", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {"200": _json(_ref("Operation"), "The operation"), **_errors(401, 404, 500)}}},
+            "/api/alerts": {"post": {
+                "operationId": "postAlert", "summary": "Azure Monitor action group webhook (common alert schema)",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("CommonAlert")}}},
+                "responses": {"202": _json(_ref("AlertResult"), "At least one target was accepted"),
+                              "200": _json(_ref("AlertResult"), "Nothing acted: every target ignored or refused"),
+                              **_errors(400, 401, 413, 500, 503)}}},
+        },
+        "components": {
+            "securitySchemes": {"functionKey": {"type": "apiKey", "in": "header", "name": "x-functions-key"},
+                                "functionKeyQuery": {"type": "apiKey", "in": "query", "name": "code"}},
+            "schemas": {"ReimageRequest": request, **defs, **error_defs, "ErrorResponse": error,
+                        "Operation": operation, "DryRun": dry_run, "CommonAlert": alert, "AlertResult": alert_result},
+        },
+    }
+
+
+def _yaml(doc: dict[str, Any]) -> str:
+    import yaml
+
+    text = json.dumps(doc).replace("#/$defs/", "#/components/schemas/")
+    return "# Generated by scripts/generate_schemas.py (`make schemas`); a test fails when it is stale.\n" + \
+        yaml.safe_dump(json.loads(text), sort_keys=False, width=110, allow_unicode=True)
+
+
 def rendered() -> dict[Path, str]:
     """Every generated file and its exact content."""
     return {
         ROOT / "docs/schemas/reimage-request.schema.json": json.dumps(request_schema(), indent=2) + "\n",
         ROOT / "docs/schemas/event-data.schema.json": json.dumps(data_schema(), indent=2) + "\n",
         ROOT / "docs/events.md": events_doc(),
+        ROOT / "docs/openapi.yaml": _yaml(openapi()),
     }
 
 

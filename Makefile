@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint unit schemas clean
+.PHONY: test lint demo devhost schemas clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,15 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/pytest
+	$(BIN)/python -m devhost --demo --state-dir .devhost/demo
+
+# The scripted demo: HTTP, alert and queue reimages, a dry run, a failure, a refusal.
+demo: $(STAMP)
+	$(BIN)/python -m devhost --demo --state-dir .devhost/demo
+
+# The app on this machine, for trying it by hand (Ctrl-C stops it).
+devhost: $(STAMP)
+	$(BIN)/python -m devhost
 
 schemas: $(STAMP)
 	$(BIN)/python scripts/generate_schemas.py

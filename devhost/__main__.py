@@ -1,0 +1,115 @@
+"""`python -m devhost`: the whole app on this machine with no Azure. `--demo` runs the scripted scenario."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from devhost.host import DEMO_GROUP, DEMO_SUBSCRIPTION, DevHost
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m devhost", description=__doc__)
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=7071, help="functions port; 0 picks any free port (default 7071)")
+    p.add_argument("--state-dir", default=".devhost", help="where endpoints.json and events go (default .devhost)")
+    p.add_argument("--operation-seconds", type=float, default=5.0, help="how long a simulated reimage runs")
+    p.add_argument("--retry-after", type=int, default=1, help="the Retry-After the simulator sends (seconds)")
+    p.add_argument("--settings", action="append", default=[], metavar="KEY=VALUE",
+                   help="override an app setting, e.g. COOLDOWN_MINUTES=0 (repeatable)")
+    p.add_argument("--demo", action="store_true", help="run the scripted demo and exit 0 only if it all worked")
+    p.add_argument("--time-limit", type=float, default=60.0, help="demo: seconds to wait for the outcomes")
+    return p.parse_args(argv)
+
+
+def settings_from(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--settings takes KEY=VALUE, got {pair!r}")
+        out[key] = value
+    return out
+
+
+def curl_examples(host: DevHost) -> str:
+    url, key = host.functions_url, host.function_key
+    base = f"/subscriptions/{DEMO_SUBSCRIPTION}/resourceGroups/{DEMO_GROUP}/providers/Microsoft.Compute"
+    h = f"-H 'x-functions-key: {key}' -H 'Content-Type: application/json'"
+    queue_body = json.dumps({"input": json.dumps({"target": f"{base}/virtualMachines/app-win-01"}),
+                             "messageId": "m1", "replyTo": "my-replies"})
+    return f"""
+Try it (another terminal):
+  # reimage a VM (chatops bot)
+  curl -s {h} -d '{{"target": "{base}/virtualMachines/web-linux-01", "requestedBy": "me"}}' {url}/api/reimage
+  # reimage two scale set instances
+  curl -s {h} -d '{{"target": "{base}/virtualMachineScaleSets/workers", "instanceIds": ["0","1"]}}' {url}/api/reimage
+  # dry run: the plan, nothing sent
+  curl -s {h} -d '{{"target": "{base}/virtualMachines/app-win-01", "dryRun": true}}' {url}/api/reimage
+  # an operation's status (use the operationId from above)
+  curl -s -H 'x-functions-key: {key}' {url}/api/reimage/OPERATION_ID
+  # a queue message (the Service Bus trigger, through the host's admin API)
+  curl -s {h} -d '{queue_body}' {url}/admin/functions/reimage_queue
+  # what happened
+  curl -s {url}/devhost/events
+  curl -s {url}/devhost/compute/requests
+  # make ARM fail the next operation
+  curl -s -d '{{"match": "operations", "outcome": "Failed", "code": "OperationPreempted"}}' {url}/devhost/compute/faults
+"""
+
+
+async def serve_forever(args: argparse.Namespace) -> int:
+    host = DevHost(host=args.host, port=args.port, state_dir=Path(args.state_dir),
+                   operation_seconds=args.operation_seconds, retry_after=args.retry_after,
+                   settings=settings_from(args.settings))
+    await host.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(json.dumps(host.endpoints()), flush=True)
+    print(curl_examples(host), flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await host.stop()
+    print("devhost stopped", flush=True)
+    return 0
+
+
+async def demo(args: argparse.Namespace) -> int:
+    from devhost.demo import run_demo, table
+
+    overrides = {"POLL_MIN_SECONDS": "1", "POLL_DEFAULT_SECONDS": "1", **settings_from(args.settings)}
+    port = args.port if args.port != 7071 else 0
+    host = DevHost(host=args.host, port=port, state_dir=Path(args.state_dir),
+                   operation_seconds=min(args.operation_seconds, 3.0), retry_after=args.retry_after,
+                   settings=overrides)
+    await host.start()
+    try:
+        print(f"devhost up at {host.functions_url}; running the demo scenario...", flush=True)
+        ok, steps = await run_demo(host, args.time_limit)
+    finally:
+        await host.stop()
+    print()
+    print(table(steps))
+    print()
+    print("demo: every expected outcome arrived" if ok else "demo: FAILED, some outcomes did not arrive")
+    return 0 if ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("azure", "aiohttp.access", "azure.functions", "root"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return asyncio.run(demo(args) if args.demo else serve_forever(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""`python -m devhost --demo`: a scripted scenario against a devhost it starts itself.
+
+HTTP, alert and queue reimages, a dry run, an injected Failed operation and a policy refusal.
+Exits 0 only when every expected outcome arrived in time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from devhost.compute import Fault
+from devhost.host import DEMO_GROUP, DEMO_SUBSCRIPTION, DevHost
+
+BASE = f"/subscriptions/{DEMO_SUBSCRIPTION}/resourceGroups/{DEMO_GROUP}/providers/Microsoft.Compute"
+SAMPLE = Path(__file__).parent / "samples/activity-log-alert.json"
+
+
+@dataclass
+class Step:
+    name: str
+    trigger: str
+    target: str
+    expected: str
+    operation_id: str | None = None
+    status: str = "-"
+    polls: int | None = None
+    duration: float | None = None
+    note: str = ""
+    request_id: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == self.expected
+
+
+async def run_demo(host: DevHost, time_limit: float = 60.0) -> tuple[bool, list[Step]]:
+    url, key = host.functions_url, {"x-functions-key": host.function_key}
+    steps: list[Step] = []
+    async with aiohttp.ClientSession(headers=key) as http:
+
+        async def post(path: str, body: Any) -> tuple[int, Any]:
+            async with http.post(url + path, json=body) as r:
+                return r.status, await r.json()
+
+        # 1. A chatops bot reimages a Linux VM over HTTP.
+        vm = Step("VM reimage over HTTP", "http", f"{BASE}/virtualMachines/web-linux-01", "Succeeded")
+        s, body = await post("/api/reimage", {"target": vm.target, "requestedBy": "chatops:alice",
+                                              "reason": "demo", "requestId": "demo-http-1"})
+        vm.operation_id, vm.note = body.get("operationId"), f"HTTP {s}"
+        steps.append(vm)
+
+        # 2. An Azure Monitor activity-log alert (the docs' sample) fires on scale set instance 2.
+        alert = json.loads(SAMPLE.read_text())
+        inst = f"{BASE}/virtualMachineScaleSets/workers/virtualMachines/2"
+        alert["data"]["essentials"]["alertTargetIDs"] = [inst.lower()]
+        al = Step("VMSS instance from an alert", "alert", inst, "Succeeded")
+        s, body = await post("/api/alerts", alert)
+        accepted = body.get("accepted") or [{}]
+        al.operation_id, al.note = accepted[0].get("operationId"), f"HTTP {s}"
+        steps.append(al)
+
+        # 4. A dry run shows the plan and calls nothing.
+        dry = Step("dry run (-WhatIf)", "http", f"{BASE}/virtualMachines/app-win-01", "Planned")
+        posts_before = len(host.sim.reimage_posts())
+        s, body = await post("/api/reimage", {"target": dry.target, "dryRun": True,
+                                              "osProfile": {"adminPassword": "Demo-Passw0rd!"}})
+        planned = s == 200 and body.get("plan", {}).get("body", {}).get("osProfile", {}).get("adminPassword") == "***"
+        dry.status = "Planned" if planned and len(host.sim.reimage_posts()) == posts_before else f"HTTP {s}"
+        dry.note = "no ARM POST, password redacted" if dry.ok else json.dumps(body)[:80]
+        steps.append(dry)
+
+        # 5. ARM fails an operation (injected): the failure arrives as the completion event.
+        fail = Step("injected Failed operation", "http", f"{BASE}/virtualMachines/app-win-01", "Failed")
+        host.sim.faults.append(Fault(match="app-win-01/reimage", outcome="Failed", code="OperationPreempted",
+                                     message="Operation execution has been preempted by a more recent operation."))
+        s, body = await post("/api/reimage", {"target": fail.target, "requestId": "demo-fail-1"})
+        fail.operation_id, fail.note = body.get("operationId"), f"HTTP {s}"
+        steps.append(fail)
+
+        # 6. Policy refuses a protected VM.
+        ref = Step("refused by policy", "http", f"{BASE}/virtualMachines/db-linux-01", "TargetProtected")
+        s, body = await post("/api/reimage", {"target": ref.target})
+        ref.status = body.get("error", {}).get("code", f"HTTP {s}")
+        ref.note = f"HTTP {s}"
+        steps.append(ref)
+
+        deadline = time.monotonic() + time_limit
+        await wait_for(host, steps, deadline)
+        # 3. Then (the scale set is free again) another service drops a message on the queue, asking for a reply.
+        q = Step("queue message with ReplyTo", "queue", f"{BASE}/virtualMachineScaleSets/workers", "Succeeded",
+                 request_id="demo-msg-1")
+        s, body = await post("/admin/functions/reimage_queue", {
+            "input": json.dumps({"target": q.target, "instanceIds": ["0", "1"], "requestedBy": "svc:patcher"}),
+            "messageId": q.request_id, "correlationId": "patch-run-7", "replyTo": "patcher-replies"})
+        q.note = f"admin {s}"
+        steps.append(q)
+
+        await wait_for(host, steps, deadline)
+    return all(st.ok for st in steps), steps
+
+
+async def wait_for(host: DevHost, steps: list[Step], deadline: float) -> None:
+    """Fill in each awaited step from its completion event (once), until all arrived or time is up."""
+    while time.monotonic() < deadline:
+        pending = [st for st in steps if st.expected in ("Succeeded", "Failed") and st.status == "-"]
+        for e in host.events():
+            if e["type"] != "reimager.operation.completed":
+                continue
+            d = e["data"]
+            for st in pending:
+                if d["operationId"] == st.operation_id or (st.request_id and d["requestId"] == st.request_id):
+                    st.operation_id = d["operationId"]
+                    st.status, st.polls, st.duration = d["status"], d["polls"], d["durationSeconds"]
+                    if d.get("error"):
+                        st.note += f", {d['error']['code']}"
+                    if e.get("reimagerreplyto"):
+                        st.note += f", reply to {e['reimagerreplyto']}"
+        if all(st.status != "-" for st in steps if st.expected in ("Succeeded", "Failed")):
+            return
+        await asyncio.sleep(0.25)
+
+
+def table(steps: list[Step]) -> str:
+    rows = [("operation", "trigger", "target", "final status", "polls", "duration", "notes")]
+    for st in steps:
+        rows.append((st.name, st.trigger, st.target.split("/providers/Microsoft.Compute/")[-1],
+                     st.status + ("" if st.ok else f" (expected {st.expected})"),
+                     "-" if st.polls is None else str(st.polls),
+                     "-" if st.duration is None else f"{st.duration:.1f}s", st.note))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -19,9 +19,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy --strict shared/
 
+# The demo runs first so that pytest's summary is the closing line.
 test: lint
-	$(BIN)/pytest
 	$(BIN)/python -m devhost --demo --state-dir .devhost/demo
+	$(BIN)/pytest
 
 # The scripted demo: HTTP, alert and queue reimages, a dry run, a failure, a refusal.
 demo: $(STAMP)

@@ -100,6 +100,8 @@ async def demo(args: argparse.Namespace) -> int:
     print(table(steps))
     print()
     print("demo: every expected outcome arrived" if ok else "demo: FAILED, some outcomes did not arrive")
+    passed = sum(st.ok for st in steps)
+    print(f"demo: {passed} passed, {len(steps) - passed} failed")
     return 0 if ok else 1
 
 

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint demo devhost schemas clean
+.PHONY: test lint lint-infra demo devhost schemas clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,12 +15,25 @@ $(STAMP): requirements.txt requirements-dev.txt | $(BIN)/python
 	$(BIN)/python -m pip install -q -r requirements-dev.txt
 	touch $(STAMP)
 
+INFRA := .venv-infra
+INFRA_STAMP := $(INFRA)/.installed
+
+$(INFRA_STAMP): requirements-infra.txt
+	$(PYTHON) -m venv $(INFRA)
+	$(INFRA)/bin/python -m pip install -q --upgrade pip
+	$(INFRA)/bin/python -m pip install -q -r requirements-infra.txt
+	touch $(INFRA_STAMP)
+
+# Bicep lint (no Bicep compiler can be installed here); the parse tests run in pytest.
+lint-infra: $(INFRA_STAMP)
+	$(INFRA)/bin/checkov --framework bicep --skip-download -d infra --compact --quiet
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy --strict shared/
 
 # The demo runs first so that pytest's summary is the closing line.
-test: lint
+test: lint lint-infra
 	$(BIN)/python -m devhost --demo --state-dir .devhost/demo
 	$(BIN)/pytest
 
@@ -36,4 +49,4 @@ schemas: $(STAMP)
 	$(BIN)/python scripts/generate_schemas.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis .devhost
+	rm -rf $(VENV) $(INFRA) .mypy_cache .ruff_cache .pytest_cache .hypothesis .devhost

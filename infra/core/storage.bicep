@@ -1,0 +1,65 @@
+// Storage for the Functions host, Durable Functions (blobs, queues, tables) and Flex deployments.
+// Shared keys are disabled: everything connects with the app's managed identity.
+param name string
+param location string
+param tags object = {}
+param principalId string
+
+var deploymentContainer = 'app-package'
+// Storage Blob Data Owner, Storage Queue Data Contributor, Storage Table Data Contributor:
+// the roles the Functions host and the Durable Functions Azure Storage provider need.
+var roles = [
+  'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
+  '974c5e8b-45b9-4653-ba55-5f855dd0fb88'
+  '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3'
+]
+
+resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
+  // checkov:skip=CKV_AZURE_35: Flex Consumption without VNet integration reaches storage over its public endpoint; access is Entra ID only (shared keys off)
+  // checkov:skip=CKV_AZURE_59: same reason; blob public access is off and anonymous access impossible without keys
+  // checkov:skip=CKV_AZURE_206: ZRS survives a zone loss; geo-replicating short-lived durable state adds cost, not safety
+  name: name
+  location: location
+  tags: tags
+  kind: 'StorageV2'
+  sku: { name: 'Standard_ZRS' }
+  properties: {
+    allowSharedKeyAccess: false
+    allowBlobPublicAccess: false
+    minimumTlsVersion: 'TLS1_2'
+    supportsHttpsTrafficOnly: true
+    defaultToOAuthAuthentication: true
+    publicNetworkAccess: 'Enabled'
+    networkAcls: {
+      bypass: 'AzureServices'
+      defaultAction: 'Allow'
+    }
+  }
+}
+
+resource blobs 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01' = {
+  parent: storage
+  name: 'default'
+  properties: {
+    deleteRetentionPolicy: { enabled: true, days: 7 }
+  }
+}
+
+resource container 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
+  parent: blobs
+  name: deploymentContainer
+  properties: { publicAccess: 'None' }
+}
+
+resource dataRoles 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for role in roles: {
+  name: guid(storage.id, principalId, role)
+  scope: storage
+  properties: {
+    principalId: principalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', role)
+  }
+}]
+
+output name string = storage.name
+output deploymentContainer string = deploymentContainer

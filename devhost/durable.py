@@ -110,6 +110,7 @@ class DurableEngine:
         self._running: set[asyncio.Task[Any]] = set()
         self._worker: asyncio.Task[None] | None = None
         self.activity_runs: dict[str, int] = {}
+        self.raise_event_failures = 0  # fault injection: fail the next N raiseEvent calls (a crashed caller)
 
     # ---- lifecycle ------------------------------------------------------------------------
     def start_worker(self) -> None:
@@ -447,6 +448,9 @@ class DurableEngine:
         return web.json_response(inst.public(show_input, show_history), status=status)
 
     async def _http_raise(self, request: web.Request) -> web.Response:
+        if self.raise_event_failures > 0:
+            self.raise_event_failures -= 1
+            return web.json_response({"Message": "injected failure"}, status=500)
         code = self.raise_event(request.match_info["instance_id"], request.match_info["event"],
                                 await self._json_text(request))
         return web.json_response(None, status=code)

@@ -305,7 +305,9 @@ class DevHost:
         if inst.name != "reimage_monitor":
             return
         custom = inst.custom_status or {}
-        line = (f"{inst.id[:15]}  {inst.status:<9} status={custom.get('status')} polls={custom.get('polls')} "
+        trigger = json.loads(inst.input or "{}").get("trigger", "?")
+        line = (f"{inst.id[:15]}  {trigger:<5} {inst.status:<9} status={custom.get('status')} "
+                f"polls={custom.get('polls')} "
                 f"target={str(custom.get('target', '')).rsplit('/', 1)[-1]} "
                 f"elapsed={self.clock.now() - inst.created:.1f}s")
         if not self.progress or self.progress[-1] != line:

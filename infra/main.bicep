@@ -44,6 +44,9 @@ param pollsPerGeneration int = 50
 
 param computeApiVersion string = '2024-07-01'
 
+@description('Seconds to wait for an ARM answer before giving up on a call')
+param armTimeoutSeconds int = 30
+
 @description('Default subscription for requests that give resourceGroupName without subscriptionId')
 param defaultSubscriptionId string = subscription().subscriptionId
 
@@ -123,6 +126,7 @@ module api 'app/api.bicep' = {
     appSettings: {
       ARM_ENDPOINT: environment().resourceManager
       COMPUTE_API_VERSION: computeApiVersion
+      ARM_TIMEOUT_SECONDS: string(armTimeoutSeconds)
       ALLOWED_SCOPES: join(allowedScopes, ',')
       DEFAULT_SUBSCRIPTION_ID: defaultSubscriptionId
       PROTECT_TAG: protectTag

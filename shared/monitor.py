@@ -83,8 +83,9 @@ def monitor_orchestrator(context: Any) -> Generator[Any, Any, dict[str, Any]]:
         failed = context.wait_for_external_event(SUBMIT_FAILED)
         winner = yield context.task_any([submitted, failed, timer])
         if winner is timer:
-            lost = {"code": "SubmissionLost", "message": "the reimage was claimed but never submitted within "
-                    f"{settings.submit_timeout_seconds} s; nothing was sent to ARM"}
+            lost = {"code": "SubmissionLost", "message": "the reimage was claimed but its submission was not "
+                    f"confirmed within {settings.submit_timeout_seconds} s; if the caller crashed after sending it, "
+                    "ARM may still be reimaging the target: check it before asking again"}
             return (yield from _finish(context, state, "Failed", lost, submitted_to_arm=False))
         timer.cancel()
         if winner is failed:

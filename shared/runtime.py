@@ -38,7 +38,8 @@ def compute() -> ComputeClient:
     if _compute is None:
         from shared.compute import ComputeClient
 
-        _compute = ComputeClient(get_settings())
+        settings = get_settings()
+        _compute = ComputeClient(settings, read_timeout=settings.arm_timeout_seconds)
     return _compute
 
 

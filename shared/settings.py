@@ -53,6 +53,7 @@ class Settings(BaseSettings):
     polls_per_generation: int = Field(
         50, validation_alias=_env("POLLS_PER_GENERATION"), ge=2, le=1000
     )
+    arm_timeout_seconds: float = Field(30, validation_alias=_env("ARM_TIMEOUT_SECONDS"), gt=0, le=300)
     requests_queue: str = Field("reimage-requests", validation_alias=_env("REQUESTS_QUEUE"), min_length=1)
     events_topic: str = Field("reimage-events", validation_alias=_env("EVENTS_TOPIC"), min_length=1)
     service_bus_namespace: str | None = Field(

@@ -80,7 +80,7 @@ async def make_host(tmp_path: Path, **kw: Any) -> DevHost:
 SETTING_NAMES = ("ALLOWED_SCOPES", "COOLDOWN_MINUTES", "ARM_ENDPOINT", "EVENTS_FILE", "IDENTITY_ENDPOINT",
                  "IDENTITY_HEADER", "DEFAULT_SUBSCRIPTION_ID", "MAX_INSTANCES_PER_REQUEST", "POLL_MIN_SECONDS",
                  "POLL_MAX_SECONDS", "POLL_DEFAULT_SECONDS", "OPERATION_TIMEOUT_MINUTES", "SUBMIT_TIMEOUT_SECONDS",
-                 "POLLS_PER_GENERATION", "ServiceBusConnection__fullyQualifiedNamespace")
+                 "POLLS_PER_GENERATION", "ServiceBusConnection__fullyQualifiedNamespace", "ARM_TIMEOUT_SECONDS")
 
 
 @pytest.fixture

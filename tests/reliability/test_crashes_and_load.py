@@ -1,0 +1,91 @@
+"""Crash points, a mixed concurrent load, and a secret scan over everything that was produced."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import azure.durable_functions as df
+import pytest
+
+from shared.ids import operation_id
+from tests.helpers import SENTINEL_PASSWORD
+from tests.integration.conftest import BASE, LINUX_VM, VMSS, Host
+
+NewHost = Callable[..., Any]
+
+
+async def test_crash_between_claim_and_submit(host: Host) -> None:
+    client = df.DurableOrchestrationClient(host.dh.client_binding())
+    op = operation_id("crash-a")
+    await client.start_new("reimage_monitor", op, {"operationId": op, "requestId": "crash-a", "target": LINUX_VM,
+                                                   "lockId": "lock-a", "trigger": "queue"})
+    s, _ = await host.queue({"target": LINUX_VM}, messageId="crash-a")  # the redelivery
+    assert s == 202
+    events = await host.until_completed()
+    await host.settle(lambda: True)
+    assert [e["data"]["error"]["code"] for e in host.completed()] == ["SubmissionLost"]
+    assert events[0]["data"]["operationId"] == op and host.reimage_posts() == []
+
+
+async def test_crash_between_submit_and_submitted(host: Host) -> None:
+    """The POST went out, then the trigger could not report it: the claim still ends exactly once."""
+    assert host.dh.engine is not None
+    host.dh.engine.raise_event_failures = 3
+    s, body = await host.queue({"target": LINUX_VM}, messageId="crash-b")
+    assert s == 202
+    assert len(host.reimage_posts()) == 1
+    for _ in range(3):  # Service Bus redelivers (the host could have died): nothing new is sent
+        s, _ = await host.queue({"target": LINUX_VM}, messageId="crash-b")
+        assert s == 202
+    await host.until_completed()
+    await host.settle(lambda: True)
+    assert [e["data"]["error"]["code"] for e in host.completed()] == ["SubmissionLost"]
+    assert len(host.reimage_posts()) == 1
+
+
+async def test_500_mixed_concurrent_requests(new_host: NewHost, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    h: Host = await new_host()
+    vms = [f"{BASE}/virtualMachines/load-{i:03d}" for i in range(120)]
+    for vm in vms:
+        h.dh.sim.upsert(vm, {"location": "westus", "properties": {"storageProfile": {"osDisk": {"osType": "Linux"}}}})
+    rng = random.Random(7)
+    pw = {"osProfile": {"adminPassword": SENTINEL_PASSWORD}}
+    bodies: list[dict[str, Any]] = []
+    for i in range(500):
+        kind = i % 5
+        if kind == 0:    # valid, unique target
+            bodies.append({"target": vms[i // 5 % len(vms)], "requestId": f"load-{i}", **pw})
+        elif kind == 1:  # duplicate of one of a few keys
+            bodies.append({"target": vms[-1], "requestId": f"dup-{i % 3}"})
+        elif kind == 2:  # conflicting: many keys, one scale set
+            bodies.append({"target": VMSS, "instanceIds": [str(rng.randrange(4))], "requestId": f"conf-{i}"})
+        elif kind == 3:  # invalid, with a secret in it
+            bodies.append({"target": vms[0], "tempdisk": "yes", **pw})
+        else:            # forbidden / missing
+            bodies.append({"target": rng.choice([vms[0].replace("load-000", "ghost"),
+                                                 f"{BASE}/virtualMachines/db-linux-01"])})
+    answers = await asyncio.gather(*(h.reimage(b) for b in bodies))
+    statuses = Counter(a[0] for a in answers)
+    assert 500 not in statuses and set(statuses) <= {200, 202, 400, 403, 404, 409, 429}
+    accepted = {a[1]["operationId"] for a in answers if a[0] == 202}
+    await h.settle(lambda: {e["data"]["operationId"] for e in h.completed()} >= accepted, max_virtual_seconds=3600)
+    await h.settle(lambda: True)
+    per_op = Counter(e["data"]["operationId"] for e in h.completed())
+    assert set(per_op) == accepted and set(per_op.values()) == {1}  # nothing lost, nothing twice
+    posts = Counter(p["path"] for p in h.reimage_posts())
+    assert max(posts.values()) == 1  # no target was sent two reimages
+    dup0 = {a[1].get("operationId") for a, b in zip(answers, bodies, strict=True) if b.get("requestId") == "dup-0"}
+    assert len(dup0) == 1  # one key, one operation, however many times it was sent
+    haystacks = {"logs": caplog.text, "answers": json.dumps([a[1] for a in answers]),
+                 "events": json.dumps(h.dh.events()), "durable": h.dh.engine.dump()}  # type: ignore[union-attr]
+    for name, text in haystacks.items():
+        assert SENTINEL_PASSWORD not in text, name
+    # ...while the valid requests did carry it to ARM: the scan looked at real traffic.
+    assert any(SENTINEL_PASSWORD in json.dumps(p["body"]) for p in h.reimage_posts())

@@ -6,7 +6,6 @@ import azure.durable_functions as df
 import azure.functions as func
 
 from handlers.http_api import base_url, to_response
-from shared import api
 
 bp = df.Blueprint()
 
@@ -14,4 +13,6 @@ bp = df.Blueprint()
 @bp.route(route="alerts", methods=["POST"])
 @bp.durable_client_input(client_name="client")
 async def reimage_alert(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
+    from shared import api  # lazily: cold start
+
     return to_response(await api.post_alert(req.get_body(), client, base_url(req)))

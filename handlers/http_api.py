@@ -1,14 +1,19 @@
-"""HTTP API for chatops bots: POST /api/reimage, GET /api/reimage/{operationId}."""
+"""HTTP API for chatops bots: POST /api/reimage, GET /api/reimage/{operationId}.
+
+`shared` is imported inside the functions: it pulls in pydantic-settings and azure-core, and
+cold start on Consumption plans pays for every import made at module load.
+"""
 
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import azure.durable_functions as df
 import azure.functions as func
 
-from shared import api
-from shared.intake import Outcome
+if TYPE_CHECKING:
+    from shared.intake import Outcome
 
 bp = df.Blueprint()
 
@@ -27,10 +32,14 @@ def base_url(req: func.HttpRequest) -> str:
 @bp.route(route="reimage", methods=["POST"])
 @bp.durable_client_input(client_name="client")
 async def reimage_submit(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
+    from shared import api
+
     return to_response(await api.post_reimage(req.get_body(), client, base_url(req)))
 
 
 @bp.route(route="reimage/{operationId}", methods=["GET"])
 @bp.durable_client_input(client_name="client")
 async def reimage_status(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
+    from shared import api
+
     return to_response(await api.get_reimage(req.route_params.get("operationId", ""), client))

@@ -1,0 +1,33 @@
+"""function_app registers every function under the names shared/ uses, and imports nothing heavy."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+from devhost.host import function_index
+from shared import monitor
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_functions_and_names() -> None:
+    index = function_index()
+    by_type = {e.name: e.trigger_type for e in index.entries.values()}
+    assert by_type == {
+        "reimage_submit": "httpTrigger", "reimage_status": "httpTrigger", "reimage_alert": "httpTrigger",
+        "reimage_queue": "serviceBusTrigger",
+        monitor.MONITOR: "orchestrationTrigger", monitor.LOCK: "orchestrationTrigger",
+        monitor.COOLDOWN: "orchestrationTrigger", monitor.POLL_ACTIVITY: "activityTrigger",
+        monitor.PUBLISH_ACTIVITY: "activityTrigger", monitor.RELEASE_ACTIVITY: "activityTrigger",
+    }
+    http = {e.route: (e.methods, e.auth_level) for e in index.of_type("httpTrigger")}
+    assert http == {"reimage": (["POST"], "FUNCTION"), "reimage/{operationId}": (["GET"], "FUNCTION"),
+                    "alerts": (["POST"], "FUNCTION")}
+    assert index.entries["reimage_queue"].queue_name == "%REQUESTS_QUEUE%"
+
+
+def test_cold_import_loads_no_network_client_or_heavy_module() -> None:
+    code = ("import sys, function_app; heavy = [m for m in ('azure.identity', 'azure.servicebus', 'azure.core', "
+            "'pydantic_settings', 'azure.mgmt.compute', 'shared.compute') if m in sys.modules]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint lint-infra demo devhost schemas clean
+.PHONY: test lint lint-infra demo devhost bench schemas clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,13 @@ demo: $(STAMP)
 # The app on this machine, for trying it by hand (Ctrl-C stops it).
 devhost: $(STAMP)
 	$(BIN)/python -m devhost
+
+# Benchmarks against the peer (azure-mgmt-compute); not part of `make test`. About 3 minutes.
+bench: $(STAMP)
+	$(BIN)/python -m bench.cold_start
+	$(BIN)/python -m bench.polling
+	$(BIN)/python -m bench.intake
+	$(BIN)/python -m bench.alert_storm
 
 schemas: $(STAMP)
 	$(BIN)/python scripts/generate_schemas.py

@@ -144,6 +144,7 @@ class ComputeSimulator:
     requests: list[dict[str, Any]] = field(default_factory=list)
     faults: list[Fault] = field(default_factory=list)
     reimage_counts: dict[str, int] = field(default_factory=dict)
+    durations: dict[str, float] = field(default_factory=dict)  # per resource name (lower case), seconds
     async_operation_header: bool = True  # False: answer in the Location style only
     operation_origin: str | None = None  # set to hand out operation URLs on another host
     _writes_left: int = 1200
@@ -412,7 +413,8 @@ class ComputeSimulator:
         image = profile.get("storageProfile", {}).get("imageReference", {})
         op = Operation(
             id=str(uuid.uuid4()), lock_key=key, location=res.get("location", self.location).replace(" ", "").lower(),
-            subscription=p.sub, started=self.clock.now(), duration=self.operation_seconds,
+            subscription=p.sub, started=self.clock.now(),
+            duration=self.durations.get(p.name.lower(), self.operation_seconds),
             instance_keys=instance_keys, version=str(body.get("exactVersion") or _model_version(image)),
         )
         if fault is not None and fault.outcome:

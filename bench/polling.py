@@ -43,7 +43,7 @@ async def run_group(dh: Any, retry_after: int | None, rows: list[dict[str, Any]]
     detected: dict[tuple[str, float], float] = {}
 
     async def ours(d: float) -> None:
-        name, rid = targets[("ours", d)]
+        _, rid = targets[("ours", d)]
         async with aiohttp.ClientSession(headers={"x-functions-key": dh.function_key}) as http:
             async with http.post(f"{dh.functions_url}/api/reimage", json={"target": rid}) as r:
                 op = (await r.json())["operationId"]

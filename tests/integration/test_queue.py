@@ -56,9 +56,12 @@ async def test_reply_to_gets_the_completion_event(host: Host) -> None:
     runtime._publisher = ServiceBusPublisher(get_settings(), client=client)  # type: ignore[arg-type]
     s, _ = await host.queue({"target": LINUX_VM}, messageId="m-reply", replyTo="caller-replies")
     assert s == 202
-    await host.settle(lambda: any(m.subject == "reimager.operation.completed"
-                                  for m in client.senders.get(("queue", "caller-replies"), RecordingSenderNone).sent))
-    reply = [m for m in client.senders[("queue", "caller-replies")].sent]
+    def replies() -> list[Any]:
+        sender = client.senders.get(("queue", "caller-replies"))
+        return sender.sent if sender is not None else []
+
+    await host.settle(lambda: any(m.subject == "reimager.operation.completed" for m in replies()))
+    reply = replies()
     assert [m.subject for m in reply] == ["reimager.operation.completed"]
     assert reply[0].correlation_id == "m-reply"
     topic = client.senders[("topic", "reimage-events")].sent
@@ -84,10 +87,3 @@ async def test_arm_unavailable_raises_for_redelivery(host: Host) -> None:
     assert s == 202
     await host.until_completed()
     assert len(host.reimage_posts()) == 1
-
-
-class _NoSender:
-    sent: list[Any] = []
-
-
-RecordingSenderNone = _NoSender()

@@ -143,7 +143,6 @@ class ComputeSimulator:
     operations: dict[str, Operation] = field(default_factory=dict)
     requests: list[dict[str, Any]] = field(default_factory=list)
     faults: list[Fault] = field(default_factory=list)
-    reimage_counts: dict[str, int] = field(default_factory=dict)
     durations: dict[str, float] = field(default_factory=dict)  # per resource name (lower case), seconds
     async_operation_header: bool = True  # False: answer in the Location style only
     operation_origin: str | None = None  # set to hand out operation URLs on another host
@@ -248,7 +247,6 @@ class ComputeSimulator:
             target = self.instances[vmss_key][inst] if inst else self.resources[vmss_key]
             image = target["properties"]["storageProfile"].setdefault("imageReference", {})
             image["exactVersion"] = op.version
-            self.reimage_counts[key] = self.reimage_counts.get(key, 0) + 1
 
     def busy(self, lock_key: str) -> Operation | None:
         now = self.clock.now()

@@ -79,7 +79,6 @@ class Instance:
     action_seq: list[int | None] = field(default_factory=list)
     generation: int = 0
     executions: int = 1
-    episodes: int = 0
     timers: dict[int, asyncio.Task[None]] = field(default_factory=dict)
     retries: dict[int, dict[str, Any]] = field(default_factory=dict)
 
@@ -109,7 +108,6 @@ class DurableEngine:
         self._busy = 0
         self._running: set[asyncio.Task[Any]] = set()
         self._worker: asyncio.Task[None] | None = None
-        self.activity_runs: dict[str, int] = {}
         self.raise_event_failures = 0  # fault injection: fail the next N raiseEvent calls (a crashed caller)
 
     # ---- lifecycle ------------------------------------------------------------------------
@@ -206,7 +204,6 @@ class DurableEngine:
         context = {"history": history, "instanceId": inst.id, "isReplaying": False, "parentInstanceId": None,
                    "input": inst.input, "upperSchemaVersion": 0}
         inst.status = "Running"
-        inst.episodes += 1
         error: str | None = None
         try:
             state = json.loads(self.orchestrators[inst.name](json.dumps(context)))
@@ -304,7 +301,6 @@ class DurableEngine:
 
     def _run_activity(self, inst: Instance, seq: int, name: str, input_json: str | None) -> None:
         generation = inst.generation
-        self.activity_runs[name] = self.activity_runs.get(name, 0) + 1
 
         async def run() -> None:
             try:

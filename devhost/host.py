@@ -8,6 +8,7 @@ are invoked with `POST /admin/functions/{name}`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -84,6 +85,7 @@ def demo_resources(sub: str = DEMO_SUBSCRIPTION, group: str = DEMO_GROUP) -> dic
     }
 
 
+@functools.cache
 def _route_regex(template: str) -> re.Pattern[str]:
     pattern = re.sub(r"\{(\w+)(?::[^}]*)?\}", r"(?P<\1>[^/]+)", template.strip("/"))
     return re.compile(f"^{pattern}$", re.IGNORECASE)
@@ -105,7 +107,7 @@ class DevHost:
         self.servers: list[Served] = []
         self.engine: DurableEngine | None = None
         self.functions_url = self.arm_url = self.identity_url = ""
-        self.progress: list[str] = []
+        self._last_progress: dict[str, str] = {}  # instance id -> last line logged
 
     # ---- lifecycle ------------------------------------------------------------------------
     async def start(self) -> DevHost:
@@ -310,6 +312,6 @@ class DevHost:
                 f"polls={custom.get('polls')} "
                 f"target={str(custom.get('target', '')).rsplit('/', 1)[-1]} "
                 f"elapsed={self.clock.now() - inst.created:.1f}s")
-        if not self.progress or self.progress[-1] != line:
-            self.progress.append(line)
+        if self._last_progress.get(inst.id) != line:
+            self._last_progress[inst.id] = line
             log.info("%s", line)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any
@@ -77,8 +78,6 @@ async def post_alert(body: bytes, client: Any, base_url: str) -> Outcome:
     A transient failure on any target answers 503, so the action group retries; targets that were
     already accepted are found again by their key and not submitted twice.
     """
-    import asyncio
-
     from shared.alerts import parse_alert
 
     async def one(target: Any) -> tuple[Any, Outcome | ReimagerError]:

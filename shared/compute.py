@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+import aiohttp
 from azure.core import AsyncPipelineClient
 from azure.core.exceptions import AzureError, ServiceRequestError
 from azure.core.pipeline import PipelineRequest, PipelineResponse
@@ -120,8 +122,6 @@ def _never_connected(error: BaseException) -> bool:
     azure-core maps every aiohttp ClientError to ServiceRequestError, including a connection
     dropped after the request was sent, so the underlying aiohttp error decides.
     """
-    import aiohttp
-
     inner = getattr(error, "inner_exception", None) or error.__cause__
     return isinstance(error, ServiceRequestError) and isinstance(
         inner, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError
@@ -201,11 +201,6 @@ class Submission:
     retry_after: float | None
     request_id: str | None
 
-    @property
-    def completed(self) -> bool:
-        """200: ARM finished synchronously; there is nothing to poll."""
-        return self.status_code == 200
-
     def to_dict(self) -> dict[str, Any]:
         return {"statusCode": self.status_code, "asyncOperationUrl": self.async_operation_url,
                 "locationUrl": self.location_url, "retryAfter": self.retry_after, "requestId": self.request_id}
@@ -235,8 +230,6 @@ class ComputeClient:
         return self._settings.arm_endpoint
 
     def _now(self) -> float:
-        import time
-
         return self._clock() if self._clock else time.time()
 
     def _pipeline(self) -> AsyncPipelineClient[HttpRequest, Any]:

@@ -150,16 +150,9 @@ class ArmCall:
 
     @property
     def path(self) -> str:
-        t = self.target
-        if self.operation is ReimageOperation.VM_REIMAGE:
-            return f"{t.vm_id}/reimage"
-        if self.operation is ReimageOperation.VMSS_REIMAGE:
-            return f"{t.vm_id}/reimage"
-        if self.operation is ReimageOperation.VMSS_REIMAGE_ALL:
-            return f"{t.vm_id}/reimageall"
-        if self.operation is ReimageOperation.VMSS_VM_REIMAGE:
-            return f"{t.id}/reimage"
-        return f"{t.id}/reimageall"
+        per_instance = self.operation in (ReimageOperation.VMSS_VM_REIMAGE, ReimageOperation.VMSS_VM_REIMAGE_ALL)
+        whole_disks = self.operation in (ReimageOperation.VMSS_REIMAGE_ALL, ReimageOperation.VMSS_VM_REIMAGE_ALL)
+        return f"{self.target.id if per_instance else self.target.vm_id}/{'reimageall' if whole_disks else 'reimage'}"
 
     @property
     def path_parameters(self) -> dict[str, str]:
@@ -405,8 +398,6 @@ class ReimageRequest(_Wire):
                 if self.os_profile.custom_data is not None:
                     profile["customData"] = self.os_profile.custom_data
                 body["osProfile"] = profile
-        if operation is ReimageOperation.VMSS_VM_REIMAGE_ALL:
-            body = {}
         return ArmCall(operation, t, api_version, body or None)
 
     def _check_operation(self, operation: ReimageOperation) -> None:

@@ -15,8 +15,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
+from shared import runtime
 from shared.errors import ApiError
 from shared.events import COMPLETED, EventData, EventType, Trigger, build_event
+from shared.ids import cooldown_id
 from shared.operations import OperationState, next_poll_delay
 from shared.settings import get_settings
 
@@ -189,8 +191,7 @@ class TransientReadError(RuntimeError):
 
 
 async def poll_operation(payload: dict[str, Any]) -> dict[str, Any]:
-    from shared import runtime
-    from shared.compute import UntrustedOperationUrl
+    from shared.compute import UntrustedOperationUrl  # azure-core: only activities need it
 
     try:
         result = await runtime.compute().poll(payload["url"], payload["mode"])
@@ -202,8 +203,6 @@ async def poll_operation(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 async def publish_event(payload: dict[str, Any]) -> dict[str, Any]:
-    from shared import runtime
-
     event_type: EventType = payload["type"]
     event = build_event(event_type, EventData.model_validate(payload["data"]),
                         time=datetime.fromisoformat(payload["time"]))
@@ -215,8 +214,6 @@ async def publish_event(payload: dict[str, Any]) -> dict[str, Any]:
 
 async def release_target(payload: dict[str, Any], client: Any) -> dict[str, Any]:
     """End the target's lock and, after a real submission, start its cooldowns."""
-    from shared.ids import cooldown_id
-
     settings = get_settings()
     try:
         await client.raise_event(payload["lockId"], RELEASE, {

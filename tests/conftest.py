@@ -41,19 +41,22 @@ async def start_standins(monkeypatch: pytest.MonkeyPatch, clock: Clock, **sim_kw
     return StandIns(clock, issuer, sim, arm.url, identity.url + PATH, [identity, arm])
 
 
-@pytest.fixture
-async def standins(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[StandIns]:
-    """Virtual clock: operations end when the test advances time."""
-    s = await start_standins(monkeypatch, VirtualClock(), operation_seconds=60.0, retry_after=10)
+async def _serving(monkeypatch: pytest.MonkeyPatch, clock: Clock, **sim_kw: object) -> AsyncIterator[StandIns]:
+    s = await start_standins(monkeypatch, clock, **sim_kw)
     yield s
     for server in s.servers:
         await server.close()
+
+
+@pytest.fixture
+async def standins(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[StandIns]:
+    """Virtual clock: operations end when the test advances time."""
+    async for s in _serving(monkeypatch, VirtualClock(), operation_seconds=60.0, retry_after=10):
+        yield s
 
 
 @pytest.fixture
 async def realtime_standins(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[StandIns]:
     """Real clock and short operations, for clients that poll on their own (azure-mgmt-compute)."""
-    s = await start_standins(monkeypatch, Clock(), operation_seconds=0.3, retry_after=0)
-    yield s
-    for server in s.servers:
-        await server.close()
+    async for s in _serving(monkeypatch, Clock(), operation_seconds=0.3, retry_after=0):
+        yield s

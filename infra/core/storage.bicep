@@ -1,5 +1,8 @@
 // Storage for the Functions host, Durable Functions (blobs, queues, tables) and Flex deployments.
 // Shared keys are disabled: everything connects with the app's managed identity.
+@minLength(3)
+@maxLength(24)
+@description('3-24 lower-case letters and digits (main.bicep: streimager + a 13-character token)')
 param name string
 param location string
 param tags object = {}

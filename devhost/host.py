@@ -16,10 +16,11 @@ import re
 import secrets
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from devhost import azurite
 from devhost.clock import Clock
 from devhost.compute import ComputeSimulator, Fault
 from devhost.durable import DurableEngine, Instance
@@ -27,6 +28,10 @@ from devhost.functions import FunctionEntry, FunctionIndex, index_app
 from devhost.identity import PATH as IDENTITY_PATH
 from devhost.identity import TokenIssuer
 from devhost.serving import Served, serve
+
+if TYPE_CHECKING:
+    from shared.runtime import Runtime
+    from shared.settings import Settings
 
 log = logging.getLogger("devhost")
 DEMO_SUBSCRIPTION = "7f6e5d4c-3b2a-4190-8f7e-6d5c4b3a2910"
@@ -108,31 +113,34 @@ class DevHost:
         self.engine: DurableEngine | None = None
         self.functions_url = self.arm_url = self.identity_url = ""
         self._last_progress: dict[str, str] = {}  # instance id -> last line logged
+        self.azurite: azurite.Azurite | None = None
+        self.runtime: Runtime | None = None
+        self.settings: Settings | None = None
 
     # ---- lifecycle ------------------------------------------------------------------------
     async def start(self) -> DevHost:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.events_file.unlink(missing_ok=True)
+        self.state_dir.mkdir(parents=True, exist_ok=True)  # events.jsonl is appended to, never wiped
         identity = await serve(self.issuer.app(), self.host)
         arm = await serve(self.sim.app(), self.host)
         self.servers += [identity, arm]
         self.identity_url, self.arm_url = identity.url + IDENTITY_PATH, arm.url
-        env = {
-            "ARM_ENDPOINT": self.arm_url, "IDENTITY_ENDPOINT": self.identity_url,
-            "IDENTITY_HEADER": self.issuer.header_secret, "ALLOWED_SCOPES": f"/subscriptions/{DEMO_SUBSCRIPTION}",
-            "DEFAULT_SUBSCRIPTION_ID": DEMO_SUBSCRIPTION, "EVENTS_FILE": str(self.events_file),
-            "ServiceBusConnection__fullyQualifiedNamespace": "",
-            **self.overrides,
-        }
-        os.environ.update(env)
-        os.environ.pop("MSI_ENDPOINT", None)
-        await self._reset_clients()
+        await self._reset_durable_session()
         from shared import runtime
-        from shared.settings import get_settings
+        from shared.settings import load_settings
 
-        runtime.set_clock(self.clock.utcnow)
-
-        get_settings()  # fail now, naming the setting, if an override is bad
+        values = {
+            "ARM_ENDPOINT": self.arm_url, "ALLOWED_SCOPES": f"/subscriptions/{DEMO_SUBSCRIPTION}",
+            "DEFAULT_SUBSCRIPTION_ID": DEMO_SUBSCRIPTION, "EVENTS_FILE": str(self.events_file),
+            "ServiceBusConnection__fullyQualifiedNamespace": "", **self.overrides,
+        }
+        settings = load_settings(**values)  # fails now, naming the setting, if an override is bad
+        if not settings.storage_connection_string and not settings.table_service_uri:
+            self.azurite = await azurite.start(self.state_dir)
+            settings = load_settings(**values, AzureWebJobsStorage=self.azurite.connection_string)
+        self.settings = settings
+        self.runtime = runtime.Runtime(settings, clock=self.clock.utcnow, sleep=self.clock.sleep,
+                                       credential_factory=self._credential)
+        runtime.install(self.runtime)
         index = function_index()
         self.index = index
         self.engine = DurableEngine(
@@ -163,12 +171,21 @@ class DevHost:
         return self
 
     async def stop(self) -> None:
+        from shared import runtime
+
         if self.engine is not None:
             await self.engine.close()
-        await self._reset_clients()
+        if self.runtime is not None:
+            await self.runtime.close()
+            if runtime._installed is self.runtime:
+                runtime.install(None)
+        await self._reset_durable_session()
         for server in reversed(self.servers):
             await server.close()
         self.servers.clear()
+        if self.azurite is not None:
+            await self.azurite.stop()
+            self.azurite = None
 
     async def __aenter__(self) -> DevHost:
         return await self.start()
@@ -176,14 +193,29 @@ class DevHost:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
+    def _credential(self) -> Any:
+        """azure-identity's real ManagedIdentityCredential, pointed at the identity stand-in. It reads the
+        platform's IDENTITY_* variables when it is built, so they are set for that moment only."""
+        from azure.identity.aio import ManagedIdentityCredential
+
+        platform = {"IDENTITY_ENDPOINT": self.identity_url, "IDENTITY_HEADER": self.issuer.header_secret}
+        saved = {k: os.environ.get(k) for k in (*platform, "MSI_ENDPOINT")}
+        os.environ.update(platform)
+        os.environ.pop("MSI_ENDPOINT", None)
+        try:
+            return ManagedIdentityCredential(client_id=self.settings.azure_client_id or None)
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
     @staticmethod
-    async def _reset_clients() -> None:
-        """New loop, new settings: drop cached clients, including the durable SDK's module session."""
+    async def _reset_durable_session() -> None:
+        """The durable SDK keeps a module-level aiohttp session: a new event loop needs a new one."""
         from azure.durable_functions.models.utils import http_utils
 
-        from shared import runtime
-
-        await runtime.reset()
         session = http_utils._client_session
         if session is not None and not session.closed:
             await session.close()
@@ -306,12 +338,7 @@ class DevHost:
     def _on_change(self, inst: Instance) -> None:
         if inst.name != "reimage_monitor":
             return
-        custom = inst.custom_status or {}
-        trigger = json.loads(inst.input or "{}").get("trigger", "?")
-        line = (f"{inst.id[:15]}  {trigger:<5} {inst.status:<9} status={custom.get('status')} "
-                f"polls={custom.get('polls')} "
-                f"target={str(custom.get('target', '')).rsplit('/', 1)[-1]} "
-                f"elapsed={self.clock.now() - inst.created:.1f}s")
+        line = f"{inst.id[:15]}  monitor {inst.status:<9} elapsed={self.clock.now() - inst.created:.1f}s"
         if self._last_progress.get(inst.id) != line:
             self._last_progress[inst.id] = line
             log.info("%s", line)

@@ -13,7 +13,7 @@ import azure.durable_functions as df
 import azure.functions as func
 
 if TYPE_CHECKING:
-    from shared.intake import Outcome
+    from shared.api import Outcome
 
 bp = df.Blueprint()
 
@@ -38,8 +38,7 @@ async def reimage_submit(req: func.HttpRequest, client: df.DurableOrchestrationC
 
 
 @bp.route(route="reimage/{operationId}", methods=["GET"])
-@bp.durable_client_input(client_name="client")
-async def reimage_status(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
+async def reimage_status(req: func.HttpRequest) -> func.HttpResponse:
     from shared import api
 
-    return to_response(await api.get_reimage(req.route_params.get("operationId", ""), client))
+    return to_response(await api.get_reimage(req.route_params.get("operationId", "")))

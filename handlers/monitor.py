@@ -1,4 +1,4 @@
-"""Durable bindings: the reimage monitor, the per-target lock and cooldown, and their activities.
+"""Durable bindings: the reimage monitor orchestrator and its two activities.
 
 Function names are the names shared/monitor.py calls them by (a test checks they agree);
 `shared` is imported on first use to keep it out of cold start.
@@ -20,37 +20,15 @@ def reimage_monitor(context: df.DurableOrchestrationContext) -> Any:
     return monitor.monitor_orchestrator(context)
 
 
-@bp.orchestration_trigger(context_name="context")
-def reimage_lock(context: df.DurableOrchestrationContext) -> Any:
-    from shared import monitor
-
-    return monitor.lock_orchestrator(context)
-
-
-@bp.orchestration_trigger(context_name="context")
-def reimage_cooldown(context: df.DurableOrchestrationContext) -> Any:
-    from shared import monitor
-
-    return monitor.cooldown_orchestrator(context)
-
-
 @bp.activity_trigger(input_name="payload")
 async def poll_reimage_operation(payload: dict[str, Any]) -> dict[str, Any]:
-    from shared import monitor
+    from shared import monitor, runtime
 
-    return await monitor.poll_operation(payload)
-
-
-@bp.activity_trigger(input_name="payload")
-async def publish_reimage_event(payload: dict[str, Any]) -> dict[str, Any]:
-    from shared import monitor
-
-    return await monitor.publish_event(payload)
+    return await monitor.poll_operation(runtime.get(), payload)
 
 
 @bp.activity_trigger(input_name="payload")
-@bp.durable_client_input(client_name="client")
-async def release_reimage_target(payload: dict[str, Any], client: df.DurableOrchestrationClient) -> dict[str, Any]:
-    from shared import monitor
+async def finish_reimage_operation(payload: dict[str, Any]) -> dict[str, Any]:
+    from shared import monitor, runtime
 
-    return await monitor.release_target(payload, client)
+    return await monitor.finish_operation(runtime.get(), payload)

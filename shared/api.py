@@ -1,21 +1,60 @@
-"""HTTP API decisions: JSON bytes in, an Outcome out. The handler only translates."""
+"""The HTTP surface: JSON bytes in, an Outcome (status, body, headers) out. Handlers only translate.
+
+This is the one place that turns the core's typed results and errors into HTTP answers, and
+the one place that builds status URLs.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 from shared import runtime
 from shared.errors import ReimagerError
 from shared.events import Trigger
-from shared.intake import Intake, Outcome, operation_view
+from shared.intake import Accepted, Intake, Planned, Result
 from shared.models import parse_request
-from shared.settings import get_settings
 
 log = logging.getLogger("reimager.api")
 MAX_BODY_BYTES = 256 * 1024
+
+
+@dataclass
+class Outcome:
+    """What an HTTP entry surface answers: a status, a JSON body and headers."""
+
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_error(cls, exc: ReimagerError) -> Outcome:
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else {}
+        return cls(exc.status, exc.body(), headers)
+
+
+def status_url(base_url: str, operation_id: str) -> str:
+    return f"{base_url}/api/reimage/{operation_id}"
+
+
+def answer(result: Result, base_url: str) -> Outcome:
+    if isinstance(result, Planned):
+        return Outcome(200, {"dryRun": True, "target": result.target, "plan": result.plan, "checks": result.checks})
+    return accepted_outcome(result, base_url)
+
+
+def accepted_outcome(result: Accepted, base_url: str) -> Outcome:
+    record = result.record
+    url = status_url(base_url, record.operation_id)
+    body = {**record.view(), "statusUrl": url}
+    if result.duplicate:
+        body["duplicate"] = True
+    if record.terminal:
+        return Outcome(200, body)
+    return Outcome(202, body, {"Location": url, "Retry-After": str(result.retry_after)})
 
 
 def parse_json(body: bytes) -> Any:
@@ -23,12 +62,8 @@ def parse_json(body: bytes) -> Any:
         raise ReimagerError(413, "PayloadTooLarge", f"The body is larger than {MAX_BODY_BYTES} bytes.")
     try:
         return json.loads(body.decode("utf-8")) if body else None
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise ReimagerError(400, "InvalidRequest", "The body is not valid UTF-8 JSON.") from None
-
-
-def intake(client: Any) -> Intake:
-    return Intake(get_settings(), client, runtime.compute(), runtime.publisher())
 
 
 async def guarded(work: Any) -> Outcome:
@@ -43,31 +78,30 @@ async def guarded(work: Any) -> Outcome:
         return Outcome(500, {"error": {"code": "InternalError", "message": "An unexpected error occurred."}})
 
 
-async def submit_request(data: Any, client: Any, base_url: str, *, trigger: Trigger = "http",
-                         default_key: str | None = None, reply_to: str | None = None,
-                         reply_correlation_id: str | None = None) -> Outcome:
-    settings = get_settings()
-    request = parse_request(data, default_subscription_id=settings.default_subscription_id,
-                            max_instances=settings.max_instances_per_request)
-    return await intake(client).submit(request, trigger=trigger, default_key=default_key, reply_to=reply_to,
-                                       reply_correlation_id=reply_correlation_id, base_url=base_url)
+async def submit_request(data: Any, client: Any, *, trigger: Trigger = "http", default_key: str | None = None,
+                         reply_to: str | None = None, reply_correlation_id: str | None = None) -> Result:
+    rt = runtime.get()
+    request = parse_request(data, default_subscription_id=rt.settings.default_subscription_id,
+                            max_instances=rt.settings.max_instances_per_request)
+    return await Intake(rt, client).submit(request, trigger=trigger, default_key=default_key, reply_to=reply_to,
+                                           reply_correlation_id=reply_correlation_id)
 
 
 async def post_reimage(body: bytes, client: Any, base_url: str) -> Outcome:
     async def work() -> Outcome:
-        return await submit_request(parse_json(body), client, base_url)
+        return answer(await submit_request(parse_json(body), client), base_url)
 
     return await guarded(work())
 
 
-async def get_reimage(operation_id: str, client: Any) -> Outcome:
+async def get_reimage(operation_id: str) -> Outcome:
     async def work() -> Outcome:
-        if not operation_id.startswith("op-") or len(operation_id) > 64:
+        record = None
+        if operation_id.startswith("op-") and len(operation_id) <= 64:
+            record = await runtime.get().ledger.get(operation_id)
+        if record is None:
             raise ReimagerError(404, "OperationNotFound", "No such operation.", target="operationId")
-        view = operation_view(await client.get_status(operation_id, show_input=True))
-        if view is None:
-            raise ReimagerError(404, "OperationNotFound", "No such operation.", target="operationId")
-        return Outcome(200, view)
+        return Outcome(200, record.view())
 
     return await guarded(work())
 
@@ -80,9 +114,9 @@ async def post_alert(body: bytes, client: Any, base_url: str) -> Outcome:
     """
     from shared.alerts import parse_alert
 
-    async def one(target: Any) -> tuple[Any, Outcome | ReimagerError]:
+    async def one(target: Any) -> tuple[Any, Result | ReimagerError]:
         try:
-            return target, await submit_request(target.request, client, base_url, trigger="alert",
+            return target, await submit_request(target.request, client, trigger="alert",
                                                 default_key=target.idempotency_key)
         except ReimagerError as exc:
             return target, exc
@@ -102,8 +136,9 @@ async def post_alert(body: bytes, client: Any, base_url: str) -> Outcome:
                     entry["operationId"] = result.extra["operationId"]
                 refused.append(entry)
             else:
-                accepted.append({"target": target.target.id, **{k: result.body.get(k) for k in (
-                    "operationId", "status", "statusUrl", "dryRun", "plan") if k in result.body}})
+                out = answer(result, base_url).body
+                accepted.append({"target": target.target.id, **{k: out[k] for k in (
+                    "operationId", "status", "statusUrl", "dryRun", "plan", "duplicate") if k in out}})
         if transient is not None:
             raise transient
         body_out = {"alertId": parsed.alert_id, "accepted": accepted, "refused": refused, "ignored": parsed.ignored}

@@ -191,6 +191,7 @@ class TargetModel:
     tags: dict[str, str] = field(default_factory=dict)
     location: str | None = None
     capacity: int | None = None  # scale sets: the number of instances
+    instance_ids: tuple[str, ...] | None = None  # scale sets: the instances that exist now
 
 
 @dataclass(frozen=True)
@@ -213,10 +214,10 @@ class ComputeClient:
     def __init__(self, settings: Settings, *, credential: AsyncTokenCredential | None = None,
                  transport: AsyncHttpTransport[Any, Any] | None = None, sleep: Sleeper = asyncio.sleep,
                  clock: Callable[[], float] | None = None, max_retry_after: float = 30, retries: int = 3,
-                 connect_timeout: float = 10, read_timeout: float = 30) -> None:
+                 connect_timeout: float = 10, read_timeout: float = 30, owns_credential: bool | None = None) -> None:
         self._settings = settings
         self._credential = credential
-        self._owns_credential = credential is None
+        self._owns_credential = credential is None if owns_credential is None else owns_credential
         self._transport = transport
         self._sleep = sleep
         self._clock = clock
@@ -279,6 +280,7 @@ class ComputeClient:
         os_disk = (profile.get("storageProfile") or {}).get("osDisk") or {}
         os_type = os_disk.get("osType")
         capacity = (doc.get("sku") or {}).get("capacity") if target.kind is not TargetKind.VM else None
+        instance_ids = await self.list_instance_ids(target) if target.kind is not TargetKind.VM else None
         return TargetModel(
             id=doc.get("id", target.vm_id),
             os_type=os_type if os_type in ("Windows", "Linux") else None,
@@ -286,7 +288,29 @@ class ComputeClient:
             tags={str(k): str(v) for k, v in (doc.get("tags") or {}).items()},
             location=doc.get("location"),
             capacity=int(capacity) if capacity is not None else None,
+            instance_ids=instance_ids,
         )
+
+    async def list_instance_ids(self, target: Target) -> tuple[str, ...]:
+        """The scale set's instances now (following nextLink): what `allInstances` resolves to, and what
+        named instances must be among."""
+        url = f"{self.origin}{target.vm_id}/virtualMachines"
+        request = HttpRequest("GET", url, params={"api-version": self._settings.compute_api_version,
+                                                  "$select": "instanceId"})
+        ids: list[str] = []
+        for _ in range(1000):  # a page holds many instances; this bounds a server that loops
+            status, headers, body = await self._guarded(request, "listing the scale set's instances")
+            if status != 200:
+                raise _error_from_response(status, headers, body, "listing the scale set's instances", self._now())
+            doc = json.loads(body)
+            ids += [str(v["instanceId"]) for v in doc.get("value") or [] if v.get("instanceId") is not None]
+            link = doc.get("nextLink")
+            if not link:
+                break
+            if not same_origin(link, self.origin):
+                raise UntrustedOperationUrl(link)
+            request = HttpRequest("GET", link)
+        return tuple(ids)
 
     async def submit(self, call: ArmCall) -> Submission:
         """POST the reimage. Raises a typed ComputeError when ARM refuses it."""

@@ -57,6 +57,9 @@ class ReimagerError(Exception):
     def code(self) -> str:
         return self.error.code
 
+    def error_dict(self) -> dict[str, Any]:
+        return self.error.model_dump(exclude_none=True)
+
     def body(self) -> dict[str, Any]:
         out: dict[str, Any] = {"error": self.error.model_dump(exclude_none=True)}
         out.update(self.extra)

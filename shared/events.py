@@ -11,6 +11,7 @@ import json
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -30,7 +31,8 @@ CONTENT_TYPE = "application/cloudevents+json; charset=utf-8"
 SOURCE = "/reimager"
 _NAMESPACE = uuid.UUID("9b1f4a52-3c3e-4d7e-9a57-6d1c0f3b2a10")
 
-Status = Literal["Accepted", "Running", "Succeeded", "Failed", "Canceled", "TimedOut", "Rejected"]
+Status = Literal["Queued", "AwaitingApproval", "Accepted", "Running", "Verifying", "Succeeded", "Failed", "Canceled",
+                 "TimedOut", "Rejected"]
 Trigger = Literal["http", "alert", "queue"]
 
 
@@ -53,6 +55,11 @@ class EventData(BaseModel):
     completed_at: datetime | None = None
     duration_seconds: float | None = None
     polls: int = 0
+    requested_by_verified: str | None = Field(
+        None, description="How requestedBy was verified: easyauth, slack, teams or unverified.")
+    batch_id: str | None = Field(None, description="The ARM operation (batch) this request was part of.")
+    health: Literal["Healthy", "Unhealthy", "Unknown"] | None = None
+    health_detail: str | None = None
 
 
 class CloudEvent(BaseModel):
@@ -78,7 +85,11 @@ class CloudEvent(BaseModel):
 def build_event(event_type: EventType, data: EventData, *, time: datetime | None = None,
                 unique: str | None = None) -> CloudEvent:
     """Build an event; its id is stable for (operation, type) so re-sends are detected as duplicates."""
+    # The completion id includes the final status: a re-send of one outcome keeps its id (Service Bus
+    # dedup drops it), two different outcomes never share one.
     seed = f"{data.operation_id or unique or uuid.uuid4()}|{event_type}"
+    if event_type == COMPLETED:
+        seed += f"|{data.status}"
     return CloudEvent(type=event_type, subject=data.target, id=str(uuid.uuid5(_NAMESPACE, seed)),
                       time=time or datetime.now(UTC), data=data)
 
@@ -169,7 +180,7 @@ class ServiceBusPublisher:
             await self._credential.close()
 
 
-def make_publisher(settings: Settings) -> Publisher:
+def make_publisher(settings: Settings, clock: Callable[[], datetime] | None = None) -> Publisher:
     if settings.service_bus_namespace:
         return ServiceBusPublisher(settings)
     return FilePublisher(settings.events_file)

@@ -1,8 +1,9 @@
-"""The one path every entry surface shares: preflight -> policy -> claim -> submit -> hand off.
+"""The one path every entry surface shares: preflight -> policy -> claim -> admit -> submit -> monitor.
 
-Claim before submit: the durable instance id comes from the idempotency key, so a second
-request with the same key finds the claim and never POSTs again. The orchestration input holds
-no secrets; the secrets go to ARM from here, in memory only.
+Every coordination decision is one atomic ledger write: the claim is an insert-if-absent keyed
+by the idempotency key; admission is a compare-and-swap on the target's record (lease,
+cooldowns, suspension). Durable Functions only runs the timer loop that polls ARM. The core
+returns typed results and raises typed errors; entry surfaces shape them for their callers.
 """
 
 from __future__ import annotations
@@ -10,186 +11,198 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
 from typing import Any
 
-from shared import policy, runtime
-from shared.compute import ComputeClient
+from shared import completion, policy
+from shared.compute import ComputeError, SubmissionUncertain, TargetModel
 from shared.errors import ReimagerError
-from shared.events import ACCEPTED, EventData, Publisher, Trigger, build_event
-from shared.ids import lock_id, operation_id
-from shared.models import ReimageRequest
-from shared.monitor import LOCK, MONITOR, SUBMIT_FAILED, SUBMITTED, MonitorState
-from shared.settings import Settings
+from shared.events import ACCEPTED, Trigger, build_event
+from shared.ids import operation_id
+from shared.ledger import OperationRecord
+from shared.models import ArmCall, ReimageRequest
+from shared.monitor import MONITOR, MonitorInput
+from shared.operations import next_poll_delay
+from shared.runtime import Runtime
 
 log = logging.getLogger("reimager.intake")
-TERMINAL = {"Succeeded", "Failed", "Canceled", "TimedOut"}
+IN_PROGRESS = ("Claimed", "Submitting")
+_JOIN_WAIT_SECONDS = 10.0  # how long a same-key request waits for the first one's submission
 
 
-@dataclass
-class Outcome:
-    """What an entry surface answers: an HTTP status, a JSON body and headers."""
+@dataclass(frozen=True)
+class Accepted:
+    """The request is (or already was) an operation."""
 
-    status: int
-    body: dict[str, Any]
-    headers: dict[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def from_error(cls, exc: ReimagerError) -> Outcome:
-        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else {}
-        return cls(exc.status, exc.body(), headers)
+    record: OperationRecord
+    retry_after: int
+    duplicate: bool = False
 
 
-def _runtime(status: Any) -> str | None:
-    value = getattr(status, "runtime_status", None)
-    return getattr(value, "value", value)
+@dataclass(frozen=True)
+class Planned:
+    """A dry run: what would be sent, and every check with its result."""
+
+    target: str
+    plan: dict[str, Any]
+    checks: list[dict[str, Any]]
 
 
-def operation_view(status: Any) -> dict[str, Any] | None:
-    """The public view of an operation, from its durable status; None if there is no such instance."""
-    runtime = _runtime(status)
-    if runtime is None:
-        return None
-    state = MonitorState.model_validate(status.input_ or {})
-    custom = status.custom_status or {}
-    error = custom.get("error")
-    if runtime in ("Running", "Pending", "ContinuedAsNew"):
-        current = custom.get("status") or "Accepted"
-    elif runtime == "Completed":
-        output = status.output or {}
-        current, error = output.get("status", "Failed"), output.get("error")
-    else:
-        current = "Failed"
-        error = error or {"code": "OrchestrationFailed", "message": f"the monitor ended as {runtime}"}
-
-    def iso(value: Any) -> str | None:
-        return value.isoformat() if isinstance(value, datetime) else value
-
-    return {"operationId": state.operation_id, "requestId": state.request_id, "status": current,
-            "target": state.target, "instanceIds": state.instance_ids, "trigger": state.trigger,
-            "requestedBy": state.requested_by, "createdTime": iso(status.created_time),
-            "lastUpdatedTime": iso(status.last_updated_time), "polls": custom.get("polls", state.polls),
-            "error": error}
+Result = Accepted | Planned
 
 
 @dataclass
 class Intake:
-    settings: Settings
+    runtime: Runtime
     client: Any  # DurableOrchestrationClient
-    compute: ComputeClient
-    publisher: Publisher | None = None
+
+    @property
+    def settings(self) -> Any:
+        return self.runtime.settings
 
     async def submit(self, request: ReimageRequest, *, trigger: Trigger, default_key: str | None = None,
-                     reply_to: str | None = None, reply_correlation_id: str | None = None,
-                     base_url: str = "") -> Outcome:
-        key = request.request_id or default_key or f"auto:{uuid.uuid4()}"
+                     reply_to: str | None = None, reply_correlation_id: str | None = None) -> Result:
+        given = request.request_id or default_key
+        key = given or f"auto:{uuid.uuid4()}"
         op_id = operation_id(key)
         target = request.resolved_target
-        existing = await self.client.get_status(op_id, show_input=True)
-        view = operation_view(existing)
-        if view is not None:
-            return self._duplicate(view, target.id, base_url)
+        ledger = self.runtime.ledger
+        if given is not None and not request.dry_run:
+            # A fresh key cannot have a record; a given one usually is a retry: answer it without ARM.
+            existing = await ledger.get(op_id)
+            if existing is not None:
+                return await self._joined(existing, request, trigger=trigger, default_key=default_key,
+                                          reply_to=reply_to, reply_correlation_id=reply_correlation_id)
 
         policy.check_scope(target, self.settings)
-        model = await self.compute.get_model(target)
-        policy.check_model(request, model, self.settings)
-        await policy.check_cooldown(request, self.client)
-        call = request.arm_call(self.settings.compute_api_version)
+        model = await self.runtime.compute.get_model(target)
+        instances = policy.check_model(request, model, self.settings)
+        call = request.arm_call(self.settings.compute_api_version, instance_ids=instances)
+        cooldown_keys = policy.cooldown_keys(target, instances)
         if request.dry_run:
-            return Outcome(200, {"dryRun": True, "target": target.id, "plan": call.plan(), "checks": [
-                {"name": "scope", "result": "passed"}, {"name": "targetExists", "result": "passed"},
-                {"name": "protectTag", "result": "passed"}, {"name": "instanceCount", "result": "passed"},
-                {"name": "targetModel", "result": "passed", "osType": model.os_type,
-                 "ephemeralOSDisk": model.ephemeral_os_disk},
-                {"name": "cooldown", "result": "passed"}]})
+            return await self._plan(request, model, call, cooldown_keys)
 
-        state = MonitorState(
-            operation_id=op_id, request_id=key, correlation_id=request.correlation_id, target=target.id,
-            lock_id=lock_id(target.lock_key), cooldown_keys=policy.cooldown_keys(request),
-            instance_ids=request.effective_instance_ids, trigger=trigger, requested_by=request.requested_by,
-            reason=request.reason, reply_to=reply_to, reply_correlation_id=reply_correlation_id)
-        claimed = await self._claim(state, base_url)
-        if claimed is not None:
-            return claimed
+        now = self.runtime.now()
+        record = OperationRecord(
+            operation_id=op_id, request_id=key, target=target.id, lease_key=target.lock_key, instance_ids=instances,
+            cooldown_keys=cooldown_keys, options=call.options(), trigger=trigger, requested_by=request.requested_by,
+            reason=request.reason, correlation_id=request.correlation_id, reply_to=reply_to,
+            reply_correlation_id=reply_correlation_id, created_time=now, last_updated_time=now)
+        won, existing = await ledger.claim(record)
+        if not won:
+            return await self._joined(existing, request, trigger=trigger, default_key=default_key,
+                                      reply_to=reply_to, reply_correlation_id=reply_correlation_id)
+        await ledger.index(record)
         try:
-            submission = await self.compute.submit(call)
-        except ReimagerError as exc:
-            await self._raise(op_id, SUBMIT_FAILED, {"error": exc.error.model_dump(exclude_none=True)})
-            exc.extra["operationId"] = op_id
+            await completion.admit(self.runtime, record)
+        except ReimagerError:
+            await self._free(record)
             raise
-        await self._raise(op_id, SUBMITTED, submission.to_dict())
-        log.info("submitted %s %s for %s (%s)", call.operation.value, target.id, op_id, trigger)
-        await self._publish_accepted(state)
-        status_url = f"{base_url}/api/reimage/{op_id}"
-        retry = str(max(1, int(submission.retry_after or self.settings.poll_default_seconds)))
-        return Outcome(202, {"operationId": op_id, "status": "Accepted", "statusUrl": status_url,
-                             "target": target.id, "instanceIds": state.instance_ids},
-                       {"Location": status_url, "Retry-After": retry})
+        record.status, record.last_updated_time = "Submitting", self.runtime.now()
+        record = await ledger.replace(record)  # ours alone: the claim and the lease are ours
+        return await self._submit(record, call)
 
-    def _duplicate(self, view: dict[str, Any], target_id: str, base_url: str) -> Outcome:
-        if view["target"].lower() != target_id.lower():
-            raise ReimagerError(409, "RequestIdConflict", "This requestId was already used for another target.",
-                                target="requestId", extra={"operationId": view["operationId"]})
-        status_url = f"{base_url}/api/reimage/{view['operationId']}"
-        body = {**view, "statusUrl": status_url, "duplicate": True}
-        if view["status"] in TERMINAL:
-            return Outcome(200, body)
-        return Outcome(202, body, {"Location": status_url, "Retry-After": str(self.settings.poll_default_seconds)})
-
-    async def _claim(self, state: MonitorState, base_url: str) -> Outcome | None:
-        """Take the target's lock, then start the monitor. None means claimed: go on and submit."""
-        hold = self.settings.submit_timeout_seconds + self.settings.operation_timeout_minutes * 60 + 600
-        lock_input = {"operationId": state.operation_id, "target": state.target, "holdSeconds": hold}
-        for attempt in range(2):
-            try:
-                await self.client.start_new(LOCK, state.lock_id, lock_input)
-                break
-            except Exception:  # the extension refuses a start on a running instance
-                lock = await self.client.get_status(state.lock_id, show_input=True)
-                if _runtime(lock) in ("Running", "Pending"):
-                    holder = (lock.input_ or {}).get("operationId")
-                    if holder == state.operation_id:  # the same key, racing: one claim, one POST
-                        view = operation_view(await self.client.get_status(state.operation_id, show_input=True))
-                        if view is not None:
-                            return self._duplicate(view, state.target, base_url)
-                        return Outcome(202, {"operationId": state.operation_id, "status": "Accepted",
-                                             "target": state.target, "instanceIds": state.instance_ids,
-                                             "statusUrl": f"{base_url}/api/reimage/{state.operation_id}",
-                                             "duplicate": True})
-                    raise ReimagerError(409, "OperationInProgress",
-                                        f"Another reimage is in flight on this target: {holder}.", target="target",
-                                        extra={"operationId": holder}) from None
-                if attempt == 1:
-                    raise ReimagerError(503, "DurableUnavailable", "Could not claim the target; try again.",
-                                        transient=True, retry_after=5) from None
+    async def _submit(self, record: OperationRecord, call: ArmCall) -> Accepted:
         try:
-            await self.client.start_new(MONITOR, state.operation_id, state.dump())
-        except Exception:
-            await self._raise(state.lock_id, "Release", {"operationId": state.operation_id, "submitted": False})
-            raise ReimagerError(503, "DurableUnavailable", "Could not start the operation; try again.",
-                                transient=True, retry_after=5) from None
-        return None
+            submission = await self.runtime.compute.submit(call)
+        except SubmissionUncertain as exc:
+            # It may have been applied: the operation ends here, and the cooldown still starts.
+            await self._uncertain(record, exc)
+            raise
+        except ComputeError as exc:
+            if exc.arm_status >= 500 or exc.arm_status == 408:
+                await self._uncertain(record, exc)
+                raise
+            # ARM refused it (4xx, or throttled after our retries): nothing was applied. Free the key.
+            await completion.release_lease(self.runtime, record, applied=False)
+            await self._free(record)
+            raise
+        except BaseException:
+            # Anything else (a bug, a cancellation): the POST may have gone out. The sweeper settles it.
+            raise
+        now = self.runtime.now()
 
-    async def _raise(self, instance_id: str, event: str, data: dict[str, Any]) -> None:
-        for attempt in range(3):
-            try:
-                await self.client.raise_event(instance_id, event, data)
-                return
-            except Exception:
-                if attempt == 2:
-                    log.exception("could not raise %s on %s", event, instance_id)
-                    return  # the monitor's bounded wait turns this into a terminal event
-                await asyncio.sleep(0.2 * (attempt + 1))
+        def accepted(r: OperationRecord) -> OperationRecord:
+            r.status, r.applied, r.submitted_at, r.last_updated_time = "Accepted", True, now, now
+            r.arm = submission.to_dict()
+            return r
 
-    async def _publish_accepted(self, state: MonitorState) -> None:
-        if self.publisher is None:
-            return
-        data = EventData(operation_id=state.operation_id, request_id=state.request_id,
-                         correlation_id=state.correlation_id, target=state.target, instance_ids=state.instance_ids,
-                         status="Accepted", trigger=state.trigger, requested_by=state.requested_by,
-                         reason=state.reason, submitted_at=runtime.now())
+        stored = await self.runtime.ledger.update(record.operation_id, accepted)
+        assert stored is not None
+        log.info("submitted %s %s for %s (%s)", call.operation.value, record.target, record.operation_id,
+                 record.trigger)
+        if submission.status_code == 200:  # ARM finished synchronously
+            await completion.finish(self.runtime, record.operation_id, "Succeeded", None, applied=True)
+        else:
+            await start_monitor(self.client, self.runtime, stored)
+        await self._publish_accepted(stored)
+        return Accepted(stored, self.first_poll(submission.retry_after))
+
+    async def _uncertain(self, record: OperationRecord, exc: ReimagerError) -> None:
+        """The POST may have been applied: the operation ends Failed, its one event is sent, the cooldown starts."""
+        error = exc.error_dict()
+        error.setdefault("details", [{"code": "SubmissionUncertain", "message": "the reimage may have been applied; "
+                                      "check the target before asking again"}])
+        await completion.finish(self.runtime, record.operation_id, "Failed", error, applied=True)
+        exc.extra.update(operationId=record.operation_id, completed=True)
+
+    def first_poll(self, retry_after: float | None) -> int:
+        s = self.settings
+        return next_poll_delay(retry_after, s.poll_min_seconds, s.poll_max_seconds, s.poll_default_seconds)
+
+    async def _free(self, record: OperationRecord) -> None:
+        await self.runtime.ledger.release_claim(record)
+        await self.runtime.ledger.settled(record.operation_id)
+
+    async def _joined(self, existing: OperationRecord, request: ReimageRequest, **kw: Any) -> Result:
+        """Another request holds this key. Wait briefly while it is being submitted, then answer with it."""
+        target = request.resolved_target
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _JOIN_WAIT_SECONDS
+        record: OperationRecord | None = existing
+        while record is not None and record.status in IN_PROGRESS and loop.time() < deadline:
+            # Real time, not the runtime's clock: this is a short wait for a concurrent request.
+            await asyncio.sleep(0.05)
+            record = await self.runtime.ledger.get(existing.operation_id)
+        if record is None:  # the first attempt reached nothing and freed the key: this one may try
+            return await self.submit(request, **kw)
+        if record.lease_key != target.lock_key or record.target.lower() != target.id.lower():
+            raise ReimagerError(409, "RequestIdConflict", "This requestId was already used for another target; "
+                                "use a new requestId for a new request.", target="requestId",
+                                extra={"operationId": record.operation_id})
+        if record.status in IN_PROGRESS:
+            raise ReimagerError(409, "RequestInProgress", "A request with this requestId is being submitted right "
+                                "now; ask again in a few seconds.", target="requestId", retry_after=2,
+                                transient=True, extra={"operationId": record.operation_id})
+        return Accepted(record, self.first_poll(None), duplicate=True)
+
+    async def _plan(self, request: ReimageRequest, model: TargetModel, call: ArmCall,
+                    cooldown_keys: list[str]) -> Planned:
+        target = request.resolved_target
+        record = await self.runtime.ledger.get_target(target.lock_key)
+        checks: list[dict[str, Any]] = [
+            {"name": "scope", "result": "passed"}, {"name": "targetExists", "result": "passed"},
+            {"name": "protectTag", "result": "passed"}, {"name": "instanceCount", "result": "passed"},
+            {"name": "targetModel", "result": "passed", "osType": model.os_type,
+             "ephemeralOSDisk": model.ephemeral_os_disk},
+            policy.cooldown_check(record, cooldown_keys, self.runtime.now()),
+        ]
+        return Planned(target.id, call.plan(), checks)
+
+    async def _publish_accepted(self, record: OperationRecord) -> None:
         try:
-            await self.publisher.publish(build_event(ACCEPTED, data))
+            await self.runtime.publisher.publish(build_event(ACCEPTED, completion.event_data(record),
+                                                             time=self.runtime.now()))
         except Exception:  # the completion event is the guarantee; accepted is informational
-            log.warning("could not publish the accepted event for %s", state.operation_id, exc_info=True)
+            log.warning("could not publish the accepted event for %s", record.operation_id, exc_info=True)
+
+
+async def start_monitor(client: Any, runtime: Runtime, record: OperationRecord) -> bool:
+    """Hand the ARM operation to the durable timer loop. A failure here is repaired by the sweeper."""
+    state = MonitorInput.for_record(record, runtime.settings)
+    try:
+        await client.start_new(MONITOR, record.operation_id, state.dump())
+        return True
+    except Exception:
+        log.warning("could not start the monitor for %s; the sweeper will", record.operation_id, exc_info=True)
+        return False

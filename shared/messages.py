@@ -11,7 +11,7 @@ import logging
 from typing import Any
 
 from shared import runtime
-from shared.api import parse_json, submit_request
+from shared.api import answer, parse_json, submit_request
 from shared.errors import ApiError, ReimagerError
 from shared.events import REJECTED, EventData, build_event
 from shared.targets import TargetError, parse_target
@@ -26,12 +26,13 @@ async def handle_message(body: bytes, *, message_id: str | None, correlation_id:
         data = parse_json(body)
         if isinstance(data, dict) and correlation_id and "correlationId" not in data:
             data = {**data, "correlationId": correlation_id}
-        outcome = await submit_request(data, client, "", trigger="queue", default_key=message_id,
-                                       reply_to=reply_to, reply_correlation_id=message_id)
+        result = await submit_request(data, client, trigger="queue", default_key=message_id, reply_to=reply_to,
+                                      reply_correlation_id=message_id)
+        outcome = answer(result, "")
         return {"status": outcome.status, **outcome.body}
     except ReimagerError as exc:
-        if "operationId" in exc.extra:
-            # Accepted, then ARM refused the submission: the monitor publishes its terminal event.
+        if exc.extra.get("completed"):
+            # Accepted, then the submission failed: the operation's own terminal event says so.
             return {"status": exc.status, **exc.body()}
         if exc.transient:
             log.warning("transient failure for message %s, leaving it to Service Bus: %s", message_id, exc.code)
@@ -57,5 +58,5 @@ async def _reject(data: Any, exc: ReimagerError, message_id: str | None, correla
         operation_id=None, request_id=text("requestId") or message_id, correlation_id=text("correlationId")
         or correlation_id, target=target, status="Rejected", error=ApiError.model_validate(exc.error.model_dump()),
         trigger="queue", requested_by=text("requestedBy"), reason=text("reason")), unique=f"msg:{message_id}")
-    await runtime.publisher().publish(event, reply_to=reply_to, reply_correlation_id=message_id)
+    await runtime.get().publisher.publish(event, reply_to=reply_to, reply_correlation_id=message_id)
     log.info("rejected message %s: %s", message_id, exc.code)

@@ -180,6 +180,15 @@ class ArmCall:
         out: dict[str, Any] | None = _unwrap(self.body, reveal=False)
         return out
 
+    def options(self) -> dict[str, Any]:
+        """What the call asks for besides its target, without secrets (stored in the ledger)."""
+        body = self.body or {}
+        out: dict[str, Any] = {"operation": self.operation.value}
+        out.update({k: body[k] for k in ("tempDisk", "forceUpdateOSDiskForEphemeral", "exactVersion") if k in body})
+        if "osProfile" in body:
+            out["osProfile"] = sorted(body["osProfile"])  # which fields were given, never their values
+        return out
+
     def plan(self) -> dict[str, Any]:
         """The planned call for dry runs and logs; secrets redacted."""
         return {
@@ -368,8 +377,13 @@ class ReimageRequest(_Wire):
                 details=details,
             )
 
-    def arm_call(self, api_version: str, operation: ReimageOperation | None = None) -> ArmCall:
-        """The ARM call for this request. VMSS instances use the scale-set reimage by default."""
+    def arm_call(self, api_version: str, operation: ReimageOperation | None = None, *,
+                 instance_ids: list[str] | None = None) -> ArmCall:
+        """The ARM call for this request. VMSS instances use the scale-set reimage by default.
+
+        `instance_ids` are the explicit instances the policy checked (allInstances resolved at
+        preflight): the POST names exactly those, so a set that grows meanwhile is not reimaged wider.
+        """
         t = self.resolved_target
         if operation is None:
             if t.kind is TargetKind.VM:
@@ -379,11 +393,10 @@ class ReimageRequest(_Wire):
         self._check_operation(operation)
         body: dict[str, Any] = {}
         if operation in (ReimageOperation.VMSS_REIMAGE, ReimageOperation.VMSS_REIMAGE_ALL):
-            ids = self.effective_instance_ids
-            if ids is not None:
-                body["instanceIds"] = ids
-            elif not self.all_instances:  # defence in depth: an omitted list means "all" to ARM
+            ids = instance_ids if instance_ids is not None else self.effective_instance_ids
+            if not ids:  # an omitted or empty list means "every instance" to ARM: never send one
                 raise AssertionError("refusing to build a scale-set reimage with no instanceIds")
+            body["instanceIds"] = list(ids)
         if operation not in (ReimageOperation.VMSS_REIMAGE_ALL, ReimageOperation.VMSS_VM_REIMAGE_ALL):
             if self.force_update_os_disk_for_ephemeral is not None:
                 body["forceUpdateOSDiskForEphemeral"] = self.force_update_os_disk_for_ephemeral

@@ -1,17 +1,20 @@
-"""Safety policy, default deny: scopes, protection tag, blast radius, cooldown."""
+"""Safety policy, default deny. Pure functions: they decide from values passed in (the model,
+the ledger's target record, the clock's now); the caller does the I/O and the atomic write."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
-from shared import runtime
 from shared.compute import TargetModel
 from shared.errors import ErrorDetail, ReimagerError
-from shared.ids import cooldown_id
+from shared.ledger import Cooldown, TargetRecord
 from shared.models import ReimageRequest
 from shared.settings import Settings
 from shared.targets import Target, TargetKind, within_scope
+
+FAILED_OUTCOMES = frozenset({"Failed", "TimedOut"})
 
 
 def check_scope(target: Target, settings: Settings) -> None:
@@ -21,52 +24,131 @@ def check_scope(target: Target, settings: Settings) -> None:
                             "scopes it was explicitly given.", target="target")
 
 
-def check_model(request: ReimageRequest, model: TargetModel, settings: Settings) -> None:
-    """Rules that need the preflight GET: protection tag, instance count, OS and disk rules."""
+def check_model(request: ReimageRequest, model: TargetModel, settings: Settings) -> list[str] | None:
+    """Rules that need the preflight GET. Returns the explicit instance ids the POST will name
+    (`allInstances` resolved to the instances the set has now), or None for a VM."""
     tags = {k.lower(): v for k, v in model.tags.items()}
     value = tags.get(settings.protect_tag_name.lower())
     if value is not None and value.strip().lower() == settings.protect_tag_value.lower():
         raise ReimagerError(403, "TargetProtected",
                             f"The target is tagged {settings.protect_tag_name}={value}; reimager will not touch it.",
                             target="target")
-    count = request.instance_count
-    if count is None:  # allInstances: every instance the scale set has now
-        count = model.capacity or 0
+    instances = request.effective_instance_ids
+    if request.resolved_target.kind is not TargetKind.VM:
+        present = set(model.instance_ids or ())
+        if instances is None:  # allInstances: exactly the instances the set has now, never an empty body
+            instances = sorted(present, key=lambda i: (len(i), i))
+            if not instances:
+                raise ReimagerError(409, "NoInstances", "The scale set has no instances to reimage.",
+                                    target="allInstances")
+        else:
+            missing = [i for i in instances if i not in present]
+            if missing:
+                raise ReimagerError(404, "TargetNotFound",
+                                    f"The scale set has no instance {', '.join(missing[:10])}.",
+                                    target="instanceIds", details=[
+                                        ErrorDetail(code="InstanceNotFound", target="instanceIds", message=i)
+                                        for i in missing[:10]])
+    count = len(instances) if instances is not None else 1
     if count > settings.max_instances_per_request:
-        field = "allInstances" if request.instance_count is None else "instanceIds"
+        field = "instanceIds" if request.instance_ids is not None else "allInstances"
         raise ReimagerError(400, "InvalidRequest",
                             f"The request would reimage {count} instances; MAX_INSTANCES_PER_REQUEST is "
                             f"{settings.max_instances_per_request}.", target=field,
                             details=[ErrorDetail(code="TooManyInstances", target=field,
                                                  message=f"{count} > {settings.max_instances_per_request}")])
     request.check_against(model.os_type, model.ephemeral_os_disk)
+    return instances
 
 
-def cooldown_keys(request: ReimageRequest) -> list[str]:
-    """The per-target keys a completed operation puts into cooldown (instances of a scale set each)."""
-    t = request.resolved_target
-    if t.kind is TargetKind.VM or (t.kind is TargetKind.VMSS and request.instance_ids is None):
-        return [t.lock_key]
-    return [f"{t.lock_key}/virtualmachines/{i}" for i in request.effective_instance_ids or []]
+def cooldown_keys(target: Target, instances: list[str] | None) -> list[str]:
+    """The keys in the target record that a reimage puts into cooldown: "" for a VM, else each instance."""
+    if target.kind is TargetKind.VM:
+        return [""]
+    return list(instances or [])
 
 
-def keys_to_check(request: ReimageRequest) -> list[str]:
-    """A request is in cooldown if its scale set as a whole, or any instance it names, is."""
-    keys = cooldown_keys(request)
-    lock = request.resolved_target.lock_key
-    return keys if lock in keys else [lock, *keys]
+def _describe(key: str) -> str:
+    return "the VM" if key == "" else f"instance {key}"
 
 
-async def check_cooldown(request: ReimageRequest, client: Any, now: datetime | None = None) -> None:
-    now = now or runtime.now()
-    for key in keys_to_check(request):
-        status = await client.get_status(cooldown_id(key), show_input=True)
-        runtime_status = getattr(status.runtime_status, "value", None)
-        if runtime_status not in ("Running", "Pending"):
+def cooling(record: TargetRecord, keys: list[str], now: datetime, owner: str | None = None
+            ) -> tuple[str, Cooldown] | None:
+    for key in keys:
+        c = record.cooldowns.get(key)
+        if c is not None and c.until > now and c.operation_id != owner:
+            return key, c
+    return None
+
+
+def cooldown_error(key: str, c: Cooldown, now: datetime) -> ReimagerError:
+    remaining = max(1, int((c.until - now).total_seconds() + 0.999))
+    return ReimagerError(
+        429, "CooldownActive",
+        f"{_describe(key).capitalize()} was reimaged recently by {c.operation_id}; COOLDOWN_MINUTES refuses it "
+        f"until {c.until.isoformat()} ({remaining} s). This stops alert -> reimage -> alert loops.",
+        target="target", retry_after=remaining,
+        extra={"cooldown": {"instance": key or None, "operationId": c.operation_id, "until": c.until.isoformat()}})
+
+
+def cooldown_check(record: TargetRecord, keys: list[str], now: datetime) -> dict[str, Any]:
+    hit = cooling(record, keys, now)
+    if hit is None:
+        return {"name": "cooldown", "result": "passed"}
+    err = cooldown_error(*hit, now)
+    return {"name": "cooldown", "result": "failed", "code": err.code, "message": err.error.message}
+
+
+@dataclass(frozen=True)
+class Admission:
+    error: ReimagerError | None = None
+
+
+def admit(record: TargetRecord, owner: str, keys: list[str], now: datetime, until: datetime,
+          cooldown_minutes: int) -> tuple[TargetRecord | None, Admission]:
+    """Take the target's lease for `owner`, or say why not. Provisional cooldowns are written with
+    the lease, so a lease that outlives its holder still keeps the target from a second reimage."""
+    if record.suspended:
+        return None, Admission(ReimagerError(
+            409, "TargetSuspended", f"The target is suspended ({record.suspended.get('reason', 'no reason')}); "
+            "an operator must resume it (POST /api/targets/resume).", target="target"))
+    if record.lease_held(now) and record.lease_owner == owner:
+        return None, Admission()  # ours already (a retried step)
+    hit = cooling(record, keys, now, owner)
+    if hit is not None:
+        return None, Admission(cooldown_error(*hit, now))
+    if record.lease_held(now):
+        return None, Admission(ReimagerError(
+            409, "OperationInProgress", f"Another reimage is in flight on this target: {record.lease_owner}.",
+            target="target", extra={"operationId": record.lease_owner}))
+    record.prune(now)
+    record.lease_owner, record.lease_until = owner, until
+    if cooldown_minutes > 0:
+        for key in keys:
+            record.cooldowns[key] = Cooldown(until=until + timedelta(minutes=cooldown_minutes), operation_id=owner)
+    return record, Admission()
+
+
+def release(record: TargetRecord, owner: str, keys: list[str], status: str, ended: datetime,
+            cooldown_minutes: int | None) -> TargetRecord | None:
+    """The lease goes only if `owner` still holds it; cooldowns start at the end of an operation that may
+    have been applied, and provisional ones of an operation that certainly was not are withdrawn."""
+    changed = False
+    for key in keys:
+        c = record.cooldowns.get(key)
+        if cooldown_minutes is None or cooldown_minutes <= 0:
+            if c is not None and c.operation_id == owner:
+                del record.cooldowns[key]
+                changed = True
             continue
-        until = datetime.fromisoformat((status.input_ or {}).get("until", now.isoformat()))
-        remaining = max(1, int((until - now).total_seconds() + 0.999))
-        raise ReimagerError(429, "CooldownActive",
-                            f"The target was reimaged recently; COOLDOWN_MINUTES refuses it for {remaining} more "
-                            "seconds (this stops alert -> reimage -> alert loops).", target="target",
-                            retry_after=remaining)
+        want = Cooldown(until=ended + timedelta(minutes=cooldown_minutes), operation_id=owner)
+        if c is None or c.operation_id == owner or c.until < want.until:
+            if c != want:
+                record.cooldowns[key] = want
+                changed = True
+    if record.lease_owner == owner:
+        record.lease_owner = record.lease_until = None
+        if cooldown_minutes is not None:  # applied: the outcome counts toward the failure streak
+            record.consecutive_failures = record.consecutive_failures + 1 if status in FAILED_OUTCOMES else 0
+        changed = True
+    return record if changed else None

@@ -1,63 +1,93 @@
-"""Process-wide clients, created lazily on first use and reused (cold start: nothing at import)."""
+"""The one place for process state: settings, clock, ARM client, ledger and publisher.
+
+The function app builds a `Runtime` from its settings on first use (cold start: nothing at
+import, and no network client is created before it is needed); devhost and tests build their
+own and `install` it. Everything else receives the runtime; nothing else keeps process state.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
-
-from shared.settings import get_settings
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from shared.compute import ComputeClient
     from shared.events import Publisher
+    from shared.ledger import Ledger
+    from shared.settings import Settings
 
-_compute: ComputeClient | None = None
-_publisher: Publisher | None = None
+Clock = Callable[[], datetime]
+Sleep = Callable[[float], Awaitable[None]]
 
 
-def _wall_clock() -> datetime:
+def wall_clock() -> datetime:
     return datetime.now(UTC)
 
 
-_clock: Callable[[], datetime] = _wall_clock
+class Runtime:
+    """Lazily creates each client on first use and reuses it; `close` releases them."""
 
+    def __init__(self, settings: Settings, *, clock: Clock = wall_clock, sleep: Sleep = asyncio.sleep,
+                 credential_factory: Callable[[], Any] | None = None, publisher: Publisher | None = None) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.sleep = sleep
+        self._credential_factory = credential_factory
+        self._publisher = publisher
 
-def now() -> datetime:
-    """Current UTC time for decisions outside orchestrations (devhost swaps in its clock)."""
-    return _clock()
+    def now(self) -> datetime:
+        return self.clock()
 
-
-def set_clock(clock: Callable[[], datetime]) -> None:
-    global _clock
-    _clock = clock
-
-
-def compute() -> ComputeClient:
-    global _compute
-    if _compute is None:
+    @cached_property
+    def compute(self) -> ComputeClient:
         from shared.compute import ComputeClient
 
-        settings = get_settings()
-        _compute = ComputeClient(settings, read_timeout=settings.arm_timeout_seconds)
-    return _compute
+        credential = self._credential_factory() if self._credential_factory else None
+        return ComputeClient(self.settings, credential=credential, sleep=self.sleep,
+                             clock=lambda: self.clock().timestamp(), read_timeout=self.settings.arm_timeout_seconds,
+                             owns_credential=True)
+
+    @cached_property
+    def ledger(self) -> Ledger:
+        from shared.ledger import make_ledger
+
+        return make_ledger(self.settings, self._credential_factory)
+
+    @property
+    def publisher(self) -> Publisher:
+        if self._publisher is None:
+            from shared.events import make_publisher
+
+            self._publisher = make_publisher(self.settings, clock=self.clock)
+        return self._publisher
+
+    async def close(self) -> None:
+        for name in ("compute", "ledger"):
+            client = self.__dict__.pop(name, None)
+            if client is not None:
+                await client.close()
+        if self._publisher is not None:
+            await self._publisher.close()
+            self._publisher = None
 
 
-def publisher() -> Publisher:
-    global _publisher
-    if _publisher is None:
-        from shared.events import make_publisher
-
-        _publisher = make_publisher(get_settings())
-    return _publisher
+_installed: Runtime | None = None
 
 
-async def reset() -> None:
-    """Close and forget the clients (devhost and tests: new event loop, new settings)."""
-    global _compute, _publisher
-    if _compute is not None:
-        await _compute.close()
-    if _publisher is not None:
-        await _publisher.close()
-    _compute = _publisher = None
-    get_settings.cache_clear()
+def get() -> Runtime:
+    """The installed runtime, or one built from the environment's settings on first use."""
+    global _installed
+    if _installed is None:
+        from shared.settings import load_settings
+
+        _installed = Runtime(load_settings())
+    return _installed
+
+
+def install(runtime: Runtime | None) -> None:
+    """devhost and tests: use this runtime (None: forget it, so the next `get` builds anew)."""
+    global _installed
+    _installed = runtime

@@ -9,10 +9,9 @@ message naming the variable. An empty variable counts as unset (App Service and 
 
 from __future__ import annotations
 
-import functools
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -255,10 +254,14 @@ def setting_names() -> list[str]:
     return [env_name(name) for name in Settings.model_fields]
 
 
-def load_settings() -> Settings:
-    """Read settings from the environment; a bad value raises SettingsError naming it."""
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings from the environment (and `overrides`, by env name, which win); a bad value raises
+    SettingsError naming it, and so does an override that names no setting."""
+    unknown = sorted(set(overrides) - set(setting_names()))
+    if unknown:
+        raise SettingsError(f"unknown setting(s): {', '.join(unknown)}")
     try:
-        return Settings()
+        return Settings(**overrides)
     except ValidationError as exc:
         problems = []
         for err in exc.errors(include_input=False, include_url=False):
@@ -266,8 +269,3 @@ def load_settings() -> Settings:
             problems.append(f"{name}: {err['msg']}")
         raise SettingsError("invalid app settings: " + "; ".join(problems)) from None
 
-
-@functools.lru_cache(maxsize=1)
-def get_settings() -> Settings:
-    """Settings for this process, read once. Tests and devhost call cache_clear()."""
-    return load_settings()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import pytest
 
+from devhost import azurite
 from devhost.clock import Clock, VirtualClock
 from devhost.compute import ComputeSimulator
 from devhost.identity import PATH, TokenIssuer
@@ -60,3 +63,15 @@ async def realtime_standins(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[St
     """Real clock and short operations, for clients that poll on their own (azure-mgmt-compute)."""
     async for s in _serving(monkeypatch, Clock(), operation_seconds=0.3, retry_after=0):
         yield s
+
+
+@pytest.fixture(scope="session")
+def azurite_storage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One real Azurite for the session; each devhost gets tables of its own (`ledger_settings`)."""
+    emulator = asyncio.run(azurite.start(tmp_path_factory.mktemp("azurite")))
+    yield emulator.connection_string
+    asyncio.run(emulator.stop())
+
+
+def ledger_settings(connection_string: str) -> dict[str, str]:
+    return {"AzureWebJobsStorage": connection_string, "LEDGER_TABLE_PREFIX": f"t{uuid.uuid4().hex[:16]}"}

@@ -14,6 +14,7 @@ import pytest
 from devhost.clock import VirtualClock
 from devhost.durable import drive
 from devhost.host import DEMO_GROUP, DEMO_SUBSCRIPTION, DevHost
+from tests.conftest import ledger_settings
 
 BASE = f"/subscriptions/{DEMO_SUBSCRIPTION}/resourceGroups/{DEMO_GROUP}/providers/Microsoft.Compute"
 LINUX_VM = f"{BASE}/virtualMachines/web-linux-01"
@@ -84,7 +85,8 @@ SETTING_NAMES = ("ALLOWED_SCOPES", "COOLDOWN_MINUTES", "ARM_ENDPOINT", "EVENTS_F
 
 
 @pytest.fixture
-async def new_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Callable[..., Any]]:
+async def new_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                   azurite_storage: str) -> AsyncIterator[Callable[..., Any]]:
     """Factory: `await new_host(settings={...}, operation_seconds=..., retry_after=...)`."""
     for name in SETTING_NAMES:
         monkeypatch.setenv(name, "")
@@ -92,6 +94,7 @@ async def new_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIter
     made: list[tuple[DevHost, aiohttp.ClientSession]] = []
 
     async def factory(**kw: Any) -> Host:
+        kw["settings"] = {**ledger_settings(azurite_storage), **(kw.get("settings") or {})}
         dh = await make_host(tmp_path / f"h{len(made)}", **kw)
         http = aiohttp.ClientSession()
         made.append((dh, http))

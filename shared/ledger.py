@@ -1,0 +1,431 @@
+"""The ledger: every coordination decision as one atomic write to Azure Table Storage.
+
+Table Storage gives two atomic primitives on one entity, and they are all reimager needs:
+insert-if-absent (the claim of an idempotency key) and ETag compare-and-swap (a target's
+lease, cooldowns, budget and suspension; an operation's status). Nothing here checks and
+then acts: every decision is made on a record read with its ETag and written back only if
+that ETag still holds, retried on conflict. Schema: docs/ledger.md.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+if TYPE_CHECKING:
+    from azure.data.tables.aio import TableClient, TableServiceClient
+
+log = logging.getLogger("reimager.ledger")
+
+TERMINAL = frozenset({"Succeeded", "Failed", "Canceled", "TimedOut"})
+# A string property holds at most 64 KiB (32K UTF-16 units); documents are split below that.
+_CHUNK = 30_000
+_CHUNKS = 30  # 900K characters: under the 1 MiB entity limit
+_CAS_ATTEMPTS = 64
+_MAX_TIME_MS = 10**15
+OPEN = "open"  # index partition of operations the sweeper still watches  # inverted timestamps sort newest first as fixed-width strings
+
+T = TypeVar("T")
+
+
+class LedgerConflict(RuntimeError):
+    """A compare-and-swap kept losing; the caller may retry later."""
+
+
+class _Doc(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    def to_json(self) -> str:
+        return self.model_dump_json(by_alias=True)
+
+
+class OperationRecord(_Doc):
+    """One reimage operation. Holds no secrets: it is stored, listed and answered."""
+
+    operation_id: str
+    request_id: str
+    target: str
+    lease_key: str
+    instance_ids: list[str] | None = None
+    cooldown_keys: list[str] = Field(default_factory=list)
+    options: dict[str, Any] = Field(default_factory=dict)
+    dry_run: bool = False
+    trigger: str
+    requested_by: str | None = None
+    requested_by_verified: str = "unverified"
+    reason: str | None = None
+    correlation_id: str | None = None
+    reply_to: str | None = None
+    reply_correlation_id: str | None = None
+    status: str = "Claimed"
+    error: dict[str, Any] | None = None
+    arm: dict[str, Any] | None = None
+    arm_status: str | None = None
+    polls: int = 0
+    applied: bool = False  # the POST may have reached ARM: cooldown applies even on failure
+    created_time: datetime
+    last_updated_time: datetime
+    submitted_at: datetime | None = None
+    completed_at: datetime | None = None
+    health: str | None = None
+    batch_id: str | None = None
+    event_id: str | None = None  # set once the terminal event is published
+    etag: str | None = Field(None, exclude=True)
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    def view(self) -> dict[str, Any]:
+        """The public status document (GET /api/reimage/{id})."""
+        doc: dict[str, Any] = {
+            "operationId": self.operation_id, "requestId": self.request_id, "status": self.public_status,
+            "target": self.target, "instanceIds": self.instance_ids, "trigger": self.trigger,
+            "requestedBy": self.requested_by, "requestedByVerified": self.requested_by_verified,
+            "reason": self.reason, "correlationId": self.correlation_id,
+            "createdTime": self.created_time.isoformat(), "lastUpdatedTime": self.last_updated_time.isoformat(),
+            "submittedAt": self.submitted_at.isoformat() if self.submitted_at else None,
+            "completedAt": self.completed_at.isoformat() if self.completed_at else None,
+            "polls": self.polls, "armStatus": self.arm_status, "error": self.error,
+        }
+        if self.terminal:
+            doc["health"] = self.health
+            doc["batchId"] = self.batch_id
+        return doc
+
+    @property
+    def public_status(self) -> str:
+        # Claimed/Submitting are internal steps of an accepted request, not states a caller acts on.
+        return "Accepted" if self.status in ("Claimed", "Submitting") else self.status
+
+
+class Cooldown(_Doc):
+    until: datetime
+    operation_id: str
+
+
+class TargetRecord(_Doc):
+    """One VM or scale set: the lease, per-instance cooldowns, failures and suspension."""
+
+    key: str
+    lease_owner: str | None = None
+    lease_until: datetime | None = None
+    cooldowns: dict[str, Cooldown] = Field(default_factory=dict)  # "" = the VM itself; else instance id
+    consecutive_failures: int = 0
+    suspended: dict[str, Any] | None = None
+    etag: str | None = Field(None, exclude=True)
+
+    def lease_held(self, now: datetime) -> bool:
+        return self.lease_owner is not None and self.lease_until is not None and self.lease_until > now
+
+    def prune(self, now: datetime) -> None:
+        self.cooldowns = {k: c for k, c in self.cooldowns.items() if c.until > now}
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[OperationRecord]
+    continuation_token: str | None
+
+
+# ---- entity encoding ------------------------------------------------------------------------
+def _split(text: str) -> dict[str, str]:
+    parts = [text[i:i + _CHUNK] for i in range(0, len(text), _CHUNK)] or [""]
+    if len(parts) > _CHUNKS:
+        raise ValueError("ledger document too large")
+    return {f"doc{i}": part for i, part in enumerate(parts)}
+
+
+def _join(entity: Any) -> str:
+    return "".join(entity[f"doc{i}"] for i in range(_CHUNKS) if f"doc{i}" in entity)
+
+
+def _etag(entity: Any) -> str | None:
+    meta = getattr(entity, "metadata", None) or {}
+    return meta.get("etag")
+
+
+def inverted(ts: datetime) -> str:
+    return f"{_MAX_TIME_MS - int(ts.timestamp() * 1000):016d}"
+
+
+def target_partition(lease_key: str) -> str:
+    # Row and partition keys may not hold '/', '\\', '#', '?'; a hash keeps them short and safe.
+    import hashlib
+
+    return "t-" + hashlib.sha256(lease_key.encode()).hexdigest()[:40]
+
+
+def _encode_token(token: Any) -> str | None:
+    if not token:
+        return None
+    return base64.urlsafe_b64encode(json.dumps(token).encode()).decode()
+
+
+def _decode_token(token: str | None) -> Any:
+    if not token:
+        return None
+    try:
+        value = json.loads(base64.urlsafe_b64decode(token.encode()))
+    except (ValueError, binascii.Error):
+        raise ValueError("continuationToken is not one this API issued") from None
+    if not isinstance(value, dict):
+        raise ValueError("continuationToken is not one this API issued")
+    return value
+
+
+# ---- the ledger -----------------------------------------------------------------------------
+class Ledger:
+    """Tables `{prefix}ops` (operations), `{prefix}index` (listing), `{prefix}targets`."""
+
+    def __init__(self, service: TableServiceClient, prefix: str = "reimager",
+                 on_close: Callable[[], Awaitable[None]] | None = None) -> None:
+        self._service = service
+        self._prefix = prefix
+        self._on_close = on_close
+        self._ready = False
+        self.round_trips = 0  # for benchmarks: table requests made
+
+    @property
+    def tables(self) -> tuple[str, str, str]:
+        return f"{self._prefix}ops", f"{self._prefix}index", f"{self._prefix}targets"
+
+    def _table(self, name: str) -> TableClient:
+        return self._service.get_table_client(name)
+
+    async def ensure_tables(self) -> None:
+        if self._ready:
+            return
+        from azure.core.exceptions import ResourceExistsError
+
+        for name in self.tables:
+            try:
+                await self._service.create_table(name)
+            except ResourceExistsError:
+                pass
+        self._ready = True
+
+    async def close(self) -> None:
+        await self._service.close()
+        if self._on_close is not None:
+            await self._on_close()
+
+    # ---- operations ------------------------------------------------------------------------
+    def _op_entity(self, record: OperationRecord) -> dict[str, Any]:
+        return {"PartitionKey": record.operation_id, "RowKey": "", "status": record.status,
+                "target": record.lease_key, "created": record.created_time, **_split(record.to_json())}
+
+    @staticmethod
+    def _op_from(entity: Any) -> OperationRecord:
+        record = OperationRecord.model_validate_json(_join(entity))
+        record.etag = _etag(entity)
+        return record
+
+    async def claim(self, record: OperationRecord) -> tuple[bool, OperationRecord]:
+        """Insert-if-absent. (True, record) when this caller won; (False, existing) otherwise."""
+        from azure.core.exceptions import ResourceExistsError
+
+        await self.ensure_tables()
+        ops = self._table(self.tables[0])
+        for _ in range(_CAS_ATTEMPTS):
+            try:
+                self.round_trips += 1
+                meta = await ops.create_entity(self._op_entity(record))
+                record.etag = meta.get("etag")
+                return True, record
+            except ResourceExistsError:
+                existing = await self.get(record.operation_id)
+                if existing is not None:
+                    return False, existing
+                # deleted between the insert and the read (a freed key): try again
+        raise LedgerConflict(f"could not claim {record.operation_id}")
+
+    async def index(self, record: OperationRecord) -> None:
+        """Listing entries (by target and overall), newest first. Idempotent."""
+        ix = self._table(self.tables[1])
+        row = f"{inverted(record.created_time)}-{record.operation_id}"
+        entries = [(target_partition(record.lease_key), row), ("all", row), (OPEN, record.operation_id)]
+        for partition, key in entries:
+            self.round_trips += 1
+            await ix.upsert_entity({"PartitionKey": partition, "RowKey": key, "op": record.operation_id,
+                                    "created": record.created_time})
+
+    async def settled(self, operation_id: str) -> None:
+        """The operation needs no more sweeping (terminal with its event published, or freed)."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            self.round_trips += 1
+            await self._table(self.tables[1]).delete_entity(OPEN, operation_id)
+        except ResourceNotFoundError:
+            pass
+
+    async def get(self, operation_id: str) -> OperationRecord | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        await self.ensure_tables()
+        try:
+            self.round_trips += 1
+            entity = await self._table(self.tables[0]).get_entity(operation_id, "")
+        except ResourceNotFoundError:
+            return None
+        return self._op_from(entity)
+
+    async def replace(self, record: OperationRecord) -> OperationRecord:
+        """CAS: write `record` only if the stored one still has `record.etag`."""
+        from azure.core import MatchConditions
+
+        assert record.etag is not None
+        self.round_trips += 1
+        meta = await self._table(self.tables[0]).update_entity(
+            self._op_entity(record), mode="replace", etag=record.etag, match_condition=MatchConditions.IfNotModified)
+        record.etag = meta.get("etag")
+        return record
+
+    async def update(self, operation_id: str,
+                     mutate: Callable[[OperationRecord], OperationRecord | None]) -> OperationRecord | None:
+        """Read, mutate, CAS, retried on conflict. `mutate` returns None to leave the record as it is."""
+        from azure.core.exceptions import ResourceModifiedError
+
+        for _ in range(_CAS_ATTEMPTS):
+            current = await self.get(operation_id)
+            if current is None:
+                return None
+            changed = mutate(current.model_copy(deep=True))
+            if changed is None:
+                return current
+            changed.etag = current.etag
+            try:
+                return await self.replace(changed)
+            except ResourceModifiedError:
+                continue
+        raise LedgerConflict(f"could not update {operation_id}")
+
+    async def release_claim(self, record: OperationRecord) -> bool:
+        """Free the key of a request that certainly reached nothing (CAS delete)."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+
+        try:
+            self.round_trips += 1
+            await self._table(self.tables[0]).delete_entity(
+                record.operation_id, "", etag=record.etag, match_condition=MatchConditions.IfNotModified)
+            return True
+        except (ResourceModifiedError, ResourceNotFoundError):
+            return False
+
+    async def list(self, *, lease_key: str | None = None, status: str | None = None, since: datetime | None = None,
+                   top: int = 50, continuation_token: str | None = None) -> Page:
+        """Newest first, from the index partition of one target (or of all); never a table scan."""
+        import asyncio
+
+        await self.ensure_tables()
+        partition = target_partition(lease_key) if lease_key else "all"
+        flt = "PartitionKey eq @pk"
+        params: dict[str, Any] = {"pk": partition}
+        if since is not None:
+            flt += " and RowKey lt @upto"
+            params["upto"] = inverted(since) + "~"
+        pages = self._table(self.tables[1]).query_entities(flt, parameters=params, results_per_page=top).by_page(
+            continuation_token=_decode_token(continuation_token))
+        items: list[OperationRecord] = []
+        token: Any = None
+        async for page in pages:
+            self.round_trips += 1
+            entries = [e async for e in page]
+            records = await asyncio.gather(*(self.get(e["op"]) for e in entries))
+            for entry, record in zip(entries, records, strict=True):
+                # a freed key may have been claimed again: only the entry written for this claim counts
+                if record is None or _same_instant(entry.get("created"), record.created_time) is False:
+                    continue
+                if status is None or record.public_status == status:
+                    items.append(record)
+            token = pages.continuation_token
+            break
+        return Page(items, _encode_token(token))
+
+    # ---- targets ---------------------------------------------------------------------------
+    async def get_target(self, lease_key: str) -> TargetRecord:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        await self.ensure_tables()
+        try:
+            self.round_trips += 1
+            entity = await self._table(self.tables[2]).get_entity(target_partition(lease_key), "")
+        except ResourceNotFoundError:
+            return TargetRecord(key=lease_key)
+        record = TargetRecord.model_validate_json(_join(entity))
+        record.etag = _etag(entity)
+        return record
+
+    async def change_target(self, lease_key: str, decide: Callable[[TargetRecord], tuple[TargetRecord | None, T]]
+                            ) -> T:
+        """CAS loop on one target. `decide` gets a fresh copy and returns (record to write or None, result).
+
+        `decide` must be pure: it may run several times, and only the run whose write lands counts.
+        """
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+
+        table = self._table(self.tables[2])
+        for _ in range(_CAS_ATTEMPTS):
+            current = await self.get_target(lease_key)
+            changed, result = decide(current.model_copy(deep=True))
+            if changed is None:
+                return result
+            entity = {"PartitionKey": target_partition(lease_key), "RowKey": "", **_split(changed.to_json())}
+            try:
+                self.round_trips += 1
+                if current.etag is None:
+                    await table.create_entity(entity)
+                else:
+                    await table.update_entity(entity, mode="replace", etag=current.etag,
+                                              match_condition=MatchConditions.IfNotModified)
+                return result
+            except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError):
+                continue
+        raise LedgerConflict(f"could not change target {lease_key}")
+
+    async def unsettled(self) -> list[str]:
+        """Ids of operations not yet settled (the sweeper's work list): one index partition, no scan."""
+        await self.ensure_tables()
+        self.round_trips += 1
+        return [e["op"] async for e in self._table(self.tables[1]).query_entities(
+            "PartitionKey eq @pk", parameters={"pk": OPEN})]
+
+
+def _same_instant(stored: Any, created: datetime) -> bool:
+    if not isinstance(stored, datetime):
+        return True
+    return abs((stored - created).total_seconds()) < 0.001
+
+
+def make_ledger(settings: Any, credential_factory: Callable[[], Any] | None = None) -> Ledger:
+    """The host's convention: `AzureWebJobsStorage` when set (Azurite locally), else
+    `AzureWebJobsStorage__tableServiceUri` with the app's managed identity."""
+    from azure.data.tables.aio import TableServiceClient
+
+    conn = settings.storage_connection_string.get_secret_value() if settings.storage_connection_string else None
+    prefix = settings.ledger_table_prefix
+    if conn:
+        service = TableServiceClient.from_connection_string(conn)
+        return Ledger(service, prefix)
+    uri = settings.table_service_uri
+    if not uri:
+        raise RuntimeError("no ledger: set AzureWebJobsStorage or AzureWebJobsStorage__tableServiceUri")
+    if credential_factory is None:
+        from azure.identity.aio import ManagedIdentityCredential
+
+        credential = ManagedIdentityCredential(client_id=settings.azure_client_id or None)
+    else:
+        credential = credential_factory()
+    return Ledger(TableServiceClient(uri, credential=credential), prefix, on_close=credential.close)

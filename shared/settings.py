@@ -1,7 +1,10 @@
 """App configuration from environment variables (pydantic-settings).
 
-Defaults are safe: an empty ALLOWED_SCOPES allows nothing. A bad value fails at start-up
-with a message naming the setting.
+Each field's environment variable is its name in upper case (``cooldown_minutes`` reads
+``COOLDOWN_MINUTES``); the few platform-defined names are in ``_PLATFORM_NAMES``. Defaults
+are safe: an empty ALLOWED_SCOPES allows nothing. A bad value fails at start-up with a
+message naming the variable. An empty variable counts as unset (App Service and Bicep write
+'' for a setting that has no value).
 """
 
 from __future__ import annotations
@@ -12,7 +15,14 @@ from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasGenerator,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.targets import TargetError, parse_scope
@@ -22,61 +32,145 @@ class SettingsError(RuntimeError):
     """A setting has a value the app cannot run with. The message names the setting."""
 
 
-def _env(name: str) -> AliasChoices:
-    return AliasChoices(name)
+# Names the Functions platform defines (or that azure-identity reads), so they cannot follow
+# the upper-snake rule. Everything else is the field name in upper case.
+_PLATFORM_NAMES = {
+    "storage_connection_string": "AzureWebJobsStorage",
+    "table_service_uri": "AzureWebJobsStorage__tableServiceUri",
+    "service_bus_namespace": "ServiceBusConnection__fullyQualifiedNamespace",
+}
+
+
+def env_name(field: str) -> str:
+    """The environment variable a Settings field reads."""
+    return _PLATFORM_NAMES.get(field, field.upper())
+
+
+_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+# NCRONTAB fields: second, minute, hour, day, month, day of week (names allowed for the last two).
+_CRON_RANGES = ((0, 59), (0, 59), (0, 23), (1, 31), (1, 12), (0, 6))
+_CRON_FIELD = re.compile(r"^(\*|[0-9A-Za-z]+(-[0-9A-Za-z]+)?)(/[0-9]+)?$")
+
+
+def _check_url(value: str, *, allow_path: bool) -> str:
+    parts = urlsplit(value)
+    local = parts.hostname in _LOOPBACK
+    if parts.scheme != "https" and not (parts.scheme == "http" and local):
+        raise ValueError("must be an https URL (http only for loopback stand-ins)")
+    if not parts.hostname or parts.query or parts.fragment or (not allow_path and parts.path not in ("", "/")):
+        raise ValueError("must be a bare origin such as https://management.azure.com")
+    return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/') if allow_path else ''}"
+
+
+def _check_ncrontab(value: str) -> str:
+    fields = value.split()
+    if len(fields) != 6:
+        raise ValueError("must be an NCRONTAB expression with six fields: "
+                         "second minute hour day month day-of-week, e.g. '0 */1 * * * *'")
+    for index, (text, (low, high)) in enumerate(zip(fields, _CRON_RANGES, strict=True)):
+        for item in text.split(","):
+            match = _CRON_FIELD.match(item)
+            if not match or (index < 4 and re.search(r"[A-Za-z]", item)):
+                raise ValueError(f"NCRONTAB field {text!r} is not valid")
+            for number in re.findall(r"\d+", match.group(1)):
+                if not low <= int(number) <= high:
+                    raise ValueError(f"NCRONTAB field {text!r}: {number} is outside {low}-{high}")
+            if match.group(3) and int(match.group(3)[1:]) == 0:
+                raise ValueError(f"NCRONTAB field {text!r}: a step of 0")
+    return " ".join(fields)
+
+
+def _pairs(value: str) -> dict[str, str]:
+    """A `key=value;key=value` connection string as a dict with lower-case keys."""
+    out = {}
+    for part in value.split(";"):
+        if part.strip():
+            key, sep, val = part.partition("=")
+            if not sep or not key.strip():
+                raise ValueError("must be a connection string of key=value pairs separated by ';'")
+            out[key.strip().lower()] = val.strip()
+    return out
+
+
+Percent = Annotated[int, Field(ge=1, le=100)]
+Minutes = Annotated[int, Field(ge=1, le=10080)]  # up to a week
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        case_sensitive=True,
+        extra="ignore",
+        frozen=True,
+        env_ignore_empty=True,
+        alias_generator=AliasGenerator(validation_alias=env_name),
+    )
 
-    arm_endpoint: str = Field("https://management.azure.com", validation_alias=_env("ARM_ENDPOINT"))
-    compute_api_version: str = Field(
-        "2024-07-01", validation_alias=_env("COMPUTE_API_VERSION"), pattern=r"^\d{4}-\d{2}-\d{2}(-preview)?$"
-    )
-    allowed_scopes: Annotated[tuple[str, ...], NoDecode] = Field(
-        (), validation_alias=_env("ALLOWED_SCOPES")
-    )
-    protect_tag: str = Field("reimager-protect=true", validation_alias=_env("PROTECT_TAG"), min_length=1)
-    max_instances_per_request: int = Field(
-        10, validation_alias=_env("MAX_INSTANCES_PER_REQUEST"), ge=1, le=1000
-    )
-    cooldown_minutes: int = Field(30, validation_alias=_env("COOLDOWN_MINUTES"), ge=0, le=10080)
-    poll_min_seconds: int = Field(5, validation_alias=_env("POLL_MIN_SECONDS"), ge=1)
-    poll_max_seconds: int = Field(120, validation_alias=_env("POLL_MAX_SECONDS"), ge=1)
-    poll_default_seconds: int = Field(15, validation_alias=_env("POLL_DEFAULT_SECONDS"), ge=1)
-    operation_timeout_minutes: int = Field(
-        120, validation_alias=_env("OPERATION_TIMEOUT_MINUTES"), ge=1, le=10080
-    )
-    submit_timeout_seconds: int = Field(
-        300, validation_alias=_env("SUBMIT_TIMEOUT_SECONDS"), ge=1, le=3600
-    )
-    polls_per_generation: int = Field(
-        50, validation_alias=_env("POLLS_PER_GENERATION"), ge=2, le=1000
-    )
-    arm_timeout_seconds: float = Field(30, validation_alias=_env("ARM_TIMEOUT_SECONDS"), gt=0, le=300)
-    requests_queue: str = Field("reimage-requests", validation_alias=_env("REQUESTS_QUEUE"), min_length=1)
-    events_topic: str = Field("reimage-events", validation_alias=_env("EVENTS_TOPIC"), min_length=1)
-    service_bus_namespace: str | None = Field(
-        None, validation_alias=_env("ServiceBusConnection__fullyQualifiedNamespace")
-    )
-    azure_client_id: str | None = Field(None, validation_alias=_env("AZURE_CLIENT_ID"))
-    events_file: Path = Field(Path("events.jsonl"), validation_alias=_env("EVENTS_FILE"))
+    # ARM
+    arm_endpoint: str = "https://management.azure.com"
+    compute_api_version: str = Field("2024-07-01", pattern=r"^\d{4}-\d{2}-\d{2}(-preview)?$")
+    arm_timeout_seconds: float = Field(30, gt=0, le=300)
+    azure_client_id: str | None = None
     default_subscription_id: str | None = Field(
-        None,
-        validation_alias=_env("DEFAULT_SUBSCRIPTION_ID"),
-        pattern=r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$",
+        None, pattern=r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$"
     )
+
+    # Static policy
+    allowed_scopes: Annotated[tuple[str, ...], NoDecode] = ()
+    protect_tag: str = Field("reimager-protect=true", min_length=1)
+    max_instances_per_request: int = Field(10, ge=1, le=1000)
+    cooldown_minutes: int = Field(30, ge=0, le=10080)  # 0: no cooldown
+
+    # The durable timer loop
+    poll_min_seconds: int = Field(5, ge=1)
+    poll_max_seconds: int = Field(120, ge=1)
+    poll_default_seconds: int = Field(15, ge=1)
+    operation_timeout_minutes: Minutes = 120
+    submit_timeout_seconds: int = Field(300, ge=1, le=3600)
+    polls_per_generation: int = Field(50, ge=2, le=1000)
+    health_grace_minutes: Minutes = 10
+
+    # Coalescing, budgets, breaker, queue expiry
+    max_batch_percent: Percent = 20
+    fleet_budget_percent: Percent = 30
+    fleet_window_minutes: Minutes = 60
+    global_max_reimages_per_hour: int = Field(100, ge=1, le=100000)
+    breaker_percent: Percent = 50
+    breaker_failures: int = Field(3, ge=1, le=100)
+    queue_max_wait_minutes: Minutes = 240
+    sweep_schedule: str = "0 */1 * * * *"
+
+    # Approvals and caller identity
+    approval_above_instances: int = Field(5, ge=0, le=1000)  # 0: every request needs approval
+    approval_timeout_minutes: Minutes = 60
+    approval_allow_unverified: bool = False
+    easy_auth_enabled: bool = False
+    slack_signing_secret: SecretStr | None = None
+    teams_webhook_secret: SecretStr | None = None
+
+    # Ledger (Table Storage): a connection string locally, the identity + table URI in Azure
+    storage_connection_string: SecretStr | None = None
+    table_service_uri: str | None = None
+    ledger_table_prefix: str = Field("reimager", pattern=r"^[A-Za-z][A-Za-z0-9]{0,39}$")
+
+    # Events
+    requests_queue: str = Field("reimage-requests", min_length=1)
+    events_topic: str = Field("reimage-events", min_length=1)
+    service_bus_namespace: str | None = None
+    events_file: Path = Path("events.jsonl")
+
+    # Telemetry: OpenTelemetry to Application Insights only when this is set
+    applicationinsights_connection_string: str | None = None
 
     @field_validator("arm_endpoint")
     @classmethod
     def _https_origin(cls, value: str) -> str:
-        parts = urlsplit(value)
-        local = parts.hostname in {"127.0.0.1", "localhost", "::1"}
-        if parts.scheme != "https" and not (parts.scheme == "http" and local):
-            raise ValueError("must be an https URL (http only for loopback stand-ins)")
-        if not parts.hostname or parts.path not in ("", "/") or parts.query:
-            raise ValueError("must be a bare origin such as https://management.azure.com")
-        return f"{parts.scheme}://{parts.netloc}"
+        return _check_url(value, allow_path=False)
+
+    @field_validator("table_service_uri")
+    @classmethod
+    def _table_uri(cls, value: str | None) -> str | None:
+        # Azurite's table endpoint carries the account in the path: http://127.0.0.1:10002/devstoreaccount1
+        return None if value is None else _check_url(value, allow_path=True)
 
     @field_validator("allowed_scopes", mode="before")
     @classmethod
@@ -98,6 +192,43 @@ class Settings(BaseSettings):
             raise ValueError("must be a tag name, or name=value")
         return value
 
+    @field_validator("sweep_schedule")
+    @classmethod
+    def _ncrontab(cls, value: str) -> str:
+        return _check_ncrontab(value)
+
+    @field_validator("storage_connection_string")
+    @classmethod
+    def _storage_connection(cls, value: SecretStr | None) -> SecretStr | None:
+        # The message never echoes the value: it holds an account key.
+        if value is not None:
+            pairs = _pairs(value.get_secret_value())
+            if pairs.get("usedevelopmentstorage") != "true" and not (
+                {"accountname", "tableendpoint"} & pairs.keys()
+            ):
+                raise ValueError("must be UseDevelopmentStorage=true or a storage connection string "
+                                 "with AccountName or TableEndpoint")
+        return value
+
+    @field_validator("applicationinsights_connection_string")
+    @classmethod
+    def _appinsights(cls, value: str | None) -> str | None:
+        if value is not None and not _pairs(value).get("instrumentationkey"):
+            raise ValueError("must be an Application Insights connection string (InstrumentationKey=...)")
+        return value
+
+    @field_validator("slack_signing_secret", "teams_webhook_secret", "azure_client_id",
+                     "service_bus_namespace", "default_subscription_id", "table_service_uri",
+                     "storage_connection_string", "applicationinsights_connection_string", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # Settings(KEY="") from devhost overrides behaves like an empty environment variable.
+        if isinstance(value, str) and not value.strip():
+            return None
+        if isinstance(value, SecretStr) and not value.get_secret_value().strip():
+            return None
+        return value
+
     @model_validator(mode="after")
     def _poll_bounds(self) -> Settings:
         if not self.poll_min_seconds <= self.poll_default_seconds <= self.poll_max_seconds:
@@ -117,6 +248,11 @@ class Settings(BaseSettings):
     @property
     def protect_tag_value(self) -> str:
         return self.protect_tag.split("=", 1)[1] if "=" in self.protect_tag else "true"
+
+
+def setting_names() -> list[str]:
+    """Every environment variable the app reads, in declaration order (derived from the model)."""
+    return [env_name(name) for name in Settings.model_fields]
 
 
 def load_settings() -> Settings:

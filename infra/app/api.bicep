@@ -109,3 +109,4 @@ resource basicAuthScm 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@20
 }
 
 output name string = app.name
+output uri string = 'https://${app.properties.defaultHostName}'

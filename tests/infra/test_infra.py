@@ -37,7 +37,7 @@ ROLE_ACTIONS = {
 HOST_SETTINGS = {"AzureWebJobsStorage__accountName", "AzureWebJobsStorage__credential",
                  "AzureWebJobsStorage__clientId", "APPLICATIONINSIGHTS_CONNECTION_STRING",
                  "APPLICATIONINSIGHTS_AUTHENTICATION_STRING", "ServiceBusConnection__credential",
-                 "ServiceBusConnection__clientId"}
+                 "ServiceBusConnection__clientId", "PYTHON_ENABLE_OPENTELEMETRY"}
 
 
 def parse(path: Path) -> dict[str, Any]:
@@ -326,6 +326,15 @@ def _flatten(doc: Any, prefix: str = "") -> dict[str, Any]:
         else:
             out[name] = value
     return out
+
+
+def test_host_exports_opentelemetry_with_durable_distributed_tracing() -> None:
+    host = json.loads((ROOT / "host.json").read_text())
+    assert host["telemetryMode"] == "OpenTelemetry"
+    assert host["extensions"]["durableTask"]["tracing"] == {"distributedTracingEnabled": True, "version": "V2"}
+    settings = parse(ROOT / "infra/app/api.bicep")["variables"]["hostSettings"]["value"]
+    assert settings["PYTHON_ENABLE_OPENTELEMETRY"] == "true"
+    assert "Authorization=AAD" in settings["APPLICATIONINSIGHTS_AUTHENTICATION_STRING"]
 
 
 def test_host_json_matches_the_deploy_doc() -> None:

@@ -197,6 +197,16 @@ module serviceBus 'core/servicebus.bicep' = {
   }
 }
 
+module workbook 'app/workbook.bicep' = {
+  name: 'workbook'
+  scope: rg
+  params: {
+    location: location
+    tags: tags
+    appInsightsId: monitoring.outputs.id
+  }
+}
+
 module keyVault 'core/keyvault.bicep' = {
   name: 'keyvault'
   scope: rg

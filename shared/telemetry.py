@@ -13,7 +13,7 @@ it; the distro routes azure-core tracing to OpenTelemetry).
 
 `track_event(name, **attributes)` records one Application Insights custom event. Names and
 attribute keys must come from the lists below: infra/app/workbook.json queries only those, and
-tests/unit/test_workbook.py checks that it does.
+tests/unit/test_telemetry_workbook.py checks that it does.
 
 Nothing here may carry a secret: the attribute keys are a closed list of non-secret facts,
 and azure-core records no request bodies (so never an adminPassword or customData).

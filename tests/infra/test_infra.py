@@ -48,7 +48,7 @@ def parse(path: Path) -> dict[str, Any]:
 def test_there_is_infra() -> None:
     names = {p.relative_to(ROOT / "infra").as_posix() for p in BICEP}
     assert {"main.bicep", "app/api.bicep", "app/rbac.bicep", "core/operator-role.bicep", "core/servicebus.bicep",
-            "core/storage.bicep", "core/keyvault.bicep", "demo/vmss.bicep"} <= names
+            "core/storage.bicep", "core/keyvault.bicep", "app/workbook.bicep", "demo/vmss.bicep"} <= names
 
 
 @pytest.mark.parametrize("path", BICEP, ids=lambda p: p.relative_to(ROOT).as_posix())

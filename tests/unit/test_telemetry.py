@@ -19,7 +19,7 @@ from opentelemetry.instrumentation.logging.handler import LoggingHandler
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
@@ -34,7 +34,16 @@ ROOT = Path(__file__).resolve().parents[2]
 VM = f"/subscriptions/{SUB}/resourceGroups/fleet/providers/Microsoft.Compute/virtualMachines/vm1"
 CUSTOM_DATA_SECRET = "custom-data-Sentinel-7c1e"
 
-_exporter = InMemorySpanExporter()
+class _Recorder(InMemorySpanExporter):
+    """Keeps spans only while a test is recording: the provider outlives the test (set once)."""
+
+    recording = False
+
+    def export(self, spans: Any) -> Any:
+        return super().export(spans) if self.recording else SpanExportResult.SUCCESS
+
+
+_exporter = _Recorder()
 _provider: TracerProvider | None = None
 
 
@@ -55,9 +64,11 @@ def _tracer_provider() -> TracerProvider:
 def spans() -> Iterator[InMemorySpanExporter]:
     _tracer_provider()
     _exporter.clear()
+    _exporter.recording = True
     telemetry.trace_azure_sdk()
     yield _exporter
     azure_settings.tracing_implementation.unset_value()
+    _exporter.recording = False
     _exporter.clear()
 
 

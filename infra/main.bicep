@@ -1,5 +1,11 @@
 // reimager: Flex Consumption Function App (Python 3.11) with a user-assigned identity, storage
-// without shared keys, Service Bus without local auth, monitoring, and least-privilege roles.
+// without shared keys, Service Bus without local auth, Key Vault for the chatops secrets,
+// monitoring with a workbook, and least-privilege roles.
+//
+// Every app setting shared/settings.py reads is a parameter here, mapped in
+// main.parameters.json from the azd environment variable REIMAGER_<SETTING>
+// (`azd env set REIMAGER_COOLDOWN_MINUTES 60`), except the ones that name resources this
+// template creates. Bounds mirror shared/settings.py (tests/infra checks both).
 targetScope = 'subscription'
 
 @minLength(1)
@@ -9,19 +15,44 @@ param environmentName string
 
 @minLength(1)
 @description('Primary location for all resources')
+@metadata({ azd: { type: 'location' } })
 param location string
 
-@description('Subscription or resource-group ids reimager may act on (ALLOWED_SCOPES). Empty allows nothing.')
+@description('Object id that gets data-plane access to storage and Service Bus for local runs; empty: the deploying principal (deployer().objectId)')
+param principalId string = ''
+
+@description('Give the deploying principal data-plane access (REIMAGER_GRANT_DEPLOYER_ACCESS); turn off for production pipelines')
+param grantDeployerAccess bool = true
+
+// ---- reimager settings (shared/settings.py) ---------------------------------------------
+
+@description('ALLOWED_SCOPES: subscription or resource-group ids reimager may act on. Empty allows nothing.')
 param allowedScopes array = []
 
-@description('Tag that protects a target from reimage: name or name=value (PROTECT_TAG)')
+@description('ARM_ENDPOINT: empty means this cloud\'s Resource Manager endpoint')
+param armEndpoint string = ''
+
+@description('COMPUTE_API_VERSION')
+param computeApiVersion string = '2024-07-01'
+
+@description('ARM_TIMEOUT_SECONDS: seconds to wait for an ARM answer')
+@minValue(1)
+@maxValue(300)
+param armTimeoutSeconds int = 30
+
+@description('DEFAULT_SUBSCRIPTION_ID: empty means this subscription')
+param defaultSubscriptionId string = ''
+
+@description('PROTECT_TAG: name or name=value; a tagged target is never reimaged')
 param protectTag string = 'reimager-protect=true'
 
 @minValue(1)
 @maxValue(1000)
 param maxInstancesPerRequest int = 10
 
+@description('COOLDOWN_MINUTES: 0 turns cooldowns off')
 @minValue(0)
+@maxValue(10080)
 param cooldownMinutes int = 30
 
 @minValue(1)
@@ -34,29 +65,88 @@ param pollMaxSeconds int = 120
 param pollDefaultSeconds int = 15
 
 @minValue(1)
+@maxValue(10080)
 param operationTimeoutMinutes int = 120
 
 @minValue(1)
+@maxValue(3600)
 param submitTimeoutSeconds int = 300
 
 @minValue(2)
+@maxValue(1000)
 param pollsPerGeneration int = 50
 
-param computeApiVersion string = '2024-07-01'
+@minValue(1)
+@maxValue(10080)
+param healthGraceMinutes int = 10
 
-@description('Seconds to wait for an ARM answer before giving up on a call')
-param armTimeoutSeconds int = 30
+@minValue(1)
+@maxValue(100)
+param maxBatchPercent int = 20
 
-@description('Default subscription for requests that give resourceGroupName without subscriptionId')
-param defaultSubscriptionId string = subscription().subscriptionId
+@minValue(1)
+@maxValue(100)
+param fleetBudgetPercent int = 30
+
+@minValue(1)
+@maxValue(10080)
+param fleetWindowMinutes int = 60
+
+@minValue(1)
+@maxValue(100000)
+param globalMaxReimagesPerHour int = 100
+
+@minValue(1)
+@maxValue(100)
+param breakerPercent int = 50
+
+@minValue(1)
+@maxValue(100)
+param breakerFailures int = 3
+
+@minValue(1)
+@maxValue(10080)
+param queueMaxWaitMinutes int = 240
+
+@description('SWEEP_SCHEDULE: NCRONTAB with six fields')
+param sweepSchedule string = '0 */1 * * * *'
+
+@description('APPROVAL_ABOVE_INSTANCES: 0 makes every request wait for approval')
+@minValue(0)
+@maxValue(1000)
+param approvalAboveInstances int = 5
+
+@minValue(1)
+@maxValue(10080)
+param approvalTimeoutMinutes int = 60
+
+param approvalAllowUnverified bool = false
+
+@description('EASY_AUTH_ENABLED: only with App Service authentication configured on the app')
+param easyAuthEnabled bool = false
+
+@secure()
+@description('SLACK_SIGNING_SECRET: stored in Key Vault; the app setting is a Key Vault reference')
+param slackSigningSecret string = ''
+
+@secure()
+@description('TEAMS_WEBHOOK_SECRET: stored in Key Vault; the app setting is a Key Vault reference')
+param teamsWebhookSecret string = ''
+
+@description('LEDGER_TABLE_PREFIX: a letter, then letters or digits')
+param ledgerTablePrefix string = 'reimager'
+
+@description('REQUESTS_QUEUE: the Service Bus queue this template creates')
+param requestsQueue string = 'reimage-requests'
+
+@description('EVENTS_TOPIC: the Service Bus topic this template creates')
+param eventsTopic string = 'reimage-events'
 
 var tags = { 'azd-env-name': environmentName }
 // '/subscriptions/{id}' splits into 3 parts, '/subscriptions/{id}/resourceGroups/{rg}' into 5.
 var subscriptionScopes = filter(allowedScopes, s => length(split(s, '/')) == 3)
 var groupScopes = filter(allowedScopes, s => length(split(s, '/')) == 5)
 var token = toLower(uniqueString(subscription().id, environmentName, location))
-var requestsQueue = 'reimage-requests'
-var eventsTopic = 'reimage-events'
 
 resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
   name: 'rg-${environmentName}'
@@ -82,7 +172,6 @@ module monitoring 'core/monitoring.bicep' = {
     appInsightsName: 'appi-${token}'
     location: location
     tags: tags
-    principalId: identity.outputs.principalId
   }
 }
 
@@ -93,7 +182,6 @@ module storage 'core/storage.bicep' = {
     name: 'streimager${token}'
     location: location
     tags: tags
-    principalId: identity.outputs.principalId
   }
 }
 
@@ -106,13 +194,54 @@ module serviceBus 'core/servicebus.bicep' = {
     tags: tags
     requestsQueue: requestsQueue
     eventsTopic: eventsTopic
-    principalId: identity.outputs.principalId
+  }
+}
+
+module workbook 'app/workbook.bicep' = {
+  name: 'workbook'
+  scope: rg
+  params: {
+    location: location
+    tags: tags
+    appInsightsId: monitoring.outputs.id
+  }
+}
+
+module keyVault 'core/keyvault.bicep' = {
+  name: 'keyvault'
+  scope: rg
+  params: {
+    name: 'kv-${token}'
+    location: location
+    tags: tags
+    slackSigningSecret: slackSigningSecret
+    teamsWebhookSecret: teamsWebhookSecret
+  }
+}
+
+// deployer().objectId, in a module of its own (see app/deployer.bicep).
+module deployingPrincipal 'app/deployer.bicep' = {
+  name: 'deployer'
+}
+
+module rbac 'app/rbac.bicep' = {
+  name: 'rbac'
+  scope: rg
+  params: {
+    storageAccountName: storage.outputs.name
+    serviceBusNamespaceName: serviceBus.outputs.name
+    appInsightsName: monitoring.outputs.name
+    keyVaultName: keyVault.outputs.name
+    identityPrincipalId: identity.outputs.principalId
+    userPrincipalId: grantDeployerAccess ? (empty(principalId) ? deployingPrincipal.outputs.objectId : principalId) : ''
   }
 }
 
 module api 'app/api.bicep' = {
   name: 'api'
   scope: rg
+  // Key Vault references resolve only once the identity may read the secrets.
+  dependsOn: [rbac]
   params: {
     name: 'func-reimager-${token}'
     planName: 'plan-reimager-${token}'
@@ -124,11 +253,12 @@ module api 'app/api.bicep' = {
     deploymentContainer: storage.outputs.deploymentContainer
     appInsightsConnectionString: monitoring.outputs.connectionString
     appSettings: {
-      ARM_ENDPOINT: environment().resourceManager
+      ARM_ENDPOINT: empty(armEndpoint) ? environment().resourceManager : armEndpoint
       COMPUTE_API_VERSION: computeApiVersion
       ARM_TIMEOUT_SECONDS: string(armTimeoutSeconds)
+      AZURE_CLIENT_ID: identity.outputs.clientId
+      DEFAULT_SUBSCRIPTION_ID: empty(defaultSubscriptionId) ? subscription().subscriptionId : defaultSubscriptionId
       ALLOWED_SCOPES: join(allowedScopes, ',')
-      DEFAULT_SUBSCRIPTION_ID: defaultSubscriptionId
       PROTECT_TAG: protectTag
       MAX_INSTANCES_PER_REQUEST: string(maxInstancesPerRequest)
       COOLDOWN_MINUTES: string(cooldownMinutes)
@@ -138,12 +268,28 @@ module api 'app/api.bicep' = {
       OPERATION_TIMEOUT_MINUTES: string(operationTimeoutMinutes)
       SUBMIT_TIMEOUT_SECONDS: string(submitTimeoutSeconds)
       POLLS_PER_GENERATION: string(pollsPerGeneration)
+      HEALTH_GRACE_MINUTES: string(healthGraceMinutes)
+      MAX_BATCH_PERCENT: string(maxBatchPercent)
+      FLEET_BUDGET_PERCENT: string(fleetBudgetPercent)
+      FLEET_WINDOW_MINUTES: string(fleetWindowMinutes)
+      GLOBAL_MAX_REIMAGES_PER_HOUR: string(globalMaxReimagesPerHour)
+      BREAKER_PERCENT: string(breakerPercent)
+      BREAKER_FAILURES: string(breakerFailures)
+      QUEUE_MAX_WAIT_MINUTES: string(queueMaxWaitMinutes)
+      SWEEP_SCHEDULE: sweepSchedule
+      APPROVAL_ABOVE_INSTANCES: string(approvalAboveInstances)
+      APPROVAL_TIMEOUT_MINUTES: string(approvalTimeoutMinutes)
+      APPROVAL_ALLOW_UNVERIFIED: string(approvalAllowUnverified)
+      EASY_AUTH_ENABLED: string(easyAuthEnabled)
+      SLACK_SIGNING_SECRET: keyVault.outputs.slackSigningSecretSetting
+      TEAMS_WEBHOOK_SECRET: keyVault.outputs.teamsWebhookSecretSetting
+      AzureWebJobsStorage__tableServiceUri: storage.outputs.tableEndpoint
+      LEDGER_TABLE_PREFIX: ledgerTablePrefix
       REQUESTS_QUEUE: requestsQueue
       EVENTS_TOPIC: eventsTopic
       ServiceBusConnection__fullyQualifiedNamespace: serviceBus.outputs.fullyQualifiedNamespace
       ServiceBusConnection__credential: 'managedidentity'
       ServiceBusConnection__clientId: identity.outputs.clientId
-      AZURE_CLIENT_ID: identity.outputs.clientId
     }
   }
 }
@@ -176,8 +322,18 @@ module groupAssignments 'core/role-assignment-group.bicep' = [for scope in group
   }
 }]
 
+// azd writes these into .azure/<env>/.env; the names follow the azd templates' convention.
 output AZURE_LOCATION string = location
+output AZURE_TENANT_ID string = tenant().tenantId
+output AZURE_SUBSCRIPTION_ID string = subscription().subscriptionId
 output AZURE_RESOURCE_GROUP string = rg.name
-output FUNCTION_APP_NAME string = api.outputs.name
-output SERVICEBUS_NAMESPACE string = serviceBus.outputs.fullyQualifiedNamespace
-output REIMAGER_IDENTITY_CLIENT_ID string = identity.outputs.clientId
+output SERVICE_API_NAME string = api.outputs.name
+output SERVICE_API_URI string = api.outputs.uri
+output AZURE_FUNCTION_NAME string = api.outputs.name
+output AZURE_KEY_VAULT_NAME string = keyVault.outputs.name
+output AZURE_KEY_VAULT_ENDPOINT string = keyVault.outputs.endpoint
+output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.name
+output AZURE_STORAGE_TABLE_ENDPOINT string = storage.outputs.tableEndpoint
+output AZURE_SERVICEBUS_NAMESPACE string = serviceBus.outputs.fullyQualifiedNamespace
+output AZURE_USER_ASSIGNED_IDENTITY_CLIENT_ID string = identity.outputs.clientId
+output APPLICATIONINSIGHTS_CONNECTION_STRING string = monitoring.outputs.connectionString

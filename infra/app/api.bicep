@@ -38,6 +38,9 @@ var hostSettings = {
   AzureWebJobsStorage__clientId: identityClientId
   APPLICATIONINSIGHTS_CONNECTION_STRING: appInsightsConnectionString
   APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identityClientId};Authorization=AAD'
+  // The worker continues the host's trace context (host.json telemetryMode: OpenTelemetry);
+  // shared/telemetry.py configures the exporter itself.
+  PYTHON_ENABLE_OPENTELEMETRY: 'true'
 }
 
 resource app 'Microsoft.Web/sites@2024-04-01' = {
@@ -109,3 +112,4 @@ resource basicAuthScm 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@20
 }
 
 output name string = app.name
+output uri string = 'https://${app.properties.defaultHostName}'

@@ -5,13 +5,6 @@ param location string
 param tags object = {}
 param requestsQueue string
 param eventsTopic string
-param principalId string
-
-// Azure Service Bus Data Receiver and Data Sender.
-var roles = [
-  '4f6d3b9b-027b-4f4c-9142-0e5a2a2247e0'
-  '69a216fc-b8fb-44d8-bc22-1f3c2cd27a39'
-]
 
 resource namespace 'Microsoft.ServiceBus/namespaces@2022-10-01-preview' = {
   name: name
@@ -57,14 +50,5 @@ resource all 'Microsoft.ServiceBus/namespaces/topics/subscriptions@2022-10-01-pr
   }
 }
 
-resource dataRoles 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for role in roles: {
-  name: guid(namespace.id, principalId, role)
-  scope: namespace
-  properties: {
-    principalId: principalId
-    principalType: 'ServicePrincipal'
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', role)
-  }
-}]
-
+output name string = namespace.name
 output fullyQualifiedNamespace string = '${namespace.name}.servicebus.windows.net'

@@ -1,21 +1,13 @@
 // Storage for the Functions host, Durable Functions (blobs, queues, tables) and Flex deployments.
-// Shared keys are disabled: everything connects with the app's managed identity.
+// Shared keys are disabled: everything connects with Entra ID (roles: app/rbac.bicep).
 @minLength(3)
 @maxLength(24)
 @description('3-24 lower-case letters and digits (main.bicep: streimager + a 13-character token)')
 param name string
 param location string
 param tags object = {}
-param principalId string
 
 var deploymentContainer = 'app-package'
-// Storage Blob Data Owner, Storage Queue Data Contributor, Storage Table Data Contributor:
-// the roles the Functions host and the Durable Functions Azure Storage provider need.
-var roles = [
-  'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
-  '974c5e8b-45b9-4653-ba55-5f855dd0fb88'
-  '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3'
-]
 
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
   // checkov:skip=CKV_AZURE_35: Flex Consumption without VNet integration reaches storage over its public endpoint; access is Entra ID only (shared keys off)
@@ -54,15 +46,6 @@ resource container 'Microsoft.Storage/storageAccounts/blobServices/containers@20
   properties: { publicAccess: 'None' }
 }
 
-resource dataRoles 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for role in roles: {
-  name: guid(storage.id, principalId, role)
-  scope: storage
-  properties: {
-    principalId: principalId
-    principalType: 'ServicePrincipal'
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', role)
-  }
-}]
-
 output name string = storage.name
 output deploymentContainer string = deploymentContainer
+output tableEndpoint string = storage.properties.primaryEndpoints.table

@@ -622,7 +622,7 @@ class ComputeSimulator:
         if self.list_page_size and start + len(page) < len(ids):
             query = {k: v for k, v in request.query.items() if k != "$skiptoken"}
             query["$skiptoken"] = str(start + len(page))
-            doc["nextLink"] = f"{request.url.origin()}{request.path}?{urlencode(query)}"
+            doc["nextLink"] = f"{request.url.origin()}{request.path}?{urlencode(query, safe='$')}"
         return web.json_response(doc, headers=headers)
 
     def _put(self, p: _Parsed, body: dict[str, Any], patch: bool) -> web.Response:

@@ -1,7 +1,7 @@
 """ARM Compute simulator (aiohttp): VMs, scale sets, their instances, instance views, and the reimage LROs.
 
-Faithful where reimager and azure-mgmt-compute look, and never kinder than Azure
-(research/arm-fidelity.md lists each behaviour with its source):
+Faithful where reimager and azure-mgmt-compute look, and never kinder than Azure (sources are
+cited where each behaviour is implemented; the project's fidelity table lists them all):
 - paths matched case-insensitively; api-version and bearer tokens required;
 - a reimage answers 202 + Azure-AsyncOperation + Location (`monitor=true`) and, like the
   recorded exchange, no Retry-After unless the constructor or a fault asks for one;
@@ -455,10 +455,6 @@ class ComputeSimulator:
         op_id = self._active.get(lock_key)
         if op_id is not None:
             self._settle(self.operations[op_id], now)
-
-    # kept for callers of the old name (tests, bench)
-    def _settle_all(self) -> None:
-        self._settle_due()
 
     def _settle(self, op: Operation, now: float) -> None:
         """Apply an operation's effects once it has ended: instances return to the model's image."""

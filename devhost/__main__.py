@@ -19,7 +19,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=7071, help="functions port; 0 picks any free port (default 7071)")
     p.add_argument("--state-dir", default=".devhost", help="where endpoints.json and events go (default .devhost)")
     p.add_argument("--operation-seconds", type=float, default=5.0, help="how long a simulated reimage runs")
-    p.add_argument("--retry-after", type=int, default=1, help="the Retry-After the simulator sends (seconds)")
+    p.add_argument("--retry-after", type=int, default=None,
+                   help="a Retry-After the simulator sends (seconds; default none, as ARM)")
     p.add_argument("--settings", action="append", default=[], metavar="KEY=VALUE",
                    help="override an app setting, e.g. COOLDOWN_MINUTES=0 (repeatable)")
     p.add_argument("--demo", action="store_true", help="run the scripted demo and exit 0 only if it all worked")

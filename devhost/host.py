@@ -98,14 +98,14 @@ def _route_regex(template: str) -> re.Pattern[str]:
 
 class DevHost:
     def __init__(self, *, clock: Clock | None = None, host: str = "127.0.0.1", port: int = 0,
-                 state_dir: Path | str = ".devhost", operation_seconds: float = 5.0, retry_after: int | None = 1,
+                 state_dir: Path | str = ".devhost", operation_seconds: float = 5.0, retry_after: int | None = None,
                  settings: dict[str, str] | None = None, seed: bool = True) -> None:
         self.clock = clock or Clock()
         self.host, self.port = host, port
         self.state_dir = Path(state_dir)
         self.issuer = TokenIssuer()
         self.sim = ComputeSimulator(clock=self.clock, issuer=self.issuer, operation_seconds=operation_seconds,
-                                    retry_after=retry_after)
+                                    retry_after=retry_after, state_dir=self.state_dir / "arm")
         self.function_key = secrets.token_urlsafe(24)
         self.overrides = dict(settings or {})
         self.seed = seed
@@ -121,7 +121,7 @@ class DevHost:
     async def start(self) -> DevHost:
         self.state_dir.mkdir(parents=True, exist_ok=True)  # events.jsonl is appended to, never wiped
         identity = await serve(self.issuer.app(), self.host)
-        arm = await serve(self.sim.app(), self.host)
+        arm = await self.sim.serve(self.host)  # on its recorded port: operation URLs outlive a restart
         self.servers += [identity, arm]
         self.identity_url, self.arm_url = identity.url + IDENTITY_PATH, arm.url
         await self._reset_durable_session()

@@ -34,7 +34,7 @@ from azure.core.rest import HttpRequest
 
 from shared.errors import ErrorDetail, ReimagerError
 from shared.models import ArmCall, OsType
-from shared.operations import PollMode, PollResult, interpret, parse_retry_after
+from shared.operations import PollMode, PollResult, interpret, location_failure, parse_retry_after
 from shared.settings import Settings
 from shared.targets import Target, TargetKind
 
@@ -140,6 +140,8 @@ class ArmRetryPolicy(AsyncRetryPolicy[Any, Any]):
         status = response.http_response.status_code
         if response.http_request.method.upper() == "POST" and status != 429:
             return False
+        if _is_location_failure(response):
+            return False  # a finished operation's answer: asking again cannot change it
         retry_after = self.get_retry_after(response)
         if retry_after is not None and retry_after > self._max_retry_after:
             return False  # too long to hold a trigger; the caller is told to come back later
@@ -162,6 +164,18 @@ class ArmRetryPolicy(AsyncRetryPolicy[Any, Any]):
             delay = self.get_backoff_time(settings)
         if delay > 0:
             await self._sleeper(delay)
+
+
+def _is_location_failure(response: PipelineResponse[Any, Any]) -> bool:
+    """A Location poll (`monitor=true`) answered with a failed operation's CloudError (see operations.py)."""
+    request, http = response.http_request, response.http_response
+    if request.method.upper() != "GET" or "monitor=true" not in request.url.lower():
+        return False
+    try:
+        doc = json.loads(http.body() or b"null")
+    except (ValueError, TypeError, AttributeError):
+        return False  # no body loaded, or not JSON: not a recognisable failure
+    return location_failure(http.status_code, doc if isinstance(doc, dict) else None) is not None
 
 
 class ArmHostGuardPolicy(SansIOHTTPPolicy[HttpRequest, Any]):

@@ -68,6 +68,33 @@ _TERMINAL = {"succeeded": OperationState.SUCCEEDED, "failed": OperationState.FAI
              "canceled": OperationState.CANCELED, "cancelled": OperationState.CANCELED}
 
 
+# Location polls: statuses that describe the read, never the operation. 401/403: our token or role;
+# 404: the operation resource itself is gone or unknown; 408/429/502/503/504: timeouts, throttling
+# and gateways, which azure-core's pipeline also treats as transient and retries.
+READ_FAILURE_STATUSES = frozenset({401, 403, 404, 408, 429, 502, 503, 504})
+
+
+def _cloud_error(doc: dict[str, Any] | None) -> dict[str, Any] | None:
+    err = (doc or {}).get("error")
+    return err if isinstance(err, dict) and isinstance(err.get("code"), str) and err["code"] else None
+
+
+def location_failure(status_code: int, doc: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The CloudError of a finished, failed operation read through its Location URL, else None.
+
+    ARM RPC (async-api-reference.md, "202 Accepted and Location Headers"): the Location URL answers
+    202 while the operation runs and, once it is done, "the exact same response that would have been
+    returned had the operation been executed synchronously": 200/204 on success, the error status with
+    a CloudError body on failure. So a 4xx/5xx carrying a CloudError is the operation's failure, unless
+    the status is one that only ever describes the read (READ_FAILURE_STATUSES). A 4xx/5xx without a
+    CloudError body is a failed read. (Azure-AsyncOperation is different: there, any 4xx/5xx is a
+    failed read, per the same document's "Azure-AsyncOperation Resource format".)
+    """
+    if status_code < 400 or status_code in READ_FAILURE_STATUSES:
+        return None
+    return _cloud_error(doc)
+
+
 def interpret(mode: PollMode, status_code: int, headers: dict[str, str], body: bytes | str | None,
               now: float) -> PollResult:
     """Read one poll response. Any status other than a terminal one means still running (ARM's rule)."""
@@ -75,7 +102,12 @@ def interpret(mode: PollMode, status_code: int, headers: dict[str, str], body: b
     retry_after = parse_retry_after(lower.get("retry-after"), now)
     doc = _body_json(body)
     if status_code >= 400:
-        read_err = (doc or {}).get("error") or {}
+        failure = location_failure(status_code, doc) if mode == "location" else None
+        if failure is not None:
+            # Location mode carries no Failed/Canceled distinction: a failure status is Failed, with ARM's code.
+            return PollResult(OperationState.FAILED, None, failure["code"], str(failure.get("message") or ""),
+                              status_code)
+        read_err = _cloud_error(doc) or {}
         return PollResult(OperationState.RUNNING, retry_after, read_err.get("code"), read_err.get("message"),
                           status_code, read_failed=True)
     if mode == "location" and status_code == 202:

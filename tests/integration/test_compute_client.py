@@ -226,11 +226,52 @@ async def test_errors_carry_arm_code(client: ComputeClient) -> None:
     assert err.error.details[0].code == "InvalidParameter"
 
 
-async def test_conflict_while_running(client: ComputeClient) -> None:
-    await client.submit(call_for(VMSS, instanceIds=["0"]))
+async def test_newer_reimage_preempts_the_running_one(client: ComputeClient, standins: StandIns) -> None:
+    first = await client.submit(call_for(VMSS, instanceIds=["0"]))
+    second = await client.submit(call_for(VMSS + "/virtualMachines/1"))  # instance op on the same set
+    assert first.async_operation_url and first.location_url and second.async_operation_url
+    old = await client.poll(first.async_operation_url, "async")
+    assert (old.state, old.error_code) == (OperationState.CANCELED, "OperationPreempted")
+    assert old.error_message == "Operation execution has been preempted by a more recent operation."
+    via_location = await client.poll(first.location_url, "location")
+    assert (via_location.state, via_location.error_code, via_location.read_failed) == (
+        OperationState.FAILED, "OperationPreempted", False)
+    assert (await client.poll(second.async_operation_url, "async")).state is OperationState.RUNNING
+    standins.clock.advance(61)  # type: ignore[attr-defined]
+    assert (await client.poll(second.async_operation_url, "async")).state is OperationState.SUCCEEDED
+
+
+async def test_deallocated_vm_is_a_state_conflict(client: ComputeClient, standins: StandIns) -> None:
+    standins.sim.set_power_state(VM, "deallocated")
     with pytest.raises(ComputeError) as info:
-        await client.submit(call_for(VMSS, instanceIds=["1"]))
+        await client.submit(call_for(VM))
     assert info.value.status == 409 and info.value.arm_code == "OperationNotAllowed"
+    assert standins.sim.operations == {}
+
+
+async def test_location_failure_is_terminal_and_read_once(client: ComputeClient, standins: StandIns) -> None:
+    standins.sim.async_operation_header = False
+    standins.sim.faults.append(Fault(match="reimage", outcome="Failed", code="OSProvisioningClientError",
+                                     message="OS provisioning failed"))
+    sub = await client.submit(call_for(VM))
+    assert sub.async_operation_url is None and sub.location_url
+    assert (await client.poll(sub.location_url, "location")).state is OperationState.RUNNING
+    standins.clock.advance(61)  # type: ignore[attr-defined]
+    before = len(standins.sim.requests)
+    done = await client.poll(sub.location_url, "location")
+    assert (done.state, done.error_code, done.error_message, done.status_code, done.read_failed) == (
+        OperationState.FAILED, "OSProvisioningClientError", "OS provisioning failed", 500, False)
+    assert [r["status"] for r in standins.sim.requests[before:]] == [500]  # not retried: it cannot change
+
+
+@pytest.mark.parametrize("status", [404, 429, 503])
+async def test_location_read_failure_is_not_an_operation_failure(client: ComputeClient, standins: StandIns,
+                                                                 status: int) -> None:
+    sub = await client.submit(call_for(VM))
+    assert sub.location_url
+    standins.sim.faults.append(Fault(match="operations", status=status, times=10))
+    result = await client.poll(sub.location_url, "location")
+    assert result.read_failed and result.state is OperationState.RUNNING and result.status_code == status
 
 
 async def test_unknown_token_gets_401(standins: StandIns) -> None:

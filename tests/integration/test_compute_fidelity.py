@@ -15,7 +15,9 @@ import pytest
 from azure.identity.aio import ManagedIdentityCredential
 from azure.mgmt.compute.aio import ComputeManagementClient
 
-from tests.conftest import StandIns
+from devhost.clock import Clock
+from devhost.compute import Fault
+from tests.conftest import StandIns, start_standins
 from tests.helpers import FIXTURES, SUB
 
 RG = "rgcompute"
@@ -33,6 +35,16 @@ def real_ids(value: Any, ids: dict[str, str]) -> Any:
     if isinstance(value, list):
         return [real_ids(v, ids) for v in value]
     return ids.get(value, value) if isinstance(value, str) else value
+
+
+@pytest.fixture
+async def realtime_standins(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[StandIns]:
+    """Real clock, short operations, and ARM's default of no Retry-After: the SDK's poller uses its own interval."""
+    s = await start_standins(monkeypatch, Clock(), operation_seconds=0.3)
+    assert s.sim.retry_after is None
+    yield s
+    for server in s.servers:
+        await server.close()
 
 
 @pytest.fixture
@@ -113,3 +125,26 @@ async def test_sdk_sees_simulator_errors(sdk: ComputeManagementClient) -> None:
     with pytest.raises(HttpResponseError) as info:
         await sdk.virtual_machine_scale_sets.begin_reimage(RG, "ss1", {"instanceIds": ["99"]}, enforce_https=False)
     assert info.value.status_code == 400 and info.value.error.code == "InvalidParameter"
+
+
+async def test_sdk_poller_sees_preemption_and_location_failures(sdk: ComputeManagementClient,
+                                                               realtime_standins: StandIns) -> None:
+    """The SDK's own LRO poller, with no Retry-After: a preempted reimage fails the first poller."""
+    from azure.core.exceptions import HttpResponseError
+
+    sim = realtime_standins.sim
+    kw = {"enforce_https": False, "polling_interval": 0.05}
+    sim.durations["ss1"] = 1.0
+    first = await sdk.virtual_machine_scale_sets.begin_reimage(RG, "ss1", {"instanceIds": ["0"]}, **kw)
+    second = await sdk.virtual_machine_scale_set_vms.begin_reimage(RG, "ss1", "1", **kw)
+    with pytest.raises(HttpResponseError):
+        await first.result()
+    await second.result()  # the newer one runs to the end
+    first_op, second_op = list(sim.operations.values())[-2:]
+    assert (first_op.outcome, first_op.code) == ("Canceled", "OperationPreempted")
+    assert second_op.status(sim.clock.now()) == "Succeeded"
+    sim.async_operation_header = False  # the Location protocol alone, as some RPs answer
+    sim.faults.append(Fault(match="reimage", outcome="Failed", code="InternalExecutionError"))
+    with pytest.raises(HttpResponseError) as info:
+        await (await sdk.virtual_machines.begin_reimage(RG, "myVMName", None, **kw)).result()
+    assert info.value.status_code == 500

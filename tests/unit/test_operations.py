@@ -49,11 +49,32 @@ def test_location_mode_reports_failure_body() -> None:
     assert interpret("location", 200, {}, body, NOW).state is OperationState.FAILED
 
 
-@pytest.mark.parametrize("status", [400, 404, 429, 500, 503])
-@pytest.mark.parametrize("mode", ["async", "location"])
-def test_error_status_is_a_read_failure(status: int, mode: str) -> None:
-    r = interpret(mode, status, {"Retry-After": "3"}, '{"error": {"code": "Boom"}}', NOW)  # type: ignore[arg-type]
+@pytest.mark.parametrize("status", [400, 404, 409, 429, 500, 503])
+def test_error_status_in_async_mode_is_a_read_failure(status: int) -> None:
+    """ARM RPC, Azure-AsyncOperation: a 4xx/5xx is a failure to read the status, not of the operation."""
+    r = interpret("async", status, {"Retry-After": "3"}, '{"error": {"code": "Boom"}}', NOW)
     assert r.read_failed and r.state is OperationState.RUNNING and r.retry_after == 3
+
+
+@pytest.mark.parametrize("status", [400, 409, 500])
+def test_location_failure_status_with_cloud_error_is_terminal(status: int) -> None:
+    """ARM RPC, Location: a finished operation answers as it would have synchronously, failures included."""
+    body = json.dumps({"error": {"code": "OperationPreempted", "message": "preempted"}})
+    r = interpret("location", status, {}, body, NOW)
+    assert (r.state, r.error_code, r.error_message, r.read_failed, r.status_code) == (
+        OperationState.FAILED, "OperationPreempted", "preempted", False, status)
+
+
+@pytest.mark.parametrize("status", [401, 403, 404, 408, 429, 502, 503, 504])
+def test_location_transient_or_read_statuses_are_read_failures(status: int) -> None:
+    r = interpret("location", status, {"Retry-After": "3"}, '{"error": {"code": "Boom", "message": "m"}}', NOW)
+    assert r.read_failed and r.state is OperationState.RUNNING and r.retry_after == 3 and r.error_code == "Boom"
+
+
+@pytest.mark.parametrize("body", [b"", b"<html>bad gateway</html>", b'{"error": "text"}', b'{"error": {}}', b"[]"])
+def test_location_error_without_cloud_error_is_a_read_failure(body: bytes) -> None:
+    r = interpret("location", 500, {}, body, NOW)
+    assert r.read_failed and r.state is OperationState.RUNNING
 
 
 def test_unreadable_200_is_a_read_failure() -> None:

@@ -107,8 +107,8 @@ def reimage_bodies(draw: st.DrawFn) -> bytes:
     if choice == 3:  # a look-alike field name
         name = perturb(draw, draw(st.sampled_from(["dryRun", "tempDisk", "instanceIds", "requestId"])), 0)
         return json.dumps({"target": VMSS, "instanceIds": ["1"], name: True}).encode()
-    ids = draw(st.lists(st.sampled_from(["01", "007", "00", "\uff11", "\u0661", "1\n", " 1", "+1", -1, 1.5, True, 10**12,
-                                         "1e3", "0x1", "１"]), min_size=1, max_size=3))
+    ids = draw(st.lists(st.sampled_from(["01", "007", "00", "\uff11", "\u0661", "1\n", " 1", "+1", -1, 1.5, True,
+                                         10**12, "1e3", "0x1", "\U0001d7cf"]), min_size=1, max_size=3))
     return json.dumps({"target": VMSS, "instanceIds": ids + draw(st.lists(st.sampled_from(["2", 3]), max_size=2))}
                       ).encode()
 

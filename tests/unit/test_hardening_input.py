@@ -29,7 +29,7 @@ def refused(data: Any, **kw: Any) -> ReimagerError:
 
 
 def text_of(err: ReimagerError) -> str:
-    return json.dumps(err.body())
+    return " ".join([err.error.message, *(d.message for d in err.error.details)])
 
 
 # --- 2. nesting depth ------------------------------------------------------------------------
@@ -43,7 +43,7 @@ def _nested(shape: str, depth: int) -> bytes:
 
 @pytest.mark.parametrize("shape", ["array", "object", "mixed"])
 def test_a_120_kb_nested_body_is_a_400_not_a_recursion_error(shape: str) -> None:
-    body = _nested(shape, 120 * 1024 // (6 if shape != "array" else 2))
+    body = _nested(shape, 120 * 1024 // {"array": 2, "object": 6, "mixed": 4}[shape])
     assert 100 * 1024 < len(body) < 256 * 1024
     with pytest.raises(ReimagerError) as info:
         parse_json(body)
@@ -167,8 +167,9 @@ def test_fixed_segments_match_ascii_case_only(rid: str) -> None:
 
 @pytest.mark.parametrize("name", ["v" + KELVIN, "vm\u00e9", "vm\u0661", "\uff56m", "vm1\n", "vm\u200b1", "vm\u0131"])
 def test_vm_names_are_ascii(name: str) -> None:
-    with pytest.raises(TargetError):
-        parse_target(_vm(RG, name))
+    if name == name.strip():  # a whole id is stripped of surrounding white space; a name is not
+        with pytest.raises(TargetError):
+            parse_target(_vm(RG, name))
     with pytest.raises(TargetError):
         build_target(SUB, RG, vm_name=name)
     err = refused({"resourceGroupName": RG, "vmName": name}, default_subscription_id=SUB)

@@ -151,7 +151,7 @@ def parse_alert(doc: Any) -> ParsedAlert:
         skip_all = f"monitorCondition is {condition or 'missing'}; only Fired alerts act"
     elif _user_initiated_health_event(essentials, data.get("alertContext")):
         skip_all = "Resource Health event caused by a user-initiated action (such as a reimage); acting would loop"
-    elif (operation := _reimage_operation(data.get("alertContext"))) is not None:
+    elif (operation := _reimage_operation(data.get("alertContext"), essentials.get("description"))) is not None:
         skip_all = (f"Activity Log event of a reimage ({operation}): a reimage, reimager's own writes included, "
                     "never triggers another; acting would loop")
     seen: set[str] = set()
@@ -193,29 +193,34 @@ def _user_initiated_health_event(essentials: dict[str, Any], context: Any) -> bo
     return _fold(cause) == "userinitiated"
 
 
-def _operation_names(context: Any) -> list[str]:
-    """Where an Activity Log alert names its operation: operationName (a string, or {value, localizedValue} in
-    the Activity Log's own schema), authorization.action, properties.operationName and properties.message."""
-    if not isinstance(context, dict):
-        return []
-    props: dict[str, Any] = context["properties"] if isinstance(context.get("properties"), dict) else {}
-    auth: dict[str, Any] = context["authorization"] if isinstance(context.get("authorization"), dict) else {}
-    found = []
-    for value in (context.get("operationName"), auth.get("action"), props.get("operationName"),
-                  props.get("message")):
-        if isinstance(value, dict):
-            value = value.get("value")
-        if isinstance(value, str):
-            found.append(value)
+def _strings(value: Any) -> list[str]:
+    """Every string value in a JSON document (iteratively: the body's nesting is already bounded)."""
+    found: list[str] = []
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            found.append(item)
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
     return found
 
 
-def _reimage_operation(context: Any) -> str | None:
-    """The reimage operation an Activity Log event is about, if it is about one (any case, any spacing)."""
-    for name in _operation_names(context):
-        folded = "".join(unicodedata.normalize("NFKC", name).casefold().split())
-        if folded in REIMAGE_OPERATIONS:
-            return name.strip()
+def _reimage_operation(*parts: Any) -> str | None:
+    """The reimage operation an event is about, if any string in it names one (any case or spacing).
+
+    Activity Log alerts name it in operationName (a string, or {value, localizedValue}), authorization.action
+    and properties.message; a log search alert over the AzureActivity table names it in a dimension
+    (OperationNameValue, upper case) or its query. Ignoring too much is safe here; acting on one is a loop.
+    """
+    for text in (t for part in parts for t in _strings(part)):
+        folded = "".join(unicodedata.normalize("NFKC", text).casefold().split())
+        if "/reimage" in folded:
+            found = [op for op in REIMAGE_OPERATIONS if op in folded]
+            if found:
+                return max(found, key=len)
     return None
 
 

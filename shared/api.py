@@ -44,8 +44,12 @@ def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
+class _NotJson(ValueError):
+    pass
+
+
 def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
+    raise _NotJson(f"{name} is not a JSON number")
 
 
 def _json_depth(text: str) -> int:
@@ -77,8 +81,17 @@ def parse_json(body: bytes) -> Any:
         shown = exc.key if len(exc.key) <= 64 else exc.key[:61] + "..."
         raise ReimagerError(400, "InvalidRequest", f"The body has the key {shown!r} more than once in one "
                             "object.") from None
-    except (UnicodeEncodeError, ValueError):
-        raise ReimagerError(400, "InvalidRequest", "The body is not valid UTF-8 JSON.") from None
+    except json.JSONDecodeError as exc:
+        raise ReimagerError(400, "InvalidRequest", f"The body is not valid JSON: {exc.msg} at line {exc.lineno} "
+                            f"column {exc.colno}.") from None
+    except _NotJson as exc:
+        raise ReimagerError(400, "InvalidRequest", f"The body is not valid JSON: {exc}.") from None
+    except UnicodeEncodeError:
+        raise ReimagerError(400, "InvalidRequest", "The body is not valid JSON text: a \\u escape names a lone "
+                            "surrogate, which is not a character.") from None
+    except ValueError:  # for example an integer with thousands of digits
+        raise ReimagerError(400, "InvalidRequest", "The body is not valid JSON: a value in it is out of range.") \
+            from None
     return doc
 
 

@@ -84,6 +84,23 @@ def test_whatever_the_monitoring_service_says(service: str | None) -> None:
     assert parsed.accepted == []
 
 
+@pytest.mark.parametrize("where", ["dimension", "query"])
+def test_a_log_search_alert_over_azure_activity_reimages_is_ignored(where: str) -> None:
+    """A log search alert on the AzureActivity table names the operation in a dimension (upper case) or its query."""
+    doc = alert(monitoringService="Log Alerts V2", signalType="Log")
+    condition: dict[str, Any] = {"windowSize": "PT5M", "allOf": [{"metricValue": 1, "operator": "GreaterThan"}]}
+    if where == "dimension":
+        condition["allOf"][0]["dimensions"] = [
+            {"name": "OperationNameValue", "value": "MICROSOFT.COMPUTE/VIRTUALMACHINESCALESETS/VIRTUALMACHINES/"
+             "REIMAGE/ACTION"}, {"name": "ActivityStatusValue", "value": "Success"}]
+    else:
+        condition["allOf"][0]["searchQuery"] = ("AzureActivity | where OperationNameValue =~ "
+                                                "'Microsoft.Compute/virtualMachines/reimage/action'")
+    doc["data"]["alertContext"] = {"condition": condition, "conditionType": "LogQueryCriteria"}
+    parsed = parse_alert(doc)
+    assert parsed.accepted == [] and "loop" in parsed.ignored[0]["reason"]
+
+
 @pytest.mark.parametrize("operation", ["Microsoft.Compute/virtualMachines/restart/action",
                                        "Microsoft.Compute/virtualMachines/deallocate/action",
                                        "Microsoft.Compute/virtualMachines/write"])

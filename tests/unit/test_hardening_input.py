@@ -73,6 +73,16 @@ def test_non_json_constants_are_refused(raw: bytes) -> None:
     assert info.value.status == 400
 
 
+def test_lone_surrogates_and_huge_numbers_are_refused_with_a_reason() -> None:
+    assert parse_json(b'{"reason": "\\ud83d\\ude00"}') == {"reason": "\U0001f600"}  # a pair is one character
+    for raw, words in ((b'{"reason": "\\ud800"}', "lone surrogate"), (b'{"reason": "x\\udfff"}', "lone surrogate"),
+                       (b'{"instanceIds": [' + b"9" * 5000 + b"]}", "out of range"),
+                       (b'{"target": "x",}', "line 1 column"), (b"\xff", "UTF-8")):
+        with pytest.raises(ReimagerError) as info:
+            parse_json(raw)
+        assert info.value.status == 400 and words in info.value.error.message, info.value.error.message
+
+
 def test_duplicate_keys_are_refused_not_last_one_wins() -> None:
     with pytest.raises(ReimagerError) as info:
         parse_json(b'{"target": "x", "dryRun": true, "dryRun": false}')

@@ -75,7 +75,9 @@ def _looks_like_option(key: str) -> bool:
         return False
     if "reimage" in folded or any(word in folded for word in _OPTION_WORDS):
         return True
-    return any(difflib.SequenceMatcher(None, folded, known).ratio() >= 0.8 for known in _LOOK_ALIKES)
+    # A typo: one or two characters off (mostly equal, nearly as long), e.g. "dryRn", "reimgae.dryRun".
+    return any(abs(len(folded) - len(known)) <= 1 and difflib.SequenceMatcher(None, folded, known).ratio() >= 0.8
+               for known in _LOOK_ALIKES)
 
 
 def _as_bool(key: str, value: Any) -> bool:

@@ -153,6 +153,20 @@ def test_a_look_alike_option_key_refuses_the_alert_naming_it(key: str) -> None:
         assert valid in message
 
 
+@pytest.mark.parametrize("key", ["dryRn", "drRun", "dyrRun", "reimgae.dryRun", "reimage.dryRn", "tmpDisk", "tempDisc",
+                                 "allInstance", "exactVersoin", "WhatIf", "what_if"])
+def test_a_typo_of_an_option_refuses_the_alert(key: str) -> None:
+    with pytest.raises(ReimagerError):
+        parse_alert(alert(custom={key: "true"}))
+
+
+@pytest.mark.parametrize("key", ["Key1", "team", "owner", "runbook", "severity", "environment", "region", "reason",
+                                 "version", "image", "imageVersion", "instances", "instanceCount", "diskType", "temp",
+                                 "what", "drift", "ephemeral", "osType"])
+def test_ordinary_custom_properties_do_not_refuse_the_alert(key: str) -> None:
+    assert len(parse_alert(alert(custom={key: "true"})).accepted) == 1
+
+
 @pytest.mark.parametrize("value", ["yes", "no", "1", "0", "on", "", "truee", 1, 0, None, [True], {"a": 1}, 1.0])
 def test_a_boolean_option_takes_only_true_or_false(value: Any) -> None:
     with pytest.raises(ReimagerError) as info:

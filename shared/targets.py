@@ -36,6 +36,13 @@ def ascii_fold(text: str) -> str:
     return text.translate(_ASCII_LOWER)
 
 
+def loose_fold(text: str) -> str:
+    """Fold at least every pair ARM may treat as equal ("GRÜPPE"/"grüppe", "ı"/"i"), and some it does not
+    (KELVIN SIGN/"k"). Right for locks and cooldowns, where one key too few lets a VM be reimaged twice;
+    never for scopes, where one key too many lets a look-alike in."""
+    return text.upper().casefold()
+
+
 _GUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 # Compute resource names: 1-80 ASCII letters, digits, '.', '_', '-', starting with a letter, digit or '_'.
 RESOURCE_NAME_PATTERN = r"[A-Za-z0-9_][-A-Za-z0-9_.]{0,79}"
@@ -80,8 +87,9 @@ def _check_instance(instance_id: str, field: str = "target") -> None:
 class Target:
     """A normalised reimage target.
 
-    `id` keeps the caller's casing of names but canonical casing of fixed segments; `key`
-    is the case-insensitive identity used for idempotency, overlap and cooldown.
+    `id` keeps the caller's casing of names but canonical casing of fixed segments; `key` is
+    the identity ARM compares (ordinal after ASCII folding), for scopes and idempotency; `lock_key`
+    folds more, for overlap and cooldown.
     """
 
     subscription_id: str
@@ -112,8 +120,9 @@ class Target:
 
     @property
     def lock_key(self) -> str:
-        """Overlap is counted per VM and per scale set, whatever instances are named."""
-        return ascii_fold(self.vm_id)
+        """Overlap is counted per VM and per scale set, whatever instances are named, on a key that folds
+        at least as much as ARM does (see loose_fold)."""
+        return loose_fold(self.vm_id)
 
     @property
     def is_scale_set(self) -> bool:

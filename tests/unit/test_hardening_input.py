@@ -146,6 +146,15 @@ def _vm(rg: str, name: str = "v") -> str:
     return f"/subscriptions/{SUB}/resourceGroups/{rg}/providers/Microsoft.Compute/virtualMachines/{name}"
 
 
+def test_lock_keys_fold_at_least_as_much_as_arm() -> None:
+    """Locks and cooldowns must not split one VM into two keys: a case variant of a non-ASCII group is the
+    same group to ARM, so it shares the lock (a look-alike sharing it too only blocks more)."""
+    for a, b in (("gr\u00fcppe", "GR\u00dcPPE"), ("rg\u0131", "RGI"), ("rg" + LONG_S, "rgs"), ("rgk", "RG" + KELVIN),
+                 ("Fleet", "fLEET")):
+        assert parse_target(_vm(a)).lock_key == parse_target(_vm(b)).lock_key, (a, b)
+    assert parse_target(_vm("rgk")).lock_key != parse_target(_vm("rgx")).lock_key
+
+
 def test_kelvin_sign_is_not_inside_an_ascii_k_scope() -> None:
     scope = parse_scope(f"/subscriptions/{SUB}/resourceGroups/rgk")
     assert within_scope(parse_target(_vm("rgK")), scope)  # ASCII case still folds
@@ -217,7 +226,14 @@ def test_scope_matching_is_ordinal_after_ascii_folding(target_rg: str, scope_rg:
     except TargetError:
         return  # not a valid resource group name: nothing to compare
     assert within_scope(target, scope) == (ascii_fold(target_rg) == ascii_fold(scope_rg))
-    assert (target.key == parse_target(_vm(scope_rg)).key) == (ascii_fold(target_rg) == ascii_fold(scope_rg))
+    other = parse_target(_vm(scope_rg))
+    assert (target.key == other.key) == (ascii_fold(target_rg) == ascii_fold(scope_rg))
+
+    def simple_upper(s: str) -> str:  # .NET's OrdinalIgnoreCase: one character's simple upper-case mapping
+        return "".join(c.upper() if len(c.upper()) == 1 else c for c in s)
+
+    if simple_upper(target_rg) == simple_upper(scope_rg):
+        assert target.lock_key == other.lock_key  # what ARM may call one group is one lock
 
 
 # --- 6. osProfile is for a non-ephemeral OS disk ------------------------------------------------

@@ -37,7 +37,7 @@ def ascii_fold(text: str) -> str:
 
 
 def loose_fold(text: str) -> str:
-    """Fold at least every pair ARM may treat as equal ("GRÜPPE"/"grüppe", "ı"/"i"), and some it does not
+    """Fold at least every pair ARM may treat as equal ("GRÜPPE"/"grüppe", dotless i/"i"), and some it does not
     (KELVIN SIGN/"k"). Right for locks and cooldowns, where one key too few lets a VM be reimaged twice;
     never for scopes, where one key too many lets a look-alike in."""
     return text.upper().casefold()

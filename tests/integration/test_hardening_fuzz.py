@@ -188,3 +188,11 @@ def test_the_unperturbed_alert_does_act(live: LiveHost) -> None:
     r = live.post("/api/alerts", json.dumps(doc).encode())
     assert r.status_code == 202 and r.json()["accepted"][0]["dryRun"] is True, r.text
     assert live.arm_requests() > before
+
+
+def test_an_unperturbed_request_does_reach_arm(live: LiveHost) -> None:
+    """The control for the reimage bodies: the same host and scope let a valid request through to ARM."""
+    before = live.arm_requests()
+    r = live.post("/api/reimage", json.dumps({"target": LINUX_VM, "dryRun": True}).encode())
+    assert r.status_code == 200 and r.json()["dryRun"] is True, r.text
+    assert live.arm_requests() > before

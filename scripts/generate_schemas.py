@@ -134,7 +134,8 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 
 def _errors(*codes: int) -> dict[str, Any]:
-    text = {400: "InvalidRequest: the body is not valid; details name each field",
+    text = {400: "InvalidRequest: the body is not valid (also: not a JSON object, nested deeper than 64, a key "
+                 "repeated in one object, NaN); details name each field",
             401: "No valid function key (`code` query parameter or `x-functions-key` header)",
             403: "ScopeNotAllowed (outside ALLOWED_SCOPES) or TargetProtected (protection tag)",
             404: "TargetNotFound / OperationNotFound", 409: "OperationInProgress or RequestIdConflict",

@@ -35,6 +35,7 @@ from azure.core.rest import HttpRequest
 from shared.errors import ErrorDetail, ReimagerError
 from shared.models import ArmCall, OsType
 from shared.operations import PollMode, PollResult, interpret, location_failure, parse_retry_after
+from shared.redaction import redact_response_body, secrets_of_body
 from shared.settings import Settings
 from shared.targets import Target, TargetKind
 
@@ -346,7 +347,8 @@ class ComputeClient:
                                       "the reimage request was sent but no answer came back; it may or may not "
                                       "have been applied. Check the target before retrying.", arm_status=0,
                                       arm_code="NoResponse", arm_message=type(exc).__name__) from None
-        if status not in (200, 202):
+        if status not in (200, 202):  # ARM may echo what it was sent: redact the secrets before reading it
+            raw = redact_response_body(raw, secrets_of_body(call.body))
             raise _error_from_response(status, headers, raw, "submitting the reimage", self._now())
         lower = {k.lower(): v for k, v in headers.items()}
         return Submission(status, lower.get("azure-asyncoperation"), lower.get("location"),

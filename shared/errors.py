@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+import types
+import typing
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -66,6 +69,17 @@ class ReimagerError(Exception):
         return out
 
 
+class FieldErrors(ValueError):
+    """Raised from a model validator for rules across fields, so that each detail still names its field.
+
+    `problems` is a list of (camelCase field, message); the fields are relative to the model raising it.
+    """
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        super().__init__("; ".join(message for _, message in problems))
+        self.problems = problems
+
+
 def _loc_to_path(loc: tuple[int | str, ...]) -> str:
     path = ""
     for part in loc:
@@ -76,12 +90,59 @@ def _loc_to_path(loc: tuple[int | str, ...]) -> str:
     return path
 
 
-def details_from_validation(exc: ValidationError) -> list[ErrorDetail]:
-    """One detail per Pydantic error, with camelCase field paths and never the input value."""
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The Pydantic models an annotation can hold (through Optional, unions and lists)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType, list, tuple, typing.Annotated):
+        return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
+    return []
+
+
+def _model_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The model whose field set applies at loc (the location of an unknown field's parent)."""
+    current: type[BaseModel] | None = model
+    for part in loc:
+        if isinstance(part, int) or current is None:
+            continue
+        field = next((f for name, f in current.model_fields.items() if part in (f.alias, name)), None)
+        models = _models_in(field.annotation) if field is not None else []
+        current = models[0] if models else None
+    return current
+
+
+def _unknown_field_message(model: type[BaseModel] | None, loc: tuple[int | str, ...]) -> str:
+    name = str(loc[-1]) if loc else ""
+    shown = name if len(name) <= 64 else name[:61] + "..."
+    parent = _model_at(model, loc[:-1]) if model is not None else None
+    if parent is None:
+        return f"unknown field {shown!r}"
+    allowed = [f.alias or n for n, f in parent.model_fields.items()]
+    by_fold = {a.casefold(): a for a in allowed}
+    close = difflib.get_close_matches(name.casefold(), list(by_fold), n=1, cutoff=0.75)
+    hint = f"; did you mean {by_fold[close[0]]!r}?" if close else "."
+    return f"unknown field {shown!r}{hint} Allowed fields: {', '.join(allowed)}"
+
+
+def details_from_validation(exc: ValidationError, model: type[BaseModel] | None = None) -> list[ErrorDetail]:
+    """One detail per Pydantic error, with camelCase field paths and never the input value.
+
+    Rules across fields (FieldErrors) become one detail per field they name; an unknown field's
+    detail lists the fields allowed where it was found.
+    """
     details = []
-    for err in exc.errors(include_input=False, include_url=False, include_context=False):
+    for err in exc.errors(include_input=False, include_url=False, include_context=True):
         loc = tuple(p for p in err["loc"] if p not in ("function-after", "function-before"))
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, FieldErrors):
+            for field, message in cause.problems:
+                details.append(ErrorDetail(code="InvalidValue", message=message,
+                                           target=_loc_to_path((*loc, field))))
+            continue
         msg = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        if err["type"] == "extra_forbidden":
+            msg = _unknown_field_message(model, loc)
         details.append(ErrorDetail(code=_code_for(err["type"]), message=msg, target=_loc_to_path(loc) or None))
     return details
 
@@ -94,7 +155,8 @@ def _code_for(pydantic_type: str) -> str:
     return "InvalidValue"
 
 
-def invalid_request(exc: ValidationError, message: str = "The request is not valid.") -> ReimagerError:
-    details = details_from_validation(exc)
+def invalid_request(exc: ValidationError, message: str = "The request is not valid.",
+                    model: type[BaseModel] | None = None) -> ReimagerError:
+    details = details_from_validation(exc, model)
     target = details[0].target if len(details) == 1 else None
     return ReimagerError(400, "InvalidRequest", message, target=target, details=details)

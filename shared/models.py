@@ -11,12 +11,13 @@ import binascii
 import re
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PlainValidator,
     PrivateAttr,
     SecretStr,
     StrictBool,
@@ -27,8 +28,17 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from shared.errors import ErrorDetail, ReimagerError, invalid_request
-from shared.targets import Target, TargetError, TargetKind, build_target, parse_target
+from shared.errors import ErrorDetail, FieldErrors, ReimagerError, invalid_request
+from shared.targets import (
+    INSTANCE_ID_PATTERN,
+    INSTANCE_ID_RULE,
+    Target,
+    TargetError,
+    TargetKind,
+    build_target,
+    parse_target,
+    valid_instance_id,
+)
 
 OsType = Literal["Windows", "Linux"]
 
@@ -50,10 +60,32 @@ DISALLOWED_PASSWORDS = frozenset(
 PASSWORD_LENGTH: dict[str, tuple[int, int]] = {"Windows": (8, 123), "Linux": (6, 72)}
 CUSTOM_DATA_MAX_BYTES = 65535
 HARD_MAX_INSTANCES = 1000  # a scale set holds at most 1,000 VMs
+MAX_INSTANCE_ID = 9_999_999_999  # ten decimal digits, as the string form allows
 REDACTED = "***"
 _REQUEST_ID = r"^[A-Za-z0-9._:-]{1,128}$"
 _EXACT_VERSION = r"^[0-9]{1,10}(\.[0-9]{1,10}){0,3}$"
 _BASE64 = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
+
+
+def _instance_id(value: Any) -> str:
+    """A canonical instance id string; a JSON integer is accepted and converted (what a user expects)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if 0 <= value <= MAX_INSTANCE_ID:
+            return str(value)
+        raise ValueError(f"{INSTANCE_ID_RULE}; a number must be an integer from 0 to {MAX_INSTANCE_ID}")
+    if isinstance(value, str) and valid_instance_id(value):
+        return value
+    raise ValueError(f"{INSTANCE_ID_RULE}, or non-negative integers")
+
+
+InstanceId = Annotated[
+    str,
+    PlainValidator(
+        _instance_id,
+        json_schema_input_type=Annotated[str, Field(pattern=f"^(?:{INSTANCE_ID_PATTERN})$")]
+        | Annotated[int, Field(ge=0, le=MAX_INSTANCE_ID)],
+    ),
+]
 
 
 class _Wire(BaseModel):
@@ -220,8 +252,11 @@ class ReimageRequest(_Wire):
     resource_group_name: str | None = Field(None, max_length=90)
     vm_name: str | None = Field(None, max_length=80)
     vm_scale_set_name: str | None = Field(None, max_length=80)
-    instance_ids: list[str] | None = Field(
-        None, min_length=1, description="Scale sets only. Non-empty decimal ids, no duplicates."
+    instance_ids: list[InstanceId] | None = Field(
+        None,
+        min_length=1,
+        description='Scale sets only. Non-empty list of canonical decimal ids such as "7" (no leading zeros), '
+        "no duplicates. JSON integers are accepted and converted to strings.",
     )
     all_instances: StrictBool = Field(
         False, description="Scale sets only. Must be true to reimage every instance."
@@ -248,10 +283,7 @@ class ReimageRequest(_Wire):
     def _instance_ids(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
         if value is None:
             return None
-        for item in value:
-            if not re.fullmatch(r"[0-9]{1,10}", item):
-                raise ValueError("instanceIds must be decimal instance ids such as \"0\" or \"12\"")
-        if len({int(i) for i in value}) != len(value):
+        if len(set(value)) != len(value):  # canonical strings: equal ids are equal strings
             raise ValueError("instanceIds has duplicates")
         limit = (info.context or {}).get("max_instances", HARD_MAX_INSTANCES)
         if len(value) > limit:
@@ -260,28 +292,35 @@ class ReimageRequest(_Wire):
 
     @model_validator(mode="after")
     def _resolve(self, info: ValidationInfo) -> ReimageRequest:
-        parts = (self.subscription_id, self.resource_group_name, self.vm_name, self.vm_scale_set_name)
+        parts = {"subscriptionId": self.subscription_id, "resourceGroupName": self.resource_group_name,
+                 "vmName": self.vm_name, "vmScaleSetName": self.vm_scale_set_name}
+        given = [name for name, value in parts.items() if value is not None]
         try:
             if self.target is not None:
-                if any(p is not None for p in parts):
-                    raise ValueError(
-                        "give either target or subscriptionId/resourceGroupName/vmName|vmScaleSetName, not both"
-                    )
+                if given:
+                    raise FieldErrors([(name, "give either target or subscriptionId/resourceGroupName/"
+                                        "vmName|vmScaleSetName, not both") for name in ["target", *given]])
                 target = parse_target(self.target)
             elif self.resource_group_name is None:
-                raise ValueError("target is required (or resourceGroupName with vmName or vmScaleSetName)")
+                raise FieldErrors([("target", "target is required: the ARM id of a VM, a scale set or a scale set "
+                                    "instance (or resourceGroupName with vmName or vmScaleSetName)")])
+            elif (self.vm_name is None) == (self.vm_scale_set_name is None):
+                raise FieldErrors([(name, "give exactly one of vmName and vmScaleSetName")
+                                   for name in ("vmName", "vmScaleSetName")])
             else:
                 sub = self.subscription_id or (info.context or {}).get("default_subscription_id")
                 if not sub:
-                    raise ValueError("subscriptionId is required: no default subscription is configured")
+                    raise FieldErrors([("subscriptionId", "subscriptionId is required: no default subscription "
+                                        "is configured")])
                 target = build_target(sub, self.resource_group_name, self.vm_name, self.vm_scale_set_name)
         except TargetError as exc:
-            raise ValueError(str(exc)) from None
+            raise FieldErrors([(exc.field, str(exc))]) from None
         self._check_kind(target)
         self._target = target
         return self
 
     def _check_kind(self, target: Target) -> None:
+        problems: list[tuple[str, str]] = []
         if target.kind is TargetKind.VM:
             for flag, name in (
                 (self.instance_ids is not None, "instanceIds"),
@@ -290,21 +329,21 @@ class ReimageRequest(_Wire):
                 (self.all_disks, "allDisks"),
             ):
                 if flag:
-                    raise ValueError(f"{name} applies to scale sets only, and the target is a VM")
+                    problems.append((name, f"{name} applies to scale sets only, and the target is a VM"))
         elif target.kind is TargetKind.VMSS:
             if self.instance_ids is None and not self.all_instances:
-                raise ValueError(
-                    "instanceIds is required for a scale set; to reimage every instance, "
-                    "set allInstances: true"
-                )
+                problems.append(("instanceIds", "instanceIds is required for a scale set; to reimage every "
+                                 "instance, set allInstances: true"))
             if self.instance_ids is not None and self.all_instances:
-                raise ValueError("give instanceIds or allInstances: true, not both")
+                problems += [(name, "give instanceIds or allInstances: true, not both")
+                             for name in ("instanceIds", "allInstances")]
         else:
-            if self.instance_ids is not None or self.all_instances:
-                raise ValueError("the target names one instance; instanceIds/allInstances do not apply")
+            problems += [(name, f"the target names one instance; {name} does not apply")
+                         for name, given in (("instanceIds", self.instance_ids is not None),
+                                             ("allInstances", self.all_instances)) if given]
         if self.all_disks:
-            extras = [
-                n
+            problems += [
+                (n, f"allDisks (reimageall) takes no {n}")
                 for n, v in (
                     ("tempDisk", self.temp_disk),
                     ("exactVersion", self.exact_version),
@@ -313,8 +352,8 @@ class ReimageRequest(_Wire):
                 )
                 if v is not None
             ]
-            if extras:
-                raise ValueError(f"allDisks (reimageall) takes no {', '.join(extras)}")
+        if problems:
+            raise FieldErrors(problems)
 
     @property
     def resolved_target(self) -> Target:
@@ -355,6 +394,15 @@ class ReimageRequest(_Wire):
                     code="InvalidValue",
                     target="forceUpdateOSDiskForEphemeral",
                     message="forceUpdateOSDiskForEphemeral is supported only where the OS disk is ephemeral",
+                )
+            )
+        if self.os_profile is not None and ephemeral_os_disk:
+            details.append(
+                ErrorDetail(
+                    code="InvalidValue",
+                    target="osProfile",
+                    message="osProfile is for reimaging a non-ephemeral OS disk, and this target's OS disk "
+                    "is ephemeral",
                 )
             )
         pw = self.os_profile.admin_password if self.os_profile else None
@@ -440,10 +488,19 @@ def parse_request(
     max_instances: int = HARD_MAX_INSTANCES,
 ) -> ReimageRequest:
     """Validate wire data into a ReimageRequest, or raise a 400 ReimagerError with field details."""
+    if not isinstance(data, dict):
+        raise ReimagerError(
+            400,
+            "InvalidRequest",
+            "The body must be a JSON object with a target: the ARM id of a VM, a scale set or a scale set "
+            'instance, for example {"target": "/subscriptions/{id}/resourceGroups/{group}/providers/'
+            'Microsoft.Compute/virtualMachines/{name}"}, or resourceGroupName with vmName or vmScaleSetName. '
+            "See docs/openapi.yaml.",
+        )
     try:
         return ReimageRequest.model_validate(
             data,
             context={"default_subscription_id": default_subscription_id, "max_instances": max_instances},
         )
     except ValidationError as exc:
-        raise invalid_request(exc) from None
+        raise invalid_request(exc, model=ReimageRequest) from None

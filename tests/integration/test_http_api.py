@@ -144,12 +144,15 @@ async def test_password_rules_follow_the_os(host: Host) -> None:
 
 
 async def test_dry_run_plans_without_posting(host: Host) -> None:
-    s, body, _ = await host.reimage({"target": VMSS, "instanceIds": ["1"], "dryRun": True, "tempDisk": True,
-                                     "osProfile": {"adminPassword": SENTINEL_PASSWORD}})
+    s, body, _ = await host.reimage({"target": VMSS, "instanceIds": ["1"], "dryRun": True, "tempDisk": True})
     assert s == 200 and body["dryRun"] is True
     assert body["plan"]["method"] == "POST" and body["plan"]["path"].endswith("/workers/reimage")
-    assert body["plan"]["body"] == {"instanceIds": ["1"], "tempDisk": True, "osProfile": {"adminPassword": "***"}}
+    assert body["plan"]["body"] == {"instanceIds": ["1"], "tempDisk": True}
     assert {c["name"] for c in body["checks"]} >= {"scope", "protectTag", "cooldown"}
+    # osProfile is for a non-ephemeral OS disk (the scale set's is ephemeral): a VM's dry run shows it redacted.
+    s, body, _ = await host.reimage({"target": LINUX_VM, "dryRun": True,
+                                     "osProfile": {"adminPassword": SENTINEL_PASSWORD}})
+    assert s == 200 and body["plan"]["body"] == {"osProfile": {"adminPassword": "***"}}
     assert SENTINEL_PASSWORD not in json.dumps(body)
     assert host.reimage_posts() == [] and host.dh.engine.instances == {}  # type: ignore[union-attr]
     s, body, _ = await host.reimage({"target": PROTECTED_VM, "dryRun": True})

@@ -105,7 +105,7 @@ def test_scale_set_needs_instance_ids_or_all_instances() -> None:
     refused({"target": VMSS_ID, "allInstances": True, "instanceIds": ["1"]}, "allInstances")
 
 
-@pytest.mark.parametrize("ids", [["a"], ["1", "01"], ["1", "1"], ["-1"], [" 1"], ["1.0"], [1]])
+@pytest.mark.parametrize("ids", [["a"], ["1", "01"], ["1", "1"], ["-1"], [" 1"], ["1.0"], [True], [1, "1"]])
 def test_instance_ids_decimal_unique(ids: list[Any]) -> None:
     refused({"target": VMSS_ID, "instanceIds": ids}, "instanceIds")
 

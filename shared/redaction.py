@@ -1,0 +1,132 @@
+"""Redacting a request's secrets from anything ARM sent back.
+
+ARM may echo what it was sent (a password in an "invalid value" message, a line of custom data).
+The secrets are known, so they are found by value: adminPassword, customData, and customData's
+decoded text, each also in its JSON-escaped forms. Every occurrence, overlapping ones included,
+is replaced by REDACTED; the result never contains a secret, whatever the secrets look like.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Iterable
+from typing import Any, TypeVar
+
+from pydantic import SecretStr
+
+REDACTED = "[REDACTED]"
+_FALLBACK_MARKERS = (REDACTED, "***", "#", "")  # "" can never contain a secret
+_MAX_PASSES = 8
+T = TypeVar("T")
+
+
+def _variants(secret: str) -> list[str]:
+    """The secret and the forms it takes inside JSON text (escaped quotes, backslashes, \\uXXXX)."""
+    return [secret, json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1]]
+
+
+def known_secrets(*, admin_password: str | None = None, custom_data: str | None = None) -> tuple[str, ...]:
+    """Every string to redact for a request with these secrets; empty strings are never secrets."""
+    found: list[str] = []
+    if admin_password:
+        found += _variants(admin_password)
+    if custom_data:
+        found += _variants(custom_data)
+        try:
+            decoded = base64.b64decode(custom_data, validate=True).decode("utf-8")
+        except (binascii.Error, ValueError):
+            decoded = ""  # not text: ARM cannot show it as text either
+        for text in (decoded, decoded.strip()):
+            if text:
+                found += _variants(text)
+    return tuple(dict.fromkeys(s for s in found if s))
+
+
+def secrets_of_body(body: Any) -> tuple[str, ...]:
+    """The secrets in an ARM request body built by the models (osProfile's SecretStr values)."""
+    profile = body.get("osProfile") if isinstance(body, dict) else None
+    if not isinstance(profile, dict):
+        return ()
+
+    def reveal(value: Any) -> str | None:
+        return value.get_secret_value() if isinstance(value, SecretStr) else value if isinstance(value, str) else None
+
+    return known_secrets(admin_password=reveal(profile.get("adminPassword")),
+                         custom_data=reveal(profile.get("customData")))
+
+
+def _redact_text(text: str, secrets: tuple[str, ...]) -> str:
+    # Mark every character inside any occurrence of any secret, then replace each marked run once:
+    # overlapping and adjacent occurrences become a single marker.
+    covered = bytearray(len(text))
+    for secret in secrets:
+        start = text.find(secret)
+        while start != -1:
+            covered[start:start + len(secret)] = b"\x01" * len(secret)
+            start = text.find(secret, start + 1)
+    if not any(covered):
+        return text
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        if covered[i]:
+            while i < len(text) and covered[i]:
+                i += 1
+            out.append(REDACTED)
+        else:
+            j = i
+            while j < len(text) and not covered[j]:
+                j += 1
+            out.append(text[i:j])
+            i = j
+    return "".join(out)
+
+
+def redact_text(text: str, secrets: Iterable[str]) -> str:
+    """text with every secret replaced. A marker that itself forms a secret with its neighbours is redacted
+    again; if that never settles (a secret made of marker characters), the whole text is replaced."""
+    wanted = tuple(s for s in secrets if s)
+    if not wanted:
+        return text
+    for _ in range(_MAX_PASSES):
+        if not any(s in text for s in wanted):
+            return text
+        text = _redact_text(text, wanted)
+    if not any(s in text for s in wanted):
+        return text
+    return next(m for m in _FALLBACK_MARKERS if not any(s in m for s in wanted))
+
+
+def redact(value: T, secrets: Iterable[str]) -> T:
+    """A copy of a str / dict / list / tuple (nested, keys included) with every secret replaced."""
+    wanted = tuple(s for s in secrets if s)
+    if not wanted:
+        return value
+    return _walk(value, wanted)  # type: ignore[no-any-return]
+
+
+def _walk(value: Any, secrets: tuple[str, ...]) -> Any:
+    if isinstance(value, str):
+        return redact_text(value, secrets)
+    if isinstance(value, dict):
+        return {_walk(k, secrets): _walk(v, secrets) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_walk(v, secrets) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_walk(v, secrets) for v in value)
+    return value
+
+
+def redact_response_body(raw: bytes, secrets: Iterable[str]) -> bytes:
+    """An HTTP response body with every secret replaced: JSON is parsed first (an escape such as \\u0041
+    can hide a secret from a byte search), anything else is redacted as text."""
+    wanted = tuple(s for s in secrets if s)
+    if not wanted or not raw:
+        return raw
+    try:
+        doc = json.loads(raw)
+    except (ValueError, RecursionError):
+        return redact_text(raw.decode("utf-8", errors="replace"), wanted).encode("utf-8")
+    return json.dumps(_walk(doc, wanted)).encode("utf-8")

@@ -15,7 +15,7 @@ import asyncio
 import functools
 import inspect
 import json
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -241,3 +241,26 @@ def _output(entry: FunctionEntry, result: Any) -> Datum | None:
         # the worker's message, missing space included
         raise RuntimeError(f"function {entry.name!r} without a $return bindingreturned a non-None value")
     return None if entry.return_binding is None else encode(entry.return_binding, result, entry.return_pytype)
+
+
+def activity_function(entry: FunctionEntry, client_binding: Callable[[], str]) -> Callable[[Any], Awaitable[Any]]:
+    """An activity for the durable engine: the input as the extension sends it (JSON text), the result
+    through ActivityTriggerConverter.encode, so a value the worker cannot encode (a set, a pydantic
+    model) fails the activity with the worker's ValueError, as in Azure."""
+    async def run(value: Any) -> Any:
+        out = await invoke(entry, entry.inputs(Datum(json.dumps(value), "json"), client_binding()))
+        return as_host_value(out)
+
+    return run
+
+
+def orchestrator_function(entry: FunctionEntry) -> Callable[[str], str]:
+    """An orchestrator for the durable engine: the context JSON in through OrchestrationTriggerConverter,
+    the SDK's state JSON out through its encode."""
+    def run(context_json: str) -> str:
+        out = invoke_sync(entry, entry.inputs(Datum(context_json, "string")))
+        if out is None or out.type != "json":
+            raise TypeError(f"orchestrator {entry.name!r} returned no orchestration state")
+        return str(out.value)
+
+    return run

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from azure.functions.meta import Datum
 
 from devhost import bindings
 from devhost.clock import Clock
@@ -143,7 +142,7 @@ class DevHost:
         self.index = index
         self.engine = DurableEngine(
             self.clock,
-            {e.name: self._orchestrator(e) for e in index.of_type("orchestrationTrigger")},
+            {e.name: bindings.orchestrator_function(e) for e in index.of_type("orchestrationTrigger")},
             {e.name: self._activity(e) for e in index.of_type("activityTrigger")},
         )
         self.engine.listeners.append(self._on_change)
@@ -236,23 +235,7 @@ class DevHost:
         return self.timers
 
     def _activity(self, entry: FunctionEntry) -> Callable[[Any], Awaitable[Any]]:
-        """Input as the extension sends it (JSON text), output through ActivityTriggerConverter.encode:
-        a value the worker cannot encode fails the activity with the worker's error."""
-        async def run(value: Any) -> Any:
-            out = await entry.invoke(Datum(json.dumps(value), "json"), client_binding=self.client_binding())
-            return bindings.as_host_value(out)
-
-        return run
-
-    @staticmethod
-    def _orchestrator(entry: FunctionEntry) -> Callable[[str], str]:
-        """The context JSON in through OrchestrationTriggerConverter, the state JSON out through its encode."""
-        def run(context_json: str) -> str:
-            out = bindings.invoke_sync(entry, entry.inputs(Datum(context_json, "string")))
-            assert out is not None
-            return str(out.value)
-
-        return run
+        return bindings.activity_function(entry, self.client_binding)
 
     def _authorised(self, request: web.Request, entry: FunctionEntry) -> bool:
         if entry.auth_level == "ANONYMOUS":

@@ -35,6 +35,8 @@ log = logging.getLogger("devhost")
 DEMO_SUBSCRIPTION = "7f6e5d4c-3b2a-4190-8f7e-6d5c4b3a2910"
 DEMO_GROUP = "reimager-demo"
 _INDEX: FunctionIndex | None = None
+ADMIN_INVOKE_FIELDS = {"input", "messageId", "correlationId", "replyTo", "contentType", "subject", "to", "sessionId",
+                       "applicationProperties", "deliverUntilSettled"}
 
 
 def function_index() -> FunctionIndex:
@@ -281,7 +283,14 @@ class DevHost:
         if entry is None or entry.trigger_type != "serviceBusTrigger" or self.servicebus is None:
             return web.json_response({"error": {"code": "NotFound", "message": "no such non-HTTP function"}},
                                      status=404)
-        doc = await request.json()
+        try:
+            doc = await request.json()
+        except ValueError:
+            doc = None
+        unknown = sorted(set(doc) - ADMIN_INVOKE_FIELDS) if isinstance(doc, dict) else ["<not an object>"]
+        if unknown:  # a typo must not silently become a message without that property
+            return web.json_response({"error": {"code": "BadRequest", "message": f"unknown fields: {unknown}"}},
+                                     status=400)
         body = doc.get("input", "")
         raw = body.encode("utf-8", errors="surrogatepass") if isinstance(body, str) else json.dumps(body).encode()
         msg = self.servicebus.enqueue(

@@ -36,7 +36,7 @@ DEMO_SUBSCRIPTION = "7f6e5d4c-3b2a-4190-8f7e-6d5c4b3a2910"
 DEMO_GROUP = "reimager-demo"
 _INDEX: FunctionIndex | None = None
 ADMIN_INVOKE_FIELDS = {"input", "messageId", "correlationId", "replyTo", "contentType", "subject", "to", "sessionId",
-                       "applicationProperties", "deliverUntilSettled"}
+                       "applicationProperties", "deliverUntilSettled", "loseLockAfterSuccess"}
 
 
 def function_index() -> FunctionIndex:
@@ -297,7 +297,8 @@ class DevHost:
             raw, message_id=doc.get("messageId"), correlation_id=doc.get("correlationId"),
             reply_to=doc.get("replyTo"), content_type=doc.get("contentType", "application/json"),
             subject=doc.get("subject"), to=doc.get("to"), session_id=doc.get("sessionId"),
-            application_properties=doc.get("applicationProperties") or {})
+            application_properties=doc.get("applicationProperties") or {},
+            lose_lock_times=int(doc.get("loseLockAfterSuccess", 0)))
         settlement = await self.servicebus.deliver(entry, msg, until_settled=doc.get("deliverUntilSettled", True))
         answer = {"settlement": settlement, "deliveryCount": msg.delivery_count, "messageId": msg.message_id,
                   "sequenceNumber": msg.sequence_number}

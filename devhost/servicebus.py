@@ -58,6 +58,7 @@ class QueuedMessage:
     dead_letter_reason: str | None = None
     dead_letter_description: str | None = None
     errors: list[str] = field(default_factory=list)
+    lose_lock_times: int = 0  # fault: the next N successful deliveries lose their lock before completing
 
     def metadata(self, function_name: str, now: datetime) -> dict[str, Datum]:
         """The Service Bus extension's binding data (`ServiceBusTriggerBindingStrategy.AddBindingData`),
@@ -142,15 +143,25 @@ class ServiceBusQueues:
             msg.errors.append(bindings.worker_message(exc))
             log.info("message seq=%s id=%s delivery %s failed: %s", msg.sequence_number, msg.message_id,
                      msg.delivery_count, msg.errors[-1])
-            if msg.delivery_count >= self.max_delivery_count:
-                msg.settlement = "deadLettered"
-                msg.dead_letter_reason = "MaxDeliveryCountExceeded"
-                msg.dead_letter_description = (f"Message could not be consumed after {self.max_delivery_count} "
-                                               "delivery attempts.")
-            else:
-                msg.settlement = "abandoned"
-            return msg.settlement
+            return self._abandon(msg)
+        if msg.lose_lock_times > 0:
+            # At-least-once: the lock expired (or the connection dropped) before Complete reached the
+            # broker, so the message is delivered again although the function succeeded.
+            msg.lose_lock_times -= 1
+            msg.errors.append("MessageLockLostException: the lock expired before the message was completed")
+            return self._abandon(msg)
         msg.settlement = "completed"
+        return msg.settlement
+
+    def _abandon(self, msg: QueuedMessage) -> Settlement:
+        """Back to the queue, or to the dead-letter queue once maxDeliveryCount deliveries are used up."""
+        if msg.delivery_count >= self.max_delivery_count:
+            msg.settlement = "deadLettered"
+            msg.dead_letter_reason = "MaxDeliveryCountExceeded"
+            msg.dead_letter_description = (f"Message could not be consumed after {self.max_delivery_count} "
+                                           "delivery attempts.")
+        else:
+            msg.settlement = "abandoned"
         return msg.settlement
 
     async def deliver(self, entry: FunctionEntry, msg: QueuedMessage, *, until_settled: bool = True) -> Settlement:

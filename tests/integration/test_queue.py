@@ -187,3 +187,12 @@ async def test_nesting_at_the_limit_is_parsed() -> None:
 async def test_admin_invoke_refuses_unknown_fields(host: Host) -> None:
     s, out = await host.queue({"target": LINUX_VM}, messageID="typo")
     assert s == 400 and "messageID" in out["error"]["message"] and host.events() == []
+
+
+async def test_lock_lost_after_success_redelivers_and_posts_once(host: Host) -> None:
+    # at-least-once: the function succeeded but Complete never reached the broker
+    s, out = await host.queue({"target": VMSS, "instanceIds": ["2"]}, messageId="m-lock", loseLockAfterSuccess=2)
+    assert s == 202 and (out["settlement"], out["deliveryCount"]) == ("completed", 3)
+    await host.until_completed()
+    assert len(host.reimage_posts()) == 1 and len(host.completed()) == 1
+    assert len(host.events("reimager.operation.accepted")) == 1

@@ -35,8 +35,6 @@ log = logging.getLogger("devhost")
 DEMO_SUBSCRIPTION = "7f6e5d4c-3b2a-4190-8f7e-6d5c4b3a2910"
 DEMO_GROUP = "reimager-demo"
 _INDEX: FunctionIndex | None = None
-ADMIN_INVOKE_FIELDS = {"input", "messageId", "correlationId", "replyTo", "contentType", "subject", "to", "sessionId",
-                       "applicationProperties", "deliverUntilSettled", "loseLockAfterSuccess"}
 
 
 def function_index() -> FunctionIndex:
@@ -247,7 +245,6 @@ class DevHost:
         return given is not None and secrets.compare_digest(given.encode(), self.function_key.encode())
 
     async def _http_trigger(self, request: web.Request) -> web.StreamResponse:
-
         tail = request.match_info["tail"].strip("/")
         for entry in self.index.of_type("httpTrigger"):
             m = _route_regex(entry.route or entry.name).match(tail)
@@ -272,11 +269,8 @@ class DevHost:
         return web.json_response({"error": {"code": "NotFound", "message": "No such route."}}, status=404)
 
     async def _admin_invoke(self, request: web.Request) -> web.Response:
-        """The host's admin API for non-HTTP triggers. For Service Bus the message is enqueued on devhost's
-        queue (properties ride along) and delivered as the trigger delivers it: abandoned on failure,
-        redelivered, dead-lettered after maxDeliveryCount. The answer says how it was settled; by
-        default delivery goes on until the message is settled (`"deliverUntilSettled": false` makes
-        one delivery and leaves redelivery to the background)."""
+        """The host's admin API for non-HTTP triggers. For Service Bus the message goes through devhost's
+        queue and is delivered as the trigger delivers it (see ServiceBusQueues.admin_invoke)."""
         if self.function_key not in (request.headers.get("x-functions-key"), request.query.get("code")):
             return web.json_response({"error": {"code": "Unauthorized", "message": "master key required"}}, status=401)
         entry = self.index.entries.get(request.match_info["name"])
@@ -287,25 +281,8 @@ class DevHost:
             doc = await request.json()
         except ValueError:
             doc = None
-        unknown = sorted(set(doc) - ADMIN_INVOKE_FIELDS) if isinstance(doc, dict) else ["<not an object>"]
-        if unknown:  # a typo must not silently become a message without that property
-            return web.json_response({"error": {"code": "BadRequest", "message": f"unknown fields: {unknown}"}},
-                                     status=400)
-        body = doc.get("input", "")
-        raw = body.encode("utf-8", errors="surrogatepass") if isinstance(body, str) else json.dumps(body).encode()
-        msg = self.servicebus.enqueue(
-            raw, message_id=doc.get("messageId"), correlation_id=doc.get("correlationId"),
-            reply_to=doc.get("replyTo"), content_type=doc.get("contentType", "application/json"),
-            subject=doc.get("subject"), to=doc.get("to"), session_id=doc.get("sessionId"),
-            application_properties=doc.get("applicationProperties") or {},
-            lose_lock_times=int(doc.get("loseLockAfterSuccess", 0)))
-        settlement = await self.servicebus.deliver(entry, msg, until_settled=doc.get("deliverUntilSettled", True))
-        answer = {"settlement": settlement, "deliveryCount": msg.delivery_count, "messageId": msg.message_id,
-                  "sequenceNumber": msg.sequence_number}
-        if settlement != "completed":
-            answer["error"] = msg.errors[-1] if msg.errors else None
-        # 202 when the function completed the message; 500 when it failed (abandoned or dead-lettered)
-        return web.json_response(answer, status=202 if settlement == "completed" else 500)
+        status, answer = await self.servicebus.admin_invoke(entry, doc)
+        return web.json_response(answer, status=status)
 
     async def _deadletter(self, request: web.Request) -> web.Response:
         assert self.servicebus is not None

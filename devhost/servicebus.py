@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -36,6 +37,8 @@ log = logging.getLogger("devhost.servicebus")
 
 Settlement = Literal["pending", "completed", "abandoned", "deadLettered"]
 MAX_DELIVERY_COUNT = 5  # infra/core/servicebus.bicep: maxDeliveryCount
+ADMIN_INVOKE_FIELDS = {"input", "messageId", "correlationId", "replyTo", "contentType", "subject", "to", "sessionId",
+                       "applicationProperties", "deliverUntilSettled", "loseLockAfterSuccess"}
 NEVER = datetime(9999, 12, 31, 23, 59, 59, 999999)  # .NET DateTimeOffset.MaxValue: no TTL on the queue
 
 
@@ -173,6 +176,30 @@ class ServiceBusQueues:
         if settlement == "abandoned":
             self._background(self._redeliver(entry, msg))
         return settlement
+
+    async def admin_invoke(self, entry: FunctionEntry, doc: Any) -> tuple[int, dict[str, Any]]:
+        """`POST /admin/functions/{name}` for a Service Bus function: enqueue the message described by `doc`
+        and deliver it. By default delivery goes on until the message is settled; `"deliverUntilSettled":
+        false` makes one delivery and leaves redelivery to the background. `"loseLockAfterSuccess": n`
+        makes the next n successful deliveries lose their lock (at-least-once). Answers 202 when the
+        message was completed, 500 when the function failed (abandoned or dead-lettered)."""
+        unknown = sorted(set(doc) - ADMIN_INVOKE_FIELDS) if isinstance(doc, dict) else ["<not an object>"]
+        if unknown:  # a typo must not silently become a message without that property
+            return 400, {"error": {"code": "BadRequest", "message": f"unknown fields: {unknown}"}}
+        body = doc.get("input", "")
+        raw = body.encode("utf-8", errors="surrogatepass") if isinstance(body, str) else json.dumps(body).encode()
+        msg = self.enqueue(
+            raw, message_id=doc.get("messageId"), correlation_id=doc.get("correlationId"),
+            reply_to=doc.get("replyTo"), content_type=doc.get("contentType", "application/json"),
+            subject=doc.get("subject"), to=doc.get("to"), session_id=doc.get("sessionId"),
+            application_properties=doc.get("applicationProperties") or {},
+            lose_lock_times=int(doc.get("loseLockAfterSuccess", 0)))
+        settlement = await self.deliver(entry, msg, until_settled=bool(doc.get("deliverUntilSettled", True)))
+        answer: dict[str, Any] = {"settlement": settlement, "deliveryCount": msg.delivery_count,
+                                  "messageId": msg.message_id, "sequenceNumber": msg.sequence_number}
+        if settlement != "completed":
+            answer["error"] = msg.errors[-1] if msg.errors else None
+        return (202 if settlement == "completed" else 500), answer
 
     async def _redeliver(self, entry: FunctionEntry, msg: QueuedMessage) -> None:
         while msg.settlement == "abandoned":

@@ -66,6 +66,7 @@ class TimerScheduler:
     client_binding: Any = None  # () -> str, for timer functions that also take a durable client
     runs: list[Run] = field(default_factory=list)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _inflight: set[asyncio.Future[Any]] = field(default_factory=set)  # invocations running, for idle()
 
     def start(self) -> None:
         for entry in self.entries:
@@ -79,6 +80,11 @@ class TimerScheduler:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+
+    async def idle(self) -> None:
+        """Wait until no timer function is running (for virtual-clock drivers, before moving time on)."""
+        while self._inflight:
+            await asyncio.gather(*list(self._inflight), return_exceptions=True)
 
     # ---- schedule status, as the extension's ScheduleMonitor keeps it ------------------------
     def _statuses(self) -> dict[str, Any]:
@@ -129,10 +135,15 @@ class TimerScheduler:
         run = Run(entry.name, _iso(scheduled), _iso(now), past_due)
         self.runs.append(run)
         client = self.client_binding() if callable(self.client_binding) else None
+        invocation = asyncio.ensure_future(entry.invoke(Datum(json.dumps(info), "json"), metadata={},
+                                                        client_binding=client))
+        self._inflight.add(invocation)
         try:
-            await entry.invoke(Datum(json.dumps(info), "json"), metadata={}, client_binding=client)
+            await invocation
         except Exception as exc:  # a failed timer run is logged; the schedule goes on
             run.error = bindings.worker_message(exc)
             log.warning("timer %s failed: %s", entry.name, run.error)
+        finally:
+            self._inflight.discard(invocation)
         self._save(entry.name, {"Last": _iso(scheduled), "Next": _iso(next_occurrence(entry.schedule, now)),
                                 "LastUpdated": _iso(self.clock.utcnow())})

@@ -30,6 +30,12 @@ def build_index() -> FunctionIndex:
     async def broken(timer: func.TimerRequest) -> None:
         raise RuntimeError("boom")
 
+    @app.timer_trigger(schedule="0 0 0 1 1 *", arg_name="timer")
+    async def slow(timer: func.TimerRequest) -> None:
+        for _ in range(200):  # stays in flight across many loop turns
+            await asyncio.sleep(0)
+        RUNS.append((CLOCK[0].utcnow(), timer))
+
     return index_app(app)
 
 
@@ -113,3 +119,20 @@ async def test_devhost_runs_timer_functions_on_its_clock(host: Host) -> None:
     await host.settle(lambda: len(RUNS) >= 3)
     assert host.dh.clock.now() - start == 90 and not any(r.past_due for _, r in RUNS)
     assert (host.dh.state_dir / "timers.json").exists()
+
+
+async def test_idle_waits_for_a_run_in_flight(clock: VirtualClock, tmp_path: Path) -> None:
+    slow = [e for e in build_index().of_type("timerTrigger") if e.name == "slow"]
+    sched = TimerScheduler(clock, slow, tmp_path / "timers.json")
+    sched.start()
+    try:
+        await settle()
+        deadline = clock.next_deadline()
+        assert deadline is not None
+        clock.set(deadline)  # 2027-01-01T00:00:00Z
+        await settle()
+        assert RUNS == []  # started, not finished
+        await sched.idle()
+        assert [t.year for t, _ in RUNS] == [2027]
+    finally:
+        await sched.close()

@@ -190,7 +190,7 @@ class ServiceBusQueues:
         raw = body.encode("utf-8", errors="surrogatepass") if isinstance(body, str) else json.dumps(body).encode()
         msg = self.enqueue(
             raw, message_id=doc.get("messageId"), correlation_id=doc.get("correlationId"),
-            reply_to=doc.get("replyTo"), content_type=doc.get("contentType", "application/json"),
+            reply_to=doc.get("replyTo"), content_type=doc.get("contentType"),
             subject=doc.get("subject"), to=doc.get("to"), session_id=doc.get("sessionId"),
             application_properties=doc.get("applicationProperties") or {},
             lose_lock_times=int(doc.get("loseLockAfterSuccess", 0)))

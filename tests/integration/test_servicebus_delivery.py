@@ -103,3 +103,13 @@ def test_metadata_is_in_the_hosts_shapes(queues: ServiceBusQueues) -> None:
     assert types["MessageId"] == "string" and types["DeliveryCount"] == "json"
     assert types["SequenceNumber"] == "json" and types["EnqueuedTimeUtc"] == "json"
     assert types["UserProperties"] == "json" and "CorrelationId" not in types  # null: not sent
+
+
+def test_datetimes_are_written_as_json_net_writes_them() -> None:
+    from datetime import UTC
+
+    from devhost.bindings import newtonsoft_datetime
+
+    assert newtonsoft_datetime(datetime(2026, 1, 1, 0, 0, 0, 123400)) == "2026-01-01T00:00:00.1234"  # Unspecified
+    assert newtonsoft_datetime(datetime(2026, 1, 1)) == "2026-01-01T00:00:00"
+    assert newtonsoft_datetime(datetime(2026, 1, 1, tzinfo=UTC)) == "2026-01-01T00:00:00+00:00"  # DateTimeOffset

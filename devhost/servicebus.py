@@ -106,14 +106,20 @@ class QueuedMessage:
 
 
 class ServiceBusQueues:
-    """Queues by name, each delivering to the function whose trigger names it."""
+    """The messages sent to Service Bus-triggered functions, and their delivery.
+
+    Completed messages are dropped; abandoned ones stay until settled, dead-lettered ones stay listed.
+    Sequence numbers start from the clock in milliseconds, so they keep growing across a devhost
+    restart on the same state directory, as the broker's do (a restart at 1 would make `sb-seq:` keys
+    collide with operations the ledger already holds).
+    """
 
     def __init__(self, clock: Clock, client_binding: Callable[[], str], *,
                  max_delivery_count: int = MAX_DELIVERY_COUNT) -> None:
         self.clock = clock
         self.client_binding = client_binding
         self.max_delivery_count = max_delivery_count
-        self._sequence = itertools.count(1)
+        self._sequence = itertools.count(int(clock.now() * 1000))
         self.messages: list[QueuedMessage] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -154,6 +160,7 @@ class ServiceBusQueues:
             msg.errors.append("MessageLockLostException: the lock expired before the message was completed")
             return self._abandon(msg)
         msg.settlement = "completed"
+        self.messages.remove(msg)
         return msg.settlement
 
     def _abandon(self, msg: QueuedMessage) -> Settlement:

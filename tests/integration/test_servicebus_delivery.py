@@ -113,3 +113,11 @@ def test_datetimes_are_written_as_json_net_writes_them() -> None:
     assert newtonsoft_datetime(datetime(2026, 1, 1, 0, 0, 0, 123400)) == "2026-01-01T00:00:00.1234"  # Unspecified
     assert newtonsoft_datetime(datetime(2026, 1, 1)) == "2026-01-01T00:00:00"
     assert newtonsoft_datetime(datetime(2026, 1, 1, tzinfo=UTC)) == "2026-01-01T00:00:00+00:00"  # DateTimeOffset
+
+
+def test_sequence_numbers_keep_growing_across_a_restart() -> None:
+    clock = VirtualClock()
+    first = ServiceBusQueues(clock, lambda: "{}").enqueue(b"x").sequence_number
+    clock.advance(1)
+    second = ServiceBusQueues(clock, lambda: "{}").enqueue(b"x").sequence_number  # a new devhost process
+    assert second > first

@@ -1,11 +1,23 @@
-"""Reads a FunctionApp the way the Functions host does: triggers, bindings, routes, user code."""
+"""Reads a FunctionApp the way the Functions host and the Python worker do: triggers, bindings, routes,
+the return binding, and the user function. Invocation goes through `devhost.bindings`, so every value
+in and out passes the `azure.functions` library's own converters."""
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable
+import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from azure.functions.meta import Datum
+
+
+@dataclass(frozen=True)
+class BindingInfo:
+    name: str
+    type: str
+    direction: str  # "in" | "out"
+    data_type: str | None = None
 
 
 @dataclass
@@ -14,20 +26,34 @@ class FunctionEntry:
     trigger_type: str
     trigger_param: str
     user: Callable[..., Any]
+    bindings: list[BindingInfo] = field(default_factory=list)
+    return_binding: str | None = None
+    return_pytype: type | None = None
     client_params: list[str] = field(default_factory=list)
     route: str | None = None
     methods: list[str] = field(default_factory=list)
     auth_level: str = "FUNCTION"
     queue_name: str | None = None
+    schedule: str | None = None
+    run_on_startup: bool = False
+    use_monitor: bool | None = None
 
-    async def invoke(self, value: Any, client_binding: str | None = None, **extra: Any) -> Any:
-        kwargs: dict[str, Any] = {self.trigger_param: value, **extra}
+    @property
+    def trigger_data_type(self) -> str | None:
+        return next((b.data_type for b in self.bindings if b.name == self.trigger_param), None)
+
+    def inputs(self, trigger: Datum | None, client_binding: str | None = None) -> dict[str, Datum | None]:
+        """The input data the host sends: the trigger's datum and each durable client's binding string."""
+        values: dict[str, Datum | None] = {self.trigger_param: trigger}
         for param in self.client_params:
-            kwargs[param] = client_binding
-        result = self.user(**kwargs)
-        if inspect.isawaitable(result):
-            result = await result
-        return result
+            values[param] = Datum(client_binding, "string") if client_binding is not None else None
+        return values
+
+    async def invoke(self, trigger: Datum | None, *, metadata: Mapping[str, Datum] | None = None,
+                     client_binding: str | None = None) -> Datum | None:
+        from devhost import bindings
+
+        return await bindings.invoke(self, self.inputs(trigger, client_binding), metadata)
 
 
 @dataclass
@@ -42,6 +68,28 @@ def _enum_value(value: Any) -> str:
     return str(getattr(value, "value", value))
 
 
+def _direction(binding: Any) -> str:
+    raw = getattr(binding, "direction", None)
+    name = str(getattr(raw, "name", raw)).upper()
+    return "out" if name in ("OUT", "1") else "in"
+
+
+def _data_type(binding: Any) -> str | None:
+    raw = getattr(binding, "data_type", None)
+    return None if raw is None else str(getattr(raw, "name", raw)).lower()
+
+
+def _return_binding(bindings: list[BindingInfo]) -> str | None:
+    """worker `functions.py:get_return_binding`: an explicit `$return` wins, else a binding with
+    implicit output (activity and orchestration triggers)."""
+    from devhost.bindings import has_implicit_output
+
+    explicit = next((b.type for b in bindings if b.name == "$return"), None)
+    if explicit is not None:
+        return explicit
+    return next((b.type for b in bindings if has_implicit_output(b.type)), None)
+
+
 def index_app(app: Any) -> FunctionIndex:
     """`app.get_functions()` can be called only once per app object: call this once."""
     entries: dict[str, FunctionEntry] = {}
@@ -49,16 +97,26 @@ def index_app(app: Any) -> FunctionIndex:
         trigger = fn.get_trigger()
         ttype = _enum_value(trigger.type)
         name = fn.get_function_name()
-        entry = FunctionEntry(name=name, trigger_type=ttype, trigger_param=trigger.name,
-                              user=fn.get_user_function())
-        for binding in fn.get_bindings():
-            if _enum_value(binding.type) == "durableClient":
-                entry.client_params.append(binding.name)
+        user = fn.get_user_function()
+        infos = [BindingInfo(b.name, _enum_value(b.type), _direction(b), _data_type(b)) for b in fn.get_bindings()]
+        try:
+            hints = typing.get_type_hints(user)
+        except Exception:  # annotations that do not resolve: the worker would pass no expected type either
+            hints = {}
+        ret = hints.get("return")
+        entry = FunctionEntry(name=name, trigger_type=ttype, trigger_param=trigger.name, user=user,
+                              bindings=infos, return_binding=_return_binding(infos),
+                              return_pytype=ret if isinstance(ret, type) else None)
+        entry.client_params = [b.name for b in infos if b.type == "durableClient"]
         if ttype == "httpTrigger":
             entry.route = getattr(trigger, "route", None) or name
             entry.methods = [_enum_value(m).upper() for m in (getattr(trigger, "methods", None) or ["GET", "POST"])]
             entry.auth_level = _enum_value(getattr(trigger, "auth_level", None) or "FUNCTION").upper()
         if ttype == "serviceBusTrigger":
             entry.queue_name = getattr(trigger, "queue_name", None)
+        if ttype == "timerTrigger":
+            entry.schedule = getattr(trigger, "schedule", None)
+            entry.run_on_startup = bool(getattr(trigger, "run_on_startup", None))
+            entry.use_monitor = getattr(trigger, "use_monitor", None)
         entries[name] = entry
     return FunctionIndex(entries)

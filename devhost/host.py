@@ -20,14 +20,16 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from devhost import azurite
+from devhost import azurite, bindings
 from devhost.clock import Clock
 from devhost.compute import ComputeSimulator, Fault
 from devhost.durable import DurableEngine, Instance
 from devhost.functions import FunctionEntry, FunctionIndex, index_app
 from devhost.identity import PATH as IDENTITY_PATH
 from devhost.identity import TokenIssuer
+from devhost.servicebus import ServiceBusQueues
 from devhost.serving import Served, serve
+from devhost.timers import TimerScheduler
 
 if TYPE_CHECKING:
     from shared.runtime import Runtime
@@ -111,6 +113,8 @@ class DevHost:
         self.seed = seed
         self.servers: list[Served] = []
         self.engine: DurableEngine | None = None
+        self.servicebus: ServiceBusQueues | None = None
+        self.timers: TimerScheduler | None = None
         self.functions_url = self.arm_url = self.identity_url = ""
         self._last_progress: dict[str, str] = {}  # instance id -> last line logged
         self.azurite: azurite.Azurite | None = None
@@ -145,10 +149,11 @@ class DevHost:
         self.index = index
         self.engine = DurableEngine(
             self.clock,
-            {e.name: e.user for e in index.of_type("orchestrationTrigger")},
+            {e.name: bindings.orchestrator_function(e) for e in index.of_type("orchestrationTrigger")},
             {e.name: self._activity(e) for e in index.of_type("activityTrigger")},
         )
         self.engine.listeners.append(self._on_change)
+        self.servicebus = ServiceBusQueues(self.clock, self.client_binding)
         app = web.Application(client_max_size=1024 * 1024)
         app.add_routes(self.engine.routes())
         app.add_routes([
@@ -157,6 +162,7 @@ class DevHost:
             web.post("/devhost/compute/faults", self._faults),
             web.get("/devhost/durable/instances", self._instances),
             web.post("/admin/functions/{name}", self._admin_invoke),
+            web.get("/devhost/servicebus/deadletter", self._deadletter),
             web.route("*", "/api/{tail:.*}", self._http_trigger),
             web.get("/", self._root),
         ])
@@ -164,6 +170,7 @@ class DevHost:
         self.servers.append(functions)
         self.functions_url = functions.url
         self.engine.start_worker()
+        self.start_timers(index.of_type("timerTrigger"))
         if self.seed:
             for rid, body in demo_resources().items():
                 self.sim.upsert(rid, body)
@@ -173,6 +180,10 @@ class DevHost:
     async def stop(self) -> None:
         from shared import runtime
 
+        if self.timers is not None:
+            await self.timers.close()
+        if self.servicebus is not None:
+            await self.servicebus.close()
         if self.engine is not None:
             await self.engine.close()
         if self.runtime is not None:
@@ -247,11 +258,15 @@ class DevHost:
         assert self.engine is not None
         return self.engine.binding(self.functions_url)
 
-    def _activity(self, entry: FunctionEntry) -> Callable[[Any], Awaitable[Any]]:
-        async def run(value: Any) -> Any:
-            return await entry.invoke(value, client_binding=self.client_binding())
+    def start_timers(self, entries: list[FunctionEntry]) -> TimerScheduler:
+        """Run every timer trigger on its NCRONTAB schedule, on devhost's clock."""
+        self.timers = TimerScheduler(self.clock, entries, self.state_dir / "timers.json",
+                                     client_binding=self.client_binding)
+        self.timers.start()
+        return self.timers
 
-        return run
+    def _activity(self, entry: FunctionEntry) -> Callable[[Any], Awaitable[Any]]:
+        return bindings.activity_function(entry, self.client_binding)
 
     def _authorised(self, request: web.Request, entry: FunctionEntry) -> bool:
         if entry.auth_level == "ANONYMOUS":
@@ -261,8 +276,6 @@ class DevHost:
         return given is not None and secrets.compare_digest(given.encode(), self.function_key.encode())
 
     async def _http_trigger(self, request: web.Request) -> web.StreamResponse:
-        import azure.functions as func
-
         tail = request.match_info["tail"].strip("/")
         for entry in self.index.of_type("httpTrigger"):
             m = _route_regex(entry.route or entry.name).match(tail)
@@ -273,41 +286,38 @@ class DevHost:
             if not self._authorised(request, entry):
                 return web.json_response({"error": {"code": "Unauthorized", "message": "A function key is "
                                                     "required (?code= or x-functions-key)."}}, status=401)
-            req = func.HttpRequest(method=request.method, url=str(request.url), headers=dict(request.headers),
-                                   params=dict(request.query), route_params=m.groupdict(),
-                                   body=await request.read())
-            resp = await entry.invoke(req, client_binding=self.client_binding())
-            headers = {k: v for k, v in resp.headers.items() if k.lower() != "content-type"}
-            return web.Response(status=resp.status_code, body=resp.get_body(), headers=headers,
-                                content_type=resp.mimetype or "application/json")
+            datum = bindings.http_datum(method=request.method, url=str(request.url),
+                                        headers=bindings.joined(request.headers, ", "),
+                                        query=bindings.joined(request.query, ","),
+                                        route_params=m.groupdict(), body=await request.read())
+            try:
+                out = await entry.invoke(datum, client_binding=self.client_binding())
+            except Exception as exc:  # the host answers a failed invocation with a bare 500
+                log.error("function %s failed: %s", entry.name, bindings.worker_message(exc))
+                return web.Response(status=500)
+            status, headers, body = bindings.http_response_parts(out)
+            return web.Response(status=status, body=body, headers=headers)
         return web.json_response({"error": {"code": "NotFound", "message": "No such route."}}, status=404)
 
     async def _admin_invoke(self, request: web.Request) -> web.Response:
-        """The host's admin API for non-HTTP triggers. For Service Bus, message properties ride along."""
-        import azure.functions as func
-        from azure.functions.servicebus import ServiceBusMessage
-
+        """The host's admin API for non-HTTP triggers. For Service Bus the message goes through devhost's
+        queue and is delivered as the trigger delivers it (see ServiceBusQueues.admin_invoke)."""
         if self.function_key not in (request.headers.get("x-functions-key"), request.query.get("code")):
             return web.json_response({"error": {"code": "Unauthorized", "message": "master key required"}}, status=401)
         entry = self.index.entries.get(request.match_info["name"])
-        if entry is None or entry.trigger_type != "serviceBusTrigger":
+        if entry is None or entry.trigger_type != "serviceBusTrigger" or self.servicebus is None:
             return web.json_response({"error": {"code": "NotFound", "message": "no such non-HTTP function"}},
                                      status=404)
-        doc = await request.json()
-        body = doc.get("input", "")
-        raw = body.encode() if isinstance(body, str) else json.dumps(body).encode()
-        msg = ServiceBusMessage(body=raw, message_id=doc.get("messageId") or secrets.token_hex(16),
-                                correlation_id=doc.get("correlationId"), reply_to=doc.get("replyTo"),
-                                content_type=doc.get("contentType", "application/json"),
-                                delivery_count=int(doc.get("deliveryCount", 1)),
-                                application_properties=doc.get("applicationProperties") or {},
-                                user_properties=doc.get("applicationProperties") or {})
-        assert isinstance(msg, func.ServiceBusMessage)
         try:
-            await entry.invoke(msg, client_binding=self.client_binding())
-        except Exception as exc:  # the real host abandons the message; Service Bus redelivers it
-            return web.json_response({"status": "Failed", "error": f"{type(exc).__name__}: {exc}"}, status=500)
-        return web.json_response({"status": "Completed"}, status=202)
+            doc = await request.json()
+        except ValueError:
+            doc = None
+        status, answer = await self.servicebus.admin_invoke(entry, doc)
+        return web.json_response(answer, status=status)
+
+    async def _deadletter(self, request: web.Request) -> web.Response:
+        assert self.servicebus is not None
+        return web.json_response([m.public() for m in self.servicebus.deadletter])
 
     # ---- introspection --------------------------------------------------------------------
     def events(self) -> list[dict[str, Any]]:

@@ -14,4 +14,4 @@ async def reimage_queue(msg: func.ServiceBusMessage, client: df.DurableOrchestra
     from shared import messages  # lazily: cold start
 
     await messages.handle_message(msg.get_body(), message_id=msg.message_id, correlation_id=msg.correlation_id,
-                                  reply_to=msg.reply_to, client=client)
+                                  reply_to=msg.reply_to, sequence_number=msg.sequence_number, client=client)

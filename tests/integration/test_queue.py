@@ -1,8 +1,14 @@
-"""The Service Bus trigger, invoked through devhost's admin API with real ServiceBusMessage objects."""
+"""The Service Bus trigger through devhost's admin API: the message is enqueued on devhost's queue and
+delivered as the real trigger delivers it (converter-built ServiceBusMessage, abandon on failure,
+redelivery, dead-letter after maxDeliveryCount 5)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+import azure.durable_functions as df
+import pytest
 
 from devhost.compute import Fault
 from shared import runtime
@@ -14,7 +20,7 @@ from tests.unit.test_servicebus_publisher import RecordingClient
 
 async def test_valid_message_is_reimaged(host: Host) -> None:
     s, out = await host.queue({"target": LINUX_VM, "reason": "drain"}, messageId="m-1", correlationId="c-1")
-    assert s == 202 and out["status"] == "Completed"
+    assert s == 202 and (out["settlement"], out["deliveryCount"], out["messageId"]) == ("completed", 1, "m-1")
     events = await host.until_completed()
     data = events[0]["data"]
     assert (data["status"], data["trigger"], data["requestId"], data["correlationId"]) == (
@@ -32,7 +38,7 @@ async def test_redelivered_message_posts_once(host: Host) -> None:
 
 async def test_invalid_message_completes_with_a_rejected_event(host: Host) -> None:
     s, out = await host.queue({"target": LINUX_VM, "tempdisk": True, "correlationId": "corr-7"}, messageId="m-bad")
-    assert s == 202  # completed: retrying would not make it valid
+    assert s == 202 and out["settlement"] == "completed"  # retrying would not make it valid
     rejected = host.events("reimager.request.rejected")
     assert len(rejected) == 1
     data = rejected[0]["data"]
@@ -77,13 +83,116 @@ async def test_reply_to_gets_the_rejection(host: Host) -> None:
     assert client.senders[("topic", "reimage-events")].sent[0].correlation_id == "cc"
 
 
-async def test_arm_unavailable_raises_for_redelivery(host: Host) -> None:
-    host.dh.sim.faults.append(Fault(match="get", status=503, times=50))
+async def test_arm_unavailable_is_redelivered_and_succeeds_on_the_second_delivery(host: Host) -> None:
+    # 4 = one delivery's worth of attempts (the ARM client retries a GET 3 times): delivery 1 fails
+    host.dh.sim.faults.append(Fault(match="get", status=503, times=4))
     s, out = await host.queue({"target": LINUX_VM}, messageId="m-503")
-    assert s == 500 and "ComputeUnavailable" in out["error"]
-    assert host.events() == [] and host.reimage_posts() == []
-    host.dh.sim.faults.clear()
-    s, _ = await host.queue({"target": LINUX_VM}, messageId="m-503")  # the redelivery
-    assert s == 202
+    assert s == 202 and (out["settlement"], out["deliveryCount"]) == ("completed", 2)
     await host.until_completed()
+    assert len(host.reimage_posts()) == 1 and host.events("reimager.request.rejected") == []
+    assert host.completed()[0]["data"]["requestId"] == "m-503"
+
+
+async def test_throttled_preflight_is_redelivered_and_succeeds_on_the_second_delivery(host: Host) -> None:
+    # 429 with a Retry-After longer than the client waits for: transient, so the message is abandoned
+    host.dh.sim.faults.append(Fault(match="get", status=429, retry_after=3600, times=1))
+    s, out = await host.queue({"target": LINUX_VM}, messageId="m-429")
+    assert s == 202 and (out["settlement"], out["deliveryCount"]) == ("completed", 2)
+    await host.until_completed()
+    assert len(host.reimage_posts()) == 1 and host.events("reimager.request.rejected") == []
+    assert [e["data"]["status"] for e in host.completed()] == ["Succeeded"]
+
+
+async def test_arm_down_for_good_dead_letters_after_five_deliveries(host: Host) -> None:
+    host.dh.sim.faults.append(Fault(match="get", status=503, times=1000))
+    s, out = await host.queue({"target": LINUX_VM}, messageId="m-down")
+    assert s == 500 and (out["settlement"], out["deliveryCount"]) == ("deadLettered", 5)
+    assert "ComputeUnavailable" in out["error"]
+    _, dead = await host.get("/devhost/servicebus/deadletter")
+    assert [(d["messageId"], d["deliveryCount"], d["deadLetterReason"]) for d in dead] == [
+        ("m-down", 5, "MaxDeliveryCountExceeded")]
+    assert host.events() == [] and host.reimage_posts() == []
+
+
+async def test_one_delivery_at_a_time_then_background_redelivery(host: Host) -> None:
+    host.dh.sim.faults.append(Fault(match="get", status=503, times=1000))
+    s, out = await host.queue({"target": LINUX_VM}, messageId="m-bg", deliverUntilSettled=False)
+    assert s == 500 and (out["settlement"], out["deliveryCount"]) == ("abandoned", 1)
+    assert host.dh.servicebus is not None
+    await host.dh.servicebus.idle()
+    _, dead = await host.get("/devhost/servicebus/deadletter")
+    assert [(d["messageId"], d["deliveryCount"]) for d in dead] == [("m-bg", 5)]
+
+
+async def test_message_without_message_id_is_keyed_by_sequence_number(host: Host) -> None:
+    host.dh.sim.faults.append(Fault(match="get", status=503, times=4))
+    s, out = await host.queue({"target": LINUX_VM})  # no MessageId: the function sees message_id None
+    assert s == 202 and out["messageId"] is None and (out["settlement"], out["deliveryCount"]) == ("completed", 2)
+    await host.until_completed()
+    key = f"sb-seq:{out['sequenceNumber']}"
+    assert [e["data"]["requestId"] for e in host.completed()] == [key]  # the same key on both deliveries
     assert len(host.reimage_posts()) == 1
+
+
+async def test_message_with_no_key_at_all_is_rejected_not_submitted(host: Host) -> None:
+    from shared import messages
+
+    out = await messages.handle_message(json.dumps({"target": LINUX_VM}).encode(), message_id=None,
+                                        sequence_number=None, correlation_id="c-nokey", reply_to=None, client=None)
+    assert out["status"] == 400 and out["error"]["code"] == "MissingIdempotencyKey"
+    rejected = host.events("reimager.request.rejected")
+    assert [e["data"]["error"]["code"] for e in rejected] == ["MissingIdempotencyKey"]
+    assert rejected[0]["data"]["correlationId"] == "c-nokey" and host.reimage_posts() == []
+    # with a requestId in the body the message needs no broker key
+    client = df.DurableOrchestrationClient(host.dh.client_binding())
+    out = await messages.handle_message(json.dumps({"target": LINUX_VM, "requestId": "r-1"}).encode(),
+                                        message_id=None, sequence_number=None, correlation_id=None,
+                                        reply_to=None, client=client)
+    assert out["operationId"] and len(host.reimage_posts()) == 1
+
+
+POISON = [
+    # json.dumps escapes lone surrogates: an ASCII body with \ud800 escapes in it, as a sender makes one
+    pytest.param(json.dumps({"target": LINUX_VM, "tempdisk": True, "requestedBy": "\ud800me", "reason": "x\udfff",
+                             "correlationId": "\udc00"}), id="lone-surrogates"),
+    pytest.param(json.dumps({"target": LINUX_VM, "requestId": "bad\ud800", "requestedBy": "\ud800"}),
+                 id="surrogate-request-id"),
+    pytest.param(json.dumps({"target": LINUX_VM, "\ud800": 1}), id="surrogate-key"),
+    pytest.param('{"target": "' + LINUX_VM + '", "reason": ' + "[" * 100_000 + "]" * 100_000 + "}", id="deep"),
+    pytest.param("[" * 65 + "]" * 65, id="depth-65"),
+]
+
+
+@pytest.mark.parametrize("body", POISON)
+async def test_poison_messages_end_in_a_rejected_event_and_are_completed(host: Host, body: str) -> None:
+    s, out = await host.queue(body, messageId="m-poison")
+    assert s == 202 and (out["settlement"], out["deliveryCount"]) == ("completed", 1), out
+    rejected = host.events("reimager.request.rejected")
+    assert len(rejected) == 1 and rejected[0]["data"]["error"]["code"] == "InvalidRequest"
+    for name in ("requestId", "requestedBy", "reason"):
+        value = rejected[0]["data"][name]
+        assert value is None or value.encode("utf-8")  # encodable: no lone surrogate survived
+    _, dead = await host.get("/devhost/servicebus/deadletter")
+    assert dead == [] and host.reimage_posts() == []
+
+
+async def test_nesting_at_the_limit_is_parsed() -> None:
+    from shared.messages import MAX_JSON_DEPTH, json_too_deep
+
+    assert not json_too_deep("[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH)
+    assert json_too_deep("[" * (MAX_JSON_DEPTH + 1) + "]" * (MAX_JSON_DEPTH + 1))
+    assert not json_too_deep('["' + "[" * 1000 + '\\", "\\"' + "{" * 1000 + '"]')  # brackets inside strings
+
+
+async def test_admin_invoke_refuses_unknown_fields(host: Host) -> None:
+    s, out = await host.queue({"target": LINUX_VM}, messageID="typo")
+    assert s == 400 and "messageID" in out["error"]["message"] and host.events() == []
+
+
+async def test_lock_lost_after_success_redelivers_and_posts_once(host: Host) -> None:
+    # at-least-once: the function succeeded but Complete never reached the broker
+    s, out = await host.queue({"target": VMSS, "instanceIds": ["2"]}, messageId="m-lock", loseLockAfterSuccess=2)
+    assert s == 202 and (out["settlement"], out["deliveryCount"]) == ("completed", 3)
+    await host.until_completed()
+    assert len(host.reimage_posts()) == 1 and len(host.completed()) == 1
+    assert len(host.events("reimager.operation.accepted")) == 1

@@ -259,7 +259,21 @@ class DevHost:
         return self.engine.binding(self.functions_url)
 
     def start_timers(self, entries: list[FunctionEntry]) -> TimerScheduler:
-        """Run every timer trigger on its NCRONTAB schedule, on devhost's clock."""
+        """Run every timer trigger on its NCRONTAB schedule, on devhost's clock. A `%NAME%` schedule is
+        resolved from the app settings, as the host resolves binding expressions."""
+        import dataclasses
+
+        from shared.settings import env_name
+
+        assert self.settings is not None
+        names = {env_name(f): f for f in type(self.settings).model_fields}
+        resolved = []
+        for entry in entries:
+            schedule = entry.schedule or ""
+            if schedule.startswith("%") and schedule.endswith("%"):
+                schedule = str(getattr(self.settings, names[schedule.strip("%")]))
+            resolved.append(dataclasses.replace(entry, schedule=schedule))
+        entries = resolved
         self.timers = TimerScheduler(self.clock, entries, self.state_dir / "timers.json",
                                      client_binding=self.client_binding)
         self.timers.start()

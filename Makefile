@@ -1,4 +1,6 @@
 # `make test` and `make demo` work on a fresh machine with only Python 3.11.
+# Azure behaviours the app does not survive yet (research/engine-fidelity.md); drop each once it does.
+DEVHOST_KIND := --kind duplicate_activities --kind honour_timer_cancel --kind racy_start
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
@@ -34,12 +36,12 @@ lint: $(STAMP)
 
 # The demo runs first so that pytest's summary is the closing line.
 test: lint lint-infra
-	$(BIN)/python -m devhost --demo --state-dir .devhost/demo
+	$(BIN)/python -m devhost --demo --state-dir .devhost/demo $(DEVHOST_KIND)
 	$(BIN)/pytest
 
 # The scripted demo: HTTP, alert and queue reimages, a dry run, a failure, a refusal.
 demo: $(STAMP)
-	$(BIN)/python -m devhost --demo --state-dir .devhost/demo
+	$(BIN)/python -m devhost --demo --state-dir .devhost/demo $(DEVHOST_KIND)
 
 # The app on this machine, for trying it by hand (Ctrl-C stops it).
 devhost: $(STAMP)

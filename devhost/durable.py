@@ -107,6 +107,21 @@ class Fidelity:
         return cls(racy_start=False, wait_for_open_tasks=False, honour_timer_cancel=True,
                    duplicate_activities=False, duplicate_events=False, drop_events_before_start=False)
 
+    @classmethod
+    def switches(cls) -> list[str]:
+        """The names `without` accepts: every boolean switch."""
+        return [f.name for f in fields(cls) if f.type in ("bool", bool)]
+
+    @classmethod
+    def without(cls, *names: str) -> Fidelity:
+        """Hostile, except the named behaviours, each set to its kind value (as in `kind()`)."""
+        kind, fidelity = cls.kind(), cls()
+        for name in names:
+            if name not in cls.switches():
+                raise ValueError(f"unknown durable fidelity switch {name!r}; known: {', '.join(cls.switches())}")
+            setattr(fidelity, name, getattr(kind, name) if name != "stringly_typed" else False)
+        return fidelity
+
 
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -16,6 +16,7 @@ from typing import Any
 
 from shared import policy, runtime
 from shared.compute import ComputeClient
+from shared.durable_data import decode
 from shared.errors import ReimagerError
 from shared.events import ACCEPTED, EventData, Publisher, Trigger, build_event
 from shared.ids import lock_id, operation_id
@@ -51,13 +52,13 @@ def operation_view(status: Any) -> dict[str, Any] | None:
     runtime = _runtime(status)
     if runtime is None:
         return None
-    state = MonitorState.model_validate(status.input_ or {})
-    custom = status.custom_status or {}
+    state = MonitorState.model_validate(decode(status.input_) or {})
+    custom = decode(status.custom_status) or {}
     error = custom.get("error")
     if runtime in ("Running", "Pending", "ContinuedAsNew"):
         current = custom.get("status") or "Accepted"
     elif runtime == "Completed":
-        output = status.output or {}
+        output = decode(status.output) or {}
         current, error = output.get("status", "Failed"), output.get("error")
     else:
         current = "Failed"
@@ -148,7 +149,7 @@ class Intake:
             except Exception:  # the extension refuses a start on a running instance
                 lock = await self.client.get_status(state.lock_id, show_input=True)
                 if _runtime(lock) in ("Running", "Pending"):
-                    holder = (lock.input_ or {}).get("operationId")
+                    holder = (decode(lock.input_) or {}).get("operationId")
                     if holder == state.operation_id:  # the same key, racing: one claim, one POST
                         view = operation_view(await self.client.get_status(state.operation_id, show_input=True))
                         if view is not None:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
 from shared import runtime
+from shared.durable_data import decode
 from shared.errors import ApiError
 from shared.events import COMPLETED, EventData, EventType, Trigger, build_event
 from shared.ids import cooldown_id
@@ -91,9 +92,9 @@ def monitor_orchestrator(context: Any) -> Generator[Any, Any, dict[str, Any]]:
             return (yield from _finish(context, state, "Failed", lost, submitted_to_arm=False))
         timer.cancel()
         if winner is failed:
-            return (yield from _finish(context, state, "Failed", (failed.result or {}).get("error"),
+            return (yield from _finish(context, state, "Failed", (decode(failed.result) or {}).get("error"),
                                        submitted_to_arm=False))
-        state.submission = dict(submitted.result or {})
+        state.submission = dict(decode(submitted.result) or {})
         state.submitted_at = context.current_utc_datetime
         state.last_retry_after = state.submission.get("retryAfter")
         if state.submission.get("statusCode") == 200:
@@ -175,7 +176,7 @@ def lock_orchestrator(context: Any) -> Generator[Any, Any, dict[str, Any]]:
     if winner is timer:
         return {"operationId": inp.get("operationId"), "released": False, "expired": True}
     timer.cancel()
-    return {**(release.result or {}), "released": True}
+    return {**(decode(release.result) or {}), "released": True}
 
 
 def cooldown_orchestrator(context: Any) -> Generator[Any, Any, dict[str, Any]]:

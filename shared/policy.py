@@ -7,6 +7,7 @@ from typing import Any
 
 from shared import runtime
 from shared.compute import TargetModel
+from shared.durable_data import decode
 from shared.errors import ErrorDetail, ReimagerError
 from shared.ids import cooldown_id
 from shared.models import ReimageRequest
@@ -64,7 +65,7 @@ async def check_cooldown(request: ReimageRequest, client: Any, now: datetime | N
         runtime_status = getattr(status.runtime_status, "value", None)
         if runtime_status not in ("Running", "Pending"):
             continue
-        until = datetime.fromisoformat((status.input_ or {}).get("until", now.isoformat()))
+        until = datetime.fromisoformat((decode(status.input_) or {}).get("until", now.isoformat()))
         remaining = max(1, int((until - now).total_seconds() + 0.999))
         raise ReimagerError(429, "CooldownActive",
                             f"The target was reimaged recently; COOLDOWN_MINUTES refuses it for {remaining} more "

@@ -29,7 +29,9 @@ def test_devhost_subprocess(tmp_path: Path) -> None:
     state = tmp_path / "state"
     proc = subprocess.Popen(
         [sys.executable, "-m", "devhost", "--port", "0", "--state-dir", str(state), "--operation-seconds", "1",
-         "--retry-after", "1", "--settings", "POLL_MIN_SECONDS=1", "--settings", "COOLDOWN_MINUTES=0"],
+         "--retry-after", "1", "--settings", "POLL_MIN_SECONDS=1", "--settings", "COOLDOWN_MINUTES=0",
+         # Azure behaviours the app does not survive yet (research/engine-fidelity.md); drop each once it does.
+         "--kind", "duplicate_activities", "--kind", "honour_timer_cancel", "--kind", "racy_start"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         endpoints_file = state / "endpoints.json"

@@ -89,6 +89,22 @@ def generations(context: df.DurableOrchestrationContext) -> Any:
 
 
 @bp.orchestration_trigger(context_name="context")
+def generations_pending(context: df.DurableOrchestrationContext) -> Any:
+    """Generation 0 continues as new while a 60 s timer it raced is still pending."""
+    gen = (context.get_input() or {}).get("gen", 0)
+    if gen == 0:
+        now = context.current_utc_datetime
+        yield context.task_any([context.create_timer(now + timedelta(seconds=10)),
+                                context.create_timer(now + timedelta(seconds=60))])
+        context.continue_as_new({"gen": 1})
+        return None
+    timer = context.create_timer(context.current_utc_datetime + timedelta(seconds=300))
+    event = context.wait_for_external_event("X")
+    winner = yield context.task_any([event, timer])
+    return "event" if winner == event else "timeout"
+
+
+@bp.orchestration_trigger(context_name="context")
 def one_activity(context: df.DurableOrchestrationContext) -> Any:
     return (yield context.call_activity("count", 7))
 
@@ -321,6 +337,21 @@ async def test_continue_as_new_discards_unprocessed_events() -> None:
     await drive(engine, lambda: inst.status == "Completed")
     assert inst.executions == 2 and inst.output == "timeout"
     await engine.close()
+
+
+async def test_events_raised_while_continue_as_new_waits_on_a_timer_are_lost() -> None:
+    """continue_as_new, like completion, waits for open tasks; an event raised in that gap is handed
+    to the old execution, which never reads it, and is gone with its history."""
+    for fidelity, expected in ((Fidelity(), "timeout"), (Fidelity(wait_for_open_tasks=False), "event")):
+        engine = build_engine(fidelity)
+        inst = engine.start("generations_pending", "g2", json.dumps({"gen": 0}))
+        await drive(engine, lambda: engine.clock.now() - inst.created >= 10)
+        engine.clock.advance(10)  # t = 20 s: generation 0 has called continue_as_new
+        await engine.idle()
+        engine.raise_event("g2", "X", json.dumps("in the gap"))
+        await drive(engine, lambda: inst.status == "Completed")
+        assert inst.output == expected, fidelity
+        await engine.close()
 
 
 # ---- 6. at-least-once ------------------------------------------------------------------------

@@ -345,11 +345,11 @@ async def test_events_raised_while_continue_as_new_waits_on_a_timer_are_lost() -
     for fidelity, expected in ((Fidelity(), "timeout"), (Fidelity(wait_for_open_tasks=False), "event")):
         engine = build_engine(fidelity)
         inst = engine.start("generations_pending", "g2", json.dumps({"gen": 0}))
-        await drive(engine, lambda: engine.clock.now() - inst.created >= 10)
+        await drive(engine, lambda e=engine, i=inst: e.clock.now() - i.created >= 10)
         engine.clock.advance(10)  # t = 20 s: generation 0 has called continue_as_new
         await engine.idle()
         engine.raise_event("g2", "X", json.dumps("in the gap"))
-        await drive(engine, lambda: inst.status == "Completed")
+        await drive(engine, lambda i=inst: i.status == "Completed")
         assert inst.output == expected, fidelity
         await engine.close()
 

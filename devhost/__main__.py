@@ -6,10 +6,13 @@ import argparse
 import asyncio
 import json
 import logging
+import shutil
+import time
 import signal
 import sys
 from pathlib import Path
 
+from devhost.durable import Fidelity
 from devhost.host import DEMO_GROUP, DEMO_SUBSCRIPTION, DevHost
 
 
@@ -23,6 +26,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="a Retry-After the simulator sends (seconds; default none, as ARM)")
     p.add_argument("--settings", action="append", default=[], metavar="KEY=VALUE",
                    help="override an app setting, e.g. COOLDOWN_MINUTES=0 (repeatable)")
+    p.add_argument("--kind", action="append", default=[], metavar="SWITCH", choices=Fidelity.switches(),
+                   help="turn off one of the durable stand-in's Azure-hostile behaviours (repeatable; "
+                        "see devhost/durable.py Fidelity)")
     p.add_argument("--demo", action="store_true", help="run the scripted demo and exit 0 only if it all worked")
     p.add_argument("--time-limit", type=float, default=60.0, help="demo: seconds to wait for the outcomes")
     return p.parse_args(argv)
@@ -67,7 +73,7 @@ Try it (another terminal):
 async def serve_forever(args: argparse.Namespace) -> int:
     host = DevHost(host=args.host, port=args.port, state_dir=Path(args.state_dir),
                    operation_seconds=args.operation_seconds, retry_after=args.retry_after,
-                   settings=settings_from(args.settings))
+                   settings=settings_from(args.settings), durable_fidelity=Fidelity.without(*args.kind))
     await host.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -86,11 +92,16 @@ async def serve_forever(args: argparse.Namespace) -> int:
 async def demo(args: argparse.Namespace) -> int:
     from devhost.demo import run_demo, table
 
-    overrides = {"POLL_MIN_SECONDS": "1", "POLL_DEFAULT_SECONDS": "1", **settings_from(args.settings)}
+    # The scripted demo starts afresh: a previous run's cooldowns would refuse it. Its ledger tables are
+    # new each run (Azurite keeps the old ones), and the task hub and simulator start empty.
+    overrides = {"POLL_MIN_SECONDS": "1", "POLL_DEFAULT_SECONDS": "1",
+                 "LEDGER_TABLE_PREFIX": f"demo{int(time.time())}", **settings_from(args.settings)}
+    for part in ("taskhub", "arm"):
+        shutil.rmtree(Path(args.state_dir) / part, ignore_errors=True)
     port = args.port if args.port != 7071 else 0
     host = DevHost(host=args.host, port=port, state_dir=Path(args.state_dir),
                    operation_seconds=min(args.operation_seconds, 3.0), retry_after=args.retry_after,
-                   settings=overrides)
+                   settings=overrides, durable_fidelity=Fidelity.without(*args.kind))
     await host.start()
     try:
         print(f"devhost up at {host.functions_url}; running the demo scenario...", flush=True)

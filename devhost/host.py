@@ -23,7 +23,7 @@ from aiohttp import web
 from devhost import azurite, bindings
 from devhost.clock import Clock
 from devhost.compute import ComputeSimulator, Fault
-from devhost.durable import DurableEngine, Instance
+from devhost.durable import DurableEngine, Fidelity, Instance
 from devhost.functions import FunctionEntry, FunctionIndex, index_app
 from devhost.identity import PATH as IDENTITY_PATH
 from devhost.identity import TokenIssuer
@@ -101,7 +101,8 @@ def _route_regex(template: str) -> re.Pattern[str]:
 class DevHost:
     def __init__(self, *, clock: Clock | None = None, host: str = "127.0.0.1", port: int = 0,
                  state_dir: Path | str = ".devhost", operation_seconds: float = 5.0, retry_after: int | None = None,
-                 settings: dict[str, str] | None = None, seed: bool = True) -> None:
+                 settings: dict[str, str] | None = None, seed: bool = True,
+                 durable_fidelity: Fidelity | None = None) -> None:
         self.clock = clock or Clock()
         self.host, self.port = host, port
         self.state_dir = Path(state_dir)
@@ -111,6 +112,7 @@ class DevHost:
         self.function_key = secrets.token_urlsafe(24)
         self.overrides = dict(settings or {})
         self.seed = seed
+        self.durable_fidelity = durable_fidelity  # None: as hostile as Azure (devhost/durable.py)
         self.servers: list[Served] = []
         self.engine: DurableEngine | None = None
         self.servicebus: ServiceBusQueues | None = None
@@ -151,6 +153,7 @@ class DevHost:
             self.clock,
             {e.name: bindings.orchestrator_function(e) for e in index.of_type("orchestrationTrigger")},
             {e.name: self._activity(e) for e in index.of_type("activityTrigger")},
+            fidelity=self.durable_fidelity, state_dir=self.state_dir / "taskhub",
         )
         self.engine.listeners.append(self._on_change)
         self.servicebus = ServiceBusQueues(self.clock, self.client_binding)

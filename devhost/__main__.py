@@ -7,9 +7,9 @@ import asyncio
 import json
 import logging
 import shutil
-import time
 import signal
 import sys
+import time
 from pathlib import Path
 
 from devhost.durable import Fidelity

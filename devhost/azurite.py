@@ -76,9 +76,9 @@ class Azurite:
                 os.kill(self.pid, signal.SIGINT)
 
 
-async def _answers(port: int, timeout: float) -> bool:
+async def _answers(port: int, within: float) -> bool:
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + within
     while loop.time() < deadline:
         try:
             _, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -111,7 +111,7 @@ async def start(state_dir: Path) -> Azurite:
     data.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log = (state_dir / "azurite.log").open("ab")
-    process = subprocess.Popen(  # noqa: ASYNC220 - Popen returns at once; the wait below is async
+    process = subprocess.Popen(  # noqa: ASYNC220, S603 - our own fixed argv; Popen returns at once
         [*executable(), "--tableHost", "127.0.0.1", "--tablePort", str(port), "--location", str(data),
          "--silent", "--skipApiVersionCheck", "--disableTelemetry"],
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)

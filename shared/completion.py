@@ -140,8 +140,8 @@ def event_data(record: OperationRecord) -> EventData:
         duration = (record.completed_at - record.submitted_at).total_seconds()
     return EventData(
         operation_id=record.operation_id, request_id=record.request_id, correlation_id=record.correlation_id,
-        target=record.target, instance_ids=record.instance_ids, status=record.public_status,  # type: ignore[arg-type]
-        error=error, trigger=record.trigger,  # type: ignore[arg-type]
+        target=record.target, instance_ids=record.instance_ids, status=record.public_status,
+        error=error, trigger=record.trigger,
         requested_by=record.requested_by, requested_by_verified=record.requested_by_verified,
         reason=record.reason, submitted_at=record.submitted_at, completed_at=record.completed_at,
         duration_seconds=duration, polls=record.polls, batch_id=record.batch_id, health=record.health)

@@ -31,8 +31,8 @@ TERMINAL = frozenset({"Succeeded", "Failed", "Canceled", "TimedOut"})
 _CHUNK = 30_000
 _CHUNKS = 30  # 900K characters: under the 1 MiB entity limit
 _CAS_ATTEMPTS = 64
-_MAX_TIME_MS = 10**15
-OPEN = "open"  # index partition of operations the sweeper still watches  # inverted timestamps sort newest first as fixed-width strings
+_MAX_TIME_MS = 10**15  # inverted timestamps sort newest first as fixed-width strings
+OPEN = "open"  # index partition of operations the sweeper still watches
 
 T = TypeVar("T")
 
@@ -323,7 +323,7 @@ class Ledger:
         except (ResourceModifiedError, ResourceNotFoundError):
             return False
 
-    async def list(self, *, lease_key: str | None = None, status: str | None = None, since: datetime | None = None,
+    async def list_operations(self, *, lease_key: str | None = None, status: str | None = None, since: datetime | None = None,
                    top: int = 50, continuation_token: str | None = None) -> Page:
         """Newest first, from the index partition of one target (or of all); never a table scan."""
         import asyncio
@@ -349,7 +349,7 @@ class Ledger:
                     continue
                 if status is None or record.public_status == status:
                     items.append(record)
-            token = pages.continuation_token
+            token = pages.continuation_token  # type: ignore[attr-defined]
             break
         return Page(items, _encode_token(token))
 

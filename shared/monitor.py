@@ -101,7 +101,7 @@ def monitor_orchestrator(context: Any) -> Generator[Any, Any, Any]:
             state.last_retry_after = result.get("retryAfter")
             arm_status = result["state"]
             if result.get("untrusted"):
-                err = {"code": "UntrustedOperationUrl", "message": result.get("errorMessage")}
+                err = {"code": "UntrustedOperationUrl", "message": str(result.get("errorMessage") or "")}
                 return (yield from _finish(context, state, "Failed", err))
             if OperationState(arm_status).terminal:
                 arm_error = None if arm_status == "Succeeded" else {

@@ -18,7 +18,6 @@ from typing import Any
 from shared import completion
 from shared.durable_data import decode
 from shared.ledger import OperationRecord
-from shared.monitor import MONITOR
 from shared.runtime import Runtime
 
 log = logging.getLogger("reimager.sweeper")

@@ -323,8 +323,9 @@ class Ledger:
         except (ResourceModifiedError, ResourceNotFoundError):
             return False
 
-    async def list_operations(self, *, lease_key: str | None = None, status: str | None = None, since: datetime | None = None,
-                   top: int = 50, continuation_token: str | None = None) -> Page:
+    async def list_operations(self, *, lease_key: str | None = None, status: str | None = None,
+                              since: datetime | None = None, top: int = 50,
+                              continuation_token: str | None = None) -> Page:
         """Newest first, from the index partition of one target (or of all); never a table scan."""
         import asyncio
 

@@ -11,9 +11,7 @@ import azure.durable_functions as df
 import pytest
 
 from devhost.compute import Fault
-from shared import runtime
 from shared.events import ServiceBusPublisher
-from shared.settings import get_settings
 from tests.integration.conftest import LINUX_VM, VMSS, Host
 from tests.unit.test_servicebus_publisher import RecordingClient
 
@@ -59,7 +57,7 @@ async def test_forbidden_and_missing_targets_are_rejected(host: Host) -> None:
 
 async def test_reply_to_gets_the_completion_event(host: Host) -> None:
     client = RecordingClient()
-    runtime._publisher = ServiceBusPublisher(get_settings(), client=client)  # type: ignore[arg-type]
+    host.dh.runtime._publisher = ServiceBusPublisher(host.dh.runtime.settings, client=client)  # type: ignore[union-attr,arg-type]
     s, _ = await host.queue({"target": LINUX_VM}, messageId="m-reply", replyTo="caller-replies")
     assert s == 202
     def replies() -> list[Any]:
@@ -76,7 +74,7 @@ async def test_reply_to_gets_the_completion_event(host: Host) -> None:
 
 async def test_reply_to_gets_the_rejection(host: Host) -> None:
     client = RecordingClient()
-    runtime._publisher = ServiceBusPublisher(get_settings(), client=client)  # type: ignore[arg-type]
+    host.dh.runtime._publisher = ServiceBusPublisher(host.dh.runtime.settings, client=client)  # type: ignore[union-attr,arg-type]
     await host.queue({"target": "nope"}, messageId="m-rej", replyTo="caller-replies", correlationId="cc")
     reply = client.senders[("queue", "caller-replies")].sent
     assert [m.subject for m in reply] == ["reimager.request.rejected"] and reply[0].correlation_id == "m-rej"

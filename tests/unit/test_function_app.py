@@ -16,9 +16,8 @@ def test_functions_and_names() -> None:
     assert by_type == {
         "reimage_submit": "httpTrigger", "reimage_status": "httpTrigger", "reimage_alert": "httpTrigger",
         "reimage_queue": "serviceBusTrigger",
-        monitor.MONITOR: "orchestrationTrigger", monitor.LOCK: "orchestrationTrigger",
-        monitor.COOLDOWN: "orchestrationTrigger", monitor.POLL_ACTIVITY: "activityTrigger",
-        monitor.PUBLISH_ACTIVITY: "activityTrigger", monitor.RELEASE_ACTIVITY: "activityTrigger",
+        monitor.MONITOR: "orchestrationTrigger", monitor.POLL_ACTIVITY: "activityTrigger",
+        monitor.FINISH_ACTIVITY: "activityTrigger", "reimage_sweeper": "timerTrigger",
     }
     http = {e.route: (e.methods, e.auth_level) for e in index.of_type("httpTrigger")}
     assert http == {"reimage": (["POST"], "FUNCTION"), "reimage/{operationId}": (["GET"], "FUNCTION"),

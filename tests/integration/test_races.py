@@ -1,0 +1,161 @@
+"""Races and refusals decided by the ledger, with real concurrency on devhost (hostile by default).
+
+"Reimage POST" below means one ARM may have applied: a POST it refused with a 4xx reimaged
+nothing, and the guarantee (one reimage per key) is about what can reimage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+
+from devhost.compute import Fault
+from tests.integration.conftest import LINUX_VM, VMSS, WINDOWS_VM, Host
+
+NewHost = Any
+
+
+def applied_posts(h: Host) -> list[dict[str, Any]]:
+    return [p for p in h.reimage_posts() if not 400 <= int(p.get("status") or 0) < 500]
+
+
+def alert(target: str, alert_id: str) -> dict[str, Any]:
+    return {"schemaId": "azureMonitorCommonAlertSchema", "data": {"essentials": {
+        "alertId": alert_id, "alertRule": "cpu", "severity": "Sev2", "signalType": "Metric",
+        "monitorCondition": "Fired", "monitoringService": "Platform", "alertTargetIDs": [target],
+        "firedDateTime": "2026-01-01T00:00:00Z"}, "alertContext": {}}}
+
+
+def terminal_ids(h: Host) -> set[str]:
+    return {e["id"] for e in h.completed()}
+
+
+@pytest.mark.parametrize("fault", [
+    None,
+    {"match": "reimage", "status": 409, "code": "Conflict"},
+    {"match": "reimage", "status": 400, "code": "InvalidParameter"},
+    {"match": "reimage", "status": 500, "code": "InternalServerError"},
+    {"match": "reimage", "status": 429, "retryAfter": 1},
+    {"match": "reimage", "drop": True},
+    {"match": "get", "delaySeconds": 0.5},  # a slow preflight for the first caller
+], ids=["clean", "409", "400", "500", "429", "dropped", "slow-preflight"])
+async def test_one_key_fifty_times_across_http_queue_and_alerts(new_host: NewHost, fault: dict[str, Any] | None
+                                                               ) -> None:
+    h: Host = await new_host(settings={"COOLDOWN_MINUTES": "0"})
+    if fault is not None:
+        h.dh.sim.faults.append(Fault.model_validate(fault))
+    body = {"target": LINUX_VM, "requestId": "storm-key"}
+    calls = []
+    for i in range(50):
+        if i % 3 == 0:
+            calls.append(h.queue(body, messageId=f"m-{i}", deliverUntilSettled=False))
+        else:
+            calls.append(h.reimage(body))
+    await asyncio.gather(*calls)
+    if h.dh.servicebus is not None:
+        await h.dh.servicebus.idle()
+    await h.settle(lambda: not h.dh.engine.instances or all(  # type: ignore[union-attr]
+        i.status not in ("Pending", "Running") for i in h.dh.engine.instances.values()))  # type: ignore[union-attr]
+    assert len(applied_posts(h)) <= 1, h.reimage_posts()
+    completed = [e for e in h.completed() if e["data"]["requestId"] == "storm-key"]
+    if applied_posts(h):
+        assert len(completed) == 1, completed  # exactly one terminal event for the operation
+    else:
+        assert completed == []
+
+
+async def test_distinct_outcomes_have_distinct_event_ids(new_host: NewHost) -> None:
+    h: Host = await new_host(settings={"COOLDOWN_MINUTES": "0"})
+    h.dh.sim.faults.append(Fault.model_validate({"match": "reimage", "status": 500}))
+    await h.reimage({"target": LINUX_VM, "requestId": "k-fail"})
+    await h.reimage({"target": WINDOWS_VM, "requestId": "k-ok"})
+    await h.until_completed(2)
+    ids = [e["id"] for e in h.completed()]
+    assert len(ids) == len(set(ids)) == 2
+
+
+async def test_fresh_keys_on_four_vms_reimage_each_vm_once_within_the_cooldown(new_host: NewHost) -> None:
+    h: Host = await new_host(settings={"COOLDOWN_MINUTES": "30"})
+    vms = [LINUX_VM, WINDOWS_VM, *[LINUX_VM.replace("web-linux-01", f"extra-{i}") for i in range(2)]]
+    for vm in vms[2:]:
+        h.dh.sim.upsert(vm, {"location": "westus", "properties": {"storageProfile": {
+            "osDisk": {"osType": "Linux"}, "imageReference": {"version": "1"}}}})
+
+    async def wave() -> None:
+        await asyncio.gather(*(h.reimage({"target": vm}) for vm in vms for _ in range(2)))
+
+    for _ in range(4):  # 32 requests over 12 virtual seconds, racing each other and the completions
+        await wave()
+        h.dh.clock.advance(3)  # type: ignore[attr-defined]
+    await h.settle(lambda: len(h.completed()) >= 4)
+    for _ in range(4):
+        await wave()
+    by_vm = [p["path"].lower().rsplit("/", 1)[0] for p in h.reimage_posts()]
+    assert sorted(by_vm) == sorted(v.lower() for v in vms)
+
+
+async def test_all_instances_refused_while_one_instance_cools_down(new_host: NewHost) -> None:
+    h: Host = await new_host(settings={"COOLDOWN_MINUTES": "30"})
+    await h.reimage({"target": VMSS, "instanceIds": ["1"]})
+    await h.until_completed()
+    s, body, headers = await h.reimage({"target": VMSS, "allInstances": True})
+    assert s == 429 and body["error"]["code"] == "CooldownActive"
+    assert "instance 1" in body["error"]["message"] and int(headers["Retry-After"]) > 1700
+    assert len(h.reimage_posts()) == 1
+
+
+async def test_all_instances_names_the_instances_seen_at_preflight(new_host: NewHost) -> None:
+    h: Host = await new_host()
+    s, body, _ = await h.reimage({"target": VMSS, "allInstances": True})
+    assert s == 202
+    post = h.reimage_posts()[0]
+    assert post["body"]["instanceIds"] == body["instanceIds"] and len(body["instanceIds"]) >= 1
+
+
+async def test_a_throttled_submission_does_not_burn_the_key(new_host: NewHost) -> None:
+    h: Host = await new_host()
+    h.dh.sim.faults.append(Fault.model_validate({"match": "reimage", "status": 429, "retryAfter": 1, "times": 4}))
+    s, body, _ = await h.reimage({"target": LINUX_VM, "requestId": "throttled"})
+    assert s == 503 and body["error"]["code"] == "ComputeUnavailable"
+    s, body, _ = await h.reimage({"target": LINUX_VM, "requestId": "throttled"})
+    assert s == 202 and body["status"] == "Accepted"
+    assert len(applied_posts(h)) == 1
+    await h.until_completed()
+
+
+async def test_an_uncertain_submission_starts_the_cooldown(new_host: NewHost) -> None:
+    h: Host = await new_host(settings={"COOLDOWN_MINUTES": "30"})
+    h.dh.sim.faults.append(Fault.model_validate({"match": "reimage", "drop": True}))
+    s, body, _ = await h.reimage({"target": LINUX_VM, "requestId": "maybe"})
+    assert s == 502 and body["error"]["code"] == "SubmissionUncertain"
+    [event] = h.completed()
+    assert event["data"]["status"] == "Failed"
+    s, body, _ = await h.reimage({"target": LINUX_VM, "requestId": "another-key"})
+    assert s == 429 and body["error"]["code"] == "CooldownActive"
+    s, body, _ = await h.reimage({"target": LINUX_VM, "requestId": "maybe"})
+    assert s == 200 and body["duplicate"] is True and body["status"] == "Failed"
+
+
+async def test_queue_busy_target_and_request_id_conflict_give_rejected_events(new_host: NewHost) -> None:
+    h: Host = await new_host()
+    await h.reimage({"target": LINUX_VM, "requestId": "first"})
+    await h.queue({"target": LINUX_VM}, messageId="busy-msg")
+    await h.queue({"target": WINDOWS_VM, "requestId": "first"}, messageId="conflict-msg")
+    codes = sorted(e["data"]["error"]["code"] for e in h.events("reimager.request.rejected"))
+    assert codes == ["OperationInProgress", "RequestIdConflict"]
+
+
+async def test_status_reads_the_ledger(new_host: NewHost) -> None:
+    h: Host = await new_host()
+    s, body, _ = await h.reimage({"target": LINUX_VM, "requestId": "read-me"})
+    op = body["operationId"]
+    s, doc = await h.get(f"/api/reimage/{op}")
+    assert s == 200 and doc["status"] in ("Accepted", "Running") and doc["requestId"] == "read-me"
+    await h.until_completed()
+    s, doc = await h.get(f"/api/reimage/{op}")
+    assert doc["status"] == "Succeeded" and doc["polls"] >= 1
+    record = await h.dh.runtime.ledger.get(op)  # type: ignore[union-attr]
+    assert record is not None and json.dumps(record.view()) == json.dumps(doc)

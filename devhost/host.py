@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from devhost import azurite, bindings
-from devhost.clock import Clock
+from devhost.clock import Clock, VirtualClock
 from devhost.compute import ComputeSimulator, Fault
 from devhost.durable import DurableEngine, Fidelity, Instance
 from devhost.functions import FunctionEntry, FunctionIndex, index_app
@@ -144,7 +144,7 @@ class DevHost:
             self.azurite = await azurite.start(self.state_dir)
             settings = load_settings(**values, AzureWebJobsStorage=self.azurite.connection_string)
         self.settings = settings
-        self.runtime = runtime.Runtime(settings, clock=self.clock.utcnow, sleep=self.clock.sleep,
+        self.runtime = runtime.Runtime(settings, clock=self.clock.utcnow, sleep=self._wait,
                                        credential_factory=self._credential)
         runtime.install(self.runtime)
         index = function_index()
@@ -206,6 +206,23 @@ class DevHost:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+    async def quiesce(self) -> None:
+        """Wait for timer functions and queue deliveries in flight (virtual-clock drivers call this before
+        moving time on, so time does not jump while a sweep is half done)."""
+        if self.timers is not None:
+            await self.timers.idle()
+        if self.servicebus is not None:
+            await self.servicebus.idle()
+
+    async def _wait(self, seconds: float) -> None:
+        """How the app waits inside a request (ARM's Retry-After). On a virtual clock the wait moves time
+        forward itself, as a real wait would let it pass: nothing else would move it while a caller waits."""
+        if isinstance(self.clock, VirtualClock):
+            self.clock.advance(seconds)
+            await asyncio.sleep(0)
+        else:
+            await self.clock.sleep(seconds)
 
     def _credential(self) -> Any:
         """azure-identity's real ManagedIdentityCredential, pointed at the identity stand-in. It reads the

@@ -114,13 +114,13 @@ def admit(record: TargetRecord, owner: str, keys: list[str], now: datetime, unti
             "an operator must resume it (POST /api/targets/resume).", target="target"))
     if record.lease_held(now) and record.lease_owner == owner:
         return None, Admission()  # ours already (a retried step)
-    hit = cooling(record, keys, now, owner)
-    if hit is not None:
-        return None, Admission(cooldown_error(*hit, now))
-    if record.lease_held(now):
+    if record.lease_held(now):  # busy first: its provisional cooldowns are not a cooldown yet
         return None, Admission(ReimagerError(
             409, "OperationInProgress", f"Another reimage is in flight on this target: {record.lease_owner}.",
             target="target", extra={"operationId": record.lease_owner}))
+    hit = cooling(record, keys, now, owner)
+    if hit is not None:
+        return None, Admission(cooldown_error(*hit, now))
     record.prune(now)
     record.lease_owner, record.lease_until = owner, until
     if cooldown_minutes > 0:

@@ -62,7 +62,7 @@ class Host:
 
     async def settle(self, until: Callable[[], bool], max_virtual_seconds: float = 7200) -> None:
         assert self.dh.engine is not None
-        await drive(self.dh.engine, until, max_virtual_seconds=max_virtual_seconds)
+        await drive(self.dh.engine, until, max_virtual_seconds=max_virtual_seconds, step=self.dh.quiesce)
 
     async def until_completed(self, count: int = 1) -> list[dict[str, Any]]:
         await self.settle(lambda: len(self.completed()) >= count)

@@ -1,0 +1,88 @@
+"""kill -9 of `python -m devhost` at several phases, then a restart on the same --state-dir.
+
+The task hub, the simulator and the ledger (Azurite, which like a storage account outlives the
+app) persist, so every operation still ends with exactly one completion event and no key is
+POSTed twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.e2e.test_devhost_process import ROOT, wait_for
+
+
+def start(state: Path) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    (state / "endpoints.json").unlink(missing_ok=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "devhost", "--port", "0", "--state-dir", str(state), "--operation-seconds", "4",
+         "--settings", "POLL_MIN_SECONDS=1", "--settings", "POLL_DEFAULT_SECONDS=1",
+         "--settings", "SUBMIT_TIMEOUT_SECONDS=5", "--settings", "SWEEP_SCHEDULE=*/2 * * * * *"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+    wait_for((state / "endpoints.json").exists, 60, "endpoints.json")
+    return proc, json.loads((state / "endpoints.json").read_text())
+
+
+def stop_azurite(state: Path) -> None:
+    record = state / "azurite.json"
+    if record.exists():
+        try:
+            os.kill(json.loads(record.read_text())["pid"], signal.SIGINT)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.mark.parametrize("phase", ["after-202", "mid-poll"])
+def test_kill9_then_restart_ends_every_operation_once(tmp_path: Path, phase: str) -> None:
+    state = tmp_path / "state"
+    proc, ep = start(state)
+    try:
+        url, key = ep["functions"], {"x-functions-key": ep["functionKey"]}
+        linux = next(r["id"] for r in ep["resources"] if r["osType"] == "Linux" and r["kind"] == "virtualMachine"
+                     and not r["tags"].get("reimager-protect"))
+        r = requests.post(f"{url}/api/reimage", json={"target": linux, "requestId": f"k9-{phase}"}, headers=key,
+                          timeout=10)
+        assert r.status_code == 202, r.text
+        op = r.json()["operationId"]
+        if phase == "mid-poll":
+            wait_for(lambda: any("/operations/" in x["path"] for x in requests.get(
+                f"{url}/devhost/compute/requests", timeout=10).json()), 20, "a first poll")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+
+        proc, ep = start(state)
+        url = ep["functions"]
+        key = {"x-functions-key": ep["functionKey"]}
+
+        def done() -> list[dict[str, Any]]:
+            events = requests.get(f"{url}/devhost/events", timeout=10).json()
+            return [e for e in events if e["type"] == "reimager.operation.completed"]
+
+        events = wait_for(done, 60, "the completion event after the restart")
+        time.sleep(3)  # a second event would show up by now (polls every second, sweeps every 2 s)
+        events = done()
+        assert [e["data"]["operationId"] for e in events] == [op]
+        assert events[0]["data"]["status"] == "Succeeded"
+        posts = [x for x in requests.get(f"{url}/devhost/compute/requests", timeout=10).json()
+                 if x["method"] == "POST"]
+        assert len(posts) == 1
+        again = requests.post(f"{url}/api/reimage", json={"target": linux, "requestId": f"k9-{phase}"},
+                              headers=key, timeout=10)
+        assert again.status_code == 200 and again.json()["status"] == "Succeeded"
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        stop_azurite(state)

@@ -14,6 +14,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+
 from shared import completion, policy
 from shared.compute import ComputeError, SubmissionUncertain, TargetModel
 from shared.errors import ReimagerError
@@ -27,7 +29,7 @@ from shared.runtime import Runtime
 
 log = logging.getLogger("reimager.intake")
 IN_PROGRESS = ("Claimed", "Submitting")
-_JOIN_WAIT_SECONDS = 10.0  # how long a same-key request waits for the first one's submission
+_JOIN_WAIT_SECONDS = 5.0  # how long a same-key request waits for the first one's submission
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,12 @@ class Intake:
             await self._free(record)
             raise
         record.status, record.last_updated_time = "Submitting", self.runtime.now()
-        record = await ledger.replace(record)  # ours alone: the claim and the lease are ours
+        try:
+            record = await ledger.replace(record)  # CAS: fails only if a same-key request took the claim over
+        except (ResourceModifiedError, ResourceNotFoundError):
+            raise ReimagerError(503, "ClaimLost", "This request stalled and another with the same requestId took "
+                                "it over; nothing was sent by this one. Ask again to see that operation.",
+                                target="requestId", retry_after=2, transient=True) from None
         return await self._submit(record, call)
 
     async def _submit(self, record: OperationRecord, call: ArmCall) -> Accepted:
@@ -164,16 +171,21 @@ class Intake:
             # Real time, not the runtime's clock: this is a short wait for a concurrent request.
             await asyncio.sleep(0.05)
             record = await self.runtime.ledger.get(existing.operation_id)
+        if record is not None and record.status == "Claimed":
+            # Claimed for that long and never marked Submitting: its owner died before reaching ARM (a live
+            # one takes milliseconds). Take it over by a compare-and-swap delete; if the owner was only slow,
+            # its own CAS to Submitting now fails, so still only one POST.
+            if await self.runtime.ledger.release_claim(record):
+                log.warning("took over %s, claimed but never submitted", record.operation_id)
+            record = None
         if record is None:  # the first attempt reached nothing and freed the key: this one may try
             return await self.submit(request, **kw)
         if record.lease_key != target.lock_key or record.target.lower() != target.id.lower():
             raise ReimagerError(409, "RequestIdConflict", "This requestId was already used for another target; "
                                 "use a new requestId for a new request.", target="requestId",
                                 extra={"operationId": record.operation_id})
-        if record.status in IN_PROGRESS:
-            raise ReimagerError(409, "RequestInProgress", "A request with this requestId is being submitted right "
-                                "now; ask again in a few seconds.", target="requestId", retry_after=2,
-                                transient=True, extra={"operationId": record.operation_id})
+        # Submitting: the POST is under way (or its owner died; the sweeper then ends it SubmissionLost).
+        # Either way the operation ends with its one event: this request is answered with it.
         return Accepted(record, self.first_poll(None), duplicate=True)
 
     async def _plan(self, request: ReimageRequest, model: TargetModel, call: ArmCall,

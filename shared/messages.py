@@ -27,44 +27,8 @@ from shared.targets import TargetError, parse_target
 
 log = logging.getLogger("reimager.queue")
 
-MAX_JSON_DEPTH = 64
 TEXT_LIMIT = 256
-_JSON_SIGNIFICANT = re.compile(r'["\\\[\]{}]')
 _SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def json_too_deep(text: str, limit: int = MAX_JSON_DEPTH) -> bool:
-    """True when arrays/objects nest deeper than `limit`. A loop over the structural characters,
-    skipping string contents: no recursion, so no depth can exhaust the stack."""
-    depth = 0
-    in_string = False
-    skip_to = -1
-    for match in _JSON_SIGNIFICANT.finditer(text):
-        at = match.start()
-        if at < skip_to:
-            continue  # the character after a backslash inside a string
-        char = text[at]
-        if in_string:
-            if char == "\\":
-                skip_to = at + 2
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char in "[{":
-            depth += 1
-            if depth > limit:
-                return True
-        elif char in "]}":
-            depth -= 1
-    return False
-
-
-def parse_body(body: bytes) -> Any:
-    """The message body as JSON, refusing (400) nesting deeper than MAX_JSON_DEPTH before parsing."""
-    if json_too_deep(body.decode("utf-8", errors="replace")):
-        raise ReimagerError(400, "InvalidRequest", f"The body nests deeper than {MAX_JSON_DEPTH} levels.")
-    return parse_json(body)
 
 
 def safe_text(value: Any, limit: int = TEXT_LIMIT) -> str | None:
@@ -88,7 +52,7 @@ async def handle_message(body: bytes, *, message_id: str | None, correlation_id:
     data: Any = None
     default_key = idempotency_default(message_id, sequence_number)
     try:
-        data = parse_body(body)
+        data = parse_json(body)  # bounds the nesting before parsing: no RecursionError, ever
         if isinstance(data, dict) and correlation_id and "correlationId" not in data:
             data = {**data, "correlationId": correlation_id}
         if default_key is None and not (isinstance(data, dict) and data.get("requestId")):

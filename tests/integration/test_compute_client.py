@@ -63,7 +63,8 @@ async def client(standins: StandIns) -> Any:
 
 
 def call_for(target: str, **extra: Any) -> Any:
-    return parse_request({"target": target, **extra}).arm_call("2024-07-01")
+    request = parse_request({"target": target, **extra})
+    return request.arm_call("2024-07-01", instance_ids=["0", "1"] if request.all_instances else None)
 
 
 async def test_preflight_reads_the_model(client: ComputeClient) -> None:

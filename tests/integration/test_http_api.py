@@ -121,8 +121,10 @@ async def test_502_carries_arm_code(host: Host) -> None:
     assert s == 502 and body["error"]["code"] == "ComputeError"
     assert body["error"]["details"][0] == {"code": "OperationNotAllowed",
                                            "message": "The operation is not allowed in the current state."}
-    events = await host.until_completed()
-    assert events[0]["data"]["status"] == "Failed" and events[0]["data"]["error"]["code"] == "ComputeError"
+    # ARM refused it, so nothing was applied: no operation, no event, and the key is free for a retry.
+    assert "operationId" not in body and host.completed() == []
+    s, body, _ = await host.reimage({"target": LINUX_VM})
+    assert s == 202
 
 
 async def test_503_when_arm_is_unavailable(host: Host) -> None:

@@ -60,8 +60,10 @@ async def test_recorded_reimage_and_reimageall() -> None:
         target = f"/subscriptions/{SUB}/resourceGroups/rgname/providers/Microsoft.Compute/virtualMachineScaleSets/" \
                  "virtualmachinescalesetd7d31356"
         for all_disks, polls_expected in ((False, 6), (True, None)):
-            call = parse_request({"target": target, "allInstances": True, "allDisks": all_disks}).arm_call("2020-12-01")
-            assert call.wire_body() is None  # the recording's POSTs had no body
+            request = parse_request({"target": target, "allInstances": True, "allDisks": all_disks})
+            # The recording's POSTs had no body (the peer's "every instance"); reimager names the instances.
+            call = request.arm_call("2020-12-01", instance_ids=["0", "1"])
+            assert call.wire_body() == {"instanceIds": ["0", "1"]}
             sub = await client.submit(call)
             assert sub.status_code == 202 and sub.async_operation_url and sub.location_url
             states = []

@@ -20,32 +20,50 @@ from tests.integration.conftest import BASE, LINUX_VM, VMSS, Host
 NewHost = Callable[..., Any]
 
 
+async def _crashed_claim(host: Host, key: str, status: str) -> str:
+    """What a trigger that died leaves in the ledger: the claim, the lease, and maybe `Submitting`."""
+    from shared import completion
+    from shared.ledger import OperationRecord
+
+    rt = host.dh.runtime
+    assert rt is not None
+    op, now = operation_id(key), rt.now()
+    record = OperationRecord(operation_id=op, request_id=key, target=LINUX_VM, lease_key=LINUX_VM.lower(),
+                             cooldown_keys=[""], trigger="queue", created_time=now, last_updated_time=now)
+    await rt.ledger.claim(record)
+    await rt.ledger.index(record)
+    await completion.admit(rt, record)
+    if status == "Submitting":
+        await rt.ledger.update(op, lambda r: setattr(r, "status", "Submitting") or r)
+        from shared.models import parse_request
+
+        await rt.compute.submit(parse_request({"target": LINUX_VM}).arm_call(rt.settings.compute_api_version))
+    return op
+
+
 async def test_crash_between_claim_and_submit(host: Host) -> None:
-    client = df.DurableOrchestrationClient(host.dh.client_binding())
-    op = operation_id("crash-a")
-    await client.start_new("reimage_monitor", op, {"operationId": op, "requestId": "crash-a", "target": LINUX_VM,
-                                                   "lockId": "lock-a", "trigger": "queue"})
-    s, _ = await host.queue({"target": LINUX_VM}, messageId="crash-a")  # the redelivery
-    assert s == 202
+    """The trigger claimed and died before reaching ARM: the redelivery takes the claim over and submits once."""
+    op = await _crashed_claim(host, "crash-a", "Claimed")
+    s, out = await host.queue({"target": LINUX_VM}, messageId="crash-a")  # the redelivery
+    assert s == 202 and out["settlement"] == "completed"
     events = await host.until_completed()
-    await host.settle(lambda: True)
-    assert [e["data"]["error"]["code"] for e in host.completed()] == ["SubmissionLost"]
-    assert events[0]["data"]["operationId"] == op and host.reimage_posts() == []
+    assert [(e["data"]["operationId"], e["data"]["status"]) for e in events] == [(op, "Succeeded")]
+    assert len(host.reimage_posts()) == 1
 
 
 async def test_crash_between_submit_and_submitted(host: Host) -> None:
-    """The POST went out, then the trigger could not report it: the claim still ends exactly once."""
-    assert host.dh.engine is not None
-    host.dh.engine.raise_event_failures = 3
-    s, body = await host.queue({"target": LINUX_VM}, messageId="crash-b")
-    assert s == 202
-    assert len(host.reimage_posts()) == 1
-    for _ in range(3):  # Service Bus redelivers (the host could have died): nothing new is sent
-        s, _ = await host.queue({"target": LINUX_VM}, messageId="crash-b")
-        assert s == 202
+    """The POST went out, then the trigger died before recording it: redeliveries send nothing new, and the
+    sweeper ends the operation exactly once (SubmissionLost: it may have been applied)."""
+    op = await _crashed_claim(host, "crash-b", "Submitting")
+    for _ in range(3):  # Service Bus redelivers (the host died): nothing new is sent
+        s, out = await host.queue({"target": LINUX_VM}, messageId="crash-b")
+        assert s == 202 and out["settlement"] == "completed"
     await host.until_completed()
-    await host.settle(lambda: True)
-    assert [e["data"]["error"]["code"] for e in host.completed()] == ["SubmissionLost"]
+    rt = host.dh.runtime
+    assert rt is not None
+    await host.settle(lambda: False if rt is None else True, max_virtual_seconds=600)
+    assert [(e["data"]["operationId"], e["data"]["error"]["code"]) for e in host.completed()] == [
+        (op, "SubmissionLost")]
     assert len(host.reimage_posts()) == 1
 
 

@@ -101,7 +101,10 @@ def test_scale_set_needs_instance_ids_or_all_instances() -> None:
     refused({"target": VMSS_ID, "allInstances": False}, "instanceIds")
     r = parse_request({"target": VMSS_ID, "allInstances": True})
     assert r.instance_count is None
-    assert r.arm_call("2024-07-01").wire_body() is None  # every instance, explicitly chosen
+    with pytest.raises(AssertionError):  # an omitted list means "every instance" to ARM: never sent
+        r.arm_call("2024-07-01")
+    # allInstances is resolved at preflight to the instances the set has now, and the POST names them.
+    assert r.arm_call("2024-07-01", instance_ids=["0", "3"]).wire_body() == {"instanceIds": ["0", "3"]}
     refused({"target": VMSS_ID, "allInstances": True, "instanceIds": ["1"]}, "allInstances")
 
 

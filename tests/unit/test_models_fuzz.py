@@ -97,9 +97,10 @@ def valid_requests(draw: st.DrawFn) -> dict[str, Any]:
 @settings(max_examples=200)
 @given(valid_requests())
 def test_valid_requests_build_spec_bodies(data: dict[str, Any]) -> None:
-    call = parse_request(data).arm_call("2025-04-01")
+    request = parse_request(data)
+    call = request.arm_call("2025-04-01", instance_ids=["0", "1"] if request.all_instances else None)
     body = call.wire_body() or {}
     assert set(body) <= ALLOWED_BODY_KEYS[call.operation.value], (call.operation, body)
     assert set(body.get("osProfile", {})) <= OS_PROFILE_KEYS
-    if call.operation.value == "VirtualMachineScaleSets_Reimage" and "instanceIds" not in body:
-        assert data.get("allInstances") is True  # "all" is only ever chosen explicitly
+    if call.operation.value in ("VirtualMachineScaleSets_Reimage", "VirtualMachineScaleSets_ReimageAll"):
+        assert body.get("instanceIds"), body  # never the empty "every instance" form

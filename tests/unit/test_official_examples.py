@@ -72,7 +72,17 @@ def test_example_round_trip(path: Path) -> None:
     instance_map = {v: str(i + 7) for i, v in enumerate(x for x in placeholders if x)}
     back = {v: k for k, v in {**SWAPS, **instance_map}.items()}
 
-    call = parse_request(_request_for(example, op, instance_map)).arm_call(p["api-version"], op)
+    request = parse_request(_request_for(example, op, instance_map))
+    expected_body = next((p[k] for k in BODY_PARAMS if k in p), None)
+    if request.all_instances:
+        # The example's omitted instanceIds means "every instance"; reimager never sends that form. It
+        # resolves allInstances at preflight and names the instances, so the body gains exactly that list.
+        with pytest.raises(AssertionError):
+            request.arm_call(p["api-version"], op)
+        call = request.arm_call(p["api-version"], op, instance_ids=["0", "1"])
+        expected_body = {**(expected_body or {}), "instanceIds": ["0", "1"]}
+    else:
+        call = request.arm_call(p["api-version"], op)
 
     path_params = {k: back.get(v, v) for k, v in call.path_parameters.items()}
     expected_params = {k: v for k, v in p.items() if k not in BODY_PARAMS and k != "api-version"}
@@ -86,7 +96,6 @@ def test_example_round_trip(path: Path) -> None:
             return [unswap(v) for v in value]
         return back.get(value, value) if isinstance(value, str) else value
 
-    expected_body = next((p[k] for k in BODY_PARAMS if k in p), None)
     assert unswap(call.wire_body()) == expected_body
 
 

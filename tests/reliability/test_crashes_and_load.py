@@ -10,7 +10,6 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-import azure.durable_functions as df
 import pytest
 
 from shared.ids import operation_id
@@ -59,9 +58,8 @@ async def test_crash_between_submit_and_submitted(host: Host) -> None:
         s, out = await host.queue({"target": LINUX_VM}, messageId="crash-b")
         assert s == 202 and out["settlement"] == "completed"
     await host.until_completed()
-    rt = host.dh.runtime
-    assert rt is not None
-    await host.settle(lambda: False if rt is None else True, max_virtual_seconds=600)
+    later = host.dh.clock.now() + 600  # ten more sweeps: still one event
+    await host.settle(lambda: host.dh.clock.now() >= later, max_virtual_seconds=900)
     assert [(e["data"]["operationId"], e["data"]["error"]["code"]) for e in host.completed()] == [
         (op, "SubmissionLost")]
     assert len(host.reimage_posts()) == 1
@@ -107,3 +105,28 @@ async def test_500_mixed_concurrent_requests(new_host: NewHost, caplog: pytest.L
         assert SENTINEL_PASSWORD not in text, name
     # ...while the valid requests did carry it to ARM: the scan looked at real traffic.
     assert any(SENTINEL_PASSWORD in json.dumps(p["body"]) for p in h.reimage_posts())
+
+
+async def test_crash_after_completion_before_the_event(host: Host) -> None:
+    """The operation ended in the ledger, then the process died before its event went out: the sweeper
+    sends it, once."""
+    from shared import completion
+
+    op = await _crashed_claim(host, "crash-c", "Claimed")
+    rt = host.dh.runtime
+    assert rt is not None
+
+    def ended(r: Any) -> Any:
+        r.status, r.applied, r.completed_at = "Succeeded", True, rt.now()
+        return r
+
+    record = await rt.ledger.update(op, ended)
+    assert record is not None and record.event_id is None
+    await completion.release_lease(rt, record, applied=True)
+    events = await host.until_completed()
+    later = host.dh.clock.now() + 600  # ten more sweeps: still one event
+    await host.settle(lambda: host.dh.clock.now() >= later, max_virtual_seconds=900)
+    assert [(e["data"]["operationId"], e["data"]["status"]) for e in host.completed()] == [(op, "Succeeded")]
+    assert events and host.reimage_posts() == []
+    stored = await rt.ledger.get(op)
+    assert stored is not None and stored.event_id == host.completed()[0]["id"]

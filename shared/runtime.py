@@ -82,8 +82,11 @@ def get() -> Runtime:
     global _installed
     if _installed is None:
         from shared.settings import load_settings
+        from shared.telemetry import configure
 
-        _installed = Runtime(load_settings())
+        settings = load_settings()
+        configure(settings)  # OpenTelemetry to Application Insights, only when a connection string is set
+        _installed = Runtime(settings)
     return _installed
 
 

@@ -5,9 +5,7 @@ Bad input never produces a 500, never breaks the documented schema, and never re
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,44 +17,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from devhost.host import DevHost
+from tests.conftest import ledger_settings
+from tests.integration.live import LiveHost, live_host
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = schemathesis.openapi.from_path(str(ROOT / "docs/openapi.yaml"))
 
 
-class LiveHost:
-    """devhost on its own thread and loop, so synchronous clients (schemathesis) can call it."""
-
-    def __init__(self, state_dir: Path) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.dh = DevHost(state_dir=state_dir, operation_seconds=0.2, retry_after=1,
-                          settings={"POLL_MIN_SECONDS": "1", "POLL_DEFAULT_SECONDS": "1", "COOLDOWN_MINUTES": "0"})
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-
-    def __enter__(self) -> LiveHost:
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self.dh.start(), self.loop).result(30)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self.dh.stop(), self.loop).result(30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-
-    def arm_requests(self) -> int:
-        return len(self.dh.sim.requests)
-
-
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveHost]:
-    import os
-
-    saved = dict(os.environ)
-    with LiveHost(tmp_path_factory.mktemp("fuzz")) as host:
+def live(tmp_path_factory: pytest.TempPathFactory, azurite_storage: str) -> Iterator[LiveHost]:
+    settings = {"POLL_MIN_SECONDS": "1", "POLL_DEFAULT_SECONDS": "1", "COOLDOWN_MINUTES": "0"}
+    with live_host(tmp_path_factory.mktemp("fuzz"), {**ledger_settings(azurite_storage), **settings}) as host:
         yield host
-    os.environ.clear()
-    os.environ.update(saved)
 
 
 FUZZ = settings(max_examples=60, deadline=None, derandomize=True,

@@ -7,22 +7,20 @@ outside it and a scope check that folds Unicode would let it through to ARM.
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import json
-import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from devhost.host import DEMO_GROUP, DEMO_SUBSCRIPTION, DevHost
+from devhost.host import DEMO_GROUP, DEMO_SUBSCRIPTION
+from tests.conftest import ledger_settings
 from tests.helpers import load_json
 from tests.integration.conftest import LINUX_VM, VMSS
+from tests.integration.live import LiveHost, live_host
 
 SCOPE = f"/subscriptions/{DEMO_SUBSCRIPTION}/resourceGroups/{DEMO_GROUP}"
 LOOK_ALIKES = ["\u212a", "\u017f", "\u0131", "\u0130", "\u00a0", "\u200b", "\u200e", "\u202e", "\u0301", "\ufeff",
@@ -30,42 +28,11 @@ LOOK_ALIKES = ["\u212a", "\u017f", "\u0131", "\u0130", "\u00a0", "\u200b", "\u20
 FUZZ = settings(max_examples=120, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 
 
-class LiveHost:
-    """devhost on its own thread and loop, so hypothesis can drive it with a plain HTTP client."""
-
-    def __init__(self, state_dir: Path) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.dh = DevHost(state_dir=state_dir, operation_seconds=0.2, retry_after=1,
-                          settings={"ALLOWED_SCOPES": SCOPE, "COOLDOWN_MINUTES": "0"})
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-
-    def __enter__(self) -> LiveHost:
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self.dh.start(), self.loop).result(30)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self.dh.stop(), self.loop).result(30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-
-    def post(self, path: str, raw: bytes) -> requests.Response:
-        return requests.post(self.dh.functions_url + path, data=raw,
-                             headers={"x-functions-key": self.dh.function_key}, timeout=60)
-
-    def arm_requests(self) -> int:
-        return len(self.dh.sim.requests)
-
-
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveHost]:
-    import os
-
-    saved = dict(os.environ)
-    with LiveHost(tmp_path_factory.mktemp("hardening-fuzz")) as host:
+def live(tmp_path_factory: pytest.TempPathFactory, azurite_storage: str) -> Iterator[LiveHost]:
+    settings = {"ALLOWED_SCOPES": SCOPE, "COOLDOWN_MINUTES": "0"}
+    with live_host(tmp_path_factory.mktemp("hardening-fuzz"), {**ledger_settings(azurite_storage), **settings}) as host:
         yield host
-    os.environ.clear()
-    os.environ.update(saved)
 
 
 # --- strategies -------------------------------------------------------------------------------------

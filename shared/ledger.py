@@ -9,6 +9,7 @@ that ETag still holds, retried on conflict. Schema: docs/ledger.md.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -254,10 +255,11 @@ class Ledger:
         ix = self._table(self.tables[1])
         row = f"{inverted(record.created_time)}-{record.operation_id}"
         entries = [(target_partition(record.lease_key), row), ("all", row), (OPEN, record.operation_id)]
-        for partition, key in entries:
-            self.round_trips += 1
-            await ix.upsert_entity({"PartitionKey": partition, "RowKey": key, "op": record.operation_id,
-                                    "created": record.created_time})
+        self.round_trips += len(entries)
+        # Three partitions cannot share a batch (a transaction is one partition); send them side by side.
+        await asyncio.gather(*(ix.upsert_entity({"PartitionKey": partition, "RowKey": key,
+                                                 "op": record.operation_id, "created": record.created_time})
+                               for partition, key in entries))
 
     async def settled(self, operation_id: str) -> None:
         """The operation needs no more sweeping (terminal with its event published, or freed)."""
@@ -327,8 +329,6 @@ class Ledger:
                               since: datetime | None = None, top: int = 50,
                               continuation_token: str | None = None) -> Page:
         """Newest first, from the index partition of one target (or of all); never a table scan."""
-        import asyncio
-
         await self.ensure_tables()
         partition = target_partition(lease_key) if lease_key else "all"
         flt = "PartitionKey eq @pk"

@@ -124,9 +124,8 @@ class Intake:
             await completion.release_lease(self.runtime, record, applied=False)
             await self._free(record)
             raise
-        except BaseException:
-            # Anything else (a bug, a cancellation): the POST may have gone out. The sweeper settles it.
-            raise
+        # Anything else raised above (a bug, a cancellation) leaves the record Submitting: the POST may
+        # have gone out, and the sweeper ends it SubmissionLost.
         now = self.runtime.now()
 
         def accepted(r: OperationRecord) -> OperationRecord:

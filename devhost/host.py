@@ -41,6 +41,17 @@ DEMO_GROUP = "reimager-demo"
 _INDEX: FunctionIndex | None = None
 
 
+async def reset_durable_session() -> None:
+    """The durable SDK keeps a module-level aiohttp session: a new event loop needs a new one."""
+    from azure.durable_functions.models.utils import http_utils
+
+    session = http_utils._client_session
+    if session is not None and not session.closed:
+        await session.close()
+    http_utils._client_session = None
+    http_utils._session_lock = asyncio.Lock()
+
+
 def function_index() -> FunctionIndex:
     """Index function_app once per process (app.get_functions() can run only once per app)."""
     global _INDEX
@@ -130,7 +141,7 @@ class DevHost:
         arm = await self.sim.serve(self.host)  # on its recorded port: operation URLs outlive a restart
         self.servers += [identity, arm]
         self.identity_url, self.arm_url = identity.url + IDENTITY_PATH, arm.url
-        await self._reset_durable_session()
+        await reset_durable_session()
         from shared import runtime
         from shared.settings import load_settings
 
@@ -193,7 +204,7 @@ class DevHost:
             await self.runtime.close()
             if runtime._installed is self.runtime:
                 runtime.install(None)
-        await self._reset_durable_session()
+        await reset_durable_session()
         for server in reversed(self.servers):
             await server.close()
         self.servers.clear()
@@ -241,17 +252,6 @@ class DevHost:
                     os.environ.pop(key, None)
                 else:
                     os.environ[key] = value
-
-    @staticmethod
-    async def _reset_durable_session() -> None:
-        """The durable SDK keeps a module-level aiohttp session: a new event loop needs a new one."""
-        from azure.durable_functions.models.utils import http_utils
-
-        session = http_utils._client_session
-        if session is not None and not session.closed:
-            await session.close()
-        http_utils._client_session = None
-        http_utils._session_lock = asyncio.Lock()
 
     @property
     def events_file(self) -> Path:

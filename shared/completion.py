@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from shared import policy
+from shared.errors import ApiError
 from shared.events import COMPLETED, EventData, build_event
 from shared.ledger import OperationRecord, TargetRecord
 from shared.runtime import Runtime
@@ -132,8 +133,6 @@ def is_stale(event_id: str, now: datetime) -> bool:
 def event_data(record: OperationRecord) -> EventData:
     error = None
     if record.error:
-        from shared.errors import ApiError
-
         error = ApiError.model_validate({k: v for k, v in record.error.items() if k in ApiError.model_fields})
     duration = None
     if record.submitted_at is not None and record.completed_at is not None:

@@ -1,4 +1,4 @@
-"""Deterministic durable instance ids: the claim (idempotency), the per-target lock and cooldowns."""
+"""Deterministic operation ids: the same idempotency key always names the same operation."""
 
 from __future__ import annotations
 
@@ -11,11 +11,3 @@ def _h(text: str) -> str:
 
 def operation_id(idempotency_key: str) -> str:
     return f"op-{_h(idempotency_key)}"
-
-
-def lock_id(lock_key: str) -> str:
-    return f"lock-{_h(lock_key)}"
-
-
-def cooldown_id(target_key: str) -> str:
-    return f"cool-{_h(target_key)}"

@@ -31,6 +31,7 @@ from devhost.durable import (
     drive,
 )
 from devhost.functions import index_app
+from devhost.host import reset_durable_session
 from devhost.serving import Served, serve
 from shared.durable_data import decode
 
@@ -152,17 +153,6 @@ class Rig:
         return self.served.url
 
 
-async def _reset_sdk_session() -> None:
-    """The SDK keeps one module-level aiohttp session; each test has its own event loop."""
-    from azure.durable_functions.models.utils import http_utils
-
-    session = http_utils._client_session
-    if session is not None and not session.closed:
-        await session.close()
-    http_utils._client_session = None
-    http_utils._session_lock = asyncio.Lock()
-
-
 @pytest.fixture
 async def rig() -> AsyncIterator[Callable[..., Any]]:
     made: list[Rig] = []
@@ -176,10 +166,10 @@ async def rig() -> AsyncIterator[Callable[..., Any]]:
         made.append(Rig(engine, served, client))
         return made[-1]
 
-    await _reset_sdk_session()
+    await reset_durable_session()
     RUNS.clear()
     yield factory
-    await _reset_sdk_session()
+    await reset_durable_session()
     for r in made:
         await r.engine.close()
         await r.served.close()

@@ -118,3 +118,25 @@ async def test_large_target_records_are_split_across_properties(ledger: Ledger) 
     await ledger.change_target("/x/ss", lambda t: policy.admit(t, "op-big", keys, T0, until, 30))
     target = await ledger.get_target("/x/ss")
     assert len(target.cooldowns) == 1000 and target.lease_owner == "op-big"
+
+
+async def test_one_lease_when_every_admission_stalls_between_its_read_and_its_write(
+        ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worst moment for check-then-act: every caller has read the free target before any writes."""
+    read = ledger.get_target
+
+    async def slow_read(lease_key: str) -> TargetRecord:
+        record = await read(lease_key)
+        await asyncio.sleep(0.05)
+        return record
+
+    monkeypatch.setattr(ledger, "get_target", slow_read)
+    until = T0 + timedelta(hours=1)
+
+    async def admit(owner: str) -> bool:
+        admission = await ledger.change_target("/x/vm-g", lambda t: policy.admit(t, owner, [""], T0, until, 30))
+        return admission.error is None
+
+    won = await asyncio.gather(*(admit(f"op-{i}") for i in range(12)))
+    assert sum(won) == 1
+    assert (await read("/x/vm-g")).lease_owner is not None

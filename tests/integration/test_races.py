@@ -163,3 +163,21 @@ async def test_status_reads_the_ledger(new_host: NewHost) -> None:
     assert doc["status"] == "Succeeded" and doc["polls"] >= 1
     record = await h.dh.runtime.ledger.get(op)  # type: ignore[union-attr]
     assert record is not None and json.dumps(record.view()) == json.dumps(doc)
+
+
+async def test_fresh_keys_racing_through_a_stalled_admission_reimage_once(new_host: NewHost,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every request reads the free target, then stalls before its write: still one POST."""
+    h: Host = await new_host(settings={"COOLDOWN_MINUTES": "30"})
+    ledger = h.dh.runtime.ledger  # type: ignore[union-attr]
+    read = ledger.get_target
+
+    async def slow_read(lease_key: str) -> Any:
+        record = await read(lease_key)
+        await asyncio.sleep(0.05)
+        return record
+
+    monkeypatch.setattr(ledger, "get_target", slow_read)
+    results = await asyncio.gather(*(h.reimage({"target": LINUX_VM}) for _ in range(20)))
+    assert sorted({s for s, _, _ in results}) == [202, 409]
+    assert len(h.reimage_posts()) == 1

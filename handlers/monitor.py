@@ -1,4 +1,5 @@
-"""Durable bindings: the reimage monitor orchestrator and its two activities.
+"""Durable bindings: the reimage monitor orchestrator and its activities (poll, submit a batch, read health,
+finish).
 
 Function names are the names shared/monitor.py calls them by (a test checks they agree);
 `shared` is imported on first use to keep it out of cold start.
@@ -28,7 +29,24 @@ async def poll_reimage_operation(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 @bp.activity_trigger(input_name="payload")
-async def finish_reimage_operation(payload: dict[str, Any]) -> dict[str, Any]:
+@bp.durable_client_input(client_name="client")
+async def finish_reimage_operation(payload: dict[str, Any], client: df.DurableOrchestrationClient) -> dict[str, Any]:
     from shared import monitor, runtime
 
-    return await monitor.finish_operation(runtime.get(), payload)
+    # The client starts the next batch when this one hands its lease over.
+    return await monitor.finish_operation(runtime.get(), payload, client)
+
+
+@bp.activity_trigger(input_name="payload")
+@bp.durable_client_input(client_name="client")
+async def submit_reimage_batch(payload: dict[str, Any], client: df.DurableOrchestrationClient) -> dict[str, Any]:
+    from shared import monitor, runtime
+
+    return await monitor.submit_batch(runtime.get(), payload, client)
+
+
+@bp.activity_trigger(input_name="payload")
+async def read_reimage_health(payload: dict[str, Any]) -> dict[str, Any]:
+    from shared import monitor, runtime
+
+    return await monitor.read_health(runtime.get(), payload)

@@ -76,13 +76,16 @@ param submitTimeoutSeconds int = 300
 @maxValue(1000)
 param pollsPerGeneration int = 50
 
-@minValue(1)
+@minValue(0)
 @maxValue(10080)
 param healthGraceMinutes int = 10
 
 @minValue(1)
 @maxValue(100)
 param maxBatchPercent int = 20
+@minValue(0)
+@maxValue(300)
+param batchGatherSeconds int = 5
 
 @minValue(1)
 @maxValue(100)
@@ -270,6 +273,7 @@ module api 'app/api.bicep' = {
       POLLS_PER_GENERATION: string(pollsPerGeneration)
       HEALTH_GRACE_MINUTES: string(healthGraceMinutes)
       MAX_BATCH_PERCENT: string(maxBatchPercent)
+      BATCH_GATHER_SECONDS: string(batchGatherSeconds)
       FLEET_BUDGET_PERCENT: string(fleetBudgetPercent)
       FLEET_WINDOW_MINUTES: string(fleetWindowMinutes)
       GLOBAL_MAX_REIMAGES_PER_HOUR: string(globalMaxReimagesPerHour)

@@ -1,10 +1,11 @@
-"""Admission and completion against the ledger: the lease, cooldowns and the one terminal event.
+"""Admission and completion against the ledger: the lease, batches, cooldowns and the one terminal event.
 
 Every step here is idempotent, because the callers (an activity, the sweeper, a retried trigger)
 run at least once: a terminal status is written by one compare-and-swap that only the first
-finisher wins, the lease is released only by its owner, and the event is sent under a
-"sending" mark so a second run does not send it again (a crash mid-send is re-sent by the
-sweeper with the same event id, which Service Bus duplicate detection drops).
+finisher wins, the lease is released only by its owner (and handed to the next batch in the same
+write), and the event is sent under a "sending" mark so a second run does not send it again (a
+crash mid-send is re-sent by the sweeper with the same event id, which Service Bus duplicate
+detection drops).
 """
 
 from __future__ import annotations
@@ -14,53 +15,67 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
-from shared import policy
+from shared import admission
 from shared.errors import ApiError
-from shared.events import COMPLETED, EventData, build_event
-from shared.ledger import OperationRecord, TargetRecord
+from shared.events import COMPLETED, SUSPENDED, EventData, EventType, build_event
+from shared.ledger import OperationRecord, QueueEntry, TargetRecord
 from shared.runtime import Runtime
 
 log = logging.getLogger("reimager.completion")
 SENDING = "sending:"
 STALE_SEND = timedelta(minutes=5)
+HEALTH_ORDER = {"Unhealthy": 2, "Unknown": 1, "Healthy": 0}
 
 
 def lease_until(runtime: Runtime, now: datetime) -> datetime:
     s = runtime.settings
-    return now + timedelta(seconds=s.submit_timeout_seconds, minutes=s.operation_timeout_minutes + 10)
+    return now + timedelta(seconds=s.submit_timeout_seconds,
+                           minutes=s.operation_timeout_minutes + s.health_grace_minutes + 10)
 
 
-async def admit(runtime: Runtime, record: OperationRecord) -> None:
-    """One compare-and-swap on the target: take the lease (and provisional cooldowns), or refuse."""
+async def admit(runtime: Runtime, record: OperationRecord, *, secret: bool, capacity: int,
+                target_id: str) -> admission.Admission:
+    """One compare-and-swap on the target: lead, join the running batch, queue, or refuse.
+
+    A refusal that suspended the target (the breaker) is announced and its waiting requests ended
+    before the refusal is raised to the caller."""
     now = runtime.now()
     until = lease_until(runtime, now)
+    batch_id = admission.new_batch_id()
 
-    def decide(target: TargetRecord) -> tuple[TargetRecord | None, policy.Admission]:
-        return policy.admit(target, record.operation_id, record.cooldown_keys, now, until,
-                            runtime.settings.cooldown_minutes)
+    def decide(target: TargetRecord) -> tuple[TargetRecord | None, admission.Admission]:
+        return admission.admit_request(target, owner=record.operation_id, keys=record.cooldown_keys,
+                                       options=record.options, secret=secret, capacity=capacity, target_id=target_id,
+                                       now=now, until=until, settings=runtime.settings, batch_id=batch_id)
 
-    admission = await runtime.ledger.change_target(record.lease_key, decide)
-    if admission.error is not None:
-        raise admission.error
+    decided = await runtime.ledger.change_target(record.lease_key, decide)
+    if decided.suspension is not None:
+        await after_suspension(runtime, record.lease_key, decided.ended)
+    return decided
 
 
-async def release_lease(runtime: Runtime, record: OperationRecord, *, applied: bool) -> None:
-    """End the operation's hold on its target: cooldowns from its end (when it may have been applied),
-    the failure streak, and the lease itself only if this operation still owns it."""
+async def release_lease(runtime: Runtime, record: OperationRecord, *, applied: bool) -> admission.Handoff:
+    """End the operation's (or batch's) hold on its target: cooldowns from its end, the failure streak and
+    the breaker, and the lease, only if it still owns it, handed to the next batch in the same write."""
     ended = record.completed_at or runtime.now()
-    minutes = runtime.settings.cooldown_minutes
+    now = runtime.now()
+    until = lease_until(runtime, now)
+    batch_id = admission.new_batch_id()
 
-    def decide(target: TargetRecord) -> tuple[TargetRecord | None, None]:
-        return policy.release(target, record.operation_id, record.cooldown_keys, record.status, ended,
-                              minutes if applied else None), None
+    def decide(target: TargetRecord) -> tuple[TargetRecord | None, admission.Handoff]:
+        return admission.release(target, record.operation_id, record.cooldown_keys, record.status, ended,
+                                 applied=applied, unhealthy=record.health == "Unhealthy", now=now, until=until,
+                                 settings=runtime.settings, next_batch_id=batch_id)
 
-    await runtime.ledger.change_target(record.lease_key, decide)
+    return await runtime.ledger.change_target(record.lease_key, decide)
 
 
 async def finish(runtime: Runtime, operation_id: str, status: str, error: dict[str, Any] | None, *,
                  applied: bool, polls: int | None = None, arm_status: str | None = None,
-                 health: str | None = None) -> OperationRecord | None:
-    """Make the operation terminal (first finisher wins), release its target and send its one event."""
+                 health: str | None = None, health_detail: dict[str, str] | None = None,
+                 client: Any = None) -> OperationRecord | None:
+    """Make the operation (or batch) terminal, first finisher wins; release its target, end the requests
+    that rode it, start the next batch, and send its one event."""
     now = runtime.now()
 
     def terminal(r: OperationRecord) -> OperationRecord | None:
@@ -68,7 +83,8 @@ async def finish(runtime: Runtime, operation_id: str, status: str, error: dict[s
             return None
         r.status, r.error, r.completed_at, r.last_updated_time = status, error, now, now
         r.applied = r.applied or applied
-        r.health = health
+        r.health = health if health is not None else r.health
+        r.health_detail = health_detail if health_detail is not None else r.health_detail
         if polls is not None:
             r.polls = max(r.polls, polls)
         if arm_status is not None:
@@ -78,8 +94,132 @@ async def finish(runtime: Runtime, operation_id: str, status: str, error: dict[s
     record = await runtime.ledger.update(operation_id, terminal)
     if record is None:
         return None
-    await release_lease(runtime, record, applied=record.applied)
+    handoff = await release_lease(runtime, record, applied=record.applied)
+    members = [m for m in (record.members or handoff.members) if m != record.operation_id]
+    for member in members:
+        await finish_member(runtime, member, record)
+    if handoff.suspension is not None:
+        await after_suspension(runtime, record.lease_key, handoff.ended)
+    if handoff.formed is not None:
+        await start_batch(runtime, client, record.lease_key, handoff.formed)
+    if record.is_batch:
+        await runtime.ledger.settled(record.operation_id)
+        return record
     return await send_completion(runtime, record)
+
+
+async def abandon(runtime: Runtime, client: Any, record: OperationRecord, error: dict[str, Any]) -> None:
+    """A lead whose POST ARM certainly refused: give the target back (no cooldown) and end the requests that
+    had joined it with ARM's refusal; the caller frees the lead's own key so it may be asked again."""
+    handoff = await release_lease(runtime, record, applied=False)
+    refused = record.model_copy(update={"status": "Failed", "error": error, "applied": False})
+    for member in handoff.members:
+        if member != record.operation_id:
+            await finish_member(runtime, member, refused)
+    if handoff.formed is not None:
+        await start_batch(runtime, client, record.lease_key, handoff.formed)
+
+
+def member_health(batch: OperationRecord, keys: list[str]) -> tuple[str | None, dict[str, str] | None]:
+    """A request's health: the worst over its own instances in the batch's instance views."""
+    if batch.health_detail is None:
+        return batch.health, None
+    mine = {k: batch.health_detail[k] for k in keys if k in batch.health_detail}
+    if not mine:
+        return batch.health, None
+    worst = max((v.split(":", 1)[0] for v in mine.values()), key=lambda h: HEALTH_ORDER.get(h, 1))
+    return worst, mine
+
+
+async def finish_member(runtime: Runtime, operation_id: str, batch: OperationRecord) -> OperationRecord | None:
+    """End a request that rode `batch` with the batch's outcome for its own instances."""
+    member = await runtime.ledger.get(operation_id)
+    if member is None or member.terminal:
+        return member
+    health, detail = member_health(batch, member.cooldown_keys)
+    now = runtime.now()
+
+    def terminal(r: OperationRecord) -> OperationRecord | None:
+        if r.terminal:
+            return None
+        r.status, r.error, r.completed_at, r.last_updated_time = batch.status, batch.error, now, now
+        r.applied, r.batch_id, r.health, r.health_detail = batch.applied, batch.operation_id, health, detail
+        r.submitted_at = r.submitted_at or batch.submitted_at
+        r.polls, r.arm_status = max(r.polls, batch.polls), batch.arm_status
+        return r
+
+    done = await runtime.ledger.update(operation_id, terminal)
+    return await send_completion(runtime, done) if done is not None else None
+
+
+async def end_waiting(runtime: Runtime, entries: list[QueueEntry], code: str, message: str, *,
+                      cancelled_by: str | None = None) -> list[str]:
+    """End requests that left the queue without a reimage (suspension, expiry, cancel, cooldown) Canceled."""
+    ended: list[str] = []
+    now = runtime.now()
+    for entry in entries:
+        def canceled(r: OperationRecord) -> OperationRecord | None:
+            if r.terminal:
+                return None
+            r.status, r.completed_at, r.last_updated_time = "Canceled", now, now
+            r.error = {"code": code, "message": message}
+            r.cancelled_by = cancelled_by
+            return r
+
+        record = await runtime.ledger.update(entry.operation_id, canceled)
+        if record is not None:
+            await send_completion(runtime, record)
+            ended.append(entry.operation_id)
+    return ended
+
+
+async def after_suspension(runtime: Runtime, lease_key: str, ended: list[QueueEntry]) -> None:
+    target = await runtime.ledger.get_target(lease_key)
+    await end_waiting(runtime, ended, "TargetSuspended", "The target was suspended while this request waited: "
+                      f"{(target.suspended or {}).get('reason', 'no reason given')}. An operator must resume it "
+                      "(POST /api/targets/resume) before it is reimaged again.")
+    await announce_suspension(runtime, lease_key)
+
+
+async def announce_suspension(runtime: Runtime, lease_key: str) -> None:
+    """Publish the one reimager.target.suspended event, then mark it announced (the sweeper retries)."""
+    target = await runtime.ledger.get_target(lease_key)
+    if not target.suspended or target.suspended.get("announced"):
+        return
+    await publish_target_event(runtime, SUSPENDED, target, target.suspended)
+    await runtime.ledger.change_target(lease_key, admission.announced)
+
+
+async def publish_target_event(runtime: Runtime, kind: EventType, target: TargetRecord,
+                               suspension: dict[str, Any]) -> None:
+    data = EventData(target=target.target_id or target.key, status="Suspended" if kind == SUSPENDED else "Resumed",
+                     trigger="breaker" if kind == SUSPENDED else "operator",
+                     suspension={k: v for k, v in suspension.items() if k != "announced"})
+    # Stable id per suspension: a re-send is a duplicate, a later suspension a new event.
+    event = build_event(kind, data, time=runtime.now(), unique=f"{target.key}|{suspension.get('since')}")
+    await runtime.publisher.publish(event)
+
+
+async def start_batch(runtime: Runtime, client: Any, lease_key: str, batch_id: str) -> OperationRecord:
+    """Create the record of a batch whose lease was just reserved and start its orchestration (which gathers,
+    seals and submits it). Idempotent: the record is an insert-if-absent, a second start is harmless (the
+    seal and the Submitting compare-and-swap decide), and the sweeper repeats this after a crash."""
+    from shared.intake import start_monitor
+    from shared.monitor import MonitorInput
+
+    target = await runtime.ledger.get_target(lease_key)
+    now = runtime.now()
+    record = OperationRecord(operation_id=batch_id, request_id=batch_id, target=target.target_id or lease_key,
+                             lease_key=lease_key, trigger="batch", members=[], created_time=now,
+                             last_updated_time=now, batch_id=batch_id)
+    won, existing = await runtime.ledger.claim(record)
+    if won:
+        await runtime.ledger.watch(record)
+    else:
+        record = existing
+    if client is not None and not record.terminal and record.status == "Claimed":
+        await start_monitor(client, runtime, record, MonitorInput.for_batch(record, runtime.settings))
+    return record
 
 
 async def send_completion(runtime: Runtime, record: OperationRecord, *, stale: bool = False) -> OperationRecord:
@@ -113,6 +253,14 @@ async def send_completion(runtime: Runtime, record: OperationRecord, *, stale: b
     return done or marked
 
 
+async def publish_info(runtime: Runtime, kind: EventType, record: OperationRecord) -> None:
+    """An informational event (accepted, queued, awaiting approval): the completion event is the guarantee."""
+    try:
+        await runtime.publisher.publish(build_event(kind, event_data(record), time=runtime.now()))
+    except Exception:
+        log.warning("could not publish %s for %s", kind, record.operation_id, exc_info=True)
+
+
 def _unmark(record: OperationRecord, token: str) -> OperationRecord | None:
     if record.event_id != token:
         return None
@@ -143,4 +291,7 @@ def event_data(record: OperationRecord) -> EventData:
         error=error, trigger=record.trigger,
         requested_by=record.requested_by, requested_by_verified=record.requested_by_verified,
         reason=record.reason, submitted_at=record.submitted_at, completed_at=record.completed_at,
-        duration_seconds=duration, polls=record.polls, batch_id=record.batch_id, health=record.health)
+        duration_seconds=duration, polls=record.polls, batch_id=record.batch_id, health=record.health,
+        health_detail=record.health_detail, queue_position=record.queue_position if record.status == "Queued" else None,
+        cancelled_by=record.cancelled_by)
+

@@ -23,17 +23,23 @@ from shared.settings import Settings
 if TYPE_CHECKING:
     from azure.servicebus.aio import ServiceBusClient
 
-EventType = Literal["reimager.operation.accepted", "reimager.operation.completed", "reimager.request.rejected"]
+EventType = Literal["reimager.operation.accepted", "reimager.operation.completed", "reimager.request.rejected",
+                    "reimager.operation.queued", "reimager.operation.awaiting-approval",
+                    "reimager.target.suspended", "reimager.target.resumed"]
 ACCEPTED: EventType = "reimager.operation.accepted"
 COMPLETED: EventType = "reimager.operation.completed"
 REJECTED: EventType = "reimager.request.rejected"
+QUEUED: EventType = "reimager.operation.queued"
+AWAITING_APPROVAL: EventType = "reimager.operation.awaiting-approval"
+SUSPENDED: EventType = "reimager.target.suspended"
+RESUMED: EventType = "reimager.target.resumed"
 CONTENT_TYPE = "application/cloudevents+json; charset=utf-8"
 SOURCE = "/reimager"
 _NAMESPACE = uuid.UUID("9b1f4a52-3c3e-4d7e-9a57-6d1c0f3b2a10")
 
 Status = Literal["Queued", "AwaitingApproval", "Accepted", "Running", "Verifying", "Succeeded", "Failed", "Canceled",
-                 "TimedOut", "Rejected"]
-Trigger = Literal["http", "alert", "queue"]
+                 "TimedOut", "Rejected", "Suspended", "Resumed"]
+Trigger = Literal["http", "alert", "queue", "chatops", "operator", "breaker"]
 
 
 class EventData(BaseModel):
@@ -59,7 +65,13 @@ class EventData(BaseModel):
         None, description="How requestedBy was verified: easyauth, slack, teams or unverified.")
     batch_id: str | None = Field(None, description="The ARM operation (batch) this request was part of.")
     health: Literal["Healthy", "Unhealthy", "Unknown"] | None = None
-    health_detail: str | None = None
+    health_detail: dict[str, str] | None = Field(
+        None, description='Per instance ("" for a VM): Healthy, Unhealthy or Unknown, and what its view said.')
+    queue_position: int | None = Field(None, description="Queued: requests ahead of this one, plus one.")
+    cancelled_by: str | None = None
+    approved_by: str | None = None
+    suspension: dict[str, Any] | None = Field(
+        None, description="Target events: since, reason, by and the evidence (what tripped the breaker).")
 
 
 class CloudEvent(BaseModel):

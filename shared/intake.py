@@ -12,16 +12,18 @@ import asyncio
 import logging
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
 
-from shared import completion, policy
+from shared import admission, completion, policy
+from shared.admission import GLOBAL_KEY
 from shared.compute import ComputeError, SubmissionUncertain, TargetModel
 from shared.errors import ReimagerError
-from shared.events import ACCEPTED, Trigger, build_event
+from shared.events import ACCEPTED, QUEUED, Trigger
 from shared.ids import operation_id
-from shared.ledger import OperationRecord
+from shared.ledger import OperationRecord, QueueEntry
 from shared.models import ArmCall, ReimageRequest
 from shared.monitor import MONITOR, MonitorInput
 from shared.operations import next_poll_delay
@@ -95,11 +97,20 @@ class Intake:
             return await self._joined(existing, request, trigger=trigger, default_key=default_key,
                                       reply_to=reply_to, reply_correlation_id=reply_correlation_id)
         await ledger.index(record)
+        secret = request.os_profile is not None  # secrets are never stored, so such a request cannot wait
+        capacity = len(model.instance_ids) if model.instance_ids is not None else 1
         try:
-            await completion.admit(self.runtime, record)
-        except ReimagerError:
+            decided = await completion.admit(self.runtime, record, secret=secret, capacity=capacity,
+                                             target_id=target.vm_id)
+        except BaseException:
             await self._free(record)
             raise
+        if decided.kind == "refused":
+            await self._free(record)
+            assert decided.error is not None
+            raise decided.error
+        if decided.kind != "lead":
+            return await self._waiting(record, decided)
         record.status, record.last_updated_time = "Submitting", self.runtime.now()
         try:
             record = await ledger.replace(record)  # CAS: fails only if a same-key request took the claim over
@@ -107,7 +118,52 @@ class Intake:
             raise ReimagerError(503, "ClaimLost", "This request stalled and another with the same requestId took "
                                 "it over; nothing was sent by this one. Ask again to see that operation.",
                                 target="requestId", retry_after=2, transient=True) from None
+        slot = await self.runtime.ledger.change_target(GLOBAL_KEY, lambda g: admission.take_global_slot(
+            g, record.operation_id, self.runtime.now(), self.settings))
+        if slot is not None:
+            return await self._over_global_budget(record, slot, secret)
         return await self._submit(record, call)
+
+    async def _waiting(self, record: OperationRecord, decided: admission.Admission) -> Accepted:
+        """Joined the running batch, or queued for a later one: no POST from here."""
+        now = self.runtime.now()
+
+        def mark(r: OperationRecord) -> OperationRecord | None:
+            if r.status not in ("Claimed", "Queued", "Submitting"):
+                return None  # a batch already took it further
+            if decided.kind == "joined":
+                r.status, r.batch_id = "Accepted", decided.batch_id
+            else:
+                r.status, r.queue_position = "Queued", decided.position
+            r.last_updated_time = now
+            return r
+
+        stored = await self.runtime.ledger.update(record.operation_id, mark)
+        assert stored is not None
+        if decided.kind == "queued" and stored.status == "Queued":
+            await completion.publish_info(self.runtime, QUEUED, stored)
+        if decided.formed is not None:
+            await completion.start_batch(self.runtime, self.client, record.lease_key, decided.formed)
+            stored = await self.runtime.ledger.get(record.operation_id) or stored
+        log.info("%s %s for %s (%s)", decided.kind, record.operation_id, record.target, record.trigger)
+        gather = self.settings.batch_gather_seconds if decided.kind == "queued" else 0
+        return Accepted(stored, gather + self.first_poll(None))
+
+    async def _over_global_budget(self, record: OperationRecord, frees: datetime, secret: bool) -> Accepted:
+        """GLOBAL_MAX_REIMAGES_PER_HOUR is spent: nothing was sent. Wait in the queue, or refuse a request
+        whose secrets cannot wait."""
+        wait = max(1, int((frees - self.runtime.now()).total_seconds() + 0.999))
+        if secret:
+            await completion.release_lease(self.runtime, record, applied=False)
+            await self._free(record)
+            raise ReimagerError(429, "GlobalBudgetExhausted", "GLOBAL_MAX_REIMAGES_PER_HOUR reimages were sent in "
+                                f"the last hour; a request carrying secrets cannot wait. Ask again after "
+                                f"{frees.isoformat()}.", target="target", retry_after=wait)
+        entry = QueueEntry(operation_id=record.operation_id, keys=record.cooldown_keys, options=record.options,
+                           queued_at=self.runtime.now())
+        await self.runtime.ledger.change_target(record.lease_key, lambda t: admission.requeue(
+            t, record.operation_id, self.runtime.now(), [entry]))
+        return await self._waiting(record, admission.Admission("queued", position=1))
 
     async def _submit(self, record: OperationRecord, call: ArmCall) -> Accepted:
         try:
@@ -121,7 +177,7 @@ class Intake:
                 await self._uncertain(record, exc)
                 raise
             # ARM refused it (4xx, or throttled after our retries): nothing was applied. Free the key.
-            await completion.release_lease(self.runtime, record, applied=False)
+            await completion.abandon(self.runtime, self.client, record, exc.error_dict())
             await self._free(record)
             raise
         # Anything else raised above (a bug, a cancellation) leaves the record Submitting: the POST may
@@ -138,7 +194,8 @@ class Intake:
         log.info("submitted %s %s for %s (%s)", call.operation.value, record.target, record.operation_id,
                  record.trigger)
         if submission.status_code == 200:  # ARM finished synchronously
-            await completion.finish(self.runtime, record.operation_id, "Succeeded", None, applied=True)
+            await completion.finish(self.runtime, record.operation_id, "Succeeded", None, applied=True,
+                                    client=self.client)
         else:
             await start_monitor(self.client, self.runtime, stored)
         await self._publish_accepted(stored)
@@ -149,7 +206,7 @@ class Intake:
         error = exc.error_dict()
         error.setdefault("details", [{"code": "SubmissionUncertain", "message": "the reimage may have been applied; "
                                       "check the target before asking again"}])
-        await completion.finish(self.runtime, record.operation_id, "Failed", error, applied=True)
+        await completion.finish(self.runtime, record.operation_id, "Failed", error, applied=True, client=self.client)
         exc.extra.update(operationId=record.operation_id, completed=True)
 
     def first_poll(self, retry_after: float | None) -> int:
@@ -201,16 +258,13 @@ class Intake:
         return Planned(target.id, call.plan(), checks)
 
     async def _publish_accepted(self, record: OperationRecord) -> None:
-        try:
-            await self.runtime.publisher.publish(build_event(ACCEPTED, completion.event_data(record),
-                                                             time=self.runtime.now()))
-        except Exception:  # the completion event is the guarantee; accepted is informational
-            log.warning("could not publish the accepted event for %s", record.operation_id, exc_info=True)
+        await completion.publish_info(self.runtime, ACCEPTED, record)
 
 
-async def start_monitor(client: Any, runtime: Runtime, record: OperationRecord) -> bool:
+async def start_monitor(client: Any, runtime: Runtime, record: OperationRecord,
+                        state: MonitorInput | None = None) -> bool:
     """Hand the ARM operation to the durable timer loop. A failure here is repaired by the sweeper."""
-    state = MonitorInput.for_record(record, runtime.settings)
+    state = state or MonitorInput.for_record(record, runtime.settings)
     try:
         await client.start_new(MONITOR, record.operation_id, state.dump())
         return True

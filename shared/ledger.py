@@ -78,13 +78,22 @@ class OperationRecord(_Doc):
     submitted_at: datetime | None = None
     completed_at: datetime | None = None
     health: str | None = None
-    batch_id: str | None = None
+    batch_id: str | None = None  # the ARM operation this request rides: itself, a joined one, or a b-... batch
+    members: list[str] | None = None  # a b-... batch record: the requests it carries
+    health_detail: dict[str, str] | None = None  # instance ("" = the VM) -> Healthy/Unhealthy/Unknown: detail
+    queue_position: int | None = None
+    cancelled_by: str | None = None
     event_id: str | None = None  # set once the terminal event is published
     etag: str | None = Field(None, exclude=True)
 
     @property
     def terminal(self) -> bool:
         return self.status in TERMINAL
+
+    @property
+    def is_batch(self) -> bool:
+        """A batch formed from queued requests: an internal record, with no event of its own."""
+        return self.members is not None
 
     def view(self) -> dict[str, Any]:
         """The public status document (GET /api/reimage/{id})."""
@@ -98,9 +107,18 @@ class OperationRecord(_Doc):
             "completedAt": self.completed_at.isoformat() if self.completed_at else None,
             "polls": self.polls, "armStatus": self.arm_status, "error": self.error,
         }
+        if self.status == "Queued":
+            doc["queuePosition"] = self.queue_position
+        if self.batch_id is not None:
+            doc["batchId"] = self.batch_id
         if self.terminal:
             doc["health"] = self.health
+            doc["healthDetail"] = self.health_detail
             doc["batchId"] = self.batch_id
+        if self.cancelled_by is not None:
+            doc["cancelledBy"] = self.cancelled_by
+        if self.is_batch:
+            doc["members"] = self.members
         return doc
 
     @property
@@ -114,13 +132,46 @@ class Cooldown(_Doc):
     operation_id: str
 
 
+class QueueEntry(_Doc):
+    """A request waiting for its target: admitted into a later batch, in arrival order."""
+
+    operation_id: str
+    keys: list[str]  # "" for a VM, else instance ids
+    options: dict[str, Any]
+    queued_at: datetime
+
+
+class BatchEntry(_Doc):
+    """The batch holding a target's lease: one ARM POST for the union of its members' instances."""
+
+    batch_id: str  # the lead request's operation id, or b-... for a batch formed from the queue
+    members: list[str]
+    keys: list[str]
+    options: dict[str, Any]
+    started: datetime
+    formed: bool = False  # formed from the queue: a batch record and its orchestration carry it
+    handed_from: str | None = None
+
+
+class BudgetEntry(_Doc):
+    owner: str
+    count: int
+    at: datetime
+
+
 class TargetRecord(_Doc):
-    """One VM or scale set: the lease, per-instance cooldowns, failures and suspension."""
+    """One VM or scale set: lease and running batch, queue, cooldowns, budget window, failures, suspension."""
 
     key: str
+    target_id: str | None = None  # the VM or scale set id, as the caller cased it (for batch POSTs)
+    capacity: int = 1
     lease_owner: str | None = None
     lease_until: datetime | None = None
+    batch: BatchEntry | None = None
+    queue: list[QueueEntry] = Field(default_factory=list)
     cooldowns: dict[str, Cooldown] = Field(default_factory=dict)  # "" = the VM itself; else instance id
+    window: list[BudgetEntry] = Field(default_factory=list)  # instances reimaged in FLEET_WINDOW_MINUTES
+    requested: dict[str, datetime] = Field(default_factory=dict)  # instance -> first request in the window
     consecutive_failures: int = 0
     suspended: dict[str, Any] | None = None
     etag: str | None = Field(None, exclude=True)
@@ -260,6 +311,12 @@ class Ledger:
         await asyncio.gather(*(ix.upsert_entity({"PartitionKey": partition, "RowKey": key,
                                                  "op": record.operation_id, "created": record.created_time})
                                for partition, key in entries))
+
+    async def watch(self, record: OperationRecord) -> None:
+        """Only the sweeper's entry (an internal batch record is not listed)."""
+        self.round_trips += 1
+        await self._table(self.tables[1]).upsert_entity({"PartitionKey": OPEN, "RowKey": record.operation_id,
+                                                         "op": record.operation_id, "created": record.created_time})
 
     async def settled(self, operation_id: str) -> None:
         """The operation needs no more sweeping (terminal with its event published, or freed)."""

@@ -221,6 +221,21 @@ class ArmCall:
             out["osProfile"] = sorted(body["osProfile"])  # which fields were given, never their values
         return out
 
+    @classmethod
+    def for_batch(cls, target: Target, options: dict[str, Any], keys: list[str], api_version: str) -> ArmCall:
+        """One POST for a batch of queued requests with equal `options` (never secrets: requests with
+        osProfile never wait). A scale set's POST names exactly the batch's instances, never none."""
+        operation = ReimageOperation(options["operation"])
+        body: dict[str, Any] = {k: options[k] for k in ("tempDisk", "forceUpdateOSDiskForEphemeral", "exactVersion")
+                                if k in options}
+        if "osProfile" in options:
+            raise AssertionError("a batch never carries osProfile: its secrets were never stored")
+        if operation in (ReimageOperation.VMSS_REIMAGE, ReimageOperation.VMSS_REIMAGE_ALL):
+            if not keys or "" in keys:
+                raise AssertionError("refusing to build a scale-set reimage with no instanceIds")
+            body["instanceIds"] = list(keys)
+        return cls(operation, target, api_version, body or None)
+
     def plan(self) -> dict[str, Any]:
         """The planned call for dry runs and logs; secrets redacted."""
         return {

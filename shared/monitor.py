@@ -31,6 +31,8 @@ log = logging.getLogger("reimager.monitor")
 MONITOR = "reimage_monitor"
 POLL_ACTIVITY = "poll_reimage_operation"
 FINISH_ACTIVITY = "finish_reimage_operation"
+SUBMIT_ACTIVITY = "submit_reimage_batch"
+HEALTH_ACTIVITY = "read_reimage_health"
 
 
 class MonitorInput(BaseModel):
@@ -41,7 +43,9 @@ class MonitorInput(BaseModel):
     operation_id: str
     url: str | None
     mode: str
-    submitted_at: datetime
+    submitted_at: datetime | None
+    submit: bool = False  # a batch formed from the queue: gather, then seal and POST from an activity
+    gather_seconds: int = 0
     last_retry_after: float | None = None
     polls: int = 0
     read_failures: int = 0
@@ -52,6 +56,8 @@ class MonitorInput(BaseModel):
     poll_default_seconds: int
     operation_timeout_minutes: int
     polls_per_generation: int
+    health_grace_minutes: int = 0
+    health_since: datetime | None = None  # ARM said Succeeded: reading instance views until healthy or grace
 
     @classmethod
     def for_record(cls, record: OperationRecord, settings: Settings) -> MonitorInput:
@@ -64,7 +70,17 @@ class MonitorInput(BaseModel):
                    polls=record.polls, poll_min_seconds=settings.poll_min_seconds,
                    poll_max_seconds=settings.poll_max_seconds, poll_default_seconds=settings.poll_default_seconds,
                    operation_timeout_minutes=settings.operation_timeout_minutes,
-                   polls_per_generation=settings.polls_per_generation)
+                   polls_per_generation=settings.polls_per_generation,
+                   health_grace_minutes=settings.health_grace_minutes)
+
+    @classmethod
+    def for_batch(cls, record: OperationRecord, settings: Settings) -> MonitorInput:
+        return cls(operation_id=record.operation_id, url=None, mode="async", submitted_at=None, submit=True,
+                   gather_seconds=settings.batch_gather_seconds, poll_min_seconds=settings.poll_min_seconds,
+                   poll_max_seconds=settings.poll_max_seconds, poll_default_seconds=settings.poll_default_seconds,
+                   operation_timeout_minutes=settings.operation_timeout_minutes,
+                   polls_per_generation=settings.polls_per_generation,
+                   health_grace_minutes=settings.health_grace_minutes)
 
     def dump(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True)
@@ -79,9 +95,22 @@ def _retry(first_seconds: int, attempts: int) -> Any:
 
 def monitor_orchestrator(context: Any) -> Generator[Any, Any, Any]:
     state = MonitorInput.model_validate(decode(context.get_input()))
+    if state.submit:  # a batch: let the storm gather, then seal and POST it from an activity
+        if state.gather_seconds > 0:
+            yield context.create_timer(context.current_utc_datetime + timedelta(seconds=state.gather_seconds))
+        sent = decode((yield context.call_activity_with_retry(
+            SUBMIT_ACTIVITY, _retry(state.poll_min_seconds, 10), {"operationId": state.operation_id})))
+        if sent.get("outcome") != "submitted":
+            return sent  # ended (refused, uncertain, empty) or requeued: the activity settled it
+        state.submit, state.url, state.mode = False, sent.get("url"), sent.get("mode", "async")
+        state.submitted_at = datetime.fromisoformat(sent["submittedAt"])
+        state.last_retry_after = sent.get("retryAfter")
+    if state.health_since is not None:
+        return (yield from _verify(context, state))
     if not state.url:
         err = {"code": "NoOperationUrl", "message": "ARM accepted the reimage but returned no operation URL"}
         return (yield from _finish(context, state, "Failed", err))
+    assert state.submitted_at is not None
     deadline = state.submitted_at + timedelta(minutes=state.operation_timeout_minutes)
     polls_this_generation = 0
     while True:
@@ -103,6 +132,9 @@ def monitor_orchestrator(context: Any) -> Generator[Any, Any, Any]:
             if result.get("untrusted"):
                 err = {"code": "UntrustedOperationUrl", "message": str(result.get("errorMessage") or "")}
                 return (yield from _finish(context, state, "Failed", err))
+            if arm_status == "Succeeded" and state.health_grace_minutes > 0:
+                state.health_since = context.current_utc_datetime
+                return (yield from _verify(context, state))
             if OperationState(arm_status).terminal:
                 arm_error = None if arm_status == "Succeeded" else {
                     "code": result.get("errorCode") or arm_status, "message": result.get("errorMessage") or ""}
@@ -118,11 +150,37 @@ def monitor_orchestrator(context: Any) -> Generator[Any, Any, Any]:
             return None
 
 
+def _verify(context: Any, state: MonitorInput) -> Generator[Any, Any, Any]:
+    """ARM says Succeeded: read the instance views until every machine is healthy or the grace ends.
+    A view that cannot be read counts as Unknown; nothing here waits past the grace."""
+    assert state.health_since is not None
+    grace_ends = state.health_since + timedelta(minutes=state.health_grace_minutes)
+    reads = 0
+    while True:
+        final = context.current_utc_datetime >= grace_ends
+        try:
+            health = decode((yield context.call_activity_with_retry(
+                HEALTH_ACTIVITY, _retry(state.poll_min_seconds, 3),
+                {"operationId": state.operation_id, "final": final})))
+        except Exception:
+            health = {"done": True, "health": "Unknown", "detail": None}
+        reads += 1
+        if health.get("done") or final:
+            return (yield from _finish(context, state, "Succeeded", None, "Succeeded", health=health.get("health"),
+                                       health_detail=health.get("detail")))
+        yield context.create_timer(min(context.current_utc_datetime + timedelta(
+            seconds=max(state.poll_min_seconds, state.poll_default_seconds)), grace_ends))
+        if reads >= state.polls_per_generation:
+            context.continue_as_new(state.dump())
+            return None
+
+
 def _finish(context: Any, state: MonitorInput, status: str, error: dict[str, Any] | None,
-            arm_status: str | None = None) -> Generator[Any, Any, Any]:
+            arm_status: str | None = None, *, health: str | None = None,
+            health_detail: dict[str, str] | None = None) -> Generator[Any, Any, Any]:
     outcome = decode((yield context.call_activity_with_retry(FINISH_ACTIVITY, _retry(5, 20), {
         "operationId": state.operation_id, "status": status, "error": error, "polls": state.polls,
-        "armStatus": arm_status})))
+        "armStatus": arm_status, "health": health, "healthDetail": health_detail})))
     return outcome
 
 
@@ -154,9 +212,23 @@ async def poll_operation(runtime: Runtime, payload: dict[str, Any]) -> dict[str,
     return result.to_dict()
 
 
-async def finish_operation(runtime: Runtime, payload: dict[str, Any]) -> dict[str, Any]:
+async def finish_operation(runtime: Runtime, payload: dict[str, Any], client: Any = None) -> dict[str, Any]:
     from shared import completion
 
     record = await completion.finish(runtime, payload["operationId"], payload["status"], payload.get("error"),
-                                     applied=True, polls=payload.get("polls"), arm_status=payload.get("armStatus"))
+                                     applied=True, polls=payload.get("polls"), arm_status=payload.get("armStatus"),
+                                     health=payload.get("health"), health_detail=payload.get("healthDetail"),
+                                     client=client)
     return record.view() if record is not None else {}
+
+
+async def submit_batch(runtime: Runtime, payload: dict[str, Any], client: Any = None) -> dict[str, Any]:
+    from shared import batches
+
+    return await batches.submit(runtime, client, payload["operationId"])
+
+
+async def read_health(runtime: Runtime, payload: dict[str, Any]) -> dict[str, Any]:
+    from shared import batches
+
+    return await batches.read_health(runtime, payload["operationId"], final=bool(payload.get("final")))

@@ -126,10 +126,11 @@ class Settings(BaseSettings):
     operation_timeout_minutes: Minutes = 120
     submit_timeout_seconds: int = Field(300, ge=1, le=3600)
     polls_per_generation: int = Field(50, ge=2, le=1000)
-    health_grace_minutes: Minutes = 10
+    health_grace_minutes: int = Field(10, ge=0, le=10080)  # 0: no health verification
 
     # Coalescing, budgets, breaker, queue expiry
     max_batch_percent: Percent = 20
+    batch_gather_seconds: int = Field(5, ge=0, le=300)  # a new batch waits this long for its storm to arrive
     fleet_budget_percent: Percent = 30
     fleet_window_minutes: Minutes = 60
     global_max_reimages_per_hour: int = Field(100, ge=1, le=100000)

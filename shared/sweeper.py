@@ -6,6 +6,11 @@ each one whose owner has gone quiet for longer than it may:
 - Submitting (the POST may have gone out): ends it Failed/SubmissionLost, cooldown included;
 - Accepted/Running without a monitor: starts the monitor again;
 - terminal without its event: sends the event (same id; Service Bus drops a duplicate).
+
+And for queued work, per target: admits the queue when the target has no live lease (a crashed
+hand-off, an expired lease, a budget window that freed), ends requests queued longer than
+QUEUE_MAX_WAIT_MINUTES Canceled/QueueExpired, ends requests whose batch ended, restarts a batch
+whose orchestration is gone, and announces a suspension that was not announced.
 """
 
 from __future__ import annotations
@@ -15,9 +20,9 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from shared import completion
+from shared import admission, batches, completion
 from shared.durable_data import decode
-from shared.ledger import OperationRecord
+from shared.ledger import OperationRecord, QueueEntry
 from shared.runtime import Runtime
 
 log = logging.getLogger("reimager.sweeper")
@@ -31,6 +36,9 @@ class SweepReport:
     restarted: list[str] = field(default_factory=list)
     resent: list[str] = field(default_factory=list)
     settled: list[str] = field(default_factory=list)
+    expired: list[str] = field(default_factory=list)
+    admitted: list[str] = field(default_factory=list)  # batches formed from a queue
+    ended: list[str] = field(default_factory=list)  # requests whose batch had ended
 
     def to_dict(self) -> dict[str, list[str]]:
         return {k: v for k, v in self.__dict__.items() if v}
@@ -40,6 +48,7 @@ async def sweep(runtime: Runtime, client: Any) -> SweepReport:
     report = SweepReport()
     ledger, now = runtime.ledger, runtime.now()
     quiet = timedelta(seconds=runtime.settings.submit_timeout_seconds)
+    targets: set[str] = set()
     for operation_id in await ledger.unsettled():
         record = await ledger.get(operation_id)
         if record is None:
@@ -48,18 +57,96 @@ async def sweep(runtime: Runtime, client: Any) -> SweepReport:
             continue
         age = now - record.last_updated_time
         try:
+            if record.status == "Queued":
+                targets.add(record.lease_key)
             await _sweep_one(runtime, client, record, age, quiet, report)
         except Exception:  # one bad record must not stop the sweep of the others
             log.exception("sweeping %s failed", operation_id)
+    for lease_key in sorted(targets):
+        try:
+            await _sweep_target(runtime, client, lease_key, report)
+        except Exception:
+            log.exception("sweeping target %s failed", lease_key)
     if any(report.to_dict().values()):
         log.info("sweep: %s", report.to_dict())
     return report
 
 
+async def _sweep_target(runtime: Runtime, client: Any, lease_key: str, report: SweepReport) -> None:
+    now = runtime.now()
+    max_wait = timedelta(minutes=runtime.settings.queue_max_wait_minutes)
+    old = await runtime.ledger.change_target(lease_key, lambda t: admission.expire(t, now, max_wait))
+    if old:
+        report.expired += await completion.end_waiting(
+            runtime, old, "QueueExpired", f"The request waited longer than QUEUE_MAX_WAIT_MINUTES "
+            f"({runtime.settings.queue_max_wait_minutes}) for its target and was not reimaged.")
+    await completion.announce_suspension(runtime, lease_key)
+    global_full = await _global_budget_spent(runtime)
+    if not global_full:
+        formed = await batches.kick(runtime, client, lease_key)
+        if formed is not None:
+            report.admitted.append(formed)
+
+
+async def _global_budget_spent(runtime: Runtime) -> bool:
+    record = await runtime.ledger.get_target(admission.GLOBAL_KEY)
+    changed, _ = admission.take_global_slot(record, "sweeper-probe", runtime.now(), runtime.settings)
+    return changed is None
+
+
+async def _sweep_member(runtime: Runtime, record: OperationRecord, age: timedelta, quiet: timedelta,
+                        report: SweepReport) -> None:
+    """A request riding a batch (or a joined lead): it ends when its batch ends."""
+    assert record.batch_id is not None
+    batch = await runtime.ledger.get(record.batch_id)
+    if batch is not None and batch.terminal:
+        await completion.finish_member(runtime, record.operation_id, batch)
+        report.ended.append(record.operation_id)
+    elif batch is None and age > quiet:
+        target = await runtime.ledger.get_target(record.lease_key)
+        riding = target.batch is not None and record.operation_id in target.batch.members
+        waiting = any(e.operation_id == record.operation_id for e in target.queue)
+        if not riding and not waiting:
+            await completion.end_waiting(runtime, [_entry(record)], "BatchLost", "The batch this request was "
+                                         "part of was lost before it was sent; nothing was reimaged for it.")
+            report.ended.append(record.operation_id)
+
+
+def _entry(record: OperationRecord) -> QueueEntry:
+    return QueueEntry(operation_id=record.operation_id, keys=record.cooldown_keys, options=record.options,
+                      queued_at=record.created_time)
+
+
+async def _sweep_batch(runtime: Runtime, client: Any, record: OperationRecord, age: timedelta,
+                       report: SweepReport) -> None:
+    """A batch record before its POST was confirmed: restart its orchestration if it is gone."""
+    if age <= MONITOR_GRACE:
+        return
+    status = await client.get_status(record.operation_id)
+    runtime_status = getattr(getattr(status, "runtime_status", None), "value", None)
+    if runtime_status in (None, "Failed", "Terminated", "Canceled", "Completed"):
+        from shared.intake import start_monitor
+        from shared.monitor import MonitorInput
+
+        if await start_monitor(client, runtime, record, MonitorInput.for_batch(record, runtime.settings)):
+            report.restarted.append(record.operation_id)
+
+
 async def _sweep_one(runtime: Runtime, client: Any, record: OperationRecord, age: timedelta, quiet: timedelta,
                      report: SweepReport) -> None:
     ledger = runtime.ledger
-    if record.status == "Claimed" and age > quiet:
+    if record.is_batch and record.status in ("Claimed", "Submitting"):
+        await _sweep_batch(runtime, client, record, age, report)
+    elif (not record.terminal and not record.is_batch and record.batch_id is not None
+          and record.batch_id != record.operation_id):
+        await _sweep_member(runtime, record, age, quiet, report)
+    elif record.status == "Queued":
+        pass  # per target, below
+    elif record.status == "Claimed" and age > quiet:
+        target = await ledger.get_target(record.lease_key)
+        if any(e.operation_id == record.operation_id for e in target.queue):
+            return  # it was queued and crashed before saying so: the queue carries it
+
         await completion.release_lease(runtime, record, applied=False)
         if await ledger.release_claim(record):
             await ledger.settled(record.operation_id)
@@ -70,7 +157,7 @@ async def _sweep_one(runtime: Runtime, client: Any, record: OperationRecord, age
                  "reimaging the target: check it before asking again"}
         await completion.finish(runtime, record.operation_id, "Failed", error, applied=True)
         report.lost.append(record.operation_id)
-    elif record.status in ("Accepted", "Running") and age > MONITOR_GRACE:
+    elif record.status in ("Accepted", "Running", "Verifying") and age > MONITOR_GRACE:
         status = await client.get_status(record.operation_id)
         runtime_status = getattr(getattr(status, "runtime_status", None), "value", None)
         if runtime_status in (None, "Failed", "Terminated", "Canceled"):

@@ -17,7 +17,8 @@ def test_functions_and_names() -> None:
         "reimage_submit": "httpTrigger", "reimage_status": "httpTrigger", "reimage_alert": "httpTrigger",
         "reimage_queue": "serviceBusTrigger",
         monitor.MONITOR: "orchestrationTrigger", monitor.POLL_ACTIVITY: "activityTrigger",
-        monitor.FINISH_ACTIVITY: "activityTrigger", "reimage_sweeper": "timerTrigger",
+        monitor.FINISH_ACTIVITY: "activityTrigger", monitor.SUBMIT_ACTIVITY: "activityTrigger",
+        monitor.HEALTH_ACTIVITY: "activityTrigger", "reimage_sweeper": "timerTrigger",
     }
     http = {e.route: (e.methods, e.auth_level) for e in index.of_type("httpTrigger")}
     assert http == {"reimage": (["POST"], "FUNCTION"), "reimage/{operationId}": (["GET"], "FUNCTION"),

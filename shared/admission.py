@@ -126,11 +126,13 @@ def _provisional(record: TargetRecord, owner: str, keys: list[str], until: datet
 
 def admit_request(record: TargetRecord, *, owner: str, keys: list[str], options: dict[str, Any], secret: bool,
                   capacity: int, target_id: str, now: datetime, until: datetime, settings: Settings,
-                  batch_id: str | None = None) -> tuple[TargetRecord | None, Admission]:
+                  batch_id: str | None = None, symptom: bool = True) -> tuple[TargetRecord | None, Admission]:
     """Lead (submit now, from the caller, with its secrets in memory), join the running batch, queue, or refuse.
 
     A scale-set request with no secrets always queues, even on an idle set: the batch formed for it
-    gathers the requests that arrive with it (an alert storm) into one POST.
+    gathers the requests that arrive with it (an alert storm) into one POST. `symptom` is False for a
+    deliberate whole-set request (allInstances): the breaker counts instances asked for one by one, as
+    symptoms, not a deliberate decision to reimage them all.
     """
     write = False
     if record.capacity != capacity or record.target_id != target_id:
@@ -146,7 +148,7 @@ def admit_request(record: TargetRecord, *, owner: str, keys: list[str], options:
             return None, Admission("queued", position=position)
     prune(record, now, settings)
     scale_set = is_scale_set(record)
-    if scale_set:
+    if scale_set and symptom:
         fresh = [k for k in keys if k not in record.requested]
         for key in fresh:
             record.requested[key] = now
@@ -164,7 +166,8 @@ def admit_request(record: TargetRecord, *, owner: str, keys: list[str], options:
             and set(keys) <= set(running.keys)):
         running.members.append(owner)  # its instances are being reimaged with these options now: no second POST
         return record, Admission("joined", batch_id=running.batch_id)
-    hit = cooling(record, keys, now)
+    # Busy before cooling: the running batch's provisional cooldowns are not a cooldown yet.
+    hit = cooling(record, keys, now, record.lease_owner if running is not None else None)
     if hit is not None:
         return (record if write else None), Admission("refused", cooldown_error(*hit, now))
     busy = record.lease_held(now) or bool(record.queue)
@@ -233,6 +236,7 @@ def form_batch(record: TargetRecord, now: datetime, until: datetime, settings: S
     The batch is sealed later (see `seal`), so requests arriving meanwhile ride the same POST."""
     if record.suspended or not record.queue or record.lease_held(now):
         return None
+    prune(record, now, settings)
     chosen, cooled = _selection(record, now, settings)
     if not chosen and not cooled:
         return None
@@ -359,6 +363,18 @@ def withdraw(record: TargetRecord, operation_id: str) -> tuple[TargetRecord | No
             record.queue = [e for e in record.queue if e.operation_id != operation_id]
             return record, entry
     return None, None
+
+
+def forget(record: TargetRecord, operation_id: str) -> tuple[TargetRecord | None, bool]:
+    """Undo a request's place in the queue or in a running batch (its claim was taken over)."""
+    changed = False
+    if any(e.operation_id == operation_id for e in record.queue):
+        record.queue = [e for e in record.queue if e.operation_id != operation_id]
+        changed = True
+    if record.batch is not None and record.batch.batch_id != operation_id and operation_id in record.batch.members:
+        record.batch.members = [m for m in record.batch.members if m != operation_id]
+        changed = True
+    return (record if changed else None), changed
 
 
 def expire(record: TargetRecord, now: datetime, max_wait: timedelta) -> tuple[TargetRecord | None, list[QueueEntry]]:

@@ -162,14 +162,30 @@ async def post_reimage(body: bytes, client: Any, base_url: str) -> Outcome:
     return await guarded(work())
 
 
+def principal_of(headers: Any) -> Any:
+    """The verified caller, when App Service authentication vouches for one (see shared/identity.py)."""
+    try:
+        from shared import identity
+    except ImportError:  # identity arrives with the operators' work
+        return None
+    return identity.from_headers(headers, runtime.get().settings)
+
+
 async def get_reimage(operation_id: str) -> Outcome:
     async def work() -> Outcome:
+        ledger = runtime.get().ledger
         record = None
-        if operation_id.startswith("op-") and len(operation_id) <= 64:
-            record = await runtime.get().ledger.get(operation_id)
+        if (operation_id.startswith("op-") or operation_id.startswith("b-")) and len(operation_id) <= 64:
+            record = await ledger.get(operation_id)
         if record is None:
             raise ReimagerError(404, "OperationNotFound", "No such operation.", target="operationId")
-        return Outcome(200, record.view())
+        view = record.view()
+        if not record.terminal and record.batch_id not in (None, record.operation_id):
+            # A request riding a batch: its progress is the batch's (one ARM operation, polled once).
+            batch = await ledger.get(str(record.batch_id))
+            if batch is not None and not batch.terminal and batch.status in ("Running", "Verifying"):
+                view.update(status=batch.status, polls=batch.polls, armStatus=batch.arm_status)
+        return Outcome(200, view)
 
     return await guarded(work())
 

@@ -34,7 +34,7 @@ def lease_until(runtime: Runtime, now: datetime) -> datetime:
 
 
 async def admit(runtime: Runtime, record: OperationRecord, *, secret: bool, capacity: int,
-                target_id: str) -> admission.Admission:
+                target_id: str, symptom: bool = True) -> admission.Admission:
     """One compare-and-swap on the target: lead, join the running batch, queue, or refuse.
 
     A refusal that suspended the target (the breaker) is announced and its waiting requests ended
@@ -46,7 +46,8 @@ async def admit(runtime: Runtime, record: OperationRecord, *, secret: bool, capa
     def decide(target: TargetRecord) -> tuple[TargetRecord | None, admission.Admission]:
         return admission.admit_request(target, owner=record.operation_id, keys=record.cooldown_keys,
                                        options=record.options, secret=secret, capacity=capacity, target_id=target_id,
-                                       now=now, until=until, settings=runtime.settings, batch_id=batch_id)
+                                       now=now, until=until, settings=runtime.settings, batch_id=batch_id,
+                                       symptom=symptom)
 
     decided = await runtime.ledger.change_target(record.lease_key, decide)
     if decided.suspension is not None:

@@ -101,7 +101,7 @@ class Intake:
         capacity = len(model.instance_ids) if model.instance_ids is not None else 1
         try:
             decided = await completion.admit(self.runtime, record, secret=secret, capacity=capacity,
-                                             target_id=target.vm_id)
+                                             target_id=target.vm_id, symptom=not request.all_instances)
         except BaseException:
             await self._free(record)
             raise
@@ -111,13 +111,13 @@ class Intake:
             raise decided.error
         if decided.kind != "lead":
             return await self._waiting(record, decided)
-        record.status, record.last_updated_time = "Submitting", self.runtime.now()
+        record.status, record.batch_id, record.last_updated_time = "Submitting", record.operation_id, self.runtime.now()
         try:
             record = await ledger.replace(record)  # CAS: fails only if a same-key request took the claim over
         except (ResourceModifiedError, ResourceNotFoundError):
-            raise ReimagerError(503, "ClaimLost", "This request stalled and another with the same requestId took "
-                                "it over; nothing was sent by this one. Ask again to see that operation.",
-                                target="requestId", retry_after=2, transient=True) from None
+            lost = _claim_lost()
+            await completion.abandon(self.runtime, self.client, record, lost.error_dict())
+            raise lost from None
         slot = await self.runtime.ledger.change_target(GLOBAL_KEY, lambda g: admission.take_global_slot(
             g, record.operation_id, self.runtime.now(), self.settings))
         if slot is not None:
@@ -139,7 +139,10 @@ class Intake:
             return r
 
         stored = await self.runtime.ledger.update(record.operation_id, mark)
-        assert stored is not None
+        if stored is None:  # a same-key request decided this one had died and took its key over: undo
+            await self.runtime.ledger.change_target(record.lease_key, lambda t: admission.forget(
+                t, record.operation_id))
+            raise _claim_lost()
         if decided.kind == "queued" and stored.status == "Queued":
             await completion.publish_info(self.runtime, QUEUED, stored)
         if decided.formed is not None:
@@ -259,6 +262,12 @@ class Intake:
 
     async def _publish_accepted(self, record: OperationRecord) -> None:
         await completion.publish_info(self.runtime, ACCEPTED, record)
+
+
+def _claim_lost() -> ReimagerError:
+    return ReimagerError(503, "ClaimLost", "This request stalled and another with the same requestId took it over; "
+                         "nothing was sent by this one. Ask again to see that operation.", target="requestId",
+                         retry_after=2, transient=True)
 
 
 async def start_monitor(client: Any, runtime: Runtime, record: OperationRecord,

@@ -14,6 +14,7 @@ import base64
 import binascii
 import json
 import logging
+import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -355,7 +356,7 @@ class Ledger:
         """Read, mutate, CAS, retried on conflict. `mutate` returns None to leave the record as it is."""
         from azure.core.exceptions import ResourceModifiedError
 
-        for _ in range(_CAS_ATTEMPTS):
+        for attempt in range(_CAS_ATTEMPTS):
             current = await self.get(operation_id)
             if current is None:
                 return None
@@ -366,6 +367,7 @@ class Ledger:
             try:
                 return await self.replace(changed)
             except ResourceModifiedError:
+                await _backoff(attempt)
                 continue
         raise LedgerConflict(f"could not update {operation_id}")
 
@@ -435,7 +437,7 @@ class Ledger:
         from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 
         table = self._table(self.tables[2])
-        for _ in range(_CAS_ATTEMPTS):
+        for attempt in range(_CAS_ATTEMPTS):
             current = await self.get_target(lease_key)
             changed, result = decide(current.model_copy(deep=True))
             if changed is None:
@@ -450,6 +452,7 @@ class Ledger:
                                               match_condition=MatchConditions.IfNotModified)
                 return result
             except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError):
+                await _backoff(attempt)
                 continue
         raise LedgerConflict(f"could not change target {lease_key}")
 
@@ -459,6 +462,12 @@ class Ledger:
         self.round_trips += 1
         return [e["op"] async for e in self._table(self.tables[1]).query_entities(
             "PartitionKey eq @pk", parameters={"pk": OPEN})]
+
+
+async def _backoff(attempt: int) -> None:
+    """After losing a compare-and-swap: a short random pause (real time), so a storm of writers on one
+    entity spreads out instead of colliding again in lockstep."""
+    await asyncio.sleep(random.uniform(0, min(0.25, 0.004 * 2 ** min(attempt, 6))))  # noqa: S311 - jitter
 
 
 def _same_instant(stored: Any, created: datetime) -> bool:

@@ -64,7 +64,7 @@ async def sweep(runtime: Runtime, client: Any) -> SweepReport:
             log.exception("sweeping %s failed", operation_id)
     for lease_key in sorted(targets):
         try:
-            await _sweep_target(runtime, client, lease_key, report)
+            await _sweep_target(runtime, client, lease_key, quiet, report)
         except Exception:
             log.exception("sweeping target %s failed", lease_key)
     if any(report.to_dict().values()):
@@ -72,7 +72,8 @@ async def sweep(runtime: Runtime, client: Any) -> SweepReport:
     return report
 
 
-async def _sweep_target(runtime: Runtime, client: Any, lease_key: str, report: SweepReport) -> None:
+async def _sweep_target(runtime: Runtime, client: Any, lease_key: str, quiet: timedelta,
+                        report: SweepReport) -> None:
     now = runtime.now()
     max_wait = timedelta(minutes=runtime.settings.queue_max_wait_minutes)
     old = await runtime.ledger.change_target(lease_key, lambda t: admission.expire(t, now, max_wait))
@@ -81,6 +82,14 @@ async def _sweep_target(runtime: Runtime, client: Any, lease_key: str, report: S
             runtime, old, "QueueExpired", f"The request waited longer than QUEUE_MAX_WAIT_MINUTES "
             f"({runtime.settings.queue_max_wait_minutes}) for its target and was not reimaged.")
     await completion.announce_suspension(runtime, lease_key)
+    target = await runtime.ledger.get_target(lease_key)
+    if target.batch is not None and target.batch.formed and target.lease_held(now) \
+            and now - target.batch.started > quiet \
+            and await runtime.ledger.get(target.batch.batch_id) is None:
+        # The lease was handed to a batch, then its starter died before creating it: create and start it now.
+        await completion.start_batch(runtime, client, lease_key, target.batch.batch_id)
+        report.restarted.append(target.batch.batch_id)
+        return
     global_full = await _global_budget_spent(runtime)
     if not global_full:
         formed = await batches.kick(runtime, client, lease_key)
@@ -117,10 +126,10 @@ def _entry(record: OperationRecord) -> QueueEntry:
                       queued_at=record.created_time)
 
 
-async def _sweep_batch(runtime: Runtime, client: Any, record: OperationRecord, age: timedelta,
+async def _sweep_batch(runtime: Runtime, client: Any, record: OperationRecord, age: timedelta, quiet: timedelta,
                        report: SweepReport) -> None:
     """A batch record before its POST was confirmed: restart its orchestration if it is gone."""
-    if age <= MONITOR_GRACE:
+    if age <= quiet:
         return
     status = await client.get_status(record.operation_id)
     runtime_status = getattr(getattr(status, "runtime_status", None), "value", None)
@@ -136,7 +145,7 @@ async def _sweep_one(runtime: Runtime, client: Any, record: OperationRecord, age
                      report: SweepReport) -> None:
     ledger = runtime.ledger
     if record.is_batch and record.status in ("Claimed", "Submitting"):
-        await _sweep_batch(runtime, client, record, age, report)
+        await _sweep_batch(runtime, client, record, age, quiet, report)
     elif (not record.terminal and not record.is_batch and record.batch_id is not None
           and record.batch_id != record.operation_id):
         await _sweep_member(runtime, record, age, quiet, report)

@@ -22,12 +22,13 @@ import requests
 from tests.e2e.test_devhost_process import ROOT, wait_for
 
 
-def start(state: Path) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+def start(state: Path, *settings: str) -> tuple[subprocess.Popen[str], dict[str, Any]]:
     (state / "endpoints.json").unlink(missing_ok=True)
+    extra = [arg for pair in settings for arg in ("--settings", pair)]
     proc = subprocess.Popen(
         [sys.executable, "-m", "devhost", "--port", "0", "--state-dir", str(state), "--operation-seconds", "4",
          "--settings", "POLL_MIN_SECONDS=1", "--settings", "POLL_DEFAULT_SECONDS=1",
-         "--settings", "SUBMIT_TIMEOUT_SECONDS=5", "--settings", "SWEEP_SCHEDULE=*/2 * * * * *"],
+         "--settings", "SUBMIT_TIMEOUT_SECONDS=5", "--settings", "SWEEP_SCHEDULE=*/2 * * * * *", *extra],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
     wait_for((state / "endpoints.json").exists, 60, "endpoints.json")
     return proc, json.loads((state / "endpoints.json").read_text())
@@ -79,6 +80,58 @@ def test_kill9_then_restart_ends_every_operation_once(tmp_path: Path, phase: str
         again = requests.post(f"{url}/api/reimage", json={"target": linux, "requestId": f"k9-{phase}"},
                               headers=key, timeout=10)
         assert again.status_code == 200 and again.json()["status"] == "Succeeded"
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        stop_azurite(state)
+
+
+def test_kill9_in_the_hand_off_between_batches_loses_nothing(tmp_path: Path) -> None:
+    """A storm on one scale set, one instance per batch; kill -9 the moment the first batch's requests are
+    told their outcome (the lease was just handed to the next batch): after a restart every request still
+    ends with one event, each instance reimaged once."""
+    state = tmp_path / "state"
+    proc, ep = start(state, "MAX_BATCH_PERCENT=1", "BREAKER_PERCENT=100", "FLEET_BUDGET_PERCENT=100",
+                     "BATCH_GATHER_SECONDS=1")
+    try:
+        url, key = ep["functions"], {"x-functions-key": ep["functionKey"]}
+        workers = next(r for r in ep["resources"] if r["kind"] == "virtualMachineScaleSet")
+        instances = workers["instanceIds"]
+        assert len(instances) >= 3
+        ops = []
+        for i in instances:
+            alert = {"schemaId": "azureMonitorCommonAlertSchema", "data": {"essentials": {
+                "alertId": f"k9-storm-{i}", "alertRule": "unhealthy", "severity": "Sev2", "signalType": "Metric",
+                "monitorCondition": "Fired", "monitoringService": "Platform",
+                "alertTargetIDs": [f"{workers['id']}/virtualMachines/{i}"], "firedDateTime": "2026-11-25T00:00:00Z"},
+                "alertContext": {}}}
+            r = requests.post(f"{url}/api/alerts", json=alert, headers=key, timeout=10)
+            assert r.status_code == 202, r.text
+            ops.append(r.json()["accepted"][0]["operationId"])
+
+        def completed(base: str) -> list[dict[str, Any]]:
+            events = requests.get(f"{base}/devhost/events", timeout=10).json()
+            return [e for e in events if e["type"] == "reimager.operation.completed"]
+
+        wait_for(lambda: completed(url), 60, "the first batch's outcome")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+
+        proc, ep = start(state, "MAX_BATCH_PERCENT=1", "BREAKER_PERCENT=100", "FLEET_BUDGET_PERCENT=100",
+                         "BATCH_GATHER_SECONDS=1")
+        url = ep["functions"]
+        wait_for(lambda: len(completed(url)) >= len(ops), 120, "every request's outcome after the restart")
+        time.sleep(3)
+        events = completed(url)
+        assert sorted(e["data"]["operationId"] for e in events) == sorted(ops)  # one event each
+        assert {e["data"]["status"] for e in events} == {"Succeeded"}
+        posts = [x for x in requests.get(f"{url}/devhost/compute/requests", timeout=10).json()
+                 if x["method"] == "POST" and "/reimage" in x["path"]]
+        reimaged = [i for p in posts for i in p["body"]["instanceIds"]]
+        assert sorted(reimaged) == sorted(instances)  # each instance once, one per batch
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=15)
     finally:

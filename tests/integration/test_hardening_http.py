@@ -64,6 +64,7 @@ async def test_instance_ids_as_numbers_are_accepted_as_canonical_strings(host: H
     s, answer, _ = await host.reimage({"target": VMSS, "instanceIds": [0, 1]})
     assert s == 202, answer
     assert answer["instanceIds"] == ["0", "1"]
+    await host.settle(lambda: len(host.reimage_posts()) >= 1)
     assert host.reimage_posts()[0]["body"] == {"instanceIds": ["0", "1"]}
 
 

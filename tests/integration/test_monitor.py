@@ -113,7 +113,7 @@ async def test_submission_lost_after_a_crash_between_claim_and_submit(host: Host
                              cooldown_keys=[""], trigger="http", created_time=now, last_updated_time=now)
     await rt.ledger.claim(record)
     await rt.ledger.index(record)
-    await completion.admit(rt, record)
+    await completion.admit(rt, record, secret=False, capacity=1, target_id=LINUX_VM)
     await rt.ledger.update(op, lambda r: setattr(r, "status", "Submitting") or r)
     data = await one_completion(host, "Failed", "SubmissionLost")
     assert data["submittedAt"] is None
@@ -160,7 +160,7 @@ async def test_continue_as_new_carries_the_state(new_host: NewHost) -> None:
     data = await one_completion(h, "Succeeded")
     assert data["polls"] == 6 and data["instanceIds"] == ["1", "2"]
     assert h.dh.engine is not None
-    inst = h.dh.engine.instances[body["operationId"]]
+    inst = h.dh.engine.instances[data["batchId"]]  # the batch's orchestration polls for its requests
     assert inst.executions == 3  # 6 polls, 2 per generation
     assert len(inst.history) < 30  # history is per generation, not per operation
 

@@ -31,7 +31,7 @@ async def _crashed_claim(host: Host, key: str, status: str) -> str:
                              cooldown_keys=[""], trigger="queue", created_time=now, last_updated_time=now)
     await rt.ledger.claim(record)
     await rt.ledger.index(record)
-    await completion.admit(rt, record)
+    await completion.admit(rt, record, secret=False, capacity=1, target_id=LINUX_VM)
     if status == "Submitting":
         await rt.ledger.update(op, lambda r: setattr(r, "status", "Submitting") or r)
         from shared.models import parse_request

@@ -1,0 +1,170 @@
+"""What operators do to operations and targets: cancel a waiting request, see a target, resume it.
+
+HTTP and chatops both call these; each answers an `Outcome`. Every change is one
+compare-and-swap in the ledger, so an operator racing a batch either takes the request out of
+the queue (it ends Canceled, with one event) or finds it already on its way to ARM (409).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from shared import admission, batches, completion, runtime
+from shared.api import Outcome, guarded
+from shared.errors import ReimagerError
+from shared.events import RESUMED
+from shared.ledger import OperationRecord, TargetRecord
+from shared.targets import TargetError, parse_target
+
+
+class Who(Protocol):
+    """Whoever acts: a verified principal (App Service authentication, Slack, Teams) or an unverified name."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def verified(self) -> str: ...
+
+
+def _label(who: Who | None) -> str:
+    return who.name if who is not None else "unknown"
+
+
+async def _operation(operation_id: str) -> OperationRecord:
+    record = None
+    if operation_id.startswith("op-") and len(operation_id) <= 64:
+        record = await runtime.get().ledger.get(operation_id)
+    if record is None:
+        raise ReimagerError(404, "OperationNotFound", "No such operation.", target="operationId")
+    return record
+
+
+def _not_cancellable(record: OperationRecord) -> ReimagerError:
+    if record.terminal:
+        why = f"it already ended {record.status}"
+    else:
+        why = ("it was already submitted to ARM" + (f" in batch {record.batch_id}" if record.batch_id else "") +
+               "; ARM has no way to stop a reimage once it has accepted it, so it will run to the end and its "
+               "completion event will follow")
+    return ReimagerError(409, "NotCancellable", f"Operation {record.operation_id} cannot be canceled: {why}.",
+                         target="operationId", extra={"operationId": record.operation_id, "status": record.status})
+
+
+async def cancel(operation_id: str, who: Who | None, reason: str | None, client: Any = None) -> Outcome:
+    """End a Queued or AwaitingApproval request Canceled (one event); anything submitted is 409."""
+    async def work() -> Outcome:
+        rt = runtime.get()
+        record = await _operation(operation_id)
+        by = _label(who)
+        message = f"Canceled by {by}" + (f": {reason}" if reason else ".")
+        if record.status == "AwaitingApproval":
+            now = rt.now()
+
+            def canceled(r: OperationRecord) -> OperationRecord | None:
+                if r.status != "AwaitingApproval":
+                    return None
+                r.status, r.completed_at, r.last_updated_time = "Canceled", now, now
+                r.error, r.cancelled_by = {"code": "CanceledByOperator", "message": message}, by
+                return r
+
+            done = await rt.ledger.update(operation_id, canceled)
+            if done is None or done.status != "Canceled" or done.cancelled_by != by:
+                raise _not_cancellable(done or record)
+            done = await completion.send_completion(rt, done)
+            return Outcome(200, done.view())
+        if record.terminal or record.status not in ("Queued", "Claimed"):
+            raise _not_cancellable(record)
+        entry = await rt.ledger.change_target(record.lease_key, lambda t: admission.withdraw(t, operation_id))
+        if entry is None:  # a batch took it meanwhile
+            raise _not_cancellable(await _operation(operation_id))
+        await completion.end_waiting(rt, [entry], "CanceledByOperator", message, cancelled_by=by)
+        return Outcome(200, (await _operation(operation_id)).view())
+
+    return await guarded(work())
+
+
+def _target_key(target_id: str | None) -> tuple[str, str]:
+    if not target_id:
+        raise ReimagerError(400, "InvalidRequest", "Give the target's ARM id: ?id=/subscriptions/.../"
+                            "virtualMachines/{vm} or .../virtualMachineScaleSets/{set}.", target="id")
+    try:
+        target = parse_target(target_id)
+    except TargetError as exc:
+        raise ReimagerError(400, "InvalidRequest", f"The target id is not valid: {exc}", target="id") from None
+    from shared.policy import check_scope
+
+    check_scope(target, runtime.get().settings)
+    return target.vm_id, target.lock_key
+
+
+def target_view(record: TargetRecord, target_id: str) -> dict[str, Any]:
+    rt = runtime.get()
+    now, s = rt.now(), rt.settings
+    admission.prune(record, now, s)
+    scale_set = admission.is_scale_set(record)
+    lease = None
+    if record.lease_held(now):
+        assert record.lease_until is not None
+        lease = {"owner": record.lease_owner, "until": record.lease_until.isoformat()}
+    batch = None
+    if record.batch is not None and lease is not None:
+        batch = {"batchId": record.batch.batch_id, "members": record.batch.members, "instanceIds": record.batch.keys,
+                 "options": record.batch.options, "started": record.batch.started.isoformat(),
+                 "sealed": bool(record.batch.members)}
+    frees = admission.budget_frees_at(record, s)
+    return {
+        "target": record.target_id or target_id, "capacity": record.capacity if scale_set else None,
+        "lease": lease, "batch": batch,
+        "queue": [{"operationId": e.operation_id, "instanceIds": [k for k in e.keys if k] or None,
+                   "options": e.options, "queuedAt": e.queued_at.isoformat(), "position": i}
+                  for i, e in enumerate(record.queue, 1)],
+        "cooldowns": {(k or "vm"): {"until": c.until.isoformat(), "operationId": c.operation_id}
+                      for k, c in record.cooldowns.items()},
+        "budget": {"used": admission.budget_used(record), "limit": admission.fleet_budget(record.capacity, s),
+                   "batchCap": admission.batch_cap(record.capacity, s), "windowMinutes": s.fleet_window_minutes,
+                   "freesAt": frees.isoformat() if frees else None} if scale_set else None,
+        "breaker": {"distinctInstancesRequested": len(record.requested), "breakerPercent": s.breaker_percent,
+                    "consecutiveFailures": record.consecutive_failures, "breakerFailures": s.breaker_failures},
+        "suspended": ({k: v for k, v in record.suspended.items() if k != "announced"}
+                      if record.suspended else None),
+    }
+
+
+async def get_target(target_id: str | None) -> Outcome:
+    async def work() -> Outcome:
+        vm_id, key = _target_key(target_id)
+        record = await runtime.get().ledger.get_target(key)
+        return Outcome(200, target_view(record, vm_id))
+
+    return await guarded(work())
+
+
+async def resume(body: Any, who: Who | None, client: Any = None) -> Outcome:
+    """Lift a suspension: one reimager.target.resumed event; the target takes requests again."""
+    async def work() -> Outcome:
+        if not isinstance(body, dict) or not isinstance(body.get("target"), str):
+            raise ReimagerError(400, "InvalidRequest", 'The body must be {"target": "<ARM id>", "reason": "..."}.',
+                                target="target")
+        extra = set(body) - {"target", "reason"}
+        if extra:
+            raise ReimagerError(400, "InvalidRequest", f"Unknown field {sorted(extra)[0]!r}; the fields are target "
+                                "and reason.", target=sorted(extra)[0])
+        reason = body.get("reason")
+        if reason is not None and (not isinstance(reason, str) or len(reason) > 256):
+            raise ReimagerError(400, "InvalidRequest", "reason must be text of at most 256 characters.",
+                                target="reason")
+        vm_id, key = _target_key(body["target"])
+        rt = runtime.get()
+        by = _label(who)
+        lifted = await rt.ledger.change_target(key, lambda t: admission.resume(t, rt.now(), by, reason))
+        if lifted is None:
+            raise ReimagerError(409, "NotSuspended", "The target is not suspended.", target="target")
+        record = await rt.ledger.get_target(key)
+        await completion.publish_target_event(rt, RESUMED, record, lifted)
+        await batches.kick(rt, client, key)
+        return Outcome(200, target_view(record, vm_id))
+
+    return await guarded(work())
+
+

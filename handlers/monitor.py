@@ -10,6 +10,8 @@ from typing import Any
 
 import azure.durable_functions as df
 
+from shared.telemetry import activity_span  # stdlib only at import: no cold-start cost
+
 bp = df.Blueprint()
 
 
@@ -21,6 +23,7 @@ def reimage_monitor(context: df.DurableOrchestrationContext) -> Any:
 
 
 @bp.activity_trigger(input_name="payload")
+@activity_span
 async def poll_reimage_operation(payload: dict[str, Any]) -> dict[str, Any]:
     from shared import monitor, runtime
 
@@ -28,6 +31,7 @@ async def poll_reimage_operation(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 @bp.activity_trigger(input_name="payload")
+@activity_span
 async def finish_reimage_operation(payload: dict[str, Any]) -> dict[str, Any]:
     from shared import monitor, runtime
 

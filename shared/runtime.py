@@ -58,11 +58,14 @@ class Runtime:
 
     @property
     def publisher(self) -> Publisher:
+        """The publisher, recording each event it sends as telemetry too (a no-op while telemetry is off)."""
         if self._publisher is None:
             from shared.events import make_publisher
 
             self._publisher = make_publisher(self.settings, clock=self.clock)
-        return self._publisher
+        from shared.telemetry import TrackedPublisher
+
+        return TrackedPublisher(self._publisher)
 
     async def close(self) -> None:
         for name in ("compute", "ledger"):

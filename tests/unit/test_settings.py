@@ -174,7 +174,6 @@ def test_http_allowed_only_for_loopback(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("ARM_ENDPOINT", "http://127.0.0.1:8080")
     s = load_settings()
     assert s.arm_endpoint == "http://127.0.0.1:8080"
-    assert s.arm_host == "127.0.0.1:8080"
 
 
 def test_loading_settings_imports_nothing_heavy() -> None:

@@ -93,7 +93,7 @@ async def serve_forever(args: argparse.Namespace) -> int:
 
 
 async def demo(args: argparse.Namespace) -> int:
-    from devhost.demo import run_demo, table
+    from devhost.demo import run_demo, table, where_to_look
 
     # The scripted demo starts afresh: a previous run's cooldowns would refuse it. Its ledger tables are
     # new each run (Azurite keeps the old ones), and the task hub and simulator start empty.
@@ -117,6 +117,7 @@ async def demo(args: argparse.Namespace) -> int:
     print("demo: every expected outcome arrived" if ok else "demo: FAILED, some outcomes did not arrive")
     passed = sum(st.ok for st in steps)
     print(f"demo: {passed} passed, {len(steps) - passed} failed")
+    print(where_to_look(host))
     return 0 if ok else 1
 
 

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared import runtime, telemetry
+from shared import responses, runtime, telemetry
 from shared.errors import ReimagerError
 from shared.events import Trigger
 from shared.intake import Accepted, Intake, Planned, Result
@@ -44,16 +44,18 @@ def status_url(base_url: str, operation_id: str) -> str:
 
 def answer(result: Result, base_url: str) -> Outcome:
     if isinstance(result, Planned):
-        return Outcome(200, {"dryRun": True, "target": result.target, "plan": result.plan, "checks": result.checks})
+        return Outcome(200, responses.DryRun.model_validate(
+            {"dryRun": True, "target": result.target, "plan": result.plan, "checks": result.checks}).body())
     return accepted_outcome(result, base_url)
 
 
 def accepted_outcome(result: Accepted, base_url: str) -> Outcome:
     record = result.record
     url = status_url(base_url, record.operation_id)
-    body = {**record.view(), "statusUrl": url}
+    doc = {**record.view(), "statusUrl": url}
     if result.duplicate:
-        body["duplicate"] = True
+        doc["duplicate"] = True
+    body = responses.Operation.model_validate(doc).body()  # the documented shape (docs/openapi.yaml), no more
     if record.terminal:
         return Outcome(200, body)
     return Outcome(202, body, {"Location": url, "Retry-After": str(result.retry_after)})
@@ -179,7 +181,7 @@ async def get_reimage(operation_id: str) -> Outcome:
             record = await runtime.get().ledger.get(operation_id)
         if record is None:
             raise ReimagerError(404, "OperationNotFound", "No such operation.", target="operationId")
-        return Outcome(200, record.view())
+        return Outcome(200, responses.Operation.model_validate(record.view()).body())
 
     return await guarded(work())
 
@@ -219,7 +221,8 @@ async def post_alert(body: bytes, client: Any, base_url: str) -> Outcome:
                     "operationId", "status", "statusUrl", "dryRun", "plan", "duplicate") if k in out}})
         if transient is not None:
             raise transient
-        body_out = {"alertId": parsed.alert_id, "accepted": accepted, "refused": refused, "ignored": parsed.ignored}
+        body_out = responses.AlertResult.model_validate(
+            {"alertId": parsed.alert_id, "accepted": accepted, "refused": refused, "ignored": parsed.ignored}).body()
         return Outcome(202 if accepted else 200, body_out)
 
     return await guarded(work(), "alert")

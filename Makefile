@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint lint-infra demo devhost bench schemas clean
+.PHONY: test lint lint-infra demo devhost bench schemas package clean
 
 # Every install step says what it is doing: a first run takes about a minute and should never look stuck.
 $(BIN)/python:
@@ -85,5 +85,9 @@ bench: $(STAMP)
 schemas: $(STAMP)
 	$(BIN)/python scripts/generate_schemas.py
 
+# The deploy root azure.yaml deploys (dist/api): only what runs. azd's hooks run this too.
+package:
+	$(PYTHON) scripts/stage_deploy_root.py
+
 clean:
-	rm -rf $(VENV) $(INFRA) .tools .mypy_cache .ruff_cache .pytest_cache .hypothesis .devhost
+	rm -rf $(VENV) $(INFRA) .tools .mypy_cache .ruff_cache .pytest_cache .hypothesis .devhost dist

@@ -319,6 +319,23 @@ def trace_azure_sdk() -> None:
     settings.tracing_implementation = OpenTelemetrySpan
 
 
+def exporter_credential() -> dict[str, Any]:
+    """Entra ID for the exporter outside Azure: the developer's sign-in, when they ask for Entra ID auth.
+
+    In Azure the exporter reads APPLICATIONINSIGHTS_AUTHENTICATION_STRING itself (the app's identity).
+    It only knows managed identities, so a developer running against the real Application Insights
+    (local auth off) sets `APPLICATIONINSIGHTS_AUTHENTICATION_STRING=Authorization=AAD` and signs in.
+    """
+    from shared.identity import in_azure
+
+    wants_entra = "authorization=aad" in os.environ.get("APPLICATIONINSIGHTS_AUTHENTICATION_STRING", "").lower()
+    if in_azure() or not wants_entra:
+        return {}
+    from azure.identity import DefaultAzureCredential  # the exporter is synchronous
+
+    return {"credential": DefaultAzureCredential(exclude_managed_identity_credential=True)}
+
+
 def configure(settings: Settings) -> bool:
     """Turn on export to Application Insights when a connection string is set. Idempotent.
 
@@ -335,6 +352,7 @@ def configure(settings: Settings) -> bool:
     sampling = {} if os.environ.get("OTEL_TRACES_SAMPLER") else {"sampling_ratio": 1.0}
     configure_azure_monitor(
         **sampling,
+        **exporter_credential(),
         connection_string=settings.applicationinsights_connection_string,
         logger_name=LOGGER_NAME,
         span_processors=[span_processor()],

@@ -42,3 +42,17 @@ async def test_the_runtime_built_from_the_environment_uses_it(monkeypatch: pytes
         await rt.close()
     finally:
         runtime.install(saved)
+
+
+def test_the_exporter_signs_in_as_the_developer_only_when_asked_and_outside_azure(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from azure.identity import DefaultAzureCredential as SyncDefault
+
+    from shared import telemetry
+
+    monkeypatch.delenv("APPLICATIONINSIGHTS_AUTHENTICATION_STRING", raising=False)
+    assert telemetry.exporter_credential() == {}
+    monkeypatch.setenv("APPLICATIONINSIGHTS_AUTHENTICATION_STRING", "Authorization=AAD")
+    assert isinstance(telemetry.exporter_credential()["credential"], SyncDefault)
+    monkeypatch.setenv("IDENTITY_ENDPOINT", "http://localhost:8081/msi/token")  # Azure: the exporter's own
+    assert telemetry.exporter_credential() == {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,7 +146,7 @@ def short_id(value: str | None, keep: int = 11) -> str:
     return "-" if not value else value[:keep]
 
 
-def render(headers: tuple[str, ...], rows: list[tuple[str, ...]], width: int = WIDTH) -> str:
+def render(headers: tuple[str, ...], rows: Sequence[tuple[str, ...]], width: int = WIDTH) -> str:
     """A plain-text table that fits `width`: the widest columns are cut (marked ~) until it does.
     Any scenario (the storm too) can use it."""
     widths = [max(len(r[i]) for r in (headers, *rows)) for i in range(len(headers))]

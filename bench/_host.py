@@ -13,6 +13,8 @@ from typing import Any
 
 import aiohttp
 
+from devhost.threaded import ThreadedDevHost as ThreadedDevhost  # noqa: F401 (bench/polling.py)
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -84,31 +86,3 @@ def median_ms(values: list[float]) -> float:
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-class ThreadedDevhost:
-    """devhost in this process on its own thread and loop (benchmarks that set simulator knobs)."""
-
-    def __init__(self, **kw: Any) -> None:
-        import asyncio
-        import threading
-
-        from devhost.host import DevHost
-
-        self.loop = asyncio.new_event_loop()
-        self.dh = DevHost(state_dir=Path(tempfile.mkdtemp(prefix="bench-devhost-")), **kw)
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-
-    def __enter__(self) -> Any:
-        import asyncio
-
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self.dh.start(), self.loop).result(60)
-        return self.dh
-
-    def __exit__(self, *exc: object) -> None:
-        import asyncio
-
-        asyncio.run_coroutine_threadsafe(self.dh.stop(), self.loop).result(60)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)

@@ -11,6 +11,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from devhost.durable import Fidelity
 from devhost.host import DEMO_GROUP, DEMO_SUBSCRIPTION, DevHost
@@ -30,6 +31,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="turn off one of the durable stand-in's Azure-hostile behaviours (repeatable; "
                         "see devhost/durable.py Fidelity)")
     p.add_argument("--demo", action="store_true", help="run the scripted demo and exit 0 only if it all worked")
+    p.add_argument("--otel-console", action="store_true",
+                   help="print every OpenTelemetry span (trigger, activities, ARM calls) to stderr, one line each")
     p.add_argument("--time-limit", type=float, default=60.0, help="demo: seconds to wait for the outcomes")
     return p.parse_args(argv)
 
@@ -90,7 +93,7 @@ async def serve_forever(args: argparse.Namespace) -> int:
 
 
 async def demo(args: argparse.Namespace) -> int:
-    from devhost.demo import BASE, run_demo, table
+    from devhost.demo import BASE, run_demo, table, where_to_look
     from devhost.storm_demo import SETTINGS as STORM_SETTINGS
     from devhost.storm_demo import run_storm, storm_table
 
@@ -121,11 +124,50 @@ async def demo(args: argparse.Namespace) -> int:
     print("demo: every expected outcome arrived" if ok else "demo: FAILED, some outcomes did not arrive")
     passed = sum(st.ok for st in steps) + storm.ok
     print(f"demo: {passed} passed, {len(steps) + 1 - passed} failed")
+    print(where_to_look(host))
     return 0 if ok else 1
+
+
+def span_line(span: Any) -> str:
+    """One span as one line: trace, name, kind, what it called, duration, and the attributes an operator reads."""
+    from urllib.parse import urlsplit
+
+    def short(text: str) -> str:  # ARM ids and URLs: the part after the provider namespace says enough
+        return text.split("/providers/Microsoft.Compute/")[-1]
+
+    attrs = dict(span.attributes or {})
+    shown = {k.removeprefix("reimager."): short(str(v)) for k, v in attrs.items() if k.startswith("reimager.")}
+    if "az.service_request_id" in attrs:
+        shown["x-ms-request-id"] = str(attrs["az.service_request_id"])
+    if "http.response.status_code" in attrs:
+        shown["status"] = str(attrs["http.response.status_code"])
+    url = str(attrs.get("url.full", ""))
+    where = f" {short(urlsplit(url).path)[:60]}" if url else ""
+    ms = (span.end_time - span.start_time) / 1e6 if span.end_time and span.start_time else 0.0
+    kind = str(span.kind).rsplit(".", 1)[-1].lower()
+    pairs = " ".join(f"{k}={v}" for k, v in sorted(shown.items()))
+    return f"otel {span.context.trace_id:032x}"[:17] + f" {span.name} [{kind}]{where} {ms:.0f}ms {pairs}\n"
+
+
+def console_tracing() -> None:
+    """--otel-console: the app's spans go to stderr (the app's own span processor tags them, as in Azure)."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
+
+    from shared import telemetry
+
+    provider = TracerProvider()
+    provider.add_span_processor(telemetry.span_processor())
+    provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter(out=sys.stderr, formatter=span_line)))
+    trace.set_tracer_provider(provider)
+    telemetry.trace_azure_sdk()
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.otel_console:
+        console_tracing()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     for noisy in ("azure", "aiohttp.access", "azure.functions", "root"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -57,7 +57,7 @@ class _GenericBinding:
 
 def converter(binding_type: str) -> Any:
     """worker `bindings/meta.py:get_binding`: the library's registry first, else the generic binding."""
-    found = get_binding_registry().get(binding_type)
+    found = get_binding_registry().get(binding_type)  # type: ignore[no-untyped-call]  # untyped in the library
     return found if found is not None else _GenericBinding
 
 

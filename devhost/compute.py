@@ -369,6 +369,8 @@ class ComputeSimulator:
             response = await self._respond(request, body, raw)
         finally:
             self._settle_due()
+        # ARM RPC: every response carries the service's x-ms-request-id (the id support asks for).
+        response.headers.setdefault("x-ms-request-id", str(uuid.uuid4()))
         entry["status"] = response.status
         if self._store is not None:
             self._store.append_request(entry)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,8 @@ class Step:
     duration: float | None = None
     note: str = ""
     request_id: str | None = None
+    batch_id: str | None = None
+    answer: str = "-"  # the HTTP status the entry surface answered
 
     @property
     def ok(self) -> bool:
@@ -50,20 +53,20 @@ async def run_demo(host: DevHost, time_limit: float = 60.0) -> tuple[bool, list[
                 return r.status, await r.json()
 
         # 1. A chatops bot reimages a Linux VM over HTTP.
-        vm = Step("VM reimage over HTTP", "http", f"{BASE}/virtualMachines/web-linux-01", "Succeeded")
+        vm = Step("HTTP reimage of a VM", "http", f"{BASE}/virtualMachines/web-linux-01", "Succeeded")
         s, body = await post("/api/reimage", {"target": vm.target, "requestedBy": "chatops:alice",
                                               "reason": "demo", "requestId": "demo-http-1"})
-        vm.operation_id, vm.note = body.get("operationId"), f"HTTP {s}"
+        vm.operation_id, vm.answer = body.get("operationId"), str(s)
         steps.append(vm)
 
         # 2. An Azure Monitor activity-log alert (the docs' sample) fires on scale set instance 2.
         alert = json.loads(SAMPLE.read_text())
         inst = f"{BASE}/virtualMachineScaleSets/workers/virtualMachines/2"
         alert["data"]["essentials"]["alertTargetIDs"] = [inst.lower()]
-        al = Step("VMSS instance from an alert", "alert", inst, "Succeeded")
+        al = Step("alert on an instance", "alert", inst, "Succeeded")
         s, body = await post("/api/alerts", alert)
         accepted = body.get("accepted") or [{}]
-        al.operation_id, al.note = accepted[0].get("operationId"), f"HTTP {s}"
+        al.operation_id, al.answer = accepted[0].get("operationId"), str(s)
         steps.append(al)
 
         # 4. A dry run shows the plan and calls nothing.
@@ -73,33 +76,34 @@ async def run_demo(host: DevHost, time_limit: float = 60.0) -> tuple[bool, list[
                                               "osProfile": {"adminPassword": "Demo-Passw0rd!"}})
         planned = s == 200 and body.get("plan", {}).get("body", {}).get("osProfile", {}).get("adminPassword") == "***"
         dry.status = "Planned" if planned and len(host.sim.reimage_posts()) == posts_before else f"HTTP {s}"
+        dry.answer = str(s)
         dry.note = "no ARM POST, password redacted" if dry.ok else json.dumps(body)[:80]
         steps.append(dry)
 
         # 5. ARM fails an operation (injected): the failure arrives as the completion event.
-        fail = Step("injected Failed operation", "http", f"{BASE}/virtualMachines/app-win-01", "Failed")
+        fail = Step("ARM fails (injected)", "http", f"{BASE}/virtualMachines/app-win-01", "Failed")
         host.sim.faults.append(Fault(match="app-win-01/reimage", outcome="Failed", code="OperationPreempted",
                                      message="Operation execution has been preempted by a more recent operation."))
         s, body = await post("/api/reimage", {"target": fail.target, "requestId": "demo-fail-1"})
-        fail.operation_id, fail.note = body.get("operationId"), f"HTTP {s}"
+        fail.operation_id, fail.answer = body.get("operationId"), str(s)
         steps.append(fail)
 
         # 6. Policy refuses a protected VM.
-        ref = Step("refused by policy", "http", f"{BASE}/virtualMachines/db-linux-01", "TargetProtected")
+        ref = Step("policy refusal", "http", f"{BASE}/virtualMachines/db-linux-01", "TargetProtected")
         s, body = await post("/api/reimage", {"target": ref.target})
         ref.status = body.get("error", {}).get("code", f"HTTP {s}")
-        ref.note = f"HTTP {s}"
+        ref.answer = str(s)
         steps.append(ref)
 
         deadline = time.monotonic() + time_limit
         await wait_for(host, steps, deadline)
         # 3. Then (the scale set is free again) another service drops a message on the queue, asking for a reply.
-        q = Step("queue message with ReplyTo", "queue", f"{BASE}/virtualMachineScaleSets/workers", "Succeeded",
+        q = Step("queue msg + ReplyTo", "queue", f"{BASE}/virtualMachineScaleSets/workers", "Succeeded",
                  request_id="demo-msg-1")
         s, body = await post("/admin/functions/reimage_queue", {
             "input": json.dumps({"target": q.target, "instanceIds": ["0", "1"], "requestedBy": "svc:patcher"}),
             "messageId": q.request_id, "correlationId": "patch-run-7", "replyTo": "patcher-replies"})
-        q.note = f"admin {s}"
+        q.answer = str(s)  # the admin API's answer: the message was handed to the trigger
         steps.append(q)
 
         await wait_for(host, steps, deadline)
@@ -118,23 +122,72 @@ async def wait_for(host: DevHost, steps: list[Step], deadline: float) -> None:
                 if d["operationId"] == st.operation_id or (st.request_id and d["requestId"] == st.request_id):
                     st.operation_id = d["operationId"]
                     st.status, st.polls, st.duration = d["status"], d["polls"], d["durationSeconds"]
+                    st.batch_id = d.get("batchId")
                     if d.get("error"):
-                        st.note += f", {d['error']['code']}"
+                        st.note = f"ARM error {d['error']['code']}"
                     if e.get("reimagerreplyto"):
-                        st.note += f", reply to {e['reimagerreplyto']}"
+                        st.note = f"completion event also sent to the ReplyTo queue {e['reimagerreplyto']}"
         if all(st.status != "-" for st in steps if st.expected in ("Succeeded", "Failed")):
             return
         await asyncio.sleep(0.25)
 
 
-def table(steps: list[Step]) -> str:
-    rows = [("operation", "trigger", "target", "final status", "polls", "duration", "notes")]
-    for st in steps:
-        rows.append((st.name, st.trigger, st.target.split("/providers/Microsoft.Compute/")[-1],
-                     st.status + ("" if st.ok else f" (expected {st.expected})"),
-                     "-" if st.polls is None else str(st.polls),
-                     "-" if st.duration is None else f"{st.duration:.1f}s", st.note))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+WIDTH = 100  # the table fits a 100-column terminal
+
+
+def short_target(target: str) -> str:
+    """`workers/2` for a scale-set instance, `web-linux-01` for a VM: the resource group is the demo's."""
+    parts = target.split("/providers/Microsoft.Compute/")[-1].split("/")
+    return "/".join(parts[1::2])
+
+
+def short_id(value: str | None, keep: int = 11) -> str:
+    """Ids are long hashes; their first characters find them in the events and the ledger."""
+    return "-" if not value else value[:keep]
+
+
+def render(headers: tuple[str, ...], rows: Sequence[tuple[str, ...]], width: int = WIDTH) -> str:
+    """A plain-text table that fits `width`: the widest columns are cut (marked ~) until it does.
+    Any scenario (the storm too) can use it."""
+    widths = [max(len(r[i]) for r in (headers, *rows)) for i in range(len(headers))]
+    while sum(widths) + 2 * (len(widths) - 1) > width:
+        widest = max(range(len(widths)), key=lambda i: (widths[i] - len(headers[i]), i))
+        if widths[widest] <= len(headers[widest]):
+            break  # the headers alone do not fit: nothing sensible left to cut
+        widths[widest] -= 1
+
+    def line(cells: tuple[str, ...]) -> str:
+        cut = [c if len(c) <= w else c[: w - 1] + "~" for c, w in zip(cells, widths, strict=True)]
+        return "  ".join(c.ljust(w) for c, w in zip(cut, widths, strict=True)).rstrip()
+
+    return "\n".join([line(headers), "  ".join("-" * w for w in widths), *(line(r) for r in rows)])
+
+
+def table(steps: list[Step], width: int = WIDTH) -> str:
+    """The steps as a table, then each step's note on a line of its own (notes are long, the table is not)."""
+    import textwrap
+
+    headers = ("step", "answer", "target", "operation", "batch", "status", "polls", "time")
+    rows = [(st.name, st.answer, short_target(st.target), short_id(st.operation_id), short_id(st.batch_id, 8),
+             st.status if st.ok else f"{st.status} (expected {st.expected})",
+             "-" if st.polls is None else str(st.polls),
+             "-" if st.duration is None else f"{st.duration:.1f}s") for st in steps]
+    notes = [textwrap.fill(f"{st.name}: {st.note}", width, subsequent_indent="    ") for st in steps if st.note]
+    return render(headers, rows, width) + ("\n\n" + "\n".join(notes) if notes else "")
+
+
+def where_to_look(host: DevHost, width: int = WIDTH) -> str:
+    """The closing lines: where this run's events and ledger are, and how to read them again."""
+    import textwrap
+
+    settings = host.settings
+    prefix = settings.ledger_table_prefix if settings is not None else "reimager"
+    lines = [
+        f"events: {host.events_file} (CloudEvents, one JSON line each; appended, never cleared)",
+        f"ledger: Azurite Table Storage in {host.state_dir / 'azurite'}, tables {prefix}ops (one row per "
+        f"operation), {prefix}targets (leases, cooldowns), {prefix}index",
+        f"read them again: python -m devhost --state-dir {host.state_dir} --settings LEDGER_TABLE_PREFIX={prefix}, "
+        "then GET /api/reimage/<operation> or GET /devhost/events",
+    ]
+    return "\n".join(textwrap.fill(line, width, subsequent_indent="    ", break_long_words=False,
+                                   break_on_hyphens=False) for line in lines)

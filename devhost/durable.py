@@ -131,6 +131,18 @@ def _parse_iso(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
+def continue_trace(trace_parent: str | None) -> None:
+    """What the Python worker does before each invocation with PYTHON_ENABLE_OPENTELEMETRY on
+    (`azure_functions_worker/otel.py` `configure_opentelemetry`): attach the host's trace context to
+    this task's context, so the function's spans join the trace. Each activity runs in its own task."""
+    if not trace_parent:
+        return
+    from opentelemetry import context
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    context.attach(TraceContextTextMapPropagator().extract({"traceparent": trace_parent}))
+
+
 class AlreadyExists(Exception):
     pass
 
@@ -161,6 +173,9 @@ class Instance:
     timer_meta: dict[int, dict[str, Any]] = field(default_factory=dict)
     activities: dict[int, dict[str, Any]] = field(default_factory=dict)
     retries: dict[int, dict[str, Any]] = field(default_factory=dict)
+    # The W3C traceparent the client started it with (the durable SDK sends the caller's): activities
+    # run inside that trace, as the extension's distributed tracing V2 and the worker arrange in Azure.
+    trace_parent: str | None = None
     # Runtime only.
     timers: dict[int, asyncio.Task[None]] = field(default_factory=dict)
 
@@ -558,6 +573,7 @@ class DurableEngine:
 
         async def run() -> None:
             self.activity_runs[name] = self.activity_runs.get(name, 0) + 1
+            continue_trace(inst.trace_parent)
             try:
                 fn = self.activities[name]
                 value = json.loads(input_json) if input_json else None
@@ -724,6 +740,7 @@ class DurableEngine:
             # OrchestrationAlreadyExistsException is an InvalidOperationException, not caught by the
             # handler itself: HandleRequestAsync's catch-all answers 500.
             return self._error(500, GENERIC_ERROR, ALREADY_EXISTS_TYPE, str(exc))
+        inst.trace_parent = request.headers.get("traceparent")
         base = f"{request.url.origin()}/durabletask/instances/{inst.id}"
         return web.json_response({"id": inst.id, "statusQueryGetUri": base,
                                   "sendEventPostUri": f"{base}/raiseEvent/{{eventName}}",

@@ -244,6 +244,7 @@ class DevHost:
         saved = {k: os.environ.get(k) for k in (*platform, "MSI_ENDPOINT")}
         os.environ.update(platform)
         os.environ.pop("MSI_ENDPOINT", None)
+        assert self.settings is not None  # set by start(), before any credential is needed
         try:
             return ManagedIdentityCredential(client_id=self.settings.azure_client_id or None)
         finally:

@@ -25,7 +25,7 @@ def to_response(outcome: Outcome) -> func.HttpResponse:
 
 def base_url(req: func.HttpRequest) -> str:
     """scheme://host of the request, for status URLs."""
-    url = req.url
+    url: str = str(req.url)
     return url[: url.index("/api/")] if "/api/" in url else url.rstrip("/")
 
 

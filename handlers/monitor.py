@@ -11,6 +11,8 @@ from typing import Any
 
 import azure.durable_functions as df
 
+from shared.telemetry import activity_span  # stdlib only at import: no cold-start cost
+
 bp = df.Blueprint()
 
 
@@ -22,6 +24,7 @@ def reimage_monitor(context: df.DurableOrchestrationContext) -> Any:
 
 
 @bp.activity_trigger(input_name="payload")
+@activity_span
 async def poll_reimage_operation(payload: dict[str, Any]) -> dict[str, Any]:
     from shared import monitor, runtime
 
@@ -30,6 +33,7 @@ async def poll_reimage_operation(payload: dict[str, Any]) -> dict[str, Any]:
 
 @bp.activity_trigger(input_name="payload")
 @bp.durable_client_input(client_name="client")
+@activity_span
 async def finish_reimage_operation(payload: dict[str, Any], client: df.DurableOrchestrationClient) -> dict[str, Any]:
     from shared import monitor, runtime
 
@@ -39,6 +43,7 @@ async def finish_reimage_operation(payload: dict[str, Any], client: df.DurableOr
 
 @bp.activity_trigger(input_name="payload")
 @bp.durable_client_input(client_name="client")
+@activity_span
 async def submit_reimage_batch(payload: dict[str, Any], client: df.DurableOrchestrationClient) -> dict[str, Any]:
     from shared import monitor, runtime
 
@@ -46,6 +51,7 @@ async def submit_reimage_batch(payload: dict[str, Any], client: df.DurableOrches
 
 
 @bp.activity_trigger(input_name="payload")
+@activity_span
 async def read_reimage_health(payload: dict[str, Any]) -> dict[str, Any]:
     from shared import monitor, runtime
 

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from shared.errors import ErrorResponse  # noqa: E402
 from shared.events import ACCEPTED, COMPLETED, REJECTED, EventData, build_event, data_schema  # noqa: E402
 from shared.models import ReimageRequest  # noqa: E402
 
@@ -125,106 +130,163 @@ at another host), `NoOperationUrl`, `ComputeUnavailable` / `ComputeError` /
 """
 
 
+# ---- docs/openapi.yaml: the HTTP API, from the models and one route table -----------------------
+# To document a new route, add one Route to ROUTES: its request model (or a raw schema's name in
+# RAW_SCHEMAS), its responses (a model, a tuple of models for oneOf, or None for no body) and the
+# error codes it can answer. Path parameters come from the path itself; query parameters are listed.
+# Then `make schemas`. The models live in shared/responses.py (responses) and shared/models.py
+# (requests); shared/api.py must build the body through the same model, so the two cannot drift.
+
+Body = type[BaseModel] | tuple[type[BaseModel], ...] | None
+
+
+@dataclass(frozen=True)
+class Response:
+    description: str
+    body: Body = None
+    headers: tuple[str, ...] = ()  # names in HEADERS
+
+
+@dataclass(frozen=True)
+class Query:
+    name: str
+    description: str
+    schema: dict[str, Any] = field(default_factory=lambda: {"type": "string"})
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    operation_id: str
+    summary: str
+    responses: dict[int, Response]
+    errors: tuple[int, ...] = ()
+    request: type[BaseModel] | str | None = None
+    query: tuple[Query, ...] = ()
+    description: str | None = None
+
+
+ERRORS = {
+    400: "InvalidRequest: the body is not valid (also: not a JSON object, nested deeper than 64, a key repeated in "
+         "one object, NaN); details name each field",
+    401: "No valid function key (`code` query parameter or `x-functions-key` header)",
+    403: "ScopeNotAllowed (outside ALLOWED_SCOPES) or TargetProtected (protection tag)",
+    404: "TargetNotFound / OperationNotFound", 409: "OperationInProgress or RequestIdConflict",
+    413: "PayloadTooLarge (over 256 KB)", 429: "CooldownActive; see Retry-After",
+    500: "InternalError (never for bad input)",
+    502: "ComputeError (ARM refused: its code and message are in details), UntrustedOperationUrl, "
+         "SubmissionUncertain",
+    503: "ComputeUnavailable (ARM throttled or down) or DurableUnavailable; retry after Retry-After",
+}
+HEADERS = {
+    "Location": {"schema": {"type": "string"}, "description": "The status URL"},
+    "Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait"},
+}
+# Request formats reimager does not own (Azure's), described as they are accepted.
+RAW_SCHEMAS: dict[str, dict[str, Any]] = {
+    "CommonAlert": {
+        "type": "object", "required": ["schemaId", "data"], "description": "Azure Monitor common alert schema",
+        "properties": {"schemaId": {"type": "string", "enum": ["azureMonitorCommonAlertSchema"]},
+                       "data": {"type": "object", "required": ["essentials"], "properties": {
+                           "essentials": {"type": "object", "required": ["alertId", "monitorCondition"],
+                                          "properties": {"alertId": {"type": "string"},
+                                                         "monitorCondition": {"type": "string"},
+                                                         "alertTargetIDs": {"type": "array",
+                                                                            "items": {"type": "string"}}}},
+                           "customProperties": {"type": ["object", "null"]}}}}},
+}
+
+
+def routes() -> list[Route]:
+    from shared.models import ReimageRequest
+    from shared.responses import AlertResult, DryRun, Operation
+
+    return [
+        Route("post", "/api/reimage", "submitReimage", "Request a reimage (or a dry run)", request=ReimageRequest,
+              responses={
+                  202: Response("Accepted and submitted to ARM (or a duplicate of an operation still running)",
+                                Operation, headers=("Location", "Retry-After")),
+                  200: Response("A dry run's plan, or a duplicate of a finished operation", (Operation, DryRun))},
+              errors=(400, 401, 403, 404, 409, 413, 429, 500, 502, 503)),
+        Route("get", "/api/reimage/{operationId}", "getReimage", "An operation's status",
+              responses={200: Response("The operation", Operation)}, errors=(401, 404, 500)),
+        Route("post", "/api/alerts", "postAlert", "Azure Monitor action group webhook (common alert schema)",
+              request="CommonAlert",
+              responses={202: Response("At least one target was accepted", AlertResult),
+                         200: Response("Nothing acted: every target ignored or refused", AlertResult)},
+              errors=(400, 401, 413, 500, 503)),
+    ]
+
+
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
+def _content(body: Body) -> dict[str, Any]:
+    if body is None:
+        return {}
+    schema = _ref(body.__name__) if not isinstance(body, tuple) else {"oneOf": [_ref(m.__name__) for m in body]}
+    return {"content": {"application/json": {"schema": schema}}}
 
 
-def _errors(*codes: int) -> dict[str, Any]:
-    text = {400: "InvalidRequest: the body is not valid (also: not a JSON object, nested deeper than 64, a key "
-                 "repeated in one object, NaN); details name each field",
-            401: "No valid function key (`code` query parameter or `x-functions-key` header)",
-            403: "ScopeNotAllowed (outside ALLOWED_SCOPES) or TargetProtected (protection tag)",
-            404: "TargetNotFound / OperationNotFound", 409: "OperationInProgress or RequestIdConflict",
-            413: "PayloadTooLarge (over 256 KB)", 429: "CooldownActive; see Retry-After",
-            500: "InternalError (never for bad input)",
-            502: "ComputeError (ARM refused: its code and message are in details), UntrustedOperationUrl, "
-                 "SubmissionUncertain",
-            503: "ComputeUnavailable (ARM throttled or down) or DurableUnavailable; retry after Retry-After"}
-    return {str(c): _json(_ref("ErrorResponse"), text[c]) for c in codes}
+def _operation(route: Route) -> dict[str, Any]:
+    op: dict[str, Any] = {"operationId": route.operation_id, "summary": route.summary}
+    if route.description:
+        op["description"] = route.description
+    params = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+              for name in re.findall(r"{(\w+)}", route.path)]
+    params += [{"name": q.name, "in": "query", "required": False, "description": q.description, "schema": q.schema}
+               for q in route.query]
+    if params:
+        op["parameters"] = params
+    if route.request is not None:
+        name = route.request if isinstance(route.request, str) else route.request.__name__
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref(name)}}}
+    responses: dict[str, Any] = {}
+    for code, response in route.responses.items():
+        responses[str(code)] = {"description": response.description, **_content(response.body)}
+        if response.headers:
+            responses[str(code)]["headers"] = {h: HEADERS[h] for h in response.headers}
+    for code in route.errors:
+        responses[str(code)] = {"description": ERRORS[code], **_content(ErrorResponse)}
+    op["responses"] = responses
+    return op
 
 
 def openapi() -> dict[str, Any]:
-    from shared.errors import ErrorResponse
+    from pydantic.json_schema import models_json_schema
 
-    request = request_schema()
-    defs = request.pop("$defs", {})
-    request.pop("$schema", None)
-    request.pop("$id", None)
-    error = ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
-    error_defs = error.pop("$defs", {})
-    error["properties"]["operationId"] = {"type": "string", "description": "The operation the error belongs to"}
-    status = {"type": "string", "enum": ["Accepted", "Running", "Succeeded", "Failed", "Canceled", "TimedOut"]}
-    nullable_str = {"type": ["string", "null"]}
-    operation = {
-        "type": "object", "required": ["operationId", "status", "target"],
-        "properties": {"operationId": {"type": "string"}, "requestId": {"type": "string"}, "status": status,
-                       "statusUrl": {"type": "string"}, "target": {"type": "string"},
-                       "instanceIds": {"type": ["array", "null"], "items": {"type": "string"}},
-                       "trigger": {"type": "string", "enum": ["http", "alert", "queue"]},
-                       "requestedBy": nullable_str, "createdTime": nullable_str, "lastUpdatedTime": nullable_str,
-                       "polls": {"type": "integer"},
-                       "error": {"anyOf": [_ref("ApiError"), {"type": "null"}]},
-                       "duplicate": {"type": "boolean", "description": "true: this answers an earlier request "
-                                     "with the same idempotency key; nothing new was submitted"}}}
-    dry_run = {"type": "object", "required": ["dryRun", "plan", "checks", "target"],
-               "properties": {"dryRun": {"const": True}, "target": {"type": "string"},
-                              "plan": {"type": "object", "description": "The ARM call that would be made; "
-                                       "secrets redacted as ***"},
-                              "checks": {"type": "array", "items": {"type": "object"}}}}
-    alert_result = {
-        "type": "object", "required": ["alertId", "accepted", "refused", "ignored"],
-        "properties": {"alertId": {"type": "string"},
-                       "accepted": {"type": "array", "items": {"type": "object"}},
-                       "refused": {"type": "array", "items": {"type": "object", "required": ["target", "error"]}},
-                       "ignored": {"type": "array", "items": {"type": "object", "required": ["target", "reason"],
-                                   "properties": {"target": {"type": "string"}, "reason": {"type": "string"}}}}}}
-    alert = {"type": "object", "required": ["schemaId", "data"], "description": "Azure Monitor common alert schema",
-             "properties": {"schemaId": {"type": "string", "enum": ["azureMonitorCommonAlertSchema"]},
-                            "data": {"type": "object", "required": ["essentials"], "properties": {
-                                "essentials": {"type": "object", "required": ["alertId", "monitorCondition"],
-                                               "properties": {"alertId": {"type": "string"},
-                                                              "monitorCondition": {"type": "string"},
-                                                              "alertTargetIDs": {"type": "array",
-                                                                                 "items": {"type": "string"}}}},
-                                "customProperties": {"type": ["object", "null"]}}}}}
-    retry_after = {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait"}}
+    table = routes()
+    requests = {r.request for r in table if isinstance(r.request, type)}
+    bodies: set[type[BaseModel]] = {ErrorResponse}
+    for route in table:
+        for response in route.responses.values():
+            bodies |= set(response.body) if isinstance(response.body, tuple) else (
+                {response.body} if response.body is not None else set())
+    models = [(m, "validation") for m in sorted(requests, key=lambda m: m.__name__)]
+    models += [(m, "serialization") for m in sorted(bodies, key=lambda m: m.__name__)]
+    _, schemas = models_json_schema(models, by_alias=True,  # type: ignore[arg-type]
+                                    ref_template="#/components/schemas/{model}")
+    components = dict(schemas["$defs"])
+    # ReimagerError.body() adds the operation a refusal belongs to, next to `error`.
+    components["ErrorResponse"]["properties"]["operationId"] = {
+        "type": "string", "description": "The operation the error belongs to"}
+    components.update(RAW_SCHEMAS)
+    paths: dict[str, Any] = {}
+    for route in table:
+        paths.setdefault(route.path, {})[route.method] = _operation(route)
     return {
         "openapi": "3.1.0",
         "info": {"title": "reimager", "version": "0.1.0",
                  "description": "Reimage Azure VMs and scale set instances safely. Generated by "
                                 "scripts/generate_schemas.py from the models; a test fails when it is stale."},
         "security": [{"functionKey": []}, {"functionKeyQuery": []}],
-        "paths": {
-            "/api/reimage": {"post": {
-                "operationId": "submitReimage", "summary": "Request a reimage (or a dry run)",
-                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("ReimageRequest")}}},
-                "responses": {
-                    "202": {**_json(_ref("Operation"), "Accepted and submitted to ARM (or a duplicate of an "
-                                    "operation still running)"),
-                            "headers": {"Location": {"schema": {"type": "string"}}, **retry_after}},
-                    "200": _json({"oneOf": [_ref("Operation"), _ref("DryRun")]},
-                                 "A dry run's plan, or a duplicate of a finished operation"),
-                    **_errors(400, 401, 403, 404, 409, 413, 429, 500, 502, 503)}}},
-            "/api/reimage/{operationId}": {"get": {
-                "operationId": "getReimage", "summary": "An operation's status",
-                "parameters": [{"name": "operationId", "in": "path", "required": True, "schema": {"type": "string"}}],
-                "responses": {"200": _json(_ref("Operation"), "The operation"), **_errors(401, 404, 500)}}},
-            "/api/alerts": {"post": {
-                "operationId": "postAlert", "summary": "Azure Monitor action group webhook (common alert schema)",
-                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("CommonAlert")}}},
-                "responses": {"202": _json(_ref("AlertResult"), "At least one target was accepted"),
-                              "200": _json(_ref("AlertResult"), "Nothing acted: every target ignored or refused"),
-                              **_errors(400, 401, 413, 500, 503)}}},
-        },
+        "paths": paths,
         "components": {
             "securitySchemes": {"functionKey": {"type": "apiKey", "in": "header", "name": "x-functions-key"},
                                 "functionKeyQuery": {"type": "apiKey", "in": "query", "name": "code"}},
-            "schemas": {"ReimageRequest": request, **defs, **error_defs, "ErrorResponse": error,
-                        "Operation": operation, "DryRun": dry_run, "CommonAlert": alert, "AlertResult": alert_result},
+            "schemas": dict(sorted(components.items())),
         },
     }
 

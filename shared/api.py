@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared import runtime
+from shared import responses, runtime, telemetry
 from shared.errors import ReimagerError
 from shared.events import Trigger
 from shared.intake import Accepted, Intake, Planned, Result
@@ -44,16 +44,18 @@ def status_url(base_url: str, operation_id: str) -> str:
 
 def answer(result: Result, base_url: str) -> Outcome:
     if isinstance(result, Planned):
-        return Outcome(200, {"dryRun": True, "target": result.target, "plan": result.plan, "checks": result.checks})
+        return Outcome(200, responses.DryRun.model_validate(
+            {"dryRun": True, "target": result.target, "plan": result.plan, "checks": result.checks}).body())
     return accepted_outcome(result, base_url)
 
 
 def accepted_outcome(result: Accepted, base_url: str) -> Outcome:
     record = result.record
     url = status_url(base_url, record.operation_id)
-    body = {**record.view(), "statusUrl": url}
+    doc = {**record.view(), "statusUrl": url}
     if result.duplicate:
-        body["duplicate"] = True
+        doc["duplicate"] = True
+    body = responses.Operation.model_validate(doc).body()  # the documented shape (docs/openapi.yaml), no more
     if record.terminal:
         return Outcome(200, body)
     return Outcome(202, body, {"Location": url, "Retry-After": str(result.retry_after)})
@@ -134,12 +136,14 @@ def parse_json(body: bytes) -> Any:
     return doc
 
 
-async def guarded(work: Any) -> Outcome:
+async def guarded(work: Any, trigger: Trigger | None = None) -> Outcome:
     """Any refusal becomes its ARM-shaped answer; anything unexpected a 500 that reveals nothing."""
     try:
         result: Outcome = await work
         return result
     except ReimagerError as exc:
+        if trigger is not None:
+            telemetry.refused(exc, trigger)
         return Outcome.from_error(exc)
     except Exception:
         log.exception("unexpected error")
@@ -149,17 +153,25 @@ async def guarded(work: Any) -> Outcome:
 async def submit_request(data: Any, client: Any, *, trigger: Trigger = "http", default_key: str | None = None,
                          reply_to: str | None = None, reply_correlation_id: str | None = None) -> Result:
     rt = runtime.get()
-    request = parse_request(data, default_subscription_id=rt.settings.default_subscription_id,
-                            max_instances=rt.settings.max_instances_per_request)
-    return await Intake(rt, client).submit(request, trigger=trigger, default_key=default_key, reply_to=reply_to,
-                                           reply_correlation_id=reply_correlation_id)
+    # One span per request; intake binds the operation id to it once the key is known.
+    with telemetry.operation_span(trigger=trigger, name=telemetry.SPAN_INTAKE):
+        try:
+            request = parse_request(data, default_subscription_id=rt.settings.default_subscription_id,
+                                    max_instances=rt.settings.max_instances_per_request)
+            telemetry.bind(target=request.resolved_target.id)
+            return await Intake(rt, client).submit(request, trigger=trigger, default_key=default_key,
+                                                   reply_to=reply_to, reply_correlation_id=reply_correlation_id)
+        except ReimagerError as exc:
+            if trigger != "queue":  # a refused queue message publishes a Rejected event, recorded with it
+                telemetry.refused(exc, trigger)
+            raise
 
 
 async def post_reimage(body: bytes, client: Any, base_url: str) -> Outcome:
     async def work() -> Outcome:
         return answer(await submit_request(parse_json(body), client), base_url)
 
-    return await guarded(work())
+    return await guarded(work(), "http")
 
 
 def principal_of(headers: Any) -> Any:
@@ -185,7 +197,7 @@ async def get_reimage(operation_id: str) -> Outcome:
             batch = await ledger.get(str(record.batch_id))
             if batch is not None and not batch.terminal and batch.status in ("Running", "Verifying"):
                 view.update(status=batch.status, polls=batch.polls, armStatus=batch.arm_status)
-        return Outcome(200, view)
+        return Outcome(200, responses.Operation.model_validate(view).body())
 
     return await guarded(work())
 
@@ -225,7 +237,8 @@ async def post_alert(body: bytes, client: Any, base_url: str) -> Outcome:
                     "operationId", "status", "statusUrl", "dryRun", "plan", "duplicate") if k in out}})
         if transient is not None:
             raise transient
-        body_out = {"alertId": parsed.alert_id, "accepted": accepted, "refused": refused, "ignored": parsed.ignored}
+        body_out = responses.AlertResult.model_validate(
+            {"alertId": parsed.alert_id, "accepted": accepted, "refused": refused, "ignored": parsed.ignored}).body()
         return Outcome(202 if accepted else 200, body_out)
 
-    return await guarded(work())
+    return await guarded(work(), "alert")

@@ -204,7 +204,6 @@ class TargetModel:
     os_type: OsType | None
     ephemeral_os_disk: bool
     tags: dict[str, str] = field(default_factory=dict)
-    location: str | None = None
     capacity: int | None = None  # scale sets: the number of instances
     instance_ids: tuple[str, ...] | None = None  # scale sets: the instances that exist now
 
@@ -301,7 +300,6 @@ class ComputeClient:
             os_type=os_type if os_type in ("Windows", "Linux") else None,
             ephemeral_os_disk=bool(os_disk.get("diffDiskSettings")),
             tags={str(k): str(v) for k, v in (doc.get("tags") or {}).items()},
-            location=doc.get("location"),
             capacity=int(capacity) if capacity is not None else None,
             instance_ids=instance_ids,
         )

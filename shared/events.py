@@ -39,7 +39,7 @@ _NAMESPACE = uuid.UUID("9b1f4a52-3c3e-4d7e-9a57-6d1c0f3b2a10")
 
 Status = Literal["Queued", "AwaitingApproval", "Accepted", "Running", "Verifying", "Succeeded", "Failed", "Canceled",
                  "TimedOut", "Rejected", "Suspended", "Resumed"]
-Trigger = Literal["http", "alert", "queue", "chatops", "operator", "breaker"]
+Trigger = Literal["http", "alert", "queue", "chatops", "operator", "breaker", "batch"]
 
 
 class EventData(BaseModel):
@@ -138,9 +138,11 @@ class FilePublisher:
 class ServiceBusPublisher:
     """Publishes to the events topic, and to a request's ReplyTo queue. One client, created lazily."""
 
-    def __init__(self, settings: Settings, client: ServiceBusClient | None = None) -> None:
+    def __init__(self, settings: Settings, client: ServiceBusClient | None = None,
+                 credential_factory: Callable[[], Any] | None = None) -> None:
         self._settings = settings
         self._client = client
+        self._credential_factory = credential_factory
         self._credential: Any = None
         self._senders: dict[tuple[str, str], Any] = {}
 
@@ -149,7 +151,8 @@ class ServiceBusPublisher:
             from azure.identity.aio import ManagedIdentityCredential
             from azure.servicebus.aio import ServiceBusClient
 
-            self._credential = ManagedIdentityCredential(client_id=self._settings.azure_client_id or None)
+            self._credential = (self._credential_factory() if self._credential_factory else
+                                ManagedIdentityCredential(client_id=self._settings.azure_client_id or None))
             namespace = self._settings.service_bus_namespace
             assert namespace
             self._client = ServiceBusClient(namespace, self._credential)
@@ -192,9 +195,10 @@ class ServiceBusPublisher:
             await self._credential.close()
 
 
-def make_publisher(settings: Settings, clock: Callable[[], datetime] | None = None) -> Publisher:
+def make_publisher(settings: Settings, clock: Callable[[], datetime] | None = None,
+                   credential_factory: Callable[[], Any] | None = None) -> Publisher:
     if settings.service_bus_namespace:
-        return ServiceBusPublisher(settings)
+        return ServiceBusPublisher(settings, credential_factory=credential_factory)
     return FilePublisher(settings.events_file)
 
 

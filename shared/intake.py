@@ -17,7 +17,7 @@ from typing import Any
 
 from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
 
-from shared import admission, completion, policy
+from shared import admission, completion, policy, telemetry
 from shared.admission import GLOBAL_KEY
 from shared.compute import ComputeError, SubmissionUncertain, TargetModel
 from shared.errors import ReimagerError
@@ -69,6 +69,7 @@ class Intake:
         given = request.request_id or default_key
         key = given or f"auto:{uuid.uuid4()}"
         op_id = operation_id(key)
+        telemetry.bind(operation_id=op_id)  # spans and logs from here on carry it (shared/telemetry.py)
         target = request.resolved_target
         ledger = self.runtime.ledger
         if given is not None and not request.dry_run:

@@ -187,19 +187,6 @@ class ArmCall:
         return f"{self.target.id if per_instance else self.target.vm_id}/{'reimageall' if whole_disks else 'reimage'}"
 
     @property
-    def path_parameters(self) -> dict[str, str]:
-        t = self.target
-        params = {"subscriptionId": t.subscription_id, "resourceGroupName": t.resource_group}
-        if self.operation is ReimageOperation.VM_REIMAGE:
-            params["vmName"] = t.name
-        else:
-            params["vmScaleSetName"] = t.name
-        if self.operation in (ReimageOperation.VMSS_VM_REIMAGE, ReimageOperation.VMSS_VM_REIMAGE_ALL):
-            assert t.instance_id is not None
-            params["instanceId"] = t.instance_id
-        return params
-
-    @property
     def query(self) -> dict[str, str]:
         return {"api-version": self.api_version}
 
@@ -490,10 +477,6 @@ class ReimageRequest(_Wire):
         }[kind]
         if operation not in allowed:
             raise ValueError(f"{operation.value} does not apply to a {kind.value} target")
-
-    def redacted(self) -> dict[str, Any]:
-        """The request as JSON with secrets replaced, for logs and dry-run answers."""
-        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
 def parse_request(

@@ -8,6 +8,7 @@ own and `install` it. Everything else receives the runtime; nothing else keeps p
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from functools import cached_property
@@ -58,11 +59,15 @@ class Runtime:
 
     @property
     def publisher(self) -> Publisher:
+        """The publisher, recording each event it sends as telemetry too (a no-op while telemetry is off)."""
         if self._publisher is None:
             from shared.events import make_publisher
 
-            self._publisher = make_publisher(self.settings, clock=self.clock)
-        return self._publisher
+            self._publisher = make_publisher(self.settings, clock=self.clock,
+                                             credential_factory=self._credential_factory)
+        from shared.telemetry import TrackedPublisher
+
+        return TrackedPublisher(self._publisher)
 
     async def close(self) -> None:
         for name in ("compute", "ledger"):
@@ -81,12 +86,13 @@ def get() -> Runtime:
     """The installed runtime, or one built from the environment's settings on first use."""
     global _installed
     if _installed is None:
+        from shared.credentials import app_credential
         from shared.settings import load_settings
         from shared.telemetry import configure
 
         settings = load_settings()
         configure(settings)  # OpenTelemetry to Application Insights, only when a connection string is set
-        _installed = Runtime(settings)
+        _installed = Runtime(settings, credential_factory=functools.partial(app_credential, settings))
     return _installed
 
 

@@ -238,10 +238,6 @@ class Settings(BaseSettings):
         return self
 
     @property
-    def arm_host(self) -> str:
-        return urlsplit(self.arm_endpoint).netloc.lower()
-
-    @property
     def protect_tag_name(self) -> str:
         return self.protect_tag.split("=", 1)[0]
 

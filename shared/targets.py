@@ -124,10 +124,6 @@ class Target:
         at least as much as ARM does (see loose_fold)."""
         return loose_fold(self.vm_id)
 
-    @property
-    def is_scale_set(self) -> bool:
-        return self.kind is not TargetKind.VM
-
     def __str__(self) -> str:
         return self.id
 

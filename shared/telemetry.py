@@ -2,18 +2,29 @@
 
 `configure(settings)` turns on the Azure Monitor OpenTelemetry distro only when
 APPLICATIONINSIGHTS_CONNECTION_STRING is set, and imports it only then (it costs hundreds of
-milliseconds of cold start, and local runs and tests do without it). Call it once per process,
-on first use rather than at import.
+milliseconds of cold start, and local runs and tests do without it). `shared.runtime.get()`
+calls it once per process, on first use rather than at import.
 
-Inside `operation_span(operation_id, target, trigger)` every span started (the ARM calls'
-dependency spans that azure-core's DistributedTracingPolicy makes included) and every log record
-emitted carries `reimager.operation_id`, `reimager.target` and `reimager.trigger`. ARM's
-`x-ms-request-id` lands on each ARM dependency span as `az.service_request_id` (azure-core sets
-it; the distro routes azure-core tracing to OpenTelemetry).
+Where the spans come from:
+- `shared.api.submit_request` (every HTTP, alert and queue request) runs inside
+  `operation_span(name=SPAN_INTAKE, trigger=..., target=...)`; intake `bind`s the operation id as
+  soon as it knows it, so the preflight GET and the reimage POST carry it too.
+- `activity_span` wraps the durable activities (handlers/monitor.py): the poll's ARM GET carries
+  the operation, whose target and trigger are read from the ledger (only when tracing is on).
+- Inside any of them every span started (the ARM dependency spans that azure-core's
+  DistributedTracingPolicy makes included) and every log record emitted carries
+  `reimager.operation_id`, `reimager.target` and `reimager.trigger`. ARM's `x-ms-request-id`
+  lands on each ARM dependency span as `az.service_request_id` (azure-core sets it; the distro
+  routes azure-core tracing to OpenTelemetry).
+- The trace continues across the durable hop: the durable client sends the current
+  `traceparent` with `start_new`, the extension (distributed tracing V2, host.json) carries it
+  to the activities, and the worker attaches it (PYTHON_ENABLE_OPENTELEMETRY); devhost does the same.
 
-`track_event(name, **attributes)` records one Application Insights custom event. Names and
-attribute keys must come from the lists below: infra/app/workbook.json queries only those, and
-tests/unit/test_telemetry_workbook.py checks that it does.
+Custom events: every CloudEvent the app publishes is also recorded as a custom event of the
+same name (`TrackedPublisher`, installed by the Runtime), and HTTP/alert refusals, which publish
+no CloudEvent, as `reimager.request.rejected` (`refused`). Names and attribute keys must come
+from the lists below: infra/app/workbook.json queries only those, and
+tests/unit/test_telemetry_workbook.py checks that it does and that the app emits them.
 
 Nothing here may carry a secret: the attribute keys are a closed list of non-secret facts,
 and azure-core records no request bodies (so never an adminPassword or customData).
@@ -23,16 +34,19 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import logging
 import os
-from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from opentelemetry.sdk._logs import LogRecordProcessor
     from opentelemetry.sdk.trace import SpanProcessor
     from opentelemetry.trace import Span
 
+    from shared.events import CloudEvent, Publisher
     from shared.settings import Settings
 
 # ---- the names reimager emits ---------------------------------------------------------------
@@ -48,16 +62,17 @@ POLLS = "reimager.polls"
 INSTANCE_COUNT = "reimager.instance_count"
 BATCH_ID = "reimager.batch_id"
 BATCH_SIZE = "reimager.batch_size"
-QUEUE_DEPTH = "reimager.queue_depth"
+# A queued request's place in its target's queue when it was queued (1 = next): the depth then.
+QUEUE_POSITION = "reimager.queue_position"
 SUSPENSION_REASON = "reimager.suspension_reason"
 # Set by azure-core on every ARM dependency span, from the response's x-ms-request-id.
 ARM_REQUEST_ID = "az.service_request_id"
 
 OPERATION_ATTRIBUTES = (OPERATION_ID, TARGET, TRIGGER)
 ATTRIBUTES = frozenset({*OPERATION_ATTRIBUTES, STATUS, ERROR_CODE, HEALTH, DURATION_SECONDS, POLLS,
-                        INSTANCE_COUNT, BATCH_ID, BATCH_SIZE, QUEUE_DEPTH, SUSPENSION_REASON, ARM_REQUEST_ID})
+                        INSTANCE_COUNT, BATCH_ID, BATCH_SIZE, QUEUE_POSITION, SUSPENSION_REASON, ARM_REQUEST_ID})
 
-# Custom events (customEvents.name). The lifecycle ones mirror the CloudEvents types.
+# Custom events (customEvents.name). The lifecycle ones are the CloudEvents types (shared/events.py).
 EVENT_ACCEPTED = "reimager.operation.accepted"
 EVENT_QUEUED = "reimager.operation.queued"
 EVENT_AWAITING_APPROVAL = "reimager.operation.awaiting-approval"
@@ -70,7 +85,10 @@ EVENTS = frozenset({EVENT_ACCEPTED, EVENT_QUEUED, EVENT_AWAITING_APPROVAL, EVENT
                     EVENT_BATCH_SUBMITTED, EVENT_SUSPENDED, EVENT_RESUMED})
 
 # Span names reimager starts itself (azure-core names the ARM dependency spans after the method).
-SPAN_OPERATION = "reimager.operation"
+SPAN_OPERATION = "reimager.operation"  # a step of an operation, when no more specific name fits
+SPAN_INTAKE = "reimager.intake"  # one request from a trigger: preflight, policy, claim, admit, POST
+SPAN_ACTIVITY = "reimager.activity"  # one durable activity run (its function name is the span's `name` suffix)
+SPANS = frozenset({SPAN_OPERATION, SPAN_INTAKE, SPAN_ACTIVITY})
 
 # Where the telemetry lands in Application Insights, and the standard columns queries may use.
 TABLES: Mapping[str, frozenset[str]] = {
@@ -84,44 +102,112 @@ TABLES: Mapping[str, frozenset[str]] = {
 }
 
 # The distro turns a log record carrying this attribute into a custom event of that name.
-_CUSTOM_EVENT_NAME = "microsoft.custom_event.name"
+CUSTOM_EVENT_NAME = "microsoft.custom_event.name"
 # Only reimager's own loggers are exported; the Functions host reports its own telemetry.
 LOGGER_NAME = "reimager"
 
 _events_log = logging.getLogger("reimager.events")
 _events_log.setLevel(logging.INFO)  # the root logger's WARNING would drop every event
-_current: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar(
-    "reimager_operation_attributes", default=None)
 _configured = False
 
 
-def operation_attributes(operation_id: str, target: str, trigger: str) -> dict[str, str]:
-    """The attributes that tie a span or log record to one reimager operation."""
-    return {OPERATION_ID: operation_id, TARGET: target, TRIGGER: trigger}
+@dataclass
+class _Scope:
+    """The operation attributes of one `operation_span`, and its span (for `bind`)."""
+
+    attributes: dict[str, str]
+    span: Any = None
+
+
+_current: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar("reimager_operation", default=None)
+
+
+def operation_attributes(operation_id: str | None, target: str | None, trigger: str | None) -> dict[str, str]:
+    """The attributes that tie a span or log record to one reimager operation (unknown ones left out)."""
+    values = {OPERATION_ID: operation_id, TARGET: target, TRIGGER: trigger}
+    return {key: value for key, value in values.items() if value}
 
 
 def current_operation() -> Mapping[str, str] | None:
     """The operation attributes of the enclosing `operation_span`, if any."""
-    return _current.get()
+    scope = _current.get()
+    return dict(scope.attributes) if scope is not None else None
 
 
 @contextlib.contextmanager
-def operation_span(operation_id: str, target: str, trigger: str, name: str = SPAN_OPERATION) -> Iterator[Span]:
+def operation_span(operation_id: str | None = None, target: str | None = None, trigger: str | None = None,
+                   name: str = SPAN_OPERATION) -> Iterator[Span]:
     """A span for one step of an operation; everything recorded inside carries its attributes.
 
     Works in sync and async code alike (the attributes live in a ContextVar, which each asyncio
-    task copies). Without a configured tracer provider the span is OpenTelemetry's no-op span.
+    task copies). Attributes not known yet can be added later with `bind`. Without a configured
+    tracer provider the span is OpenTelemetry's no-op span (the API is imported by the durable SDK
+    anyway, so this costs no cold start).
     """
     from opentelemetry import trace
 
-    attributes = operation_attributes(operation_id, target, trigger)
-    token = _current.set(attributes)
+    scope = _Scope(operation_attributes(operation_id, target, trigger))
+    token = _current.set(scope)
     try:
         tracer = trace.get_tracer("reimager")
-        with tracer.start_as_current_span(name, attributes=attributes) as span:
+        with tracer.start_as_current_span(name, attributes=dict(scope.attributes)) as span:
+            scope.span = span
             yield span
     finally:
         _current.reset(token)
+
+
+def bind(*, operation_id: str | None = None, target: str | None = None, trigger: str | None = None) -> None:
+    """Add attributes learnt inside an `operation_span` (intake learns the operation id from the key)."""
+    scope = _current.get()
+    if scope is None:
+        return
+    new = operation_attributes(operation_id, target, trigger)
+    scope.attributes.update(new)
+    if scope.span is not None and new:
+        scope.span.set_attributes(new)
+
+
+def tracing() -> bool:
+    """True when spans go somewhere: telemetry is configured, or a tracer provider was set (tests, devhost)."""
+    if _configured:
+        return True
+    from opentelemetry import trace
+
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+
+
+_F = TypeVar("_F", bound=Callable[..., Awaitable[Any]])
+
+
+def activity_span(fn: _F) -> _F:
+    """Decorates a durable activity whose input names an `operationId`: it runs in that operation's span.
+
+    The target and trigger are read from the ledger, and only while tracing is on: with telemetry off
+    the activity costs nothing more. The payload itself never reaches the span (it is not a secret
+    today; keeping it out keeps it that way).
+    """
+
+    @functools.wraps(fn)
+    async def run(*args: Any, **kwargs: Any) -> Any:
+        payload = next((v for v in (*args, *kwargs.values()) if isinstance(v, dict)), {})
+        operation_id = payload.get("operationId") if isinstance(payload.get("operationId"), str) else None
+        if not tracing():
+            return await fn(*args, **kwargs)
+        target = trigger = None
+        if operation_id:
+            from shared import runtime
+
+            try:
+                record = await runtime.get().ledger.get(operation_id)
+            except Exception:  # telemetry must never fail the activity
+                record = None
+            if record is not None:
+                target, trigger = record.target, record.trigger
+        with operation_span(operation_id, target, trigger, name=f"{SPAN_ACTIVITY} {fn.__name__}"):
+            return await fn(*args, **kwargs)
+
+    return run  # type: ignore[return-value]
 
 
 def track_event(name: str, **attributes: str | int | float | bool | None) -> None:
@@ -132,15 +218,63 @@ def track_event(name: str, **attributes: str | int | float | bool | None) -> Non
     """
     if name not in EVENTS:
         raise ValueError(f"unknown telemetry event {name!r}; add it to shared/telemetry.py EVENTS")
-    extra: dict[str, object] = {_CUSTOM_EVENT_NAME: name}
+    extra: dict[str, object] = {CUSTOM_EVENT_NAME: name}
     for key, value in attributes.items():
         attribute = f"reimager.{key}"
         if attribute not in ATTRIBUTES:
             raise ValueError(f"unknown telemetry attribute {attribute!r}; add it to shared/telemetry.py")
         if value is not None:
             extra[attribute] = value
-    operation = _current.get() or {}
+    scope = _current.get()
+    operation = scope.attributes if scope is not None else {}
     _events_log.info(name, extra={**operation, **extra})
+
+
+def event_attributes(event: CloudEvent) -> dict[str, str | int | float | None]:
+    """The custom-event attributes of one CloudEvent: its facts, never free text (reason, requestedBy)."""
+    data = event.data
+    error = data.error.code if data.error is not None else None
+    suspended = event.type in (EVENT_SUSPENDED, EVENT_RESUMED)
+    return {
+        "operation_id": data.operation_id, "target": data.target, "trigger": data.trigger, "status": data.status,
+        "error_code": None if suspended else error, "suspension_reason": error if suspended else None,
+        "health": data.health, "duration_seconds": data.duration_seconds,
+        "polls": data.polls if event.type == EVENT_COMPLETED else None,
+        "instance_count": len(data.instance_ids) if data.instance_ids is not None else None,
+        "batch_id": data.batch_id,
+        # Added by the queueing work; read by name so this mapping does not depend on when it lands.
+        "queue_position": getattr(data, "queue_position", None),
+    }
+
+
+class TrackedPublisher:
+    """A Publisher that also records each event it published as a custom event of the same type."""
+
+    def __init__(self, inner: Publisher) -> None:
+        self.inner = inner
+
+    async def publish(self, event: CloudEvent, *, reply_to: str | None = None,
+                      reply_correlation_id: str | None = None) -> None:
+        await self.inner.publish(event, reply_to=reply_to, reply_correlation_id=reply_correlation_id)
+        if event.type in EVENTS:
+            try:
+                track_event(event.type, **event_attributes(event))
+            except Exception:  # telemetry must never fail a publication that happened
+                logging.getLogger("reimager.telemetry").warning("could not record %s", event.type, exc_info=True)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+def refused(exc: BaseException, trigger: str) -> None:
+    """Record a refusal that publishes no CloudEvent (HTTP and alert answers), once per error."""
+    code = getattr(exc, "code", None)
+    if not isinstance(code, str) or getattr(exc, "_reimager_tracked", False):
+        return
+    if (getattr(exc, "extra", None) or {}).get("completed"):
+        return  # accepted, then the submission failed: its completion event records it
+    exc._reimager_tracked = True  # type: ignore[attr-defined]
+    track_event(EVENT_REJECTED, status="Rejected", error_code=code, trigger=trigger)
 
 
 # ---- OpenTelemetry SDK plumbing (imported only when telemetry is on, or by tests) -------------
@@ -150,9 +284,9 @@ def span_processor() -> SpanProcessor:
 
     class OperationSpanProcessor(SpanProcessor):
         def on_start(self, span: Any, parent_context: Any = None) -> None:
-            attributes = _current.get()
-            if attributes:
-                span.set_attributes(dict(attributes))
+            scope = _current.get()
+            if scope is not None and scope.attributes:
+                span.set_attributes(dict(scope.attributes))
 
     return OperationSpanProcessor()
 
@@ -163,9 +297,9 @@ def log_record_processor() -> LogRecordProcessor:
 
     class OperationLogRecordProcessor(LogRecordProcessor):
         def on_emit(self, log_record: Any) -> None:
-            attributes = _current.get()
-            if attributes and log_record.log_record.attributes is not None:
-                for key, value in attributes.items():
+            scope = _current.get()
+            if scope is not None and log_record.log_record.attributes is not None:
+                for key, value in scope.attributes.items():
                     log_record.log_record.attributes.setdefault(key, value)
 
         def shutdown(self) -> None:
@@ -185,6 +319,23 @@ def trace_azure_sdk() -> None:
     settings.tracing_implementation = OpenTelemetrySpan
 
 
+def exporter_credential() -> dict[str, Any]:
+    """Entra ID for the exporter outside Azure: the developer's sign-in, when they ask for Entra ID auth.
+
+    In Azure the exporter reads APPLICATIONINSIGHTS_AUTHENTICATION_STRING itself (the app's identity).
+    It only knows managed identities, so a developer running against the real Application Insights
+    (local auth off) sets `APPLICATIONINSIGHTS_AUTHENTICATION_STRING=Authorization=AAD` and signs in.
+    """
+    from shared.credentials import in_azure
+
+    wants_entra = "authorization=aad" in os.environ.get("APPLICATIONINSIGHTS_AUTHENTICATION_STRING", "").lower()
+    if in_azure() or not wants_entra:
+        return {}
+    from azure.identity import DefaultAzureCredential  # the exporter is synchronous
+
+    return {"credential": DefaultAzureCredential(exclude_managed_identity_credential=True)}
+
+
 def configure(settings: Settings) -> bool:
     """Turn on export to Application Insights when a connection string is set. Idempotent.
 
@@ -201,6 +352,7 @@ def configure(settings: Settings) -> bool:
     sampling = {} if os.environ.get("OTEL_TRACES_SAMPLER") else {"sampling_ratio": 1.0}
     configure_azure_monitor(
         **sampling,
+        **exporter_credential(),
         connection_string=settings.applicationinsights_connection_string,
         logger_name=LOGGER_NAME,
         span_processors=[span_processor()],

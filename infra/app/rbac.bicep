@@ -98,6 +98,16 @@ resource userStorage 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for
   }
 }]
 
+// ...and telemetry from such a run (Application Insights has local auth off; shared/telemetry.py).
+resource userTelemetry 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(userPrincipalId)) {
+  name: guid(appInsights.id, userPrincipalId, monitoringMetricsPublisher)
+  scope: appInsights
+  properties: {
+    principalId: userPrincipalId
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', monitoringMetricsPublisher)
+  }
+}
+
 resource userServiceBus 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for role in (empty(userPrincipalId) ? [] : userServiceBusRoles): {
   name: guid(namespace.id, userPrincipalId, role)
   scope: namespace

@@ -128,7 +128,7 @@ def test_instance_ids_as_json_numbers_become_canonical_strings() -> None:
     r = parse_request({"target": VMSS_ID, "instanceIds": [0, 1, 70]})
     assert r.effective_instance_ids == ["0", "1", "70"]
     assert r.arm_call("2024-07-01").wire_body() == {"instanceIds": ["0", "1", "70"]}
-    assert r.redacted()["instanceIds"] == ["0", "1", "70"]
+    assert r.model_dump(mode="json", by_alias=True)["instanceIds"] == ["0", "1", "70"]
 
 
 @pytest.mark.parametrize("bad", [[-1], [True], [1.0], [10**11], [1, "1"], [None], [[1]]])

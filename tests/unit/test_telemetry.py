@@ -240,3 +240,13 @@ def test_configure_exports_to_application_insights_with_the_operation_attributes
     assert message["properties"][telemetry.TRIGGER] == "queue"
     [span] = [d for d in by_kind["RemoteDependencyData"] if d["name"] == telemetry.SPAN_OPERATION]
     assert span["properties"][telemetry.TARGET] == "/subscriptions/x/vm"
+
+
+def test_every_cloudevent_type_is_a_custom_event_name() -> None:
+    # TrackedPublisher records a published event under its type only if the type is listed: a new
+    # CloudEvent type (shared/events.py) must be added to telemetry.EVENTS to reach the workbook.
+    from typing import get_args
+
+    from shared.events import EventType
+
+    assert set(get_args(EventType)) <= telemetry.EVENTS

@@ -32,6 +32,15 @@ def _queries(doc: dict[str, Any]) -> dict[str, str]:
     return {item["name"]: item["content"]["query"] for item in doc["items"] if item["type"] == 3}
 
 
+def workbook_names() -> set[str]:
+    """Every reimager name (event, dimension) the workbook's queries read."""
+    names: set[str] = set()
+    for query in _queries(json.loads(WORKBOOK.read_text())).values():
+        names |= set(DIMENSION.findall(query))
+        names |= {s for s in STRING.findall(query) if s.startswith(("reimager.", "az."))}
+    return names
+
+
 def check_query(query: str) -> list[str]:
     """Problems with one query: names the app does not emit, or forms this check cannot follow."""
     problems = []
@@ -90,7 +99,7 @@ def test_the_workbook_covers_the_panels_the_design_asks_for() -> None:
         "operations-by-outcome": (telemetry.EVENT_COMPLETED, telemetry.STATUS),
         "duration-percentiles": (telemetry.EVENT_COMPLETED, telemetry.DURATION_SECONDS),
         "health-after-reimage": (telemetry.EVENT_COMPLETED, telemetry.HEALTH),
-        "queue-depth": (telemetry.EVENT_QUEUED, telemetry.QUEUE_DEPTH),
+        "queue-depth": (telemetry.EVENT_QUEUED, telemetry.QUEUE_POSITION),
         "batches": (telemetry.EVENT_BATCH_SUBMITTED, telemetry.BATCH_SIZE),
         "suspensions": (telemetry.EVENT_SUSPENDED, telemetry.SUSPENSION_REASON),
         "refusals-by-code": (telemetry.EVENT_REJECTED, telemetry.ERROR_CODE),

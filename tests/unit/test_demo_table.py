@@ -1,0 +1,41 @@
+"""The demo's closing table fits a 100-column terminal, names each operation and batch, and says where
+the events and the ledger are."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from devhost.demo import WIDTH, Step, render, table, where_to_look
+from devhost.host import DevHost
+
+VMSS = "/subscriptions/7f6e5d4c-3b2a-4190-8f7e-6d5c4b3a2910/resourceGroups/reimager-demo/providers/" \
+       "Microsoft.Compute/virtualMachineScaleSets/workers"
+
+
+def test_the_table_fits_100_columns_and_shows_operation_and_batch() -> None:
+    long = Step("alert on an instance", "alert", f"{VMSS}/virtualMachines/12", "Succeeded",
+                operation_id="op-" + "a" * 32, status="Succeeded", polls=12, duration=1234.5,
+                note="completion event also sent to the ReplyTo queue " + "r" * 120, batch_id="b-" + "9" * 40)
+    odd = Step("ARM fails (injected)", "http", f"{VMSS}/virtualMachines/3", "Failed", status="Canceled")
+    text = table([long, odd])
+    assert all(len(line) <= WIDTH for line in text.splitlines()), text
+    header, _, first, second, *notes = text.splitlines()
+    assert header.split() == ["step", "answer", "target", "operation", "batch", "status", "polls", "time"]
+    assert "op-aaaaaaaa" in first and "b-999999" in first and "workers/12" in first and "1234.5s" in first
+    assert "Canceled (expected" in second
+    assert notes[1].startswith("alert on an instance: completion event")  # notes[0] is the blank line
+
+
+def test_render_cuts_only_the_last_column() -> None:
+    text = render(("a", "b"), [("x" * 10, "y" * 200)], width=40)
+    assert all(len(line) <= 40 for line in text.splitlines())
+    assert text.splitlines()[-1].startswith("x" * 10 + "  yyy") and text.endswith("~")
+    assert render(("a", "b"), [("x" * 30, "y" * 30)], width=40).splitlines()[-1] == "x" * 18 + "~  " + "y" * 18 + "~"
+
+
+def test_the_demo_ends_with_where_the_events_and_the_ledger_are(tmp_path: Path) -> None:
+    host = DevHost(state_dir=tmp_path / "state")
+    text = where_to_look(host)
+    assert all(len(line) <= WIDTH for line in text.splitlines())
+    assert str(host.events_file) in text and str(tmp_path / "state" / "azurite") in text
+    assert "LEDGER_TABLE_PREFIX=reimager" in text and "reimagerops" in text

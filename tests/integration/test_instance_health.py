@@ -231,3 +231,38 @@ async def test_a_next_link_on_another_host_is_refused_and_never_fetched(client: 
         await other.close()
     assert info.value.code == "UntrustedOperationUrl" and not info.value.transient
     assert hits == [] and len(reads(standins)) == 1
+
+
+# ---- the custom role grants exactly what these reads need ---------------------------------------------
+def rbac_action(method: str, path: str) -> str:
+    """ARM's action for a request: the provider, the resource types along the path, then read/action."""
+    parts = path.strip("/").split("/")
+    at = [p.lower() for p in parts].index("providers")
+    namespace, rest = parts[at + 1], parts[at + 2:]
+    if method == "POST":  # .../{type}/{name}/{action}
+        return "/".join([namespace, *rest[0:-1:2], rest[-1], "action"])
+    return "/".join([namespace, *rest[0::2], "read"])  # a resource, a list, or a child such as instanceView
+
+
+async def test_every_health_read_is_granted_by_the_role_and_every_view_action_is_used(
+        client: ComputeClient, standins: StandIns) -> None:
+    from tests.infra.test_infra import ROLE_ACTIONS
+
+    await client.instance_health(parse_target(VM))
+    await client.instance_health(parse_target(f"{SS}/virtualMachines/3"))
+    await client.instance_health(parse_target(SS), ["1", "2"])
+    used = {rbac_action(r["method"], r["path"]) for r in standins.sim.requests}
+    granted = {a.lower() for a in ROLE_ACTIONS}
+    assert {u.lower() for u in used} <= granted
+    assert used == {"Microsoft.Compute/virtualMachines/instanceView/read",
+                    "Microsoft.Compute/virtualMachineScaleSets/virtualMachines/instanceView/read",
+                    "Microsoft.Compute/virtualMachineScaleSets/virtualMachines/read"}
+    view_actions = {a for a in granted if "instanceview" in a}
+    assert view_actions == {u.lower() for u in used if "instanceview" in u.lower()}
+
+
+def test_rbac_action_names_follow_the_path() -> None:
+    assert rbac_action("POST", f"{SS}/reimage") == "Microsoft.Compute/virtualMachineScaleSets/reimage/action"
+    assert rbac_action("GET", f"/subscriptions/{SUB}/providers/Microsoft.Compute/locations/westus/operations/x"
+                       ) == "Microsoft.Compute/locations/operations/read"
+    assert rbac_action("GET", SS) == "Microsoft.Compute/virtualMachineScaleSets/read"

@@ -357,7 +357,8 @@ class ComputeClient:
           stopping as soon as every asked id has been seen. An asked id the set no longer has is
           Unknown ("not in the scale set").
 
-        Raises InstanceViewUnavailable when a read fails; the caller counts that read as Unknown.
+        `instance_ids` is ignored for a VM. Raises InstanceViewUnavailable when a read fails; the caller
+        counts that read as Unknown.
         """
         if target.kind is TargetKind.VM:
             view = await self._read_view(f"{self.origin}{target.vm_id}/instanceView")
@@ -366,6 +367,8 @@ class ComputeClient:
             ids: list[str] | None = list(dict.fromkeys(str(i) for i in instance_ids))
         else:
             ids = [target.instance_id] if target.instance_id is not None else None
+        if ids is not None and not ids:
+            return {}  # nothing asked: nothing to read
         if ids is not None and len(ids) == 1:
             view = await self._read_view(f"{self.origin}{target.vm_id}/virtualMachines/{ids[0]}/instanceView")
             return {ids[0]: classify(view)}

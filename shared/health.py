@@ -50,6 +50,14 @@ class InstanceHealth:
     health: Health
     detail: str
 
+    def to_dict(self) -> dict[str, str]:
+        """JSON for activity results (activities pass dicts, not objects)."""
+        return {"health": self.health.value, "detail": self.detail}
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> InstanceHealth:
+        return cls(Health(doc["health"]), str(doc.get("detail", "")))
+
 
 @dataclass(frozen=True)
 class HealthSummary:
@@ -64,6 +72,9 @@ class HealthSummary:
     detail: str
     done: bool
     counts: dict[str, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"health": self.health.value, "detail": self.detail, "done": self.done, "counts": dict(self.counts)}
 
 
 UNKNOWN_NO_VIEW = InstanceHealth(Health.UNKNOWN, "no instance view")

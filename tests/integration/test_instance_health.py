@@ -118,6 +118,11 @@ async def test_a_thousand_instances_one_read_per_page(client: ComputeClient, sta
     assert len(reads(standins, mark)) == 10  # 994, the last asked, is on the tenth page
 
 
+async def test_nothing_asked_is_nothing_read(client: ComputeClient, standins: StandIns) -> None:
+    assert await client.instance_health(parse_target(SS), []) == {}
+    assert reads(standins) == []
+
+
 async def test_an_instance_the_set_no_longer_has_is_unknown(client: ComputeClient, standins: StandIns) -> None:
     got = await client.instance_health(parse_target(SS), ["3", "42"])
     assert got["3"].health is Health.HEALTHY

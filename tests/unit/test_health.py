@@ -275,3 +275,11 @@ def test_summary_is_worst_of_and_final_is_never_pending(healths: dict[str, Insta
         assert s.health is Health.UNKNOWN
     assert s.done == (final or states == {Health.HEALTHY})
     assert sum(s.counts.values()) == len(healths)
+
+
+def test_results_round_trip_as_json_for_activities() -> None:
+    for h in (H, U, P, N):
+        assert InstanceHealth.from_dict(json.loads(json.dumps(h.to_dict()))) == h
+    s = summarize({"1": H, "2": U}, final=True)
+    assert json.loads(json.dumps(s.to_dict())) == {"health": "Unhealthy", "detail": s.detail, "done": True,
+                                                   "counts": {"Healthy": 1, "Unhealthy": 1}}

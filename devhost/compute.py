@@ -37,7 +37,7 @@ from typing import Any, Literal
 from urllib.parse import urlencode
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from devhost.clock import Clock
 from devhost.identity import TokenIssuer
@@ -58,6 +58,7 @@ PREEMPTED_CODE = "OperationPreempted"
 PREEMPTED_MESSAGE = "Operation execution has been preempted by a more recent operation."
 HEALTH_EXTENSIONS = {"applicationhealthlinux", "applicationhealthwindows"}
 HealthState = Literal["healthy", "unhealthy", "unknown", "initializing"]
+SettleHealth = Literal["initializing", "unhealthy", "absent"]
 _HEALTH_TEXT = {"healthy": ("Info", "The VM is healthy"), "unhealthy": ("Warning", "The VM is unhealthy"),
                 "unknown": ("Warning", "The VM health is unknown"),
                 "initializing": ("Warning", "The VM health is initializing")}
@@ -79,8 +80,13 @@ _OPERATION = re.compile(
 class Fault(BaseModel):
     """One injected fault, consumed by the next `times` requests that match.
 
-    `health` bends what the next `times` instance-view reads report (`match: "instanceView"`),
-    optionally only for `instanceIds`; `status` instead makes those reads fail.
+    `health` bends what instance-view reads report (`match: "instanceView"`). Without `instanceIds`
+    it is used up by the next `times` matching requests, as every fault is: each page of a list is
+    one request (ARM charges per HTTP request, and SDKs fetch each nextLink as its own GET). With
+    `instanceIds`, `times` counts the reads *of each named instance* (a GET of its view, or a list
+    page that shows it), and reads that show none of them leave it untouched, so "instance 7 is
+    unhealthy for its next 3 reads" holds however the set is paged. `status` instead makes the
+    matching requests fail (request-level, whatever `instanceIds` says).
     `failureStatus` is the HTTP status a Location poll answers once an outcome fault's
     operation has failed (default 500, or 409 for a canceled / preempted one).
     """
@@ -100,6 +106,23 @@ class Fault(BaseModel):
     health: HealthState | None = None
     failure_status: int | None = Field(None, alias="failureStatus", ge=400, le=599)
     instance_ids: list[str] | None = Field(None, alias="instanceIds")
+    _reads: dict[str, int] = PrivateAttr(default_factory=dict)  # per-instance health faults: reads so far
+
+    @property
+    def per_instance(self) -> bool:
+        return self.health is not None and self.instance_ids is not None and self.status is None
+
+    def bend(self, inst: str) -> bool:
+        """A per-instance health fault: count one read of `inst` if it still has reads left."""
+        assert self.instance_ids is not None
+        if inst not in self.instance_ids or self._reads.get(inst, 0) >= self.times:
+            return False
+        self._reads[inst] = self._reads.get(inst, 0) + 1
+        return True
+
+    @property
+    def used_up(self) -> bool:
+        return self.instance_ids is not None and all(self._reads.get(i, 0) >= self.times for i in self.instance_ids)
 
     def matches(self, method: str, path: str, query: dict[str, str] | None = None) -> bool:
         if self.method and self.method.upper() != method:
@@ -279,8 +302,10 @@ class ComputeSimulator:
     async_operation_header: bool = True  # False: answer in the Location style only
     operation_origin: str | None = None  # set to hand out operation URLs on another host
     state_dir: Path | None = None
-    health_settle_seconds: float = 0.0  # after a reimage, vmHealth says "initializing" this long
+    health_settle_seconds: float = 0.0  # after a reimage, the health extension settles this long...
+    settle_health: SettleHealth = "initializing"  # ...reporting this meanwhile ("absent": no vmHealth yet)
     list_page_size: int | None = None  # page scale-set VM lists with nextLink (None: one page)
+    next_link_origin: str | None = None  # set to hand out list nextLinks on another host
     request_log_limit: int = 100_000
     _writes_left: int = 1200
     _reads_left: int = 12000
@@ -436,6 +461,8 @@ class ComputeSimulator:
 
     def _take_fault(self, method: str, path: str, query: dict[str, str]) -> Fault | None:
         for fault in self.faults:
+            if fault.per_instance:
+                continue  # counted per instance read, where the views are built (_instance_faults)
             if fault.matches(method, path, query):
                 fault.times -= 1
                 if fault.times <= 0:
@@ -529,17 +556,49 @@ class ComputeSimulator:
         return str(self._vm_state.get(key, {}).get(inst, {}).get("power", "running"))
 
     @staticmethod
-    def has_health_extension(resource: dict[str, Any]) -> bool:
+    def _extension_resources(vmss: dict[str, Any]) -> list[dict[str, Any]]:
+        profile = (vmss.get("properties") or {}).get("virtualMachineProfile") or {}
+        out = []
+        for e in (profile.get("extensionProfile") or {}).get("extensions") or []:
+            if isinstance(e, dict) and e.get("name"):
+                props = {k: v for k, v in (e.get("properties") or {}).items() if k != "protectedSettings"}
+                out.append({"name": e["name"], "type": "Microsoft.Compute/virtualMachines/extensions",
+                            "location": vmss.get("location"),
+                            "properties": {**props, "provisioningState": "Succeeded"}})
+        return out
+
+    @staticmethod
+    def health_extension(resource: dict[str, Any]) -> dict[str, Any] | None:
+        """The application health extension in a VM's or scale set's model, if it has one."""
         props = resource.get("properties") or {}
         if "virtualMachineProfile" in props:
             extensions = ((props["virtualMachineProfile"].get("extensionProfile") or {}).get("extensions") or [])
         else:  # a VM's extensions are child resources; the simulator reads them from the VM body
             extensions = resource.get("resources") or []
-        return any(str((e.get("properties") or {}).get("type", "")).lower() in HEALTH_EXTENSIONS
-                   for e in extensions if isinstance(e, dict))
+        return next((e for e in extensions if isinstance(e, dict)
+                     and str((e.get("properties") or {}).get("type", "")).lower() in HEALTH_EXTENSIONS), None)
 
-    def _instance_view(self, key: str, inst: str, computer_name: str, has_ext: bool, now: float,
-                       fault: Fault | None) -> dict[str, Any]:
+    @classmethod
+    def has_health_extension(cls, resource: dict[str, Any]) -> bool:
+        return cls.health_extension(resource) is not None
+
+    def _instance_faults(self, request: web.Request) -> list[Fault]:
+        return [f for f in self.faults if f.per_instance and f.matches(request.method, request.path,
+                                                                          dict(request.query))]
+
+    def _bent(self, inst: str, fault: Fault | None, per_instance: list[Fault]) -> HealthState | None:
+        """The health a fault makes this read of `inst` report, counting the read against it."""
+        for f in per_instance:
+            if f.bend(inst):
+                if f.used_up and f in self.faults:
+                    self.faults.remove(f)
+                return f.health
+        if fault is not None and fault.health and fault.instance_ids is None:
+            return fault.health
+        return None
+
+    def _instance_view(self, key: str, inst: str, computer_name: str, ext: dict[str, Any] | None, now: float,
+                       fault: Fault | None, per_instance: list[Fault] | None = None) -> dict[str, Any]:
         instance_key = f"{key}#{inst}" if inst else key
         running = self._running_on(key, instance_key, now) is not None
         state = self._vm_state.get(key, {}).get(inst, {})
@@ -551,17 +610,26 @@ class ComputeSimulator:
                     "time": _iso(float(state.get("reimagedAt") or now))}
         view: dict[str, Any] = {"computerName": computer_name, "statuses": [
             prov, {"code": f"PowerState/{power}", "level": "Info", "displayStatus": f"VM {power}"}]}
-        if has_ext:
-            health: str = str(state.get("health", "healthy"))
+        if ext is not None:
+            # The extension's own instance view ("{publisher}.{type}"), as ARM lists each extension of the machine.
+            ext_props = ext.get("properties") or {}
+            view["extensions"] = [{
+                "name": ext.get("name", "HealthExtension"),
+                "type": f"{ext_props.get('publisher', 'Microsoft.ManagedServices')}.{ext_props.get('type')}",
+                "typeHandlerVersion": str(ext_props.get("typeHandlerVersion", "2.0")),
+                "statuses": [{"code": "ProvisioningState/succeeded", "level": "Info",
+                              "displayStatus": "Provisioning succeeded"}]}]
+            health: str | None = str(state.get("health", "healthy"))
             if running:
                 health = "unknown"
             elif now < float(state.get("reimagedAt") or 0) + self.health_settle_seconds:
-                health = "initializing"
-            if fault is not None and fault.health and (fault.instance_ids is None or inst in fault.instance_ids):
-                health = fault.health
-            level, text = _HEALTH_TEXT[health]
-            view["vmHealth"] = {"status": {"code": f"HealthState/{health}", "level": level, "displayStatus": text,
-                                           "time": _iso(now)}}
+                health = None if self.settle_health == "absent" else self.settle_health
+            bent = self._bent(inst, fault, per_instance or [])
+            health = bent or health
+            if health is not None:
+                level, text = _HEALTH_TEXT[health]
+                view["vmHealth"] = {"status": {"code": f"HealthState/{health}", "level": level,
+                                               "displayStatus": text, "time": _iso(now)}}
         return view
 
     # ---- resources ------------------------------------------------------------------------------
@@ -580,9 +648,9 @@ class ComputeSimulator:
                                f"resource group '{p.rg}' was not found.")
         headers = {"x-ms-ratelimit-remaining-subscription-reads": str(self._read())}
         expand = request.query.get("$expand", "").lower() == "instanceview"
-        has_ext = self.has_health_extension(res)
+        ext = self.health_extension(res)
         if p.is_list:
-            return self._list(request, key, res, has_ext, expand, now, fault, headers)
+            return self._list(request, key, res, ext, expand, now, fault, headers)
         if p.inst is not None:
             inst = self.instances.get(key, {}).get(p.inst)
             if inst is None:
@@ -596,31 +664,36 @@ class ComputeSimulator:
                 return web.json_response(res, headers=headers)
             doc, name, inst_id = res, (res["properties"].get("osProfile") or {}).get("computerName", p.name), ""
         if view_only or expand:
-            view = self._instance_view(key, inst_id, name, has_ext, now, fault)
+            view = self._instance_view(key, inst_id, name, ext, now, fault, self._instance_faults(request))
             if view_only:
                 return web.json_response(view, headers=headers)
             doc = {**doc, "properties": {**doc["properties"], "instanceView": view}}
         return web.json_response(doc, headers=headers)
 
-    def _list(self, request: web.Request, key: str, res: dict[str, Any], has_ext: bool, expand: bool, now: float,
-              fault: Fault | None, headers: dict[str, str]) -> web.Response:
+    def _list(self, request: web.Request, key: str, res: dict[str, Any], ext: dict[str, Any] | None, expand: bool,
+              now: float, fault: Fault | None, headers: dict[str, str]) -> web.Response:
         insts = self.instances.get(key, {})
         ids = sorted(insts, key=int)
         start = int(request.query.get("$skiptoken", "0") or 0)
         page = ids[start:start + self.list_page_size] if self.list_page_size else ids[start:]
         values = []
+        per_instance = self._instance_faults(request) if expand else []
+        extension = self._extension_resources(res)
         for inst_id in page:
             inst = insts[inst_id]
             if expand:
                 view = self._instance_view(key, inst_id, inst["properties"]["osProfile"].get("computerName", ""),
-                                           has_ext, now, fault)
+                                           ext, now, fault, per_instance)
                 inst = {**inst, "properties": {**inst["properties"], "instanceView": view}}
+            if extension:  # the spec's list items carry the VM's extensions as `resources`
+                inst = {**inst, "resources": [{**e, "id": f"{inst['id']}/extensions/{e['name']}"} for e in extension]}
             values.append(inst)
         doc: dict[str, Any] = {"value": values}
         if self.list_page_size and start + len(page) < len(ids):
             query = {k: v for k, v in request.query.items() if k != "$skiptoken"}
             query["$skiptoken"] = str(start + len(page))
-            doc["nextLink"] = f"{request.url.origin()}{request.path}?{urlencode(query, safe='$')}"
+            origin = self.next_link_origin or str(request.url.origin())
+            doc["nextLink"] = f"{origin}{request.path}?{urlencode(query, safe='$')}"
         return web.json_response(doc, headers=headers)
 
     def _put(self, p: _Parsed, body: dict[str, Any], patch: bool) -> web.Response:

@@ -1,6 +1,7 @@
 """ARM Compute client: an azure-core async pipeline with azure-identity tokens.
 
-Three calls: read a target's model (preflight), submit a reimage, poll its operation once.
+Four calls: read a target's model (preflight), submit a reimage, poll its operation once, and read
+the instance views of reimaged machines (health verification).
 POST is retried only where it cannot have been applied: a 429 with a bounded Retry-After, or
 a connection that was never established. Bearer tokens go only to the configured ARM host.
 """
@@ -11,7 +12,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -33,6 +34,7 @@ from azure.core.pipeline.policies import (
 from azure.core.rest import HttpRequest
 
 from shared.errors import ErrorDetail, ReimagerError
+from shared.health import Health, InstanceHealth, classify, classify_listed
 from shared.models import ArmCall, OsType
 from shared.operations import PollMode, PollResult, interpret, location_failure, parse_retry_after
 from shared.redaction import redact_response_body, secrets_of_body
@@ -88,6 +90,21 @@ class UntrustedOperationUrl(ReimagerError):
 
 class SubmissionUncertain(ComputeError):
     """The POST was sent but no answer came back: it may or may not have been applied."""
+
+
+class InstanceViewUnavailable(ComputeError):
+    """An instance-view read failed: ARM refused it or did not answer (after the usual GET retries), answered
+    something that is not a view, or pointed the next page at another host (not fetched). Health is Unknown
+    for this read; `transient` says whether a later read may do better."""
+
+    @classmethod
+    def from_error(cls, error: ReimagerError, what: str) -> InstanceViewUnavailable:
+        if isinstance(error, ComputeError):
+            return cls(error.status, error.code, error.error.message, arm_status=error.arm_status,
+                       arm_code=error.arm_code, arm_message=error.arm_message, arm_target=error.arm_target,
+                       retry_after=error.retry_after, transient=error.transient)
+        return cls(error.status, error.code, f"{what}: {error.error.message}", arm_status=0, arm_code=error.code,
+                   arm_message=error.error.message, transient=error.transient)
 
 
 def _error_from_response(status: int, headers: dict[str, str], body: bytes, what: str, now: float) -> ComputeError:
@@ -324,6 +341,89 @@ class ComputeClient:
                 raise UntrustedOperationUrl(link)
             request = HttpRequest("GET", link)
         return tuple(ids)
+
+    async def instance_health(self, target: Target, instance_ids: Sequence[str] | None = None
+                              ) -> dict[str, InstanceHealth]:
+        """Classify the instance views of a VM or of scale-set instances (see shared/health.py).
+
+        - a VM: one GET of `.../virtualMachines/{vm}/instanceView`; the result has one entry, key "";
+        - one scale-set instance (a VMSS-instance target, or one id asked): one GET of
+          `.../virtualMachines/{id}/instanceView`; Compute's own advice is to read the one machine
+          needed rather than list them all (troubleshooting-throttling-errors.md, "Best practices");
+        - several instances, or all (`instance_ids` None on a scale-set target): ONE list read,
+          `.../virtualMachines?$expand=instanceView`, following nextLink (same origin only) and
+          stopping as soon as every asked id has been seen. An asked id the set no longer has is
+          Unknown ("not in the scale set").
+
+        `instance_ids` is ignored for a VM. Raises InstanceViewUnavailable when a read fails; the caller
+        counts that read as Unknown.
+        """
+        if target.kind is TargetKind.VM:
+            view = await self._read_view(f"{self.origin}{target.vm_id}/instanceView")
+            return {"": classify(view)}
+        if instance_ids is not None:
+            ids: list[str] | None = list(dict.fromkeys(str(i) for i in instance_ids))
+        else:
+            ids = [target.instance_id] if target.instance_id is not None else None
+        if ids is not None and not ids:
+            return {}  # nothing asked: nothing to read
+        if ids is not None and len(ids) == 1:
+            view = await self._read_view(f"{self.origin}{target.vm_id}/virtualMachines/{ids[0]}/instanceView")
+            return {ids[0]: classify(view)}
+        return await self._list_health(target, ids)
+
+    async def _read_view(self, url: str) -> Any:
+        what = "reading the instance view"
+        request = HttpRequest("GET", url, params={"api-version": self._settings.compute_api_version})
+        try:
+            status, headers, body = await self._guarded(request, what)
+        except ReimagerError as exc:
+            raise InstanceViewUnavailable.from_error(exc, what) from exc
+        if status != 200:
+            raise InstanceViewUnavailable.from_error(_error_from_response(status, headers, body, what, self._now()),
+                                                     what)
+        return self._json_object(body, what)
+
+    async def _list_health(self, target: Target, ids: list[str] | None) -> dict[str, InstanceHealth]:
+        what = "listing the scale set's instance views"
+        request = HttpRequest("GET", f"{self.origin}{target.vm_id}/virtualMachines",
+                              params={"api-version": self._settings.compute_api_version, "$expand": "instanceView"})
+        wanted = set(ids) if ids is not None else None
+        found: dict[str, InstanceHealth] = {}
+        for _ in range(1000):  # a page holds many instances; this bounds a server that loops
+            try:
+                status, headers, body = await self._guarded(request, what)
+            except ReimagerError as exc:
+                raise InstanceViewUnavailable.from_error(exc, what) from exc
+            if status != 200:
+                raise InstanceViewUnavailable.from_error(
+                    _error_from_response(status, headers, body, what, self._now()), what)
+            doc = self._json_object(body, what)
+            items = doc.get("value")
+            page = classify_listed(items if isinstance(items, list) else [])
+            found.update(page if wanted is None else {i: h for i, h in page.items() if i in wanted})
+            link = doc.get("nextLink")
+            if not link or (wanted is not None and wanted <= found.keys()):
+                break  # every asked instance seen: the rest of the set is not needed
+            if not isinstance(link, str) or not same_origin(link, self.origin):
+                raise InstanceViewUnavailable.from_error(UntrustedOperationUrl(str(link)), what)
+            request = HttpRequest("GET", link)
+        if ids is None:
+            return found
+        missing = InstanceHealth(Health.UNKNOWN, "not in the scale set")
+        return {i: found.get(i, missing) for i in ids}
+
+    @staticmethod
+    def _json_object(body: bytes, what: str) -> dict[str, Any]:
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            doc = None
+        if not isinstance(doc, dict):
+            raise InstanceViewUnavailable(502, "ComputeError", f"{what}: ARM answered 200 with a body that is not "
+                                          "a JSON object", arm_status=200, arm_code="InvalidResponse",
+                                          arm_message=None)
+        return doc
 
     async def submit(self, call: ArmCall) -> Submission:
         """POST the reimage. Raises a typed ComputeError when ARM refuses it."""

@@ -1,5 +1,21 @@
 // "reimager operator": only what reimager does. Read targets, their instance views (health
 // verification after a reimage) and their operations; reimage.
+//
+// Action names: Azure RBAC provider operations, Microsoft.Compute
+// (learn.microsoft.com/azure/role-based-access-control/permissions/compute; MicrosoftDocs/azure-docs
+// articles/role-based-access-control/permissions/compute.md). ARM authorizes a request by its path:
+// GET .../{type}/{name}/{child} needs "{type}/{child}/read", a list needs the child type's "read".
+// Health verification (shared/compute.py ComputeClient.instance_health) makes three reads:
+//   GET .../virtualMachines/{vm}/instanceView                      virtualMachines/instanceView/read
+//   GET .../virtualMachineScaleSets/{set}/virtualMachines/{id}/instanceView (one instance)
+//                                                                  virtualMachineScaleSets/virtualMachines/instanceView/read
+//   GET .../virtualMachineScaleSets/{set}/virtualMachines?$expand=instanceView (several)
+//                                                                  virtualMachineScaleSets/virtualMachines/read
+// The list is authorized as a list of VMs (the 403 kubernetes/autoscaler#1674 quotes for
+// VirtualMachineScaleSetVMsClient.List names virtualMachineScaleSets/virtualMachines/read). Whether
+// Compute also checks .../virtualMachines/instanceView/read for $expand=instanceView is not documented;
+// AKS's cloud-provider permission list pairs the two, and the one-instance GET needs it anyway.
+// Not granted: virtualMachineScaleSets/instanceView/read (the set-wide summary; never read).
 targetScope = 'subscription'
 
 param roleName string

@@ -228,6 +228,53 @@ async def test_health_fault_can_name_instances_and_covers_list_reads(arm: Arm) -
     assert arm.s.sim.faults == []  # one list read is one read
 
 
+async def test_health_fault_for_named_instances_counts_their_reads_only(arm: Arm) -> None:
+    """`times` counts the reads of each named instance; reading other instances leaves it untouched."""
+    arm.s.sim.faults.append(Fault.model_validate({"match": "instanceView", "health": "unhealthy", "times": 2,
+                                                  "instanceIds": ["1", "3"]}))
+    for _ in range(3):
+        _, _, view = await arm.call("GET", f"{SS}/virtualMachines/0/instanceView")
+        assert view["vmHealth"]["status"]["code"] == "HealthState/healthy"
+    _, _, view = await arm.call("GET", f"{SS}/virtualMachines/1/instanceView")  # 1: first read
+    assert view["vmHealth"]["status"]["code"] == "HealthState/unhealthy"
+    codes = []
+    for _ in range(2):  # 1: second and third read; 3: first and second
+        _, _, listing = await arm.call("GET", f"{SS}/virtualMachines", params={"$expand": "instanceView"})
+        codes.append({i["instanceId"]: i["properties"]["instanceView"]["vmHealth"]["status"]["code"][12:]
+                      for i in listing["value"]})
+    assert codes == [{"0": "healthy", "1": "unhealthy", "2": "healthy", "3": "unhealthy"},
+                     {"0": "healthy", "1": "healthy", "2": "healthy", "3": "unhealthy"}]
+    assert arm.s.sim.faults == []
+
+
+async def test_views_and_list_items_show_the_health_extension(arm: Arm) -> None:
+    """As in ARM's examples: the view lists the machine's extensions; a list item carries them as `resources`."""
+    _, _, view = await arm.call("GET", f"{SS}/virtualMachines/0/instanceView")
+    assert [e["type"] for e in view["extensions"]] == ["Microsoft.ManagedServices.ApplicationHealthLinux"]
+    _, _, listing = await arm.call("GET", f"{SS}/virtualMachines")
+    (ext,) = listing["value"][0]["resources"]
+    assert ext["type"] == "Microsoft.Compute/virtualMachines/extensions"
+    assert ext["properties"]["type"] == "ApplicationHealthLinux"
+    assert ext["id"] == f"{SS}/virtualMachines/0/extensions/HealthExtension"
+    _, _, vm_view = await arm.call("GET", f"{VM}/instanceView")
+    assert "extensions" not in vm_view
+
+
+@pytest.mark.parametrize("settle,code", [("initializing", "HealthState/initializing"),
+                                         ("unhealthy", "HealthState/unhealthy"), ("absent", None)])
+async def test_what_health_reports_while_it_settles_is_a_switch(arm: Arm, settle: str, code: str | None) -> None:
+    """Rich Health States say initializing; Binary ones say unhealthy until the app answers; before the
+    extension's first report there is no vmHealth at all (health-extension.md)."""
+    arm.s.sim.health_settle_seconds, arm.s.sim.settle_health = 30, settle  # type: ignore[assignment]
+    await arm.reimage(f"{SS}/virtualMachines/0/reimage")
+    arm.advance(61)
+    _, _, view = await arm.call("GET", f"{SS}/virtualMachines/0/instanceView")
+    assert (view.get("vmHealth") or {}).get("status", {}).get("code") == code
+    arm.advance(30)
+    _, _, view = await arm.call("GET", f"{SS}/virtualMachines/0/instanceView")
+    assert view["vmHealth"]["status"]["code"] == "HealthState/healthy"
+
+
 @pytest.mark.parametrize("status", [404, 500])
 async def test_instance_view_can_be_made_unavailable(arm: Arm, status: int) -> None:
     arm.s.sim.faults.append(Fault.model_validate({"match": "instanceView", "status": status, "times": 2}))
@@ -257,6 +304,9 @@ async def test_list_pages_with_next_link_when_switched_on(arm: Arm) -> None:
     _, _, rest = await arm.call("GET", page["nextLink"])
     assert [i["instanceId"] for i in rest["value"]] == ["3"] and "nextLink" not in rest
     assert "instanceView" in rest["value"][0]["properties"]
+    arm.s.sim.next_link_origin = "https://elsewhere.example"
+    _, _, page = await arm.call("GET", f"{SS}/virtualMachines", params={"$expand": "instanceView"})
+    assert page["nextLink"].startswith(f"https://elsewhere.example{SS}/virtualMachines?")
 
 
 async def test_sdk_reads_instance_views(arm: Arm) -> None:

@@ -154,13 +154,14 @@ async def finish_member(runtime: Runtime, operation_id: str, batch: OperationRec
 
 
 async def end_waiting(runtime: Runtime, entries: list[QueueEntry], code: str, message: str, *,
-                      cancelled_by: str | None = None) -> list[str]:
-    """End requests that left the queue without a reimage (suspension, expiry, cancel, cooldown) Canceled."""
+                      cancelled_by: str | None = None, only_if: str | None = None) -> list[str]:
+    """End requests that left the queue without a reimage (suspension, expiry, cancel, cooldown) Canceled.
+    `only_if`: end only a request still in that status (one that nothing else may move on meanwhile)."""
     ended: list[str] = []
     now = runtime.now()
     for entry in entries:
         def canceled(r: OperationRecord) -> OperationRecord | None:
-            if r.terminal:
+            if r.terminal or (only_if is not None and r.status != only_if):
                 return None
             r.status, r.completed_at, r.last_updated_time = "Canceled", now, now
             r.error = {"code": code, "message": message}
@@ -168,7 +169,7 @@ async def end_waiting(runtime: Runtime, entries: list[QueueEntry], code: str, me
             return r
 
         record = await runtime.ledger.update(entry.operation_id, canceled)
-        if record is not None:
+        if record is not None and record.status == "Canceled" and record.error and record.error.get("code") == code:
             await send_completion(runtime, record)
             ended.append(entry.operation_id)
     return ended
@@ -294,5 +295,5 @@ def event_data(record: OperationRecord) -> EventData:
         reason=record.reason, submitted_at=record.submitted_at, completed_at=record.completed_at,
         duration_seconds=duration, polls=record.polls, batch_id=record.batch_id, health=record.health,
         health_detail=record.health_detail, queue_position=record.queue_position if record.status == "Queued" else None,
-        cancelled_by=record.cancelled_by)
+        cancelled_by=record.cancelled_by, approved_by=record.approved_by)
 

@@ -21,7 +21,7 @@ from shared import admission, completion, policy, telemetry
 from shared.admission import GLOBAL_KEY
 from shared.compute import ComputeError, SubmissionUncertain, TargetModel
 from shared.errors import ReimagerError
-from shared.events import ACCEPTED, QUEUED, Trigger
+from shared.events import ACCEPTED, AWAITING_APPROVAL, QUEUED, Trigger
 from shared.ids import operation_id
 from shared.ledger import OperationRecord, QueueEntry
 from shared.models import ArmCall, ReimageRequest
@@ -87,6 +87,11 @@ class Intake:
         if request.dry_run:
             return await self._plan(request, model, call, cooldown_keys)
 
+        approval = needs_approval(request, instances, self.settings)
+        if approval and request.os_profile is not None:
+            raise ReimagerError(400, "InvalidRequest", f"This request needs a second person's approval ({approval}), "
+                                "and a request that waits may not carry osProfile secrets: they are never stored. "
+                                "Reimage without osProfile, or name fewer instances.", target="osProfile")
         now = self.runtime.now()
         record = OperationRecord(
             operation_id=op_id, request_id=key, target=target.id, lease_key=target.lock_key, instance_ids=instances,
@@ -98,17 +103,25 @@ class Intake:
             return await self._joined(existing, request, trigger=trigger, default_key=default_key,
                                       reply_to=reply_to, reply_correlation_id=reply_correlation_id)
         await ledger.index(record)
-        secret = request.os_profile is not None  # secrets are never stored, so such a request cannot wait
+        if approval:
+            return await self._await_approval(record, approval)
         capacity = len(model.instance_ids) if model.instance_ids is not None else 1
+        return await self.admit_and_submit(record, call, capacity=capacity, target_id=target.vm_id,
+                                           secret=request.os_profile is not None, symptom=not request.all_instances)
+
+    async def admit_and_submit(self, record: OperationRecord, call: ArmCall, *, capacity: int, target_id: str,
+                               secret: bool, symptom: bool) -> Accepted:
+        """A claimed request: lead (POST now, from here), ride the running batch, or wait in the queue."""
+        ledger = self.runtime.ledger
         try:
             decided = await completion.admit(self.runtime, record, secret=secret, capacity=capacity,
-                                             target_id=target.vm_id, symptom=not request.all_instances)
+                                             target_id=target_id, symptom=symptom)
         except BaseException:
-            await self._free(record)
+            await self._free(record, None)
             raise
         if decided.kind == "refused":
-            await self._free(record)
             assert decided.error is not None
+            await self._free(record, decided.error)
             raise decided.error
         if decided.kind != "lead":
             return await self._waiting(record, decided)
@@ -124,6 +137,25 @@ class Intake:
         if slot is not None:
             return await self._over_global_budget(record, slot, secret)
         return await self._submit(record, call)
+
+    async def _await_approval(self, record: OperationRecord, why: str) -> Accepted:
+        """Too wide to act on one person's word: wait for a second person (POST .../approve)."""
+        now = self.runtime.now()
+
+        def waiting(r: OperationRecord) -> OperationRecord | None:
+            if r.status != "Claimed":
+                return None
+            r.status, r.last_updated_time = "AwaitingApproval", now
+            r.error = {"code": "ApprovalRequired", "message": f"Waiting for a second person's approval: {why}. "
+                       f"POST /api/reimage/{r.operation_id}/approve (or /reject) within "
+                       f"{self.settings.approval_timeout_minutes} minutes."}
+            return r
+
+        stored = await self.runtime.ledger.update(record.operation_id, waiting)
+        assert stored is not None
+        await completion.publish_info(self.runtime, AWAITING_APPROVAL, stored)
+        log.info("awaiting approval %s for %s: %s", record.operation_id, record.target, why)
+        return Accepted(stored, self.settings.poll_default_seconds)
 
     async def _waiting(self, record: OperationRecord, decided: admission.Admission) -> Accepted:
         """Joined the running batch, or queued for a later one: no POST from here."""
@@ -159,10 +191,11 @@ class Intake:
         wait = max(1, int((frees - self.runtime.now()).total_seconds() + 0.999))
         if secret:
             await completion.release_lease(self.runtime, record, applied=False)
-            await self._free(record)
-            raise ReimagerError(429, "GlobalBudgetExhausted", "GLOBAL_MAX_REIMAGES_PER_HOUR reimages were sent in "
-                                f"the last hour; a request carrying secrets cannot wait. Ask again after "
-                                f"{frees.isoformat()}.", target="target", retry_after=wait)
+            spent = ReimagerError(429, "GlobalBudgetExhausted", "GLOBAL_MAX_REIMAGES_PER_HOUR reimages were sent in "
+                                  f"the last hour; a request carrying secrets cannot wait. Ask again after "
+                                  f"{frees.isoformat()}.", target="target", retry_after=wait)
+            await self._free(record, spent)
+            raise spent
         entry = QueueEntry(operation_id=record.operation_id, keys=record.cooldown_keys, options=record.options,
                            queued_at=self.runtime.now())
         await self.runtime.ledger.change_target(record.lease_key, lambda t: admission.requeue(
@@ -182,7 +215,7 @@ class Intake:
                 raise
             # ARM refused it (4xx, or throttled after our retries): nothing was applied. Free the key.
             await completion.abandon(self.runtime, self.client, record, exc.error_dict())
-            await self._free(record)
+            await self._free(record, exc)
             raise
         # Anything else raised above (a bug, a cancellation) leaves the record Submitting: the POST may
         # have gone out, and the sweeper ends it SubmissionLost.
@@ -217,7 +250,16 @@ class Intake:
         s = self.settings
         return next_poll_delay(retry_after, s.poll_min_seconds, s.poll_max_seconds, s.poll_default_seconds)
 
-    async def _free(self, record: OperationRecord) -> None:
+    async def _free(self, record: OperationRecord, error: ReimagerError | None) -> None:
+        """Nothing was sent: free the key so the request may be asked again. An approved request was already
+        answered 202 (awaiting approval), so it ends instead, with its one event carrying why."""
+        if record.approved_by is not None:
+            why = error.error_dict() if error is not None else {"code": "InternalError", "message": "not submitted"}
+            await completion.finish(self.runtime, record.operation_id, "Failed", why, applied=False,
+                                    client=self.client)
+            if error is not None:
+                error.extra.update(operationId=record.operation_id, completed=True)
+            return
         await self.runtime.ledger.release_claim(record)
         await self.runtime.ledger.settled(record.operation_id)
 
@@ -263,6 +305,17 @@ class Intake:
 
     async def _publish_accepted(self, record: OperationRecord) -> None:
         await completion.publish_info(self.runtime, ACCEPTED, record)
+
+
+def needs_approval(request: ReimageRequest, instances: list[str] | None, settings: Any) -> str | None:
+    """Why this request needs a second person's yes, or None: a whole scale set, or more instances than
+    APPROVAL_ABOVE_INSTANCES."""
+    if request.all_instances:
+        return "it reimages every instance of the scale set (allInstances)"
+    count, limit = (len(instances) if instances is not None else 1), settings.approval_above_instances
+    if count > limit:
+        return f"it reimages {count} instances, more than APPROVAL_ABOVE_INSTANCES ({limit})"
+    return None
 
 
 def _claim_lost() -> ReimagerError:

@@ -84,6 +84,8 @@ class OperationRecord(_Doc):
     health_detail: dict[str, str] | None = None  # instance ("" = the VM) -> Healthy/Unhealthy/Unknown: detail
     queue_position: int | None = None
     cancelled_by: str | None = None
+    approved_by: str | None = None
+    approved_by_verified: str | None = None
     event_id: str | None = None  # set once the terminal event is published
     etag: str | None = Field(None, exclude=True)
 
@@ -118,6 +120,9 @@ class OperationRecord(_Doc):
             doc["batchId"] = self.batch_id
         if self.cancelled_by is not None:
             doc["cancelledBy"] = self.cancelled_by
+        if self.approved_by is not None:
+            doc["approvedBy"] = self.approved_by
+            doc["approvedByVerified"] = self.approved_by_verified
         if self.is_batch:
             doc["members"] = self.members
         return doc

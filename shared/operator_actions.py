@@ -7,6 +7,7 @@ the queue (it ends Canceled, with one event) or finds it already on its way to A
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from shared import admission, batches, completion, runtime
@@ -14,6 +15,7 @@ from shared.api import Outcome, guarded
 from shared.errors import ReimagerError
 from shared.events import RESUMED
 from shared.ledger import OperationRecord, TargetRecord
+from shared.models import ArmCall
 from shared.targets import TargetError, parse_target
 
 
@@ -27,8 +29,116 @@ class Who(Protocol):
     def verified(self) -> str: ...
 
 
+@dataclass(frozen=True)
+class Named:
+    """A name the caller typed (a body field): recorded, never trusted as an identity."""
+
+    name: str
+    verified: str = "unverified"
+
+
+def read_action(raw: bytes, headers: Any) -> tuple[dict[str, Any], Who | None]:
+    """The body of cancel/approve/reject (`{"reason", "by"}`) and who acts: the verified caller when App
+    Service authentication vouches for one, else the typed `by`, recorded as unverified."""
+    from shared.api import parse_json, principal_of
+
+    body = parse_json(raw) or {}
+    if not isinstance(body, dict):
+        raise ReimagerError(400, "InvalidRequest", 'The body must be a JSON object: {"reason": "...", "by": "..."}.')
+    extra = sorted(set(body) - {"reason", "by"})
+    if extra:
+        raise ReimagerError(400, "InvalidRequest", f"Unknown field {extra[0]!r}; the fields are reason and by.",
+                            target=extra[0])
+    for field in ("reason", "by"):
+        value = body.get(field)
+        if value is not None and (not isinstance(value, str) or not 0 < len(value) <= 256):
+            raise ReimagerError(400, "InvalidRequest", f"{field} must be text of 1 to 256 characters.", target=field)
+    principal = principal_of(headers)
+    if principal is not None and principal.verified != "unverified":
+        return body, principal
+    return body, (Named(body["by"]) if body.get("by") else None)
+
+
 def _label(who: Who | None) -> str:
     return who.name if who is not None else "unknown"
+
+
+def _not_waiting(record: OperationRecord) -> ReimagerError:
+    return ReimagerError(409, "NotAwaitingApproval", f"Operation {record.operation_id} is {record.public_status}, "
+                         "not waiting for approval.", target="operationId",
+                         extra={"operationId": record.operation_id, "status": record.public_status})
+
+
+async def approve(operation_id: str, who: Who | None, reason: str | None, client: Any = None) -> Outcome:
+    """A second person's yes: the request goes on to admission (it may lead, ride a batch or queue)."""
+    async def work() -> Outcome:
+        rt = runtime.get()
+        record = await _operation(operation_id)
+        if record.status != "AwaitingApproval":
+            raise _not_waiting(record)
+        if who is None or (who.verified == "unverified" and not rt.settings.approval_allow_unverified):
+            raise ReimagerError(403, "ApproverNotVerified", "An approval must come from a verified person (App "
+                                "Service authentication, or a signed Slack or Teams request); "
+                                "APPROVAL_ALLOW_UNVERIFIED is off.", target="approvedBy")
+        if record.requested_by and who.name.casefold() == record.requested_by.casefold():
+            raise ReimagerError(403, "SelfApprovalNotAllowed", f"{who.name} asked for this reimage and cannot also "
+                                "approve it: a second person must.", target="approvedBy")
+        now = rt.now()
+
+        def approved(r: OperationRecord) -> OperationRecord | None:
+            if r.status != "AwaitingApproval":
+                return None
+            r.status, r.error, r.last_updated_time = "Claimed", None, now
+            r.approved_by, r.approved_by_verified = who.name, who.verified
+            if reason:
+                r.reason = f"{r.reason or ''} (approved: {reason})".strip()[:512]
+            return r
+
+        claimed = await rt.ledger.update(operation_id, approved)
+        if claimed is None or claimed.status != "Claimed" or claimed.approved_by != who.name:
+            raise _not_waiting(claimed or record)
+        from shared.intake import Intake
+
+        intake = Intake(rt, client)
+        try:
+            target = parse_target(claimed.target)
+            model = await rt.compute.get_model(target)  # again: the set may have changed while it waited
+            capacity = len(model.instance_ids) if model.instance_ids is not None else 1
+            call = ArmCall.for_batch(target, claimed.options, claimed.cooldown_keys, rt.settings.compute_api_version)
+            result = await intake.admit_and_submit(claimed, call, capacity=capacity, target_id=target.vm_id,
+                                                   secret=False, symptom=False)
+        except ReimagerError as exc:
+            if exc.extra.get("completed"):
+                return Outcome(200, (await _operation(operation_id)).view())
+            await completion.finish(rt, operation_id, "Failed", exc.error_dict(), applied=False, client=client)
+            return Outcome(200, (await _operation(operation_id)).view())
+        return Outcome(202, result.record.view())
+
+    return await guarded(work())
+
+
+async def reject(operation_id: str, who: Who | None, reason: str | None, client: Any = None) -> Outcome:
+    """A second person's no: the request ends Canceled (one event)."""
+    async def work() -> Outcome:
+        rt = runtime.get()
+        record = await _operation(operation_id)
+        by = _label(who)
+        now = rt.now()
+
+        def rejected(r: OperationRecord) -> OperationRecord | None:
+            if r.status != "AwaitingApproval":
+                return None
+            r.status, r.completed_at, r.last_updated_time, r.cancelled_by = "Canceled", now, now, by
+            r.error = {"code": "ApprovalRejected", "message": f"Rejected by {by}" + (f": {reason}" if reason else ".")}
+            return r
+
+        done = await rt.ledger.update(operation_id, rejected)
+        if done is None or done.status != "Canceled" or done.cancelled_by != by:
+            raise _not_waiting(done or record)
+        done = await completion.send_completion(rt, done)
+        return Outcome(200, done.view())
+
+    return await guarded(work())
 
 
 async def _operation(operation_id: str) -> OperationRecord:

@@ -58,6 +58,8 @@ class Operation(_Body):
                                  "submitted on its own, a b-... batch when it was coalesced with others")
     queue_position: int | None = Field(None, description="Queued: its place in the target's queue (1 = next)")
     cancelled_by: str | None = Field(None, description="Canceled by an operator: who")
+    approved_by: str | None = Field(None, description="Who approved it (a second person; see requestedBy)")
+    approved_by_verified: str | None = Field(None, description="How approvedBy was verified")
     members: list[str] | None = Field(None, description="A batch (b-...): the operations it carries")
     status_url: str | None = Field(None, description="Where to poll this operation (also the Location header)")
     duplicate: bool | None = Field(None, description="true: this answers an earlier request with the same "

@@ -151,10 +151,24 @@ async def _sweep_one(runtime: Runtime, client: Any, record: OperationRecord, age
         await _sweep_member(runtime, record, age, quiet, report)
     elif record.status == "Queued":
         pass  # per target, below
+    elif record.status == "AwaitingApproval":
+        limit = timedelta(minutes=runtime.settings.approval_timeout_minutes)
+        if runtime.now() - record.created_time > limit:
+            await completion.end_waiting(runtime, [_entry(record)], "ApprovalTimedOut", "Nobody approved this "
+                                         f"reimage within APPROVAL_TIMEOUT_MINUTES ({int(limit.total_seconds() // 60)})"
+                                         "; nothing was reimaged.", only_if="AwaitingApproval")
+            report.expired.append(record.operation_id)
     elif record.status == "Claimed" and age > quiet:
         target = await ledger.get_target(record.lease_key)
         if any(e.operation_id == record.operation_id for e in target.queue):
             return  # it was queued and crashed before saying so: the queue carries it
+        if record.approved_by is not None:  # approved (answered 202 long ago), then its approver's call died
+            await completion.release_lease(runtime, record, applied=False)
+            await completion.finish(runtime, record.operation_id, "Failed", {
+                "code": "NotSubmitted", "message": "It was approved, but the approval's call stopped before the "
+                "reimage was sent; nothing was reimaged. Ask again."}, applied=False, client=client)
+            report.lost.append(record.operation_id)
+            return
 
         await completion.release_lease(runtime, record, applied=False)
         if await ledger.release_claim(record):

@@ -48,12 +48,14 @@ def reimaged(h: Host) -> Counter[str]:
 
 
 async def send_storm(h: Host, n: int, retries: int = 1, **custom: Any) -> list[tuple[int, Any]]:
-    """N alerts at once, each re-sent `retries` more times as an action group would."""
+    """N alerts at once; then the whole storm again `retries` times, as action groups re-send."""
     async def one(i: int) -> tuple[int, Any]:
         s, body, _ = await h.post("/api/alerts", alert(str(i), f"alert-{i}", **custom))
         return s, body
 
-    results = await asyncio.gather(*(one(i) for i in range(n) for _ in range(1 + retries)))
+    results: list[tuple[int, Any]] = []
+    for _ in range(1 + retries):
+        results += await asyncio.gather(*(one(i) for i in range(n)))
     return results
 
 
@@ -165,26 +167,33 @@ async def test_breaker_suspends_on_a_systemic_storm(new_host: NewHost) -> None:
 
 
 async def test_three_unhealthy_outcomes_in_a_row_suspend_the_target(new_host: NewHost) -> None:
-    h: Host = await new_host(settings={"COOLDOWN_MINUTES": "0", "HEALTH_GRACE_MINUTES": "2"})
+    h = await storm_host(new_host, capacity=20, HEALTH_GRACE_MINUTES="2")
     h.dh.sim.faults.append(Fault.model_validate({"match": "instanceView", "health": "unhealthy", "times": 1000}))
     for i in range(3):
-        s, body, _ = await h.reimage({"target": LINUX_VM, "requestId": f"r-{i}"})
+        s, body, _ = await h.post("/api/alerts", alert(str(i), f"sick-{i}"))
         assert s == 202, body
         await h.until_completed(i + 1)
     assert [e["data"]["health"] for e in h.completed()] == ["Unhealthy"] * 3
+    assert all(e["data"]["status"] == "Succeeded" for e in h.completed())  # ARM succeeded; the machine did not
+    assert "HealthState/unhealthy" in h.completed()[0]["data"]["healthDetail"]["0"] or \
+        "unhealthy" in h.completed()[0]["data"]["healthDetail"]["0"].lower()
     await h.settle(lambda: len(h.events("reimager.target.suspended")) >= 1, max_virtual_seconds=600)
-    s, body, _ = await h.reimage({"target": LINUX_VM, "requestId": "r-4"})
-    assert s == 409 and body["error"]["code"] == "TargetSuspended"
+    [suspended] = h.events("reimager.target.suspended")
+    assert suspended["data"]["suspension"]["evidence"]["consecutiveFailures"] == 3
+    s, body, _ = await h.post("/api/alerts", alert("3", "sick-3"))
+    assert body["refused"][0]["error"]["code"] == "TargetSuspended"
 
 
 async def test_health_healthy_within_grace_and_unknown_when_unreadable(new_host: NewHost) -> None:
-    h: Host = await new_host(settings={"COOLDOWN_MINUTES": "0", "HEALTH_GRACE_MINUTES": "5"})
+    h = await storm_host(new_host, capacity=20, HEALTH_GRACE_MINUTES="5")
     h.dh.sim.faults.append(Fault.model_validate({"match": "instanceView", "health": "unhealthy", "times": 2}))
-    await h.reimage({"target": LINUX_VM, "requestId": "heals"})
+    await h.post("/api/alerts", alert("0", "heals"))
     [event] = await h.until_completed(1)
-    assert event["data"]["health"] == "Healthy"
+    assert event["data"]["health"] == "Healthy" and event["data"]["polls"] >= 1
+    views = [r for r in h.dh.sim.requests if "instanceView" in r["path"] or "$expand" in json.dumps(r["query"])]
+    assert len(views) >= 3  # unhealthy twice, then healthy: it waited within the grace
     h.dh.sim.faults.append(Fault.model_validate({"match": "instanceView", "status": 500, "times": 1000}))
-    await h.reimage({"target": LINUX_VM, "requestId": "unreadable"})
+    await h.post("/api/alerts", alert("1", "unreadable"))
     events = await h.until_completed(2)
     assert events[1]["data"]["health"] == "Unknown" and events[1]["data"]["status"] == "Succeeded"
 

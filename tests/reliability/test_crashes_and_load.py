@@ -90,7 +90,8 @@ async def test_500_mixed_concurrent_requests(new_host: NewHost, caplog: pytest.L
     answers = await asyncio.gather(*(h.reimage(b) for b in bodies))
     statuses = Counter(a[0] for a in answers)
     assert 500 not in statuses and set(statuses) <= {200, 202, 400, 403, 404, 409, 429}
-    accepted = {a[1]["operationId"] for a in answers if a[0] == 202}
+    # 202, or 200 for one that was accepted and had already ended (a queued request canceled by the breaker)
+    accepted = {a[1]["operationId"] for a in answers if a[0] == 202 or (a[0] == 200 and not a[1].get("duplicate"))}
     await h.settle(lambda: {e["data"]["operationId"] for e in h.completed()} >= accepted, max_virtual_seconds=3600)
     await h.settle(lambda: True)
     per_op = Counter(e["data"]["operationId"] for e in h.completed())

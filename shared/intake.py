@@ -102,9 +102,11 @@ class Intake:
         if not won:
             return await self._joined(existing, request, trigger=trigger, default_key=default_key,
                                       reply_to=reply_to, reply_correlation_id=reply_correlation_id)
-        await ledger.index(record)
         if approval:
+            await self._precheck(record)
+            await ledger.index(record)
             return await self._await_approval(record, approval)
+        await ledger.index(record)
         capacity = len(model.instance_ids) if model.instance_ids is not None else 1
         return await self.admit_and_submit(record, call, capacity=capacity, target_id=target.vm_id,
                                            secret=request.os_profile is not None, symptom=not request.all_instances)
@@ -137,6 +139,19 @@ class Intake:
         if slot is not None:
             return await self._over_global_budget(record, slot, secret)
         return await self._submit(record, call)
+
+    async def _precheck(self, record: OperationRecord) -> None:
+        """Before paging a human: refuse now what admission would refuse anyway (suspended, cooling down).
+        Advisory only: after the approval, admission decides again, atomically."""
+        target = await self.runtime.ledger.get_target(record.lease_key)
+        now = self.runtime.now()
+        error = admission.suspended_error(target) if target.suspended else None
+        hit = policy.cooling(target, record.cooldown_keys, now)
+        if error is None and hit is not None:
+            error = policy.cooldown_error(*hit, now)
+        if error is not None:
+            await self._free(record, None)
+            raise error
 
     async def _await_approval(self, record: OperationRecord, why: str) -> Accepted:
         """Too wide to act on one person's word: wait for a second person (POST .../approve)."""

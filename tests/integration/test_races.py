@@ -113,9 +113,11 @@ async def test_all_instances_refused_while_one_instance_cools_down(new_host: New
 
 
 async def test_all_instances_names_the_instances_seen_at_preflight(new_host: NewHost) -> None:
-    h: Host = await new_host()
-    s, body, _ = await h.reimage({"target": VMSS, "allInstances": True})
-    assert s == 202
+    h: Host = await new_host(settings={"APPROVAL_ALLOW_UNVERIFIED": "true"})
+    s, body, _ = await h.reimage({"target": VMSS, "allInstances": True, "requestedBy": "alice"})
+    assert s == 202 and body["status"] == "AwaitingApproval"
+    s, approved, _ = await h.post(f"/api/reimage/{body['operationId']}/approve", {"by": "bob"})
+    assert s == 202, approved
     await h.settle(lambda: len(h.reimage_posts()) >= 1)
     post = h.reimage_posts()[0]
     assert post["body"]["instanceIds"] == body["instanceIds"] and len(body["instanceIds"]) >= 1

@@ -110,14 +110,14 @@ class OperationRecord(_Doc):
             "completedAt": self.completed_at.isoformat() if self.completed_at else None,
             "polls": self.polls, "armStatus": self.arm_status, "error": self.error,
         }
-        if self.status == "Queued":
-            doc["queuePosition"] = self.queue_position
-        if self.batch_id is not None:
-            doc["batchId"] = self.batch_id
+        # In the order of shared/responses.Operation, so a stored view and an answered one are the same JSON.
         if self.terminal:
             doc["health"] = self.health
             doc["healthDetail"] = self.health_detail
+        if self.terminal or self.batch_id is not None:
             doc["batchId"] = self.batch_id
+        if self.status == "Queued":
+            doc["queuePosition"] = self.queue_position
         if self.cancelled_by is not None:
             doc["cancelledBy"] = self.cancelled_by
         if self.approved_by is not None:

@@ -1,0 +1,99 @@
+"""Approval by a second person for wide reimages; reject, cancel and the approval timeout."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from tests.helpers import SENTINEL_PASSWORD
+from tests.integration.conftest import LINUX_VM, VMSS, Host
+
+NewHost = Any
+OPEN = {"APPROVAL_ALLOW_UNVERIFIED": "true", "BREAKER_PERCENT": "100", "FLEET_BUDGET_PERCENT": "100",
+        "MAX_BATCH_PERCENT": "100"}
+
+
+async def ask_all(h: Host, **extra: Any) -> dict[str, Any]:
+    s, body, headers = await h.reimage({"target": VMSS, "allInstances": True, "requestedBy": "alice", **extra})
+    assert s == 202 and body["status"] == "AwaitingApproval", body
+    assert body["error"]["code"] == "ApprovalRequired" and "approve" in body["error"]["message"]
+    return body
+
+
+async def test_all_instances_waits_for_a_second_person_then_runs(new_host: NewHost) -> None:
+    h: Host = await new_host(settings=OPEN)
+    body = await ask_all(h)
+    [waiting] = h.events("reimager.operation.awaiting-approval")
+    assert waiting["data"]["operationId"] == body["operationId"] and waiting["data"]["requestedBy"] == "alice"
+    assert waiting["data"]["instanceIds"] == body["instanceIds"]  # what is to be reimaged, and by whom
+    assert h.reimage_posts() == []
+    op = body["operationId"]
+    s, refused, _ = await h.post(f"/api/reimage/{op}/approve", {"by": "Alice"})
+    assert s == 403 and refused["error"]["code"] == "SelfApprovalNotAllowed"
+    s, approved, _ = await h.post(f"/api/reimage/{op}/approve", {"by": "bob", "reason": "known bad image"})
+    assert s == 202 and approved["approvedBy"] == "bob" and approved["approvedByVerified"] == "unverified"
+    [event] = await h.until_completed(1)
+    assert event["data"]["status"] == "Succeeded" and event["data"]["approvedBy"] == "bob"
+    [post] = h.reimage_posts()
+    assert post["body"]["instanceIds"] == body["instanceIds"]  # exactly what was checked and approved
+    s, again, _ = await h.post(f"/api/reimage/{op}/approve", {"by": "carol"})
+    assert s == 409 and again["error"]["code"] == "NotAwaitingApproval"
+
+
+async def test_an_unverified_approver_is_refused_by_default(new_host: NewHost) -> None:
+    h: Host = await new_host(settings={k: v for k, v in OPEN.items() if k != "APPROVAL_ALLOW_UNVERIFIED"})
+    body = await ask_all(h)
+    s, refused, _ = await h.post(f"/api/reimage/{body['operationId']}/approve", {"by": "bob"})
+    assert s == 403 and refused["error"]["code"] == "ApproverNotVerified"
+    assert h.reimage_posts() == []
+
+
+async def test_more_instances_than_the_limit_need_approval_and_may_not_carry_secrets(new_host: NewHost) -> None:
+    h: Host = await new_host(settings={**OPEN, "APPROVAL_ABOVE_INSTANCES": "1"})
+    s, body, _ = await h.reimage({"target": VMSS, "instanceIds": ["0", "1"]})
+    assert s == 202 and body["status"] == "AwaitingApproval"
+    s, body, _ = await h.reimage({"target": LINUX_VM.replace("web-linux-01", "app-win-01"),
+                                  "osProfile": {"adminPassword": SENTINEL_PASSWORD}})
+    assert s == 202  # one VM: no approval needed
+    h2: Host = await new_host(settings={**OPEN, "APPROVAL_ABOVE_INSTANCES": "0"})
+    s, body, _ = await h2.reimage({"target": LINUX_VM.replace("web-linux-01", "app-win-01"),
+                                   "osProfile": {"adminPassword": SENTINEL_PASSWORD}})
+    assert s == 400 and body["error"]["target"] == "osProfile" and "never stored" in body["error"]["message"]
+    assert SENTINEL_PASSWORD not in json.dumps(body)
+
+
+async def test_reject_and_cancel_end_it_with_one_event(new_host: NewHost) -> None:
+    h: Host = await new_host(settings=OPEN)
+    first = await ask_all(h, requestId="to-reject")
+    s, rejected, _ = await h.post(f"/api/reimage/{first['operationId']}/reject", {"by": "bob", "reason": "no"})
+    assert s == 200 and rejected["status"] == "Canceled" and rejected["error"]["code"] == "ApprovalRejected"
+    second = await ask_all(h, requestId="to-cancel")
+    s, canceled, _ = await h.post(f"/api/reimage/{second['operationId']}/cancel", {"by": "alice"})
+    assert s == 200 and canceled["status"] == "Canceled" and canceled["cancelledBy"] == "alice"
+    events = await h.until_completed(2)
+    assert sorted(e["data"]["error"]["code"] for e in events) == ["ApprovalRejected", "CanceledByOperator"]
+    s, late, _ = await h.post(f"/api/reimage/{first['operationId']}/approve", {"by": "carol"})
+    assert s == 409
+    assert h.reimage_posts() == []
+
+
+async def test_nobody_approves_in_time(new_host: NewHost) -> None:
+    h: Host = await new_host(settings={**OPEN, "APPROVAL_TIMEOUT_MINUTES": "30"})
+    body = await ask_all(h)
+    [event] = await h.until_completed(1)  # the sweeper, on devhost's clock
+    assert event["data"]["status"] == "Canceled" and event["data"]["error"]["code"] == "ApprovalTimedOut"
+    assert event["data"]["operationId"] == body["operationId"] and h.reimage_posts() == []
+    s, late, _ = await h.post(f"/api/reimage/{body['operationId']}/approve", {"by": "bob"})
+    assert s == 409
+
+
+async def test_an_alert_on_a_whole_set_pages_a_human_instead_of_acting(new_host: NewHost) -> None:
+    h: Host = await new_host(settings=OPEN)
+    doc = {"schemaId": "azureMonitorCommonAlertSchema", "data": {"essentials": {
+        "alertId": "whole-set", "alertRule": "r", "severity": "Sev1", "signalType": "Metric",
+        "monitorCondition": "Fired", "monitoringService": "Platform", "alertTargetIDs": [VMSS],
+        "firedDateTime": "2026-01-01T00:00:00Z"}, "alertContext": {},
+        "customProperties": {"reimage.allInstances": "true"}}}
+    s, body, _ = await h.post("/api/alerts", doc)
+    assert s == 202 and body["accepted"][0]["status"] == "AwaitingApproval"
+    assert len(h.events("reimager.operation.awaiting-approval")) == 1 and h.reimage_posts() == []

@@ -15,7 +15,17 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from shared.errors import ErrorResponse  # noqa: E402
-from shared.events import ACCEPTED, COMPLETED, REJECTED, EventData, build_event, data_schema  # noqa: E402
+from shared.events import (  # noqa: E402
+    ACCEPTED,
+    AWAITING_APPROVAL,
+    COMPLETED,
+    QUEUED,
+    REJECTED,
+    SUSPENDED,
+    EventData,
+    build_event,
+    data_schema,
+)
 from shared.models import ReimageRequest  # noqa: E402
 
 
@@ -46,7 +56,20 @@ def events_doc() -> str:
     schema = json.dumps(data_schema(), indent=2)
     accepted = _example(ACCEPTED, status="Accepted", submittedAt=_T0)
     completed = _example(COMPLETED, status="Succeeded", submittedAt=_T0, completedAt="2026-01-01T00:03:10Z",
-                         durationSeconds=190.0, polls=7)
+                         durationSeconds=190.0, polls=7, batchId="b-4f0c2a9e7d3b4c1a8e6f5d4c3b2a1908",
+                         health="Healthy", healthDetail={"0": "Healthy: running, provisioning succeeded, "
+                                                         "application health: healthy"})
+    queued = _example(QUEUED, status="Queued", queuePosition=3)
+    awaiting = _example(AWAITING_APPROVAL, status="AwaitingApproval", instanceIds=["0", "1", "2", "3"],
+                        error={"code": "ApprovalRequired", "message": "Waiting for a second person's approval: it "
+                               "reimages every instance of the scale set (allInstances)."})
+    suspended = _example(SUSPENDED, operationId=None, requestId=None, instanceIds=None, status="Suspended",
+                         trigger="breaker", requestedBy=None, reason=None, correlationId=None,
+                         suspension={"since": "2026-01-01T00:03:10+00:00", "reason": "11 of 20 instances were asked "
+                                     "to be reimaged within 60 minutes, more than BREAKER_PERCENT 50%: a systemic "
+                                     "failure that reimaging will not cure", "by": "breaker",
+                                     "evidence": {"distinctInstancesRequested": 11, "capacity": 20,
+                                                  "breakerPercent": 50, "windowMinutes": 60}})
     failed = _example(COMPLETED, status="Failed", submittedAt=_T0, completedAt="2026-01-01T00:03:10Z",
                       durationSeconds=190.0, polls=7,
                       error={"code": "OperationPreempted", "message": "Operation execution has been preempted "
@@ -66,7 +89,8 @@ type `application/cloudevents+json; charset=utf-8`. With no Service Bus namespac
 
 | attribute | value |
 |---|---|
-| `type` | `reimager.operation.accepted`, `reimager.operation.completed` or `reimager.request.rejected` |
+| `type` | `reimager.operation.accepted`, `.completed`, `.queued`, `.awaiting-approval`; \
+`reimager.request.rejected`; `reimager.target.suspended`, `.resumed` |
 | `source` | `/reimager` |
 | `subject` | the normalised ARM id of the target |
 | `id` | a UUID derived from the operation id and the type: a re-sent event keeps its id |
@@ -89,6 +113,12 @@ event on that queue, with `CorrelationId` set to the request message's `MessageI
 - A queued request refused before it was accepted (invalid, forbidden, not found) gets a
   `reimager.request.rejected` event with status `Rejected` and the error, so nothing is lost.
 - `reimager.operation.accepted` is informational: sent once the reimage was submitted to ARM.
+  So are `reimager.operation.queued` (waiting for its scale set's batch or a budget) and
+  `reimager.operation.awaiting-approval` (waiting for a second person).
+- A request that rode a batch (one ARM POST for many requests) still gets its own completion
+  event, naming the `batchId` and its own instances' `health` / `healthDetail`.
+- `reimager.target.suspended` is sent once per suspension, with the evidence; waiting requests
+  then end `Canceled` / `TargetSuspended`. `reimager.target.resumed` when an operator lifts it.
 - No event ever carries `adminPassword` or `customData`.
 
 ## reimager.operation.accepted
@@ -116,10 +146,34 @@ Failed, with ARM's error:
 at another host), `NoOperationUrl`, `ComputeUnavailable` / `ComputeError` /
 `SubmissionUncertain` (the submission failed). Otherwise the code is ARM's own.
 
+`error.code` values of `Canceled`: `CanceledByOperator`, `ApprovalRejected`, `ApprovalTimedOut`,
+`QueueExpired`, `TargetSuspended`, `CooldownActive` (an instance was reimaged while it waited).
+
 ## reimager.request.rejected
 
 ```json
 {rejected}
+```
+
+## reimager.operation.queued
+
+```json
+{queued}
+```
+
+## reimager.operation.awaiting-approval
+
+```json
+{awaiting}
+```
+
+## reimager.target.suspended
+
+`reimager.target.resumed` has the same shape, with `status: Resumed`, `trigger: operator` and
+`resumedAt` / `resumedBy` / `resumeReason` added to `suspension`.
+
+```json
+{suspended}
 ```
 
 ## JSON Schema of `data`
@@ -171,9 +225,15 @@ ERRORS = {
     400: "InvalidRequest: the body is not valid (also: not a JSON object, nested deeper than 64, a key repeated in "
          "one object, NaN); details name each field",
     401: "No valid function key (`code` query parameter or `x-functions-key` header)",
-    403: "ScopeNotAllowed (outside ALLOWED_SCOPES) or TargetProtected (protection tag)",
-    404: "TargetNotFound / OperationNotFound", 409: "OperationInProgress or RequestIdConflict",
-    413: "PayloadTooLarge (over 256 KB)", 429: "CooldownActive; see Retry-After",
+    403: "ScopeNotAllowed (outside ALLOWED_SCOPES) or TargetProtected (protection tag); approvals: "
+         "SelfApprovalNotAllowed, ApproverNotVerified",
+    404: "TargetNotFound / OperationNotFound",
+    409: "OperationInProgress (a request carrying secrets for a busy target), TargetSuspended, RequestIdConflict; "
+         "operators: NotCancellable (already sent to ARM, which cannot stop a reimage), NotAwaitingApproval, "
+         "NotSuspended",
+    413: "PayloadTooLarge (over 256 KB)",
+    429: "CooldownActive, FleetBudgetExhausted or GlobalBudgetExhausted (a request carrying secrets cannot wait); "
+         "see Retry-After",
     500: "InternalError (never for bad input)",
     502: "ComputeError (ARM refused: its code and message are in details), UntrustedOperationUrl, "
          "SubmissionUncertain",
@@ -200,13 +260,14 @@ RAW_SCHEMAS: dict[str, dict[str, Any]] = {
 
 def routes() -> list[Route]:
     from shared.models import ReimageRequest
-    from shared.responses import AlertResult, DryRun, Operation
+    from shared.responses import ActionRequest, AlertResult, DryRun, Operation, ResumeRequest, TargetState
 
     return [
         Route("post", "/api/reimage", "submitReimage", "Request a reimage (or a dry run)", request=ReimageRequest,
               responses={
-                  202: Response("Accepted and submitted to ARM (or a duplicate of an operation still running)",
-                                Operation, headers=("Location", "Retry-After")),
+                  202: Response("Accepted: submitted to ARM (status Accepted), waiting for its scale set's batch "
+                                "(Queued), or for a second person (AwaitingApproval); or a duplicate of an "
+                                "operation still running", Operation, headers=("Location", "Retry-After")),
                   200: Response("A dry run's plan, or a duplicate of a finished operation", (Operation, DryRun))},
               errors=(400, 401, 403, 404, 409, 413, 429, 500, 502, 503)),
         Route("get", "/api/reimage/{operationId}", "getReimage", "An operation's status",
@@ -216,6 +277,23 @@ def routes() -> list[Route]:
               responses={202: Response("At least one target was accepted", AlertResult),
                          200: Response("Nothing acted: every target ignored or refused", AlertResult)},
               errors=(400, 401, 413, 500, 503)),
+        Route("post", "/api/reimage/{operationId}/cancel", "cancelReimage",
+              "End a Queued or AwaitingApproval operation Canceled (one event)", request=ActionRequest,
+              responses={200: Response("Canceled", Operation)}, errors=(400, 401, 404, 409, 500)),
+        Route("post", "/api/reimage/{operationId}/approve", "approveReimage",
+              "A second person's yes: the operation goes on to admission", request=ActionRequest,
+              responses={202: Response("Approved: submitted, riding a batch or queued", Operation),
+                         200: Response("Approved, but it could not be sent: it ended (see error)", Operation)},
+              errors=(400, 401, 403, 404, 409, 500)),
+        Route("post", "/api/reimage/{operationId}/reject", "rejectReimage",
+              "A second person's no: the operation ends Canceled (one event)", request=ActionRequest,
+              responses={200: Response("Rejected", Operation)}, errors=(400, 401, 404, 409, 500)),
+        Route("get", "/api/targets", "getTarget", "A target's lease, batch, queue, cooldowns, budget and suspension",
+              query=(Query("id", "ARM id of the VM or scale set", {"type": "string"}),),
+              responses={200: Response("The target", TargetState)}, errors=(400, 401, 403, 500)),
+        Route("post", "/api/targets/resume", "resumeTarget", "Lift a suspension (one reimager.target.resumed event)",
+              request=ResumeRequest, responses={200: Response("Resumed", TargetState)},
+              errors=(400, 401, 403, 409, 500)),
     ]
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from shared import admission, batches, completion, runtime
+from pydantic import ValidationError
+
+from shared import admission, batches, completion, responses, runtime
 from shared.api import Outcome, guarded
 from shared.errors import ReimagerError
 from shared.events import RESUMED
@@ -49,10 +51,12 @@ def read_action(raw: bytes, headers: Any) -> tuple[dict[str, Any], Who | None]:
     if extra:
         raise ReimagerError(400, "InvalidRequest", f"Unknown field {extra[0]!r}; the fields are reason and by.",
                             target=extra[0])
-    for field in ("reason", "by"):
-        value = body.get(field)
-        if value is not None and (not isinstance(value, str) or not 0 < len(value) <= 256):
-            raise ReimagerError(400, "InvalidRequest", f"{field} must be text of 1 to 256 characters.", target=field)
+    try:
+        responses.ActionRequest.model_validate(body)
+    except ValidationError as exc:
+        field = str(exc.errors()[0]["loc"][0])
+        raise ReimagerError(400, "InvalidRequest", f"{field} must be text of 1 to 256 characters.",
+                            target=field) from None
     principal = principal_of(headers)
     if principal is not None and principal.verified != "unverified":
         return body, principal
@@ -223,7 +227,7 @@ def target_view(record: TargetRecord, target_id: str) -> dict[str, Any]:
                  "options": record.batch.options, "started": record.batch.started.isoformat(),
                  "sealed": bool(record.batch.members)}
     frees = admission.budget_frees_at(record, s)
-    return {
+    return responses.TargetState.model_validate({
         "target": record.target_id or target_id, "capacity": record.capacity if scale_set else None,
         "lease": lease, "batch": batch,
         "queue": [{"operationId": e.operation_id, "instanceIds": [k for k in e.keys if k] or None,
@@ -238,7 +242,7 @@ def target_view(record: TargetRecord, target_id: str) -> dict[str, Any]:
                     "consecutiveFailures": record.consecutive_failures, "breakerFailures": s.breaker_failures},
         "suspended": ({k: v for k, v in record.suspended.items() if k != "announced"}
                       if record.suspended else None),
-    }
+    }).body()
 
 
 async def get_target(target_id: str | None) -> Outcome:

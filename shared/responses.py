@@ -124,3 +124,77 @@ class AlertResult(_Body):
     accepted: list[AlertAccepted]
     refused: list[AlertRefused]
     ignored: list[AlertIgnored]
+
+
+class ActionRequest(BaseModel):
+    """The body of cancel / approve / reject. `by` is recorded as unverified: a verified caller (App Service
+    authentication) is taken from the platform's header instead."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str | None = Field(None, min_length=1, max_length=256)
+    by: str | None = Field(None, min_length=1, max_length=256)
+
+
+class ResumeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    target: str = Field(description="ARM id of the VM or scale set to resume")
+    reason: str | None = Field(None, max_length=256)
+
+
+class TargetLease(_Body):
+    owner: str = Field(description="The operation or batch holding the target")
+    until: Timestamp
+
+
+class TargetBatch(_Body):
+    batch_id: str
+    members: list[str] = Field(description="The requests riding it (empty until it is sealed, just before its POST)")
+    instance_ids: list[str]
+    options: dict[str, Any]
+    started: Timestamp
+    sealed: bool
+
+
+class QueuedRequest(_Body):
+    operation_id: str
+    instance_ids: list[str] | None
+    options: dict[str, Any]
+    queued_at: Timestamp
+    position: int
+
+
+class TargetCooldown(_Body):
+    until: Timestamp
+    operation_id: str
+
+
+class FleetBudget(_Body):
+    used: int = Field(description="Instances reimaged in the window")
+    limit: int = Field(description="FLEET_BUDGET_PERCENT of the set's capacity")
+    batch_cap: int = Field(description="Largest batch: MAX_BATCH_PERCENT of the capacity")
+    window_minutes: int
+    frees_at: Timestamp | None
+
+
+class Breaker(_Body):
+    distinct_instances_requested: int
+    breaker_percent: int
+    consecutive_failures: int
+    breaker_failures: int
+
+
+class TargetState(_Body):
+    """GET /api/targets?id=: what holds a target, what waits for it, and what limits it."""
+
+    target: str
+    capacity: int | None = Field(description="Scale sets: instances now (as of the last request)")
+    lease: TargetLease | None
+    batch: TargetBatch | None
+    queue: list[QueuedRequest]
+    cooldowns: dict[str, TargetCooldown] = Field(description='Per instance ("vm" for a VM)')
+    budget: FleetBudget | None
+    breaker: Breaker
+    suspended: dict[str, Any] | None = Field(description="since, reason, by, evidence (and, once lifted, who and "
+                                             "why)")

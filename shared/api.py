@@ -11,12 +11,14 @@ import itertools
 import json
 import logging
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from shared import runtime
 from shared.errors import ReimagerError
 from shared.events import Trigger
+from shared.identity import Principal, from_headers
 from shared.intake import Accepted, Intake, Planned, Result
 from shared.models import parse_request
 
@@ -147,17 +149,20 @@ async def guarded(work: Any) -> Outcome:
 
 
 async def submit_request(data: Any, client: Any, *, trigger: Trigger = "http", default_key: str | None = None,
-                         reply_to: str | None = None, reply_correlation_id: str | None = None) -> Result:
+                         reply_to: str | None = None, reply_correlation_id: str | None = None,
+                         principal: Principal | None = None) -> Result:
     rt = runtime.get()
     request = parse_request(data, default_subscription_id=rt.settings.default_subscription_id,
                             max_instances=rt.settings.max_instances_per_request)
     return await Intake(rt, client).submit(request, trigger=trigger, default_key=default_key, reply_to=reply_to,
-                                           reply_correlation_id=reply_correlation_id)
+                                           reply_correlation_id=reply_correlation_id, principal=principal)
 
 
-async def post_reimage(body: bytes, client: Any, base_url: str) -> Outcome:
+async def post_reimage(body: bytes, client: Any, base_url: str, headers: Mapping[str, str] | None = None) -> Outcome:
+    """`headers`: the request's, for the caller's verified identity (X-MS-CLIENT-PRINCIPAL, see shared.identity)."""
     async def work() -> Outcome:
-        return answer(await submit_request(parse_json(body), client), base_url)
+        principal = from_headers(headers or {}, easy_auth_enabled=runtime.get().settings.easy_auth_enabled)
+        return answer(await submit_request(parse_json(body), client, principal=principal), base_url)
 
     return await guarded(work())
 

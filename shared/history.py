@@ -35,7 +35,9 @@ STATUSES = ("Queued", "AwaitingApproval", "Accepted", "Running", "Verifying", "S
 PARAMETERS = ("target", "status", "since", "top", "continuationToken")
 _IGNORED = {"code"}  # the function key, read by the host
 _MAX_TOKEN = 2048
-_TOKEN_PART = re.compile(r"^[A-Za-z0-9~_-]{1,256}$")  # index partition and row keys (ledger.py) only
+# Table Storage's NextPartitionKey/NextRowKey (for example "1!12!dC1hYmM-"): they go back as header values,
+# so printable ASCII without spaces only.
+_TOKEN_PART = re.compile(r"^[\x21-\x7e]{1,512}$")
 _MAX_EMPTY_PAGES = 10  # with a filter, read on past empty index pages up to this many before answering
 
 

@@ -183,7 +183,8 @@ def activity(text: str, when: datetime, sender: str = "29:1FnsLSOdx", aad: str |
         "recipient": None, "textFormat": "plain", "attachmentLayout": None, "membersAdded": [], "membersRemoved": [],
         "topicName": None, "historyDisclosed": None, "locale": "en-US", "text": f"<at>reimager</at> {text}\n",
         "speak": None, "inputHint": None, "summary": None, "suggestedActions": None, "attachments": [
-            {"contentType": "text/html", "content": f"<div><span itemscope=\"\"><at>reimager</at></span> {text}</div>"}],
+            {"contentType": "text/html",
+             "content": f"<div><span itemscope=\"\"><at>reimager</at></span> {text}</div>"}],
         "entities": [], "channelData": {"teamsChannelId": "19:abc@thread.skype", "teamsTeamId": "19:abc@thread.skype",
                                         "channel": {"id": "19:abc@thread.skype"}, "team": {"id": "19:abc@thread.skype"},
                                         "tenant": {"id": "72f988bf-86f1-41af-91ab-2d7cd011db47"}},

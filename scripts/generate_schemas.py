@@ -157,15 +157,20 @@ def openapi() -> dict[str, Any]:
     error = ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
     error_defs = error.pop("$defs", {})
     error["properties"]["operationId"] = {"type": "string", "description": "The operation the error belongs to"}
-    status = {"type": "string", "enum": ["Accepted", "Running", "Succeeded", "Failed", "Canceled", "TimedOut"]}
+    status = {"type": "string", "enum": ["Queued", "AwaitingApproval", "Accepted", "Running", "Verifying", "Succeeded",
+                                         "Failed", "Canceled", "TimedOut"]}
     nullable_str = {"type": ["string", "null"]}
     operation = {
         "type": "object", "required": ["operationId", "status", "target"],
         "properties": {"operationId": {"type": "string"}, "requestId": {"type": "string"}, "status": status,
                        "statusUrl": {"type": "string"}, "target": {"type": "string"},
                        "instanceIds": {"type": ["array", "null"], "items": {"type": "string"}},
-                       "trigger": {"type": "string", "enum": ["http", "alert", "queue"]},
-                       "requestedBy": nullable_str, "createdTime": nullable_str, "lastUpdatedTime": nullable_str,
+                       "trigger": {"type": "string", "enum": ["http", "alert", "queue", "chatops"]},
+                       "requestedBy": nullable_str,
+                       "requestedByVerified": {"type": "string",
+                                               "enum": ["easyauth", "slack", "teams", "unverified"],
+                                               "description": "How requestedBy was verified"},
+                       "createdTime": nullable_str, "lastUpdatedTime": nullable_str,
                        "polls": {"type": "integer"},
                        "error": {"anyOf": [_ref("ApiError"), {"type": "null"}]},
                        "duplicate": {"type": "boolean", "description": "true: this answers an earlier request "
@@ -192,6 +197,7 @@ def openapi() -> dict[str, Any]:
                                                                                  "items": {"type": "string"}}}},
                                 "customProperties": {"type": ["object", "null"]}}}}}
     retry_after = {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait"}}
+    operator_paths, operator_schemas = operators_openapi()
     return {
         "openapi": "3.1.0",
         "info": {"title": "reimager", "version": "0.1.0",
@@ -199,7 +205,7 @@ def openapi() -> dict[str, Any]:
                                 "scripts/generate_schemas.py from the models; a test fails when it is stale."},
         "security": [{"functionKey": []}, {"functionKeyQuery": []}],
         "paths": {
-            "/api/reimage": {"post": {
+            "/api/reimage": {**operator_paths["/api/reimage"], "post": {
                 "operationId": "submitReimage", "summary": "Request a reimage (or a dry run)",
                 "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("ReimageRequest")}}},
                 "responses": {
@@ -219,14 +225,89 @@ def openapi() -> dict[str, Any]:
                 "responses": {"202": _json(_ref("AlertResult"), "At least one target was accepted"),
                               "200": _json(_ref("AlertResult"), "Nothing acted: every target ignored or refused"),
                               **_errors(400, 401, 413, 500, 503)}}},
+            **{path: item for path, item in operator_paths.items() if path != "/api/reimage"},
         },
         "components": {
             "securitySchemes": {"functionKey": {"type": "apiKey", "in": "header", "name": "x-functions-key"},
                                 "functionKeyQuery": {"type": "apiKey", "in": "query", "name": "code"}},
             "schemas": {"ReimageRequest": request, **defs, **error_defs, "ErrorResponse": error,
-                        "Operation": operation, "DryRun": dry_run, "CommonAlert": alert, "AlertResult": alert_result},
+                        "Operation": operation, "DryRun": dry_run, "CommonAlert": alert, "AlertResult": alert_result,
+                        **operator_schemas},
         },
     }
+
+
+def operators_openapi() -> tuple[dict[str, Any], dict[str, Any]]:
+    """History (GET /api/reimage) and the chat routes: their paths, and the schemas only they use."""
+    from shared.history import MAX_TOP, STATUSES
+
+    def query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+        return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+    bad_params = _json(_ref("ErrorResponse"), "InvalidRequest: a parameter is not valid; error.target names it")
+    unsigned = _json(_ref("ErrorResponse"), "SignatureInvalid: the signature is missing, wrong or more than five "
+                     "minutes old, or the platform's secret is not configured; nothing ran")
+    listing = {"type": "object", "required": ["value"], "description": "ARM's list convention: follow nextLink "
+               "until it is absent; a page may hold fewer than top items",
+               "properties": {"value": {"type": "array", "items": _ref("Operation")},
+                              "nextLink": {"type": "string", "description": "The next page: this query with a "
+                                           "continuationToken (without the function key: send it again)"}}}
+    slack_command = {"type": "object", "description": "Slack slash command payload (form-encoded)",
+                     "properties": {k: {"type": "string"} for k in (
+                         "token", "team_id", "team_domain", "channel_id", "channel_name", "user_id", "user_name",
+                         "command", "text", "response_url", "trigger_id", "api_app_id")}}
+    slack_message = {"type": "object", "required": ["response_type", "text"],
+                     "properties": {"response_type": {"type": "string", "enum": ["ephemeral", "in_channel"]},
+                                    "text": {"type": "string"},
+                                    "blocks": {"type": "array", "items": {"type": "object"}}}}
+    teams_activity = {"type": "object", "description": "Teams outgoing webhook: a Bot Framework message activity",
+                      "properties": {"type": {"type": "string"}, "id": {"type": "string"},
+                                     "timestamp": {"type": "string", "description": "Signed with the body; "
+                                                   "refused when more than five minutes from now"},
+                                     "text": {"type": "string"},
+                                     "from": {"type": "object", "properties": {
+                                         "id": {"type": "string"}, "name": {"type": "string"},
+                                         "aadObjectId": {"type": "string"}}}}}
+    teams_message = {"type": "object", "required": ["type", "text"],
+                     "properties": {"type": {"const": "message"}, "text": {"type": "string"}}}
+    chat_errors = {"400": _json(_ref("ErrorResponse"), "InvalidRequest: a signed body that is not the platform's "
+                                "format"), "401": unsigned, **_errors(413, 500)}
+    paths = {
+        "/api/reimage": {"get": {
+            "operationId": "listReimages", "summary": "Operation history, newest first",
+            "parameters": [
+                query("target", {"type": "string"}, "ARM id of a VM, scale set or scale set instance (normalised "
+                      "like a request's target); an instance lists its scale set's operations that name it"),
+                query("status", {"type": "string", "enum": list(STATUSES)}, "Only operations in this status "
+                      "(case-insensitive)"),
+                query("since", {"type": "string", "format": "date-time"}, "Only operations created at or after "
+                      "this ISO 8601 time (no offset: UTC)"),
+                query("top", {"type": "integer", "minimum": 1, "maximum": MAX_TOP, "default": 50},
+                      "Page size"),
+                query("continuationToken", {"type": "string"}, "From a nextLink; bound to the same query")],
+            "responses": {"200": _json(_ref("OperationList"), "One page of operations"), "400": bad_params,
+                          **_errors(401, 500)}}},
+        "/api/chatops/slack": {"post": {
+            "operationId": "slackCommand", "summary": "Slack slash command (signed: X-Slack-Signature v0)",
+            "parameters": [
+                {"name": "X-Slack-Signature", "in": "header", "required": False, "schema": {"type": "string"},
+                 "description": "v0=hex(HMAC-SHA256(SLACK_SIGNING_SECRET, 'v0:' + timestamp + ':' + body))"},
+                {"name": "X-Slack-Request-Timestamp", "in": "header", "required": False,
+                 "schema": {"type": "string"}, "description": "Unix time; refused when more than 5 minutes off"}],
+            "requestBody": {"required": True, "content": {
+                "application/x-www-form-urlencoded": {"schema": _ref("SlackCommand")}}},
+            "responses": {"200": _json(_ref("SlackMessage"), "The reply (errors included, as text)"),
+                          **chat_errors}}},
+        "/api/chatops/teams": {"post": {
+            "operationId": "teamsCommand", "summary": "Teams outgoing webhook (signed: Authorization: HMAC "
+                                                      "base64(HMAC-SHA256(base64-decoded TEAMS_WEBHOOK_SECRET, "
+                                                      "body)))",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("TeamsActivity")}}},
+            "responses": {"200": _json(_ref("TeamsMessage"), "The reply: a message activity"), **chat_errors}}},
+    }
+    schemas = {"OperationList": listing, "SlackCommand": slack_command, "SlackMessage": slack_message,
+               "TeamsActivity": teams_activity, "TeamsMessage": teams_message}
+    return paths, schemas
 
 
 def _yaml(doc: dict[str, Any]) -> str:

@@ -7,18 +7,25 @@ import base64
 import hashlib
 import hmac
 import json
-from collections.abc import Callable
-from datetime import datetime, timedelta
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
 import pytest
+import requests
+from hypothesis import HealthCheck, given
+from hypothesis import settings as h_settings
+from hypothesis import strategies as st
 
 from devhost.clock import VirtualClock
 from shared import chatops_http
 from shared.api import Outcome
 from shared.identity import Principal
+from tests.conftest import ledger_settings
 from tests.integration.conftest import LINUX_VM, PROTECTED_VM, Host
+from tests.integration.live import LiveHost, live_host
 
 NewHost = Callable[..., Any]
 SLACK_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"  # the shape of a Slack signing secret
@@ -372,3 +379,35 @@ async def test_module_actions_call_the_operator_module_with_its_arguments(
     missing = await chatops_http.ModuleActions(client, module="shared.no_such_operator_module").cancel(
         OP, Principal("alice", "easyauth"), None)
     assert missing.status == 501 and missing.body["error"]["code"] == "NotAvailable"
+
+
+# ---- fuzz: signed requests with any text never answer anything but a 200 reply in the platform's format --
+chat_words = st.sampled_from(["reimage", "status", "list", "approve", "reject", "cancel", "help", "--", "all",
+                              "reimager-demo/web-linux-01", "reimager-demo/workers", "reimager-demo/workers/1", "0",
+                              "07", OP, LINUX_VM, "/", "`", "<at>x</at>", "&amp;", "\u00a0", "<@U1|x>"])
+chat_texts = st.lists(chat_words | st.text(max_size=15), max_size=7).map(" ".join) | st.text(max_size=200)
+
+
+@pytest.fixture(scope="module")
+def live_chat(tmp_path_factory: pytest.TempPathFactory, azurite_storage: str) -> Iterator[LiveHost]:
+    settings = {**ledger_settings(azurite_storage), **SETTINGS, "COOLDOWN_MINUTES": "0"}
+    with live_host(tmp_path_factory.mktemp("chatfuzz"), settings) as host:
+        yield host
+
+
+@h_settings(max_examples=80, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(text=chat_texts, teams_side=st.booleans())
+def test_signed_commands_with_any_text_never_500(live_chat: LiveHost, text: str, teams_side: bool) -> None:
+    key = {"x-functions-key": live_chat.dh.function_key}
+    if teams_side:
+        body = activity(text, datetime.now(UTC))
+        r = requests.post(live_chat.dh.functions_url + "/api/chatops/teams", data=body,
+                          headers={**key, **teams_headers(body)}, timeout=30)
+        assert r.status_code == 200, r.text
+        assert_teams_message(r.json())
+    else:
+        body = slack_form(text)
+        r = requests.post(live_chat.dh.functions_url + "/api/chatops/slack", data=body,
+                          headers={**key, **slack_headers(body, int(time.time()))}, timeout=30)
+        assert r.status_code == 200, r.text
+        assert_slack_message(r.json())

@@ -230,9 +230,9 @@ async def teams_command(host: Host, text: str, **kw: Any) -> dict[str, Any]:
 async def test_teams_reimage_end_to_end_records_the_teams_user_verified(chat: Host) -> None:
     reply = await teams_command(chat, "reimage reimager-demo/workers/2 -- unhealthy")
     assert "Reimage requested" in reply["text"]
+    events = await chat.until_completed()  # a scale set instance may wait for its batch to gather first
     posts = chat.reimage_posts()
     assert len(posts) == 1 and posts[0]["body"]["instanceIds"] == ["2"]
-    events = await chat.until_completed()
     data = events[0]["data"]
     assert (data["requestedBy"], data["requestedByVerified"], data["trigger"]) == \
         ("teams:aad-object-1", "teams", "chatops")

@@ -20,9 +20,11 @@ from hypothesis import settings as h_settings
 from hypothesis import strategies as st
 
 from devhost.clock import VirtualClock
+from devhost.compute import Fault
 from shared import chatops_http
 from shared.api import Outcome
 from shared.identity import Principal
+from shared.ids import operation_id
 from tests.conftest import ledger_settings
 from tests.integration.conftest import LINUX_VM, PROTECTED_VM, Host
 from tests.integration.live import LiveHost, live_host
@@ -100,6 +102,20 @@ async def test_slack_reimage_end_to_end_records_the_slack_user_verified(chat: Ho
     assert "Succeeded" in status["text"] and status["response_type"] == "ephemeral"
     listed = await slack_command(chat, "list reimager-demo/web-linux-01")
     assert data["operationId"] in listed["text"]
+
+
+async def test_a_slow_reimage_is_answered_within_slacks_three_seconds_and_still_happens(chat: Host) -> None:
+    chat.dh.sim.faults.append(Fault(match="web-linux-01", method="GET", delaySeconds=4))  # a slow preflight GET
+    body = slack_form("reimage reimager-demo/web-linux-01", trigger="slow.trigger.1")
+    started = time.monotonic()
+    status, reply = await slack(chat, body, slack_headers(body, int(now(chat).timestamp())))
+    elapsed = time.monotonic() - started
+    assert status == 200 and elapsed < 3.0, elapsed
+    assert_slack_message(reply)
+    expected = operation_id("slack:slow.trigger.1")
+    assert "Still submitting" in reply["text"] and expected in reply["text"]
+    events = await chat.until_completed()  # the submission went on after the reply
+    assert events[0]["data"]["operationId"] == expected and len(chat.reimage_posts()) == 1
 
 
 def _arm_and_ledger(host: Host) -> tuple[int, int]:

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from urllib.parse import parse_qs
 
 from shared import history, runtime
-from shared.api import MAX_BODY_BYTES, Outcome, accepted_outcome, parse_json, submit_request
+from shared.api import MAX_BODY_BYTES, Outcome, answer, parse_json, submit_request
 from shared.chatops import (
     USAGE,
     Command,
@@ -39,7 +39,6 @@ from shared.chatops import (
 from shared.errors import ReimagerError
 from shared.identity import Principal
 from shared.ids import operation_id
-from shared.intake import Accepted
 from shared.signatures import SignatureError, check_fresh, verify_slack, verify_teams
 
 log = logging.getLogger("reimager.chatops")
@@ -124,8 +123,7 @@ async def _reimage(command: Reimage, principal: Principal, client: Any, key: str
                                           default_key=key, principal=principal)
         except ReimagerError as exc:
             return Outcome.from_error(exc)
-        assert isinstance(result, Accepted)  # chat commands never ask for a dry run
-        return accepted_outcome(result, base_url)
+        return answer(result, base_url)
 
     task = asyncio.ensure_future(submit())
     try:
@@ -135,7 +133,8 @@ async def _reimage(command: Reimage, principal: Principal, client: Any, key: str
         task.add_done_callback(_background.discard)
         shown = f" `{operation_id(key)}`" if key else ""
         return Reply(f"Still submitting{shown}; ask `status{shown}` in a moment.", public=True)
-    return outcome_reply(outcome, "Reimage requested")
+    # A command delivered twice (same trigger_id / activity id) answers with the operation it already made.
+    return outcome_reply(outcome, "Already requested" if outcome.body.get("duplicate") else "Reimage requested")
 
 
 async def _list(command: ListOperations) -> Reply:

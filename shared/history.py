@@ -76,9 +76,9 @@ def _since(value: str) -> datetime:
     text = re.sub(r"(\d) (\d\d:?\d\d)$", r"\1+\2", value.strip())
     try:
         when = datetime.fromisoformat(text.replace("z", "Z"))
-    except ValueError:
+        return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    except (ValueError, OverflowError):  # OverflowError: year 1 or 9999 shifted out of range by its offset
         raise _bad("since", "must be an ISO 8601 date or date-time, for example 2026-11-25T07:00:00Z") from None
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 
 def _top(value: str) -> int:

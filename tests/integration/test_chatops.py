@@ -160,6 +160,7 @@ async def test_slack_replay_within_the_window_does_nothing_twice_and_after_it_is
     assert status == 200 and "Reimage requested" in first["text"]
     status, again = await slack(chat, body, headers)  # the same request (same trigger_id) again: no second POST
     assert status == 200 and len(chat.reimage_posts()) == 1
+    assert "Already requested" in again["text"] and first["text"].split("`")[1] == again["text"].split("`")[1]
     assert isinstance(chat.dh.clock, VirtualClock)
     chat.dh.clock.advance(301)  # five minutes and a second later, the captured request is replayed
     status, reply = await slack(chat, body, headers)

@@ -207,3 +207,23 @@ def test_easy_auth_principal_names(headers: dict[str, str], name: str | None) ->
 @given(value=st.text(max_size=200) | st.binary(max_size=200).map(lambda b: base64.b64encode(b).decode()))
 def test_easy_auth_never_raises(value: str) -> None:
     easy_auth_principal({"X-MS-CLIENT-PRINCIPAL": value})
+
+
+# ---- history query (pure) -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("since", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-12:00", "2026-13-01", "now"])
+def test_history_since_out_of_range_is_a_400_naming_it(since: str) -> None:
+    from shared.errors import ReimagerError
+    from shared.history import parse_query
+
+    with pytest.raises(ReimagerError) as err:
+        parse_query({"since": since})
+    assert err.value.status == 400 and err.value.error.target == "since"
+
+
+def test_history_since_forms() -> None:
+    from shared.history import parse_query
+
+    assert parse_query({"since": "2026-11-25"}).since == datetime(2026, 11, 25, tzinfo=UTC)
+    # '+' of an unencoded offset arrives as a space
+    assert parse_query({"since": "2026-11-25T08:00:00 01:00"}).since == datetime(2026, 11, 25, 7, tzinfo=UTC)
+    assert parse_query({"status": "queued", "code": "key"}).status == "Queued"

@@ -130,11 +130,18 @@ async def _reimage(command: Reimage, principal: Principal, client: Any, key: str
         outcome = await asyncio.wait_for(asyncio.shield(task), deadline)
     except TimeoutError:
         _background.add(task)
-        task.add_done_callback(_background.discard)
+        task.add_done_callback(_settled)
         shown = f" `{operation_id(key)}`" if key else ""
         return Reply(f"Still submitting{shown}; ask `status{shown}` in a moment.", public=True)
     # A command delivered twice (same trigger_id / activity id) answers with the operation it already made.
     return outcome_reply(outcome, "Already requested" if outcome.body.get("duplicate") else "Reimage requested")
+
+
+def _settled(task: asyncio.Task[Any]) -> None:
+    """A submission that outlived its reply: forget it, and log what it raised (nobody else will see it)."""
+    _background.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        log.error("a chat reimage failed after its reply was sent", exc_info=task.exception())
 
 
 async def _list(command: ListOperations) -> Reply:

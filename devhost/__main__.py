@@ -100,7 +100,8 @@ async def demo(args: argparse.Namespace) -> int:
     # The scripted demo starts afresh: a previous run's cooldowns would refuse it. Its ledger tables are
     # new each run (Azurite keeps the old ones), and the task hub and simulator start empty.
     overrides = {"POLL_MIN_SECONDS": "1", "POLL_DEFAULT_SECONDS": "1", **STORM_SETTINGS,
-                 "LEDGER_TABLE_PREFIX": f"demo{int(time.time())}", **settings_from(args.settings)}
+                 "LEDGER_TABLE_PREFIX": f"demo{int(time.time())}", "SLACK_SIGNING_SECRET": "demo-slack-signing-secret",
+                 **settings_from(args.settings)}
     for part in ("taskhub", "arm"):
         shutil.rmtree(Path(args.state_dir) / part, ignore_errors=True)
     port = args.port if args.port != 7071 else 0

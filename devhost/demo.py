@@ -1,6 +1,7 @@
 """`python -m devhost --demo`: a scripted scenario against a devhost it starts itself.
 
-HTTP, alert and queue reimages, a dry run, an injected Failed operation and a policy refusal.
+HTTP, alert and queue reimages, a dry run, an injected Failed operation, a policy refusal and a signed
+Slack command.
 Exits 0 only when every expected outcome arrived in time.
 """
 
@@ -107,7 +108,36 @@ async def run_demo(host: DevHost, time_limit: float = 60.0) -> tuple[bool, list[
         steps.append(q)
 
         await wait_for(host, steps, deadline)
+
+        # 7. Someone asks from Slack what happened to the VM: a slash command signed as Slack signs it.
+        steps.append(await slack_list(host, http, vm))
     return all(st.ok for st in steps), steps
+
+
+async def slack_list(host: DevHost, http: aiohttp.ClientSession, vm: Step) -> Step:
+    """`/reimager list reimager-demo/web-linux-01`, signed with SLACK_SIGNING_SECRET (v0 HMAC-SHA256)."""
+    import hashlib
+    import hmac
+    from urllib.parse import urlencode
+
+    step = Step("Slack /reimager list", "chatops", vm.target, "Replied")
+    secret = host.settings.slack_signing_secret if host.settings else None
+    if secret is None:
+        step.status, step.note = "skipped", "SLACK_SIGNING_SECRET not set"
+        return step
+    body = urlencode({"team_id": "T0DEMO", "user_id": "U0BOB", "user_name": "bob", "command": "/reimager",
+                      "text": f"list {DEMO_GROUP}/web-linux-01", "trigger_id": "demo.slack.1"}).encode()
+    ts = str(int(host.clock.now()))
+    signature = "v0=" + hmac.new(secret.get_secret_value().encode(), f"v0:{ts}:".encode() + body,
+                                 hashlib.sha256).hexdigest()
+    async with http.post(host.functions_url + "/api/chatops/slack", data=body, headers={
+            "X-Slack-Request-Timestamp": ts, "X-Slack-Signature": signature,
+            "Content-Type": "application/x-www-form-urlencoded"}) as r:
+        reply = await r.json()
+    listed = r.status == 200 and bool(vm.operation_id) and str(vm.operation_id) in reply.get("text", "")
+    step.status = "Replied" if listed else f"HTTP {r.status}"
+    step.note = f"{reply.get('response_type')}: lists {vm.operation_id}" if listed else json.dumps(reply)[:80]
+    return step
 
 
 async def wait_for(host: DevHost, steps: list[Step], deadline: float) -> None:

@@ -34,7 +34,7 @@ def base_url(req: func.HttpRequest) -> str:
 async def reimage_submit(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
     from shared import api
 
-    return to_response(await api.post_reimage(req.get_body(), client, base_url(req)))
+    return to_response(await api.post_reimage(req.get_body(), client, base_url(req), dict(req.headers)))
 
 
 @bp.route(route="reimage/{operationId}", methods=["GET"])

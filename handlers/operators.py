@@ -1,4 +1,5 @@
-"""HTTP for operators: cancel, approve or reject a waiting request; see a target; resume a suspended one.
+"""HTTP for operators: history (GET /api/reimage), cancel / approve / reject a waiting request, a target's state,
+resume a suspended one, and the Slack and Teams commands.
 
 `shared` is imported on first use to keep it out of cold start.
 """
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import azure.durable_functions as df
 import azure.functions as func
 
-from handlers.http_api import to_response
+from handlers.http_api import base_url, to_response
 
 if TYPE_CHECKING:
     from shared.api import Outcome
@@ -68,3 +69,28 @@ async def target_resume(req: func.HttpRequest, client: df.DurableOrchestrationCl
         return await operator_actions.resume(body, who, client)
 
     return to_response(await guarded(work()))
+
+
+@bp.route(route="reimage", methods=["GET"])
+async def reimage_history(req: func.HttpRequest) -> func.HttpResponse:
+    from shared import history
+
+    return to_response(await history.get_history(dict(req.params), base_url(req)))
+
+
+@bp.route(route="chatops/slack", methods=["POST"])
+@bp.durable_client_input(client_name="client")
+async def chatops_slack(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
+    from shared import api, chatops_http
+
+    return to_response(await api.guarded(chatops_http.post_slack(req.get_body(), dict(req.headers), client,
+                                                                 base_url(req))))
+
+
+@bp.route(route="chatops/teams", methods=["POST"])
+@bp.durable_client_input(client_name="client")
+async def chatops_teams(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
+    from shared import api, chatops_http
+
+    return to_response(await api.guarded(chatops_http.post_teams(req.get_body(), dict(req.headers), client,
+                                                                 base_url(req))))

@@ -332,6 +332,87 @@ def _operation(route: Route) -> dict[str, Any]:
     return op
 
 
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    return {str(c): _json(_ref("ErrorResponse"), ERRORS[c]) for c in codes}
+
+
+def operators_openapi() -> tuple[dict[str, Any], dict[str, Any]]:
+    """History (GET /api/reimage) and the chat routes: their paths, and the schemas only they use."""
+    from shared.history import MAX_TOP, STATUSES
+
+    def query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+        return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+    bad_params = _json(_ref("ErrorResponse"), "InvalidRequest: a parameter is not valid; error.target names it")
+    unsigned = _json(_ref("ErrorResponse"), "SignatureInvalid: the signature is missing, wrong or more than five "
+                     "minutes old, or the platform's secret is not configured; nothing ran")
+    listing = {"type": "object", "required": ["value"], "description": "ARM's list convention: follow nextLink "
+               "until it is absent; a page may hold fewer than top items",
+               "properties": {"value": {"type": "array", "items": _ref("Operation")},
+                              "nextLink": {"type": "string", "description": "The next page: this query with a "
+                                           "continuationToken (without the function key: send it again)"}}}
+    slack_command = {"type": "object", "description": "Slack slash command payload (form-encoded)",
+                     "properties": {k: {"type": "string"} for k in (
+                         "token", "team_id", "team_domain", "channel_id", "channel_name", "user_id", "user_name",
+                         "command", "text", "response_url", "trigger_id", "api_app_id")}}
+    slack_message = {"type": "object", "required": ["response_type", "text"],
+                     "properties": {"response_type": {"type": "string", "enum": ["ephemeral", "in_channel"]},
+                                    "text": {"type": "string"},
+                                    "blocks": {"type": "array", "items": {"type": "object"}}}}
+    teams_activity = {"type": "object", "description": "Teams outgoing webhook: a Bot Framework message activity",
+                      "properties": {"type": {"type": "string"}, "id": {"type": "string"},
+                                     "timestamp": {"type": "string", "description": "Signed with the body; "
+                                                   "refused when more than five minutes from now"},
+                                     "text": {"type": "string"},
+                                     "from": {"type": "object", "properties": {
+                                         "id": {"type": "string"}, "name": {"type": "string"},
+                                         "aadObjectId": {"type": "string"}}}}}
+    teams_message = {"type": "object", "required": ["type", "text"],
+                     "properties": {"type": {"const": "message"}, "text": {"type": "string"}}}
+    chat_errors = {"400": _json(_ref("ErrorResponse"), "InvalidRequest: a signed body that is not the platform's "
+                                "format"), "401": unsigned, **_errors(413, 500)}
+    paths = {
+        "/api/reimage": {"get": {
+            "operationId": "listReimages", "summary": "Operation history, newest first",
+            "parameters": [
+                query("target", {"type": "string"}, "ARM id of a VM, scale set or scale set instance (normalised "
+                      "like a request's target); an instance lists its scale set's operations that name it"),
+                query("status", {"type": "string", "enum": list(STATUSES)}, "Only operations in this status "
+                      "(case-insensitive)"),
+                query("since", {"type": "string", "format": "date-time"}, "Only operations created at or after "
+                      "this ISO 8601 time (no offset: UTC)"),
+                query("top", {"type": "integer", "minimum": 1, "maximum": MAX_TOP, "default": 50},
+                      "Page size"),
+                query("continuationToken", {"type": "string"}, "From a nextLink; bound to the same query")],
+            "responses": {"200": _json(_ref("OperationList"), "One page of operations"), "400": bad_params,
+                          **_errors(401, 500)}}},
+        "/api/chatops/slack": {"post": {
+            "operationId": "slackCommand", "summary": "Slack slash command (signed: X-Slack-Signature v0)",
+            "parameters": [
+                {"name": "X-Slack-Signature", "in": "header", "required": False, "schema": {"type": "string"},
+                 "description": "v0=hex(HMAC-SHA256(SLACK_SIGNING_SECRET, 'v0:' + timestamp + ':' + body))"},
+                {"name": "X-Slack-Request-Timestamp", "in": "header", "required": False,
+                 "schema": {"type": "string"}, "description": "Unix time; refused when more than 5 minutes off"}],
+            "requestBody": {"required": True, "content": {
+                "application/x-www-form-urlencoded": {"schema": _ref("SlackCommand")}}},
+            "responses": {"200": _json(_ref("SlackMessage"), "The reply (errors included, as text)"),
+                          **chat_errors}}},
+        "/api/chatops/teams": {"post": {
+            "operationId": "teamsCommand", "summary": "Teams outgoing webhook (signed: Authorization: HMAC "
+                                                      "base64(HMAC-SHA256(base64-decoded TEAMS_WEBHOOK_SECRET, "
+                                                      "body)))",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("TeamsActivity")}}},
+            "responses": {"200": _json(_ref("TeamsMessage"), "The reply: a message activity"), **chat_errors}}},
+    }
+    schemas = {"OperationList": listing, "SlackCommand": slack_command, "SlackMessage": slack_message,
+               "TeamsActivity": teams_activity, "TeamsMessage": teams_message}
+    return paths, schemas
+
+
 def openapi() -> dict[str, Any]:
     from pydantic.json_schema import models_json_schema
 
@@ -354,6 +435,10 @@ def openapi() -> dict[str, Any]:
     paths: dict[str, Any] = {}
     for route in table:
         paths.setdefault(route.path, {})[route.method] = _operation(route)
+    extra_paths, extra_schemas = operators_openapi()
+    for path, methods in extra_paths.items():
+        paths.setdefault(path, {}).update(methods)
+    components.update(extra_schemas)
     return {
         "openapi": "3.1.0",
         "info": {"title": "reimager", "version": "0.1.0",

@@ -11,12 +11,14 @@ import itertools
 import json
 import logging
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from shared import responses, runtime, telemetry
 from shared.errors import ReimagerError
 from shared.events import Trigger
+from shared.identity import Principal, from_headers
 from shared.intake import Accepted, Intake, Planned, Result
 from shared.models import parse_request
 
@@ -151,7 +153,8 @@ async def guarded(work: Any, trigger: Trigger | None = None) -> Outcome:
 
 
 async def submit_request(data: Any, client: Any, *, trigger: Trigger = "http", default_key: str | None = None,
-                         reply_to: str | None = None, reply_correlation_id: str | None = None) -> Result:
+                         reply_to: str | None = None, reply_correlation_id: str | None = None,
+                         principal: Principal | None = None) -> Result:
     rt = runtime.get()
     # One span per request; intake binds the operation id to it once the key is known.
     with telemetry.operation_span(trigger=trigger, name=telemetry.SPAN_INTAKE):
@@ -160,27 +163,26 @@ async def submit_request(data: Any, client: Any, *, trigger: Trigger = "http", d
                                     max_instances=rt.settings.max_instances_per_request)
             telemetry.bind(target=request.resolved_target.id)
             return await Intake(rt, client).submit(request, trigger=trigger, default_key=default_key,
-                                                   reply_to=reply_to, reply_correlation_id=reply_correlation_id)
+                                                   reply_to=reply_to, reply_correlation_id=reply_correlation_id,
+                                                   principal=principal)
         except ReimagerError as exc:
             if trigger != "queue":  # a refused queue message publishes a Rejected event, recorded with it
                 telemetry.refused(exc, trigger)
             raise
 
 
-async def post_reimage(body: bytes, client: Any, base_url: str) -> Outcome:
+async def post_reimage(body: bytes, client: Any, base_url: str, headers: Mapping[str, str] | None = None) -> Outcome:
+    """`headers`: the request's, for the caller's verified identity (X-MS-CLIENT-PRINCIPAL, see shared.identity)."""
     async def work() -> Outcome:
-        return answer(await submit_request(parse_json(body), client), base_url)
+        principal = from_headers(headers or {}, easy_auth_enabled=runtime.get().settings.easy_auth_enabled)
+        return answer(await submit_request(parse_json(body), client, principal=principal), base_url)
 
     return await guarded(work(), "http")
 
 
-def principal_of(headers: Any) -> Any:
+def principal_of(headers: Mapping[str, str]) -> Principal | None:
     """The verified caller, when App Service authentication vouches for one (see shared/identity.py)."""
-    try:
-        from shared import identity
-    except ImportError:  # identity arrives with the operators' work
-        return None
-    return identity.from_headers(headers, runtime.get().settings)
+    return from_headers(headers, easy_auth_enabled=runtime.get().settings.easy_auth_enabled)
 
 
 async def get_reimage(operation_id: str) -> Outcome:

@@ -22,6 +22,7 @@ from shared.admission import GLOBAL_KEY
 from shared.compute import ComputeError, SubmissionUncertain, TargetModel
 from shared.errors import ReimagerError
 from shared.events import ACCEPTED, AWAITING_APPROVAL, QUEUED, Trigger
+from shared.identity import Principal
 from shared.ids import operation_id
 from shared.ledger import OperationRecord, QueueEntry
 from shared.models import ArmCall, ReimageRequest
@@ -65,7 +66,8 @@ class Intake:
         return self.runtime.settings
 
     async def submit(self, request: ReimageRequest, *, trigger: Trigger, default_key: str | None = None,
-                     reply_to: str | None = None, reply_correlation_id: str | None = None) -> Result:
+                     reply_to: str | None = None, reply_correlation_id: str | None = None,
+                     principal: Principal | None = None) -> Result:
         given = request.request_id or default_key
         key = given or f"auto:{uuid.uuid4()}"
         op_id = operation_id(key)
@@ -77,7 +79,8 @@ class Intake:
             existing = await ledger.get(op_id)
             if existing is not None:
                 return await self._joined(existing, request, trigger=trigger, default_key=default_key,
-                                          reply_to=reply_to, reply_correlation_id=reply_correlation_id)
+                                          reply_to=reply_to, reply_correlation_id=reply_correlation_id,
+                                          principal=principal)
 
         policy.check_scope(target, self.settings)
         model = await self.runtime.compute.get_model(target)
@@ -93,15 +96,20 @@ class Intake:
                                 "and a request that waits may not carry osProfile secrets: they are never stored. "
                                 "Reimage without osProfile, or name fewer instances.", target="osProfile")
         now = self.runtime.now()
+        # A verified caller (Easy Auth, a signed chat request) wins over the name the body gives.
+        verified = principal if principal is not None and principal.is_verified else None
         record = OperationRecord(
             operation_id=op_id, request_id=key, target=target.id, lease_key=target.lock_key, instance_ids=instances,
-            cooldown_keys=cooldown_keys, options=call.options(), trigger=trigger, requested_by=request.requested_by,
+            cooldown_keys=cooldown_keys, options=call.options(), trigger=trigger,
+            requested_by=verified.name if verified else request.requested_by,
+            requested_by_verified=verified.verified if verified else "unverified",
             reason=request.reason, correlation_id=request.correlation_id, reply_to=reply_to,
             reply_correlation_id=reply_correlation_id, created_time=now, last_updated_time=now)
         won, existing = await ledger.claim(record)
         if not won:
             return await self._joined(existing, request, trigger=trigger, default_key=default_key,
-                                      reply_to=reply_to, reply_correlation_id=reply_correlation_id)
+                                      reply_to=reply_to, reply_correlation_id=reply_correlation_id,
+                                      principal=principal)
         if approval:
             await self._precheck(record)
             await ledger.index(record)

@@ -7,8 +7,7 @@ the queue (it ends Canceled, with one event) or finds it already on its way to A
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -16,27 +15,12 @@ from shared import admission, batches, completion, responses, runtime
 from shared.api import Outcome, guarded
 from shared.errors import ReimagerError
 from shared.events import RESUMED
+from shared.identity import Principal
 from shared.ledger import OperationRecord, TargetRecord
 from shared.models import ArmCall
 from shared.targets import TargetError, parse_target
 
-
-class Who(Protocol):
-    """Whoever acts: a verified principal (App Service authentication, Slack, Teams) or an unverified name."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def verified(self) -> str: ...
-
-
-@dataclass(frozen=True)
-class Named:
-    """A name the caller typed (a body field): recorded, never trusted as an identity."""
-
-    name: str
-    verified: str = "unverified"
+Who = Principal  # whoever acts: verified (App Service authentication, Slack, Teams) or a typed, unverified name
 
 
 def read_action(raw: bytes, headers: Any) -> tuple[dict[str, Any], Who | None]:
@@ -58,9 +42,9 @@ def read_action(raw: bytes, headers: Any) -> tuple[dict[str, Any], Who | None]:
         raise ReimagerError(400, "InvalidRequest", f"{field} must be text of 1 to 256 characters.",
                             target=field) from None
     principal = principal_of(headers)
-    if principal is not None and principal.verified != "unverified":
+    if principal is not None and principal.is_verified:
         return body, principal
-    return body, (Named(body["by"]) if body.get("by") else None)
+    return body, (Principal(body["by"], "unverified") if body.get("by") else None)
 
 
 def _label(who: Who | None) -> str:

@@ -229,6 +229,22 @@ class Settings(BaseSettings):
             return None
         return value
 
+    @field_validator("teams_webhook_secret")
+    @classmethod
+    def _teams_token(cls, value: SecretStr | None) -> SecretStr | None:
+        # Teams shows the outgoing webhook's security token in base64; its decoded bytes are the HMAC key.
+        # The message never echoes the value.
+        if value is not None:
+            import base64
+            import binascii
+
+            try:
+                base64.b64decode(value.get_secret_value().strip(), validate=True)
+            except (binascii.Error, ValueError):
+                raise ValueError("must be the base64 security token Teams showed when the outgoing webhook "
+                                 "was created") from None
+        return value
+
     @model_validator(mode="after")
     def _poll_bounds(self) -> Settings:
         if not self.poll_min_seconds <= self.poll_default_seconds <= self.poll_max_seconds:

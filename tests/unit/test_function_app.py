@@ -19,10 +19,12 @@ def test_functions_and_names() -> None:
         monitor.MONITOR: "orchestrationTrigger", monitor.POLL_ACTIVITY: "activityTrigger",
         monitor.FINISH_ACTIVITY: "activityTrigger", monitor.SUBMIT_ACTIVITY: "activityTrigger",
         monitor.HEALTH_ACTIVITY: "activityTrigger", "reimage_sweeper": "timerTrigger",
+        "reimage_history": "httpTrigger", "chatops_slack": "httpTrigger", "chatops_teams": "httpTrigger",
     }
-    http = {e.route: (e.methods, e.auth_level) for e in index.of_type("httpTrigger")}
-    assert http == {"reimage": (["POST"], "FUNCTION"), "reimage/{operationId}": (["GET"], "FUNCTION"),
-                    "alerts": (["POST"], "FUNCTION")}
+    http = sorted((e.route or "", e.methods, e.auth_level) for e in index.of_type("httpTrigger"))
+    assert http == [("alerts", ["POST"], "FUNCTION"), ("chatops/slack", ["POST"], "FUNCTION"),
+                    ("chatops/teams", ["POST"], "FUNCTION"), ("reimage", ["GET"], "FUNCTION"),
+                    ("reimage", ["POST"], "FUNCTION"), ("reimage/{operationId}", ["GET"], "FUNCTION")]
     assert index.entries["reimage_queue"].queue_name == "%REQUESTS_QUEUE%"
 
 

@@ -146,7 +146,11 @@ def test_secrets_stay_out_of_errors_and_reprs(monkeypatch: pytest.MonkeyPatch) -
     assert "Hunter2Secret" not in str(err.value)
     monkeypatch.setenv("AzureWebJobsStorage", "DefaultEndpointsProtocol=https;AccountName=a;AccountKey=Hunter2Secret")
     monkeypatch.setenv("SLACK_SIGNING_SECRET", "slack-Hunter2Secret")
-    monkeypatch.setenv("TEAMS_WEBHOOK_SECRET", "teams-Hunter2Secret")
+    monkeypatch.setenv("TEAMS_WEBHOOK_SECRET", "teams-Hunter2Secret")  # not base64, as Teams' token is
+    with pytest.raises(SettingsError, match="TEAMS_WEBHOOK_SECRET") as err:
+        load_settings()
+    assert "Hunter2Secret" not in str(err.value)
+    monkeypatch.setenv("TEAMS_WEBHOOK_SECRET", "teamsHunter2Secret==")
     s = load_settings()
     assert "Hunter2Secret" not in repr(s) and "Hunter2Secret" not in str(s.model_dump())
     assert s.slack_signing_secret is not None and s.slack_signing_secret.get_secret_value() == "slack-Hunter2Secret"

@@ -20,11 +20,17 @@ def test_functions_and_names() -> None:
         monitor.FINISH_ACTIVITY: "activityTrigger", monitor.SUBMIT_ACTIVITY: "activityTrigger",
         monitor.HEALTH_ACTIVITY: "activityTrigger", "reimage_sweeper": "timerTrigger",
         "reimage_history": "httpTrigger", "chatops_slack": "httpTrigger", "chatops_teams": "httpTrigger",
+        "reimage_cancel": "httpTrigger", "reimage_approve": "httpTrigger", "reimage_reject": "httpTrigger",
+        "target_status": "httpTrigger", "target_resume": "httpTrigger",
     }
     http = sorted((e.route or "", e.methods, e.auth_level) for e in index.of_type("httpTrigger"))
     assert http == [("alerts", ["POST"], "FUNCTION"), ("chatops/slack", ["POST"], "FUNCTION"),
                     ("chatops/teams", ["POST"], "FUNCTION"), ("reimage", ["GET"], "FUNCTION"),
-                    ("reimage", ["POST"], "FUNCTION"), ("reimage/{operationId}", ["GET"], "FUNCTION")]
+                    ("reimage", ["POST"], "FUNCTION"), ("reimage/{operationId}", ["GET"], "FUNCTION"),
+                    ("reimage/{operationId}/approve", ["POST"], "FUNCTION"),
+                    ("reimage/{operationId}/cancel", ["POST"], "FUNCTION"),
+                    ("reimage/{operationId}/reject", ["POST"], "FUNCTION"),
+                    ("targets", ["GET"], "FUNCTION"), ("targets/resume", ["POST"], "FUNCTION")]
     assert index.entries["reimage_queue"].queue_name == "%REQUESTS_QUEUE%"
 
 

@@ -52,4 +52,4 @@ def test_a_body_the_models_do_not_know_is_refused() -> None:
     doc = {"operationId": "op-1", "status": "Accepted", "target": "/subscriptions/x", "trigger": "http"}
     assert Operation.model_validate(doc).body() == doc  # only what was set, as set
     with pytest.raises(ValidationError):
-        Operation.model_validate({**doc, "queuePosition": 3})  # a new field must be added to the model first
+        Operation.model_validate({**doc, "nextPollAt": 3})  # a new field must be added to the model first

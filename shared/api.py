@@ -44,7 +44,9 @@ def status_url(base_url: str, operation_id: str) -> str:
 
 def answer(result: Result, base_url: str) -> Outcome:
     if isinstance(result, Planned):
-        return Outcome(200, {"dryRun": True, "target": result.target, "plan": result.plan, "checks": result.checks})
+        passed = all(c["result"] == "passed" for c in result.checks)  # would the real request pass policy?
+        return Outcome(200, {"dryRun": True, "target": result.target, "passed": passed, "plan": result.plan,
+                             "checks": result.checks})
     return accepted_outcome(result, base_url)
 
 
@@ -205,8 +207,8 @@ async def post_alert(body: bytes, client: Any, base_url: str) -> Outcome:
                 refused.append(entry)
             else:
                 out = answer(result, base_url).body
-                accepted.append({"target": target.target.id, **{k: out[k] for k in (
-                    "operationId", "status", "statusUrl", "dryRun", "plan", "duplicate") if k in out}})
+                shown = ("operationId", "status", "statusUrl", "dryRun", "passed", "plan", "checks", "duplicate")
+                accepted.append({"target": target.target.id, **{k: out[k] for k in shown if k in out}})
         if transient is not None:
             raise transient
         body_out = {"alertId": parsed.alert_id, "accepted": accepted, "refused": refused, "ignored": parsed.ignored}

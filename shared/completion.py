@@ -67,6 +67,7 @@ async def finish(runtime: Runtime, operation_id: str, status: str, error: dict[s
         if r.terminal:
             return None
         r.status, r.error, r.completed_at, r.last_updated_time = status, error, now, now
+        r.secret_fingerprint = None  # polls are over: nothing left to recognise a secret in (docs/operations.md)
         r.applied = r.applied or applied
         r.health = health
         if polls is not None:

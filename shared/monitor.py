@@ -133,6 +133,7 @@ class TransientReadError(RuntimeError):
 
 async def poll_operation(runtime: Runtime, payload: dict[str, Any]) -> dict[str, Any]:
     from shared.compute import UntrustedOperationUrl  # azure-core: only activities need it
+    from shared.redaction import scrub_poll
 
     try:
         result = await runtime.compute.poll(payload["url"], payload["mode"])
@@ -150,8 +151,9 @@ async def poll_operation(runtime: Runtime, payload: dict[str, Any]) -> dict[str,
             r.status = "Running"
         return r
 
-    await runtime.ledger.update(payload["operationId"], progress)
-    return result.to_dict()
+    stored = await runtime.ledger.update(payload["operationId"], progress)
+    # ARM may echo the request's secrets, which are not in memory here: redact them by the record's fingerprint.
+    return scrub_poll(result.to_dict(), stored and stored.secret_fingerprint, settled=stored is None or stored.terminal)
 
 
 async def finish_operation(runtime: Runtime, payload: dict[str, Any]) -> dict[str, Any]:

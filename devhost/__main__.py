@@ -22,6 +22,10 @@ class UsageError(Exception):
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m devhost", description=__doc__,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--host", default="127.0.0.1", help="interface to bind")
@@ -38,7 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         f"one of {', '.join(Fidelity.switches())}; see devhost/durable.py Fidelity)")
     p.add_argument("--demo", action="store_true", help="run the scripted demo and exit 0 only if it all worked")
     p.add_argument("--time-limit", type=float, default=60.0, help="demo: seconds to wait for the outcomes")
-    return p.parse_args(argv)
+    return p
 
 
 def settings_from(pairs: list[str]) -> dict[str, str]:

@@ -246,3 +246,17 @@ async def test_one_request_id_on_two_targets_concurrently_gives_409_not_503(host
     assert len(winners) == 1, codes
     assert {a["error"]["code"] for s, a, _ in results if s == 409} == {"RequestIdConflict"}
     assert len(host.reimage_posts()) == 1
+
+
+async def test_a_compute_error_after_the_claim_keeps_arms_code_in_details_in_status_and_events(host: Host) -> None:
+    """A 5xx on the POST may have been applied: the operation ends Failed, and ARM's code stays in details[0]."""
+    host.dh.sim.faults.append(Fault(match="reimage", status=500, code="InternalExecutionError",
+                                    message="An internal execution error occurred."))
+    s, answer, _ = await host.reimage({"target": LINUX_VM, "requestId": "five-hundred"})
+    assert s in (502, 503) and answer["error"]["details"][0]["code"] == "InternalExecutionError", answer
+    [event] = host.completed()
+    s, status = await host.get(f"/api/reimage/{answer['operationId']}")
+    for error in (event["data"]["error"], status["error"], answer["error"]):
+        detail = error["details"][0]
+        assert (detail["code"], detail["message"]) == ("InternalExecutionError",
+                                                       "An internal execution error occurred."), error

@@ -170,11 +170,24 @@ def openapi() -> dict[str, Any]:
                        "error": {"anyOf": [_ref("ApiError"), {"type": "null"}]},
                        "duplicate": {"type": "boolean", "description": "true: this answers an earlier request "
                                      "with the same idempotency key; nothing new was submitted"}}}
-    dry_run = {"type": "object", "required": ["dryRun", "plan", "checks", "target"],
+    from shared.dryrun import CHECKS
+
+    check = {"type": "object", "required": ["name", "result"],
+             "properties": {"name": {"type": "string", "enum": list(CHECKS)},
+                            "result": {"type": "string", "enum": ["passed", "failed", "skipped"]},
+                            "code": {"type": "string", "description": "failed: the code the real request is "
+                                     "refused with (e.g. TargetProtected, CooldownActive)"},
+                            "message": {"type": "string"},
+                            "details": {"type": "array", "items": _ref("ErrorDetail")}}}
+    dry_run = {"type": "object", "required": ["dryRun", "passed", "plan", "checks", "target"],
+               "description": "Every check, in order, each passed, failed or skipped (a dry run does not stop at "
+                              "the first failure, and never answers with an existing operation)",
                "properties": {"dryRun": {"const": True}, "target": {"type": "string"},
-                              "plan": {"type": "object", "description": "The ARM call that would be made; "
-                                       "secrets redacted as ***"},
-                              "checks": {"type": "array", "items": {"type": "object"}}}}
+                              "passed": {"type": "boolean", "description": "true when every check passed"},
+                              "plan": {"type": ["object", "null"], "description": "The ARM call that would be "
+                                       "made; secrets redacted as ***. null when the instances cannot be known "
+                                       "(allInstances on a scale set that could not be read)"},
+                              "checks": {"type": "array", "items": check}}}
     alert_result = {
         "type": "object", "required": ["alertId", "accepted", "refused", "ignored"],
         "properties": {"alertId": {"type": "string"},
@@ -207,7 +220,8 @@ def openapi() -> dict[str, Any]:
                                     "operation still running)"),
                             "headers": {"Location": {"schema": {"type": "string"}}, **retry_after}},
                     "200": _json({"oneOf": [_ref("Operation"), _ref("DryRun")]},
-                                 "A dry run's plan, or a duplicate of a finished operation"),
+                                 "A dry run's plan and every check (also when checks fail), or a duplicate of a "
+                                 "finished operation"),
                     **_errors(400, 401, 403, 404, 409, 413, 429, 500, 502, 503)}}},
             "/api/reimage/{operationId}": {"get": {
                 "operationId": "getReimage", "summary": "An operation's status",

@@ -132,16 +132,18 @@ async def test_a_secret_echoed_in_a_poll_error_is_redacted_everywhere(new_host: 
     s, accepted, _ = await h.reimage({"target": WINDOWS_VM, "osProfile": {"adminPassword": SENTINEL_PASSWORD,
                                                                           "customData": CUSTOM_DATA}})
     assert s == 202, accepted
+    rt = h.dh.runtime
+    assert rt is not None
+    running = await rt.ledger.get(accepted["operationId"])
+    assert running is not None and running.secret_fingerprint is not None  # what the poll recognises them by
     [event] = await h.until_completed()
     assert event["data"]["status"] == "Failed"
     error = event["data"]["error"]
     assert error["code"] == "OSProvisioningClientError" and "[REDACTED]" in error["message"], error
     assert "refused by the guest agent" in error["message"]  # the rest of ARM's text is kept
     s, status = await h.get(f"/api/reimage/{accepted['operationId']}")
-    rt = h.dh.runtime
-    assert rt is not None
     stored = await rt.ledger.get(accepted["operationId"])
-    assert stored is not None
+    assert stored is not None and stored.secret_fingerprint is None  # deleted when the operation ended
     haystacks = {"status": json.dumps(status), "ledger": stored.to_json(), "events": json.dumps(h.dh.events()),
                  "events file": h.dh.events_file.read_text(), "durable": h.dh.engine.dump(),  # type: ignore[union-attr]
                  "logs": caplog.text}

@@ -153,7 +153,8 @@ async def poll_operation(runtime: Runtime, payload: dict[str, Any]) -> dict[str,
 
     stored = await runtime.ledger.update(payload["operationId"], progress)
     # ARM may echo the request's secrets, which are not in memory here: redact them by the record's fingerprint.
-    return scrub_poll(result.to_dict(), stored and stored.secret_fingerprint, settled=stored is None or stored.terminal)
+    fp = stored.secret_fingerprint if stored is not None else None
+    return scrub_poll(result.to_dict(), fp, settled=stored is None or stored.terminal)
 
 
 async def finish_operation(runtime: Runtime, payload: dict[str, Any]) -> dict[str, Any]:

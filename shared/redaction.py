@@ -146,6 +146,7 @@ def redact_response_body(raw: bytes, secrets: Iterable[str]) -> bytes:
 # ARM's text of each such length and redacts the ones that match. The trade-off (a ledger reader could test
 # guesses offline while the operation runs) is in docs/operations.md, "Secrets".
 _MARK_BYTES = 16
+_POLL_TEXT = ("errorCode", "errorMessage")
 
 
 def _mark(key: bytes, text: str) -> str:
@@ -204,4 +205,6 @@ def scrub_poll(result: dict[str, Any], fp: dict[str, Any] | None, *, settled: bo
     orchestration no longer uses it, and nothing is left to recognise a secret by."""
     if settled:
         return {**result, "errorMessage": None}
-    return redact_fingerprinted(result, fp)
+    # Only ARM's free text: the state and the keys must stay readable to the orchestrator, whatever the secrets.
+    texts = {k: redact_fingerprinted(result[k], fp) for k in _POLL_TEXT if isinstance(result.get(k), str)}
+    return {**result, **texts}

@@ -262,3 +262,14 @@ async def test_a_compute_error_after_the_claim_keeps_arms_code_in_details_in_sta
         detail = error["details"][0]
         assert (detail["code"], detail["message"]) == ("InternalExecutionError",
                                                        "An internal execution error occurred."), error
+
+
+async def test_a_custom_data_line_echoed_in_a_submit_error_is_redacted(host: Host,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    host.dh.sim.faults.append(Fault(match="reimage", status=400, code="InvalidParameter",
+                                    message="customData line 'runner_token: tok-7f1e2d9c-SECRET' is not valid."))
+    s, answer, _ = await host.reimage({"target": WINDOWS_VM, "osProfile": {"customData": CUSTOM_DATA}})
+    assert s == 502 and answer["error"]["details"][0]["message"] == "customData line '[REDACTED]' is not valid."
+    for text in (json.dumps(answer), json.dumps(host.dh.events()), caplog.text):
+        assert "tok-7f1e2d9c-SECRET" not in text

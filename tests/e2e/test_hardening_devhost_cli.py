@@ -46,6 +46,9 @@ def test_a_taken_port_says_use_port_0(tmp_path: Path) -> None:
     assert result.returncode == 2, result
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "--port 0" in lines[0] and str(port) in lines[0], result.stderr
+    # what did start (Azurite, the simulator) was stopped again: no orphan keeps the state dir
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=False).stdout
+    assert str(tmp_path / "state") not in ps
 
 
 def test_help_shows_the_defaults(tmp_path: Path) -> None:

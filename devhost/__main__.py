@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
 import logging
 import shutil
@@ -17,33 +18,50 @@ from devhost.durable import Fidelity
 from devhost.host import DEMO_GROUP, DEMO_SUBSCRIPTION, DevHost
 
 
+class UsageError(Exception):
+    """A mistake on the command line or in a setting: one line on stderr, exit 2, no traceback."""
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m devhost", description=__doc__)
-    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=7071, help="functions port; 0 picks any free port (default 7071)")
-    p.add_argument("--state-dir", default=".devhost", help="where endpoints.json and events go (default .devhost)")
+    return build_parser().parse_args(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m devhost", description=__doc__,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind")
+    p.add_argument("--port", type=int, default=7071, help="functions port; 0 picks any free port")
+    p.add_argument("--state-dir", default=".devhost", help="where endpoints.json, events, the task hub, the "
+                   "simulator's resources and Azurite's data are kept")
     p.add_argument("--operation-seconds", type=float, default=5.0, help="how long a simulated reimage runs")
     p.add_argument("--retry-after", type=int, default=None,
-                   help="a Retry-After the simulator sends (seconds; default none, as ARM)")
+                   help="a Retry-After the simulator sends, in seconds; None sends none, as ARM does")
     p.add_argument("--settings", action="append", default=[], metavar="KEY=VALUE",
-                   help="override an app setting, e.g. COOLDOWN_MINUTES=0 (repeatable)")
+                   help="override an app setting, e.g. COOLDOWN_MINUTES=0 (repeatable; an unknown KEY is an error)")
     p.add_argument("--kind", action="append", default=[], metavar="SWITCH", choices=Fidelity.switches(),
                    help="turn off one of the durable stand-in's Azure-hostile behaviours (repeatable; "
-                        "see devhost/durable.py Fidelity)")
+                        f"one of {', '.join(Fidelity.switches())}; see devhost/durable.py Fidelity)")
     p.add_argument("--demo", action="store_true", help="run the scripted demo and exit 0 only if it all worked")
     p.add_argument("--otel-console", action="store_true",
                    help="print every OpenTelemetry span (trigger, activities, ARM calls) to stderr, one line each")
     p.add_argument("--time-limit", type=float, default=60.0, help="demo: seconds to wait for the outcomes")
-    return p.parse_args(argv)
+    return p
 
 
 def settings_from(pairs: list[str]) -> dict[str, str]:
+    """The --settings overrides, checked now (names and values), so a mistake is one line, not a traceback."""
+    from shared.settings import SettingsError, load_settings
+
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise SystemExit(f"--settings takes KEY=VALUE, got {pair!r}")
+            raise UsageError(f"--settings takes KEY=VALUE, got {pair!r}")
         out[key] = value
+    try:
+        load_settings(**out)
+    except SettingsError as exc:
+        raise UsageError(f"--settings: {exc}") from None
     return out
 
 
@@ -73,11 +91,27 @@ Try it (another terminal):
 """
 
 
+async def start(host: DevHost) -> None:
+    """Start, or stop what did start and say in one line why not."""
+    from shared.settings import SettingsError
+
+    try:
+        await host.start()
+    except BaseException as exc:
+        await host.stop()
+        if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+            raise UsageError(f"port {host.port} on {host.host} is in use (another devhost?); use --port 0 for any "
+                             "free port, or another --port") from None
+        if isinstance(exc, SettingsError):
+            raise UsageError(str(exc)) from None
+        raise
+
+
 async def serve_forever(args: argparse.Namespace) -> int:
     host = DevHost(host=args.host, port=args.port, state_dir=Path(args.state_dir),
                    operation_seconds=args.operation_seconds, retry_after=args.retry_after,
                    settings=settings_from(args.settings), durable_fidelity=Fidelity.without(*args.kind))
-    await host.start()
+    await start(host)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -108,7 +142,7 @@ async def demo(args: argparse.Namespace) -> int:
     host = DevHost(host=args.host, port=port, state_dir=Path(args.state_dir),
                    operation_seconds=min(args.operation_seconds, 3.0), retry_after=args.retry_after,
                    settings=overrides, durable_fidelity=Fidelity.without(*args.kind))
-    await host.start()
+    await start(host)
     try:
         print(f"devhost up at {host.functions_url}; running the demo scenario...", flush=True)
         ok, steps = await run_demo(host, args.time_limit)
@@ -172,7 +206,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     for noisy in ("azure", "aiohttp.access", "azure.functions", "root"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    return asyncio.run(demo(args) if args.demo else serve_forever(args))
+    logging.getLogger("devhost").setLevel(logging.INFO)  # one line per request and per operation state change
+    try:
+        return asyncio.run(demo(args) if args.demo else serve_forever(args))
+    except UsageError as exc:
+        print(f"devhost: {exc}", file=sys.stderr, flush=True)
+        return 2
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from devhost.identity import PATH as IDENTITY_PATH
 from devhost.identity import TokenIssuer
 from devhost.servicebus import ServiceBusQueues
 from devhost.serving import Served, serve
+from devhost.terminal import TerminalPublisher, request_lines
 from devhost.timers import TimerScheduler
 
 if TYPE_CHECKING:
@@ -129,7 +130,7 @@ class DevHost:
         self.servicebus: ServiceBusQueues | None = None
         self.timers: TimerScheduler | None = None
         self.functions_url = self.arm_url = self.identity_url = ""
-        self._last_progress: dict[str, str] = {}  # instance id -> last line logged
+        self._last_progress: dict[str, str] = {}  # instance id -> last status logged
         self.azurite: azurite.Azurite | None = None
         self.runtime: Runtime | None = None
         self.settings: Settings | None = None
@@ -155,8 +156,11 @@ class DevHost:
             self.azurite = await azurite.start(self.state_dir)
             settings = load_settings(**values, AzureWebJobsStorage=self.azurite.connection_string)
         self.settings = settings
+        from shared.events import make_publisher
+
         self.runtime = runtime.Runtime(settings, clock=self.clock.utcnow, sleep=self._wait,
-                                       credential_factory=self._credential)
+                                       credential_factory=self._credential,
+                                       publisher=TerminalPublisher(make_publisher(settings, clock=self.clock.utcnow)))
         runtime.install(self.runtime)
         index = function_index()
         self.index = index
@@ -168,7 +172,7 @@ class DevHost:
         )
         self.engine.listeners.append(self._on_change)
         self.servicebus = ServiceBusQueues(self.clock, self.client_binding)
-        app = web.Application(client_max_size=1024 * 1024)
+        app = web.Application(client_max_size=1024 * 1024, middlewares=[request_lines])
         app.add_routes(self.engine.routes())
         app.add_routes([
             web.get("/devhost/events", self._events),
@@ -383,7 +387,7 @@ class DevHost:
     def _on_change(self, inst: Instance) -> None:
         if inst.name != "reimage_monitor":
             return
-        line = f"{inst.id[:15]}  monitor {inst.status:<9} elapsed={self.clock.now() - inst.created:.1f}s"
-        if self._last_progress.get(inst.id) != line:
-            self._last_progress[inst.id] = line
-            log.info("%s", line)
+        # one line per change of the monitor's status (not per poll)
+        if self._last_progress.get(inst.id) != inst.status:
+            self._last_progress[inst.id] = inst.status
+            log.info("%s monitor %s after %.1fs", inst.id, inst.status, self.clock.now() - inst.created)

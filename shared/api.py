@@ -46,8 +46,10 @@ def status_url(base_url: str, operation_id: str) -> str:
 
 def answer(result: Result, base_url: str) -> Outcome:
     if isinstance(result, Planned):
+        passed = all(c["result"] == "passed" for c in result.checks)  # would the real request pass policy?
         return Outcome(200, responses.DryRun.model_validate(
-            {"dryRun": True, "target": result.target, "plan": result.plan, "checks": result.checks}).body())
+            {"dryRun": True, "target": result.target, "passed": passed, "plan": result.plan,
+             "checks": result.checks}).body())
     return accepted_outcome(result, base_url)
 
 
@@ -235,8 +237,8 @@ async def post_alert(body: bytes, client: Any, base_url: str) -> Outcome:
                 refused.append(entry)
             else:
                 out = answer(result, base_url).body
-                accepted.append({"target": target.target.id, **{k: out[k] for k in (
-                    "operationId", "status", "statusUrl", "dryRun", "plan", "duplicate") if k in out}})
+                shown = ("operationId", "status", "statusUrl", "dryRun", "passed", "plan", "checks", "duplicate")
+                accepted.append({"target": target.target.id, **{k: out[k] for k in shown if k in out}})
         if transient is not None:
             raise transient
         body_out = responses.AlertResult.model_validate(

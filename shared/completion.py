@@ -83,6 +83,7 @@ async def finish(runtime: Runtime, operation_id: str, status: str, error: dict[s
         if r.terminal:
             return None
         r.status, r.error, r.completed_at, r.last_updated_time = status, error, now, now
+        r.secret_fingerprint = None  # polls are over: nothing left to recognise a secret in (docs/operations.md)
         r.applied = r.applied or applied
         r.health = health if health is not None else r.health
         r.health_detail = health_detail if health_detail is not None else r.health_detail

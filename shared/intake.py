@@ -17,9 +17,9 @@ from typing import Any
 
 from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
 
-from shared import admission, completion, policy, telemetry
+from shared import admission, completion, dryrun, policy, telemetry
 from shared.admission import GLOBAL_KEY
-from shared.compute import ComputeError, SubmissionUncertain, TargetModel
+from shared.compute import ComputeError, SubmissionUncertain, TargetNotFound
 from shared.errors import ReimagerError
 from shared.events import ACCEPTED, AWAITING_APPROVAL, QUEUED, Trigger
 from shared.identity import Principal
@@ -28,6 +28,7 @@ from shared.ledger import OperationRecord, QueueEntry
 from shared.models import ArmCall, ReimageRequest
 from shared.monitor import MONITOR, MonitorInput
 from shared.operations import next_poll_delay
+from shared.redaction import fingerprint, secrets_of_body
 from shared.runtime import Runtime
 
 log = logging.getLogger("reimager.intake")
@@ -49,7 +50,7 @@ class Planned:
     """A dry run: what would be sent, and every check with its result."""
 
     target: str
-    plan: dict[str, Any]
+    plan: dict[str, Any] | None  # None when the instances cannot be known (the set was not read)
     checks: list[dict[str, Any]]
 
 
@@ -82,13 +83,13 @@ class Intake:
                                           reply_to=reply_to, reply_correlation_id=reply_correlation_id,
                                           principal=principal)
 
+        if request.dry_run:  # every check reported, none raised; never a claim, so never an existing operation
+            return await self._plan(request)
         policy.check_scope(target, self.settings)
         model = await self.runtime.compute.get_model(target)
         instances = policy.check_model(request, model, self.settings)
         call = request.arm_call(self.settings.compute_api_version, instance_ids=instances)
         cooldown_keys = policy.cooldown_keys(target, instances)
-        if request.dry_run:
-            return await self._plan(request, model, call, cooldown_keys)
 
         approval = needs_approval(request, instances, self.settings)
         if approval and request.os_profile is not None:
@@ -104,7 +105,8 @@ class Intake:
             requested_by=verified.name if verified else request.requested_by,
             requested_by_verified=verified.verified if verified else "unverified",
             reason=request.reason, correlation_id=request.correlation_id, reply_to=reply_to,
-            reply_correlation_id=reply_correlation_id, created_time=now, last_updated_time=now)
+            reply_correlation_id=reply_correlation_id, created_time=now, last_updated_time=now,
+            secret_fingerprint=fingerprint(secrets_of_body(call.body)))
         won, existing = await ledger.claim(record)
         if not won:
             return await self._joined(existing, request, trigger=trigger, default_key=default_key,
@@ -311,20 +313,21 @@ class Intake:
                                 extra={"operationId": record.operation_id})
         # Submitting: the POST is under way (or its owner died; the sweeper then ends it SubmissionLost).
         # Either way the operation ends with its one event: this request is answered with it.
-        return Accepted(record, self.first_poll(None), duplicate=True)
+        # Retry-After: the monitor's pace, from ARM's Retry-After on the 202 (as the first answer said).
+        return Accepted(record, self.first_poll((record.arm or {}).get("retryAfter")), duplicate=True)
 
-    async def _plan(self, request: ReimageRequest, model: TargetModel, call: ArmCall,
-                    cooldown_keys: list[str]) -> Planned:
-        target = request.resolved_target
+    async def _plan(self, request: ReimageRequest) -> Planned:
+        # The reads are the shell; shared/dryrun.py decides. Outside the scopes nothing is read from ARM.
+        target, model, not_found = request.resolved_target, None, None
+        if dryrun.in_scope(request, self.settings):
+            try:
+                model = await self.runtime.compute.get_model(target)
+            except TargetNotFound as exc:
+                not_found = exc
         record = await self.runtime.ledger.get_target(target.lock_key)
-        checks: list[dict[str, Any]] = [
-            {"name": "scope", "result": "passed"}, {"name": "targetExists", "result": "passed"},
-            {"name": "protectTag", "result": "passed"}, {"name": "instanceCount", "result": "passed"},
-            {"name": "targetModel", "result": "passed", "osType": model.os_type,
-             "ephemeralOSDisk": model.ephemeral_os_disk},
-            policy.cooldown_check(record, cooldown_keys, self.runtime.now()),
-        ]
-        return Planned(target.id, call.plan(), checks)
+        result = dryrun.evaluate(request, self.settings, model=model, not_found=not_found, record=record,
+                                 now=self.runtime.now())
+        return Planned(target.id, result.plan, result.checks)
 
     async def _publish_accepted(self, record: OperationRecord) -> None:
         await completion.publish_info(self.runtime, ACCEPTED, record)

@@ -191,6 +191,7 @@ class TransientReadError(RuntimeError):
 
 async def poll_operation(runtime: Runtime, payload: dict[str, Any]) -> dict[str, Any]:
     from shared.compute import UntrustedOperationUrl  # azure-core: only activities need it
+    from shared.redaction import scrub_poll
 
     try:
         result = await runtime.compute.poll(payload["url"], payload["mode"])
@@ -208,8 +209,10 @@ async def poll_operation(runtime: Runtime, payload: dict[str, Any]) -> dict[str,
             r.status = "Running"
         return r
 
-    await runtime.ledger.update(payload["operationId"], progress)
-    return result.to_dict()
+    stored = await runtime.ledger.update(payload["operationId"], progress)
+    # ARM may echo the request's secrets, which are not in memory here: redact them by the record's fingerprint.
+    fp = stored.secret_fingerprint if stored is not None else None
+    return scrub_poll(result.to_dict(), fp, settled=stored is None or stored.terminal)
 
 
 async def finish_operation(runtime: Runtime, payload: dict[str, Any], client: Any = None) -> dict[str, Any]:

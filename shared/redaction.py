@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import json
+import secrets as secrets_module
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
@@ -19,6 +22,7 @@ from pydantic import SecretStr
 REDACTED = "[REDACTED]"
 _FALLBACK_MARKERS = (REDACTED, "***", "#", "")  # "" can never contain a secret
 _MAX_PASSES = 8
+_MIN_LINE, _MAX_LINES = 8, 1000  # custom data lines redacted on their own: long enough, and the first 1,000
 T = TypeVar("T")
 
 
@@ -38,7 +42,10 @@ def known_secrets(*, admin_password: str | None = None, custom_data: str | None 
             decoded = base64.b64decode(custom_data, validate=True).decode("utf-8")
         except (binascii.Error, ValueError):
             decoded = ""  # not text: ARM cannot show it as text either
-        for text in (decoded, decoded.strip()):
+        # ARM quotes custom data a line at a time too ("line 3 'token: ...' is invalid"): each line long enough
+        # to carry a secret is one (short ones, like "}" or "---", would only blank ARM's own words).
+        lines = [line.strip() for line in decoded.splitlines() if len(line.strip()) >= _MIN_LINE]
+        for text in (decoded, decoded.strip(), *lines[:_MAX_LINES]):
             if text:
                 found += _variants(text)
     return tuple(dict.fromkeys(s for s in found if s))
@@ -130,3 +137,74 @@ def redact_response_body(raw: bytes, secrets: Iterable[str]) -> bytes:
     except (ValueError, RecursionError):
         return redact_text(raw.decode("utf-8", errors="replace"), wanted).encode("utf-8")
     return json.dumps(_walk(doc, wanted)).encode("utf-8")
+
+
+# ---- secrets ARM echoes while an operation is polled ----------------------------------------------
+# The poll activity runs long after the request, and the secrets are never stored, so it cannot search for
+# them by value. At acceptance the ledger record keeps a fingerprint instead: for each secret form, its
+# length and a keyed hash under a random salt of the record's own. A poll then hashes every substring of
+# ARM's text of each such length and redacts the ones that match. The trade-off (a ledger reader could test
+# guesses offline while the operation runs) is in docs/operations.md, "Secrets".
+_MARK_BYTES = 16
+_POLL_TEXT = ("errorCode", "errorMessage")
+
+
+def _mark(key: bytes, text: str) -> str:
+    return hmac.new(key, text.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()[:_MARK_BYTES].hex()
+
+
+def fingerprint(secrets: Iterable[str]) -> dict[str, Any] | None:
+    """What a record keeps to recognise these secrets later without holding them (None: no secrets)."""
+    wanted = tuple(dict.fromkeys(s for s in secrets if s))
+    if not wanted:
+        return None
+    salt = secrets_module.token_bytes(16)
+    return {"salt": base64.b64encode(salt).decode(), "marks": sorted([len(s), _mark(salt, s)] for s in wanted)}
+
+
+def find_fingerprinted(text: str, fp: dict[str, Any]) -> set[str]:
+    """The substrings of text whose fingerprint is in fp: the secrets, found again."""
+    salt = base64.b64decode(fp["salt"])
+    by_length: dict[int, set[str]] = {}
+    for length, mark in fp["marks"]:
+        by_length.setdefault(int(length), set()).add(mark)
+    found: set[str] = set()
+    for length, marks in by_length.items():
+        for i in range(len(text) - length + 1):
+            window = text[i:i + length]
+            if _mark(salt, window) in marks:
+                found.add(window)
+    return found
+
+
+def _strings(value: Any) -> Iterable[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _strings(k)
+            yield from _strings(v)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            yield from _strings(v)
+
+
+def redact_fingerprinted(value: T, fp: dict[str, Any] | None) -> T:
+    """value (str / dict / list, nested) with every substring matching fp redacted."""
+    if not fp:
+        return value
+    found: set[str] = set()
+    for text in _strings(value):
+        found |= find_fingerprinted(text, fp)
+    return redact(value, found)
+
+
+def scrub_poll(result: dict[str, Any], fp: dict[str, Any] | None, *, settled: bool) -> dict[str, Any]:
+    """A poll's result, safe to store: secrets recognised by the record's fingerprint are redacted. Once the
+    operation is settled (the fingerprint is gone) or its record is missing, ARM's text is dropped: the
+    orchestration no longer uses it, and nothing is left to recognise a secret by."""
+    if settled:
+        return {**result, "errorMessage": None}
+    # Only ARM's free text: the state and the keys must stay readable to the orchestrator, whatever the secrets.
+    texts = {k: redact_fingerprinted(result[k], fp) for k in _POLL_TEXT if isinstance(result.get(k), str)}
+    return {**result, **texts}

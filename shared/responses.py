@@ -72,7 +72,7 @@ class Check(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     name: str
-    result: Literal["passed", "failed"]
+    result: Literal["passed", "failed", "skipped"]
 
 
 class Plan(BaseModel):
@@ -92,8 +92,11 @@ class DryRun(_Body):
 
     dry_run: Literal[True]
     target: str
-    plan: Plan
-    checks: list[Check]
+    passed: bool = Field(description="true when every check passed: the real request would pass policy")
+    plan: Plan | None = Field(description="null when the instances cannot be known (allInstances on a scale set "
+                              "that could not be read)")
+    checks: list[Check] = Field(description="Every check in order, passed, failed (with the code the real request "
+                                "gets) or skipped (with why); a dry run does not stop at the first failure")
 
 
 class AlertAccepted(_Body):
@@ -102,7 +105,9 @@ class AlertAccepted(_Body):
     status: OperationStatus | None = None
     status_url: str | None = None
     dry_run: bool | None = None
+    passed: bool | None = None
     plan: Plan | None = None
+    checks: list[Check] | None = None
     duplicate: bool | None = None
 
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -163,3 +165,60 @@ def test_an_unperturbed_request_does_reach_arm(live: LiveHost) -> None:
     r = live.post("/api/reimage", json.dumps({"target": LINUX_VM, "dryRun": True}).encode())
     assert r.status_code == 200 and r.json()["dryRun"] is True, r.text
     assert live.arm_requests() > before
+
+
+# --- the queue surface: every hostile message is settled with a Rejected event -------------------------
+SURROGATES = ["\ud800", "\udfff", "\udc00x", "a\ud83d"]
+
+
+@st.composite
+def queue_bodies(draw: st.DrawFn) -> tuple[str, bool]:
+    """A message body as the trigger gets it, and whether it must be refused: the reimage bodies above, or
+    lone surrogates in the text fields a Rejected event echoes, as JSON escapes (refused: not text) or as raw
+    characters (bytes that are not UTF-8, which the worker's string conversion may turn into U+FFFD)."""
+    if draw(st.booleans()):
+        return draw(reimage_bodies()).decode("utf-8", errors="surrogatepass"), True
+    field = draw(st.sampled_from(["requestedBy", "requestId", "reason", "correlationId", "target"]))
+    body: dict[str, Any] = {"target": VMSS, "instanceIds": ["1"]}
+    body[field] = draw(st.text(max_size=5)) + draw(st.sampled_from(SURROGATES))
+    escaped = draw(st.booleans())
+    return json.dumps(body, ensure_ascii=escaped), escaped or field == "target"
+
+
+def intake_arm_requests(live: LiveHost) -> int:
+    """ARM requests an intake makes (preflight reads, POSTs): not the polls and health reads of operations an
+    earlier example started, which go on in the background."""
+    return sum(1 for r in list(live.dh.sim.requests) if "/operations/" not in r["path"]
+               and "instanceview" not in (r["path"] + json.dumps(r["query"])).lower())
+
+
+def test_nested_and_unicode_queue_messages_are_rejected_with_an_event_never_dead_lettered(live: LiveHost) -> None:
+    seen = iter(range(10**6))
+
+    @FUZZ
+    @given(case=queue_bodies())
+    def run(case: tuple[str, bool]) -> None:
+        body, must_refuse = case
+        before_arm, before_events = intake_arm_requests(live), len(live.dh.events())
+        r = requests.post(f"{live.dh.functions_url}/admin/functions/reimage_queue",
+                          headers={"x-functions-key": live.dh.function_key}, timeout=60,
+                          json={"input": body, "messageId": f"fuzz-{next(seen)}"})
+        assert r.status_code == 202 and r.json()["settlement"] == "completed", (body[:300], r.text[:500])
+        # (an earlier example's operation may complete meanwhile: completions are not this message's answer)
+        new = [e["type"] for e in live.dh.events()[before_events:] if e["type"] != "reimager.operation.completed"]
+        if must_refuse:
+            assert new == ["reimager.request.rejected"], (body[:300], new)
+            assert intake_arm_requests(live) == before_arm, body[:300]
+        else:  # settled either way, and never silently: one event says what happened
+            assert new in (["reimager.request.rejected"], ["reimager.operation.accepted"]), (body[:300], new)
+
+    run()
+    # leave the shared host quiet for the other properties: every accepted example has completed
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        types = [e["type"] for e in live.dh.events()]
+        if types.count("reimager.operation.accepted") <= types.count("reimager.operation.completed"):
+            break
+        time.sleep(0.2)
+    deadletter = requests.get(f"{live.dh.functions_url}/devhost/servicebus/deadletter", timeout=10).json()
+    assert deadletter == []

@@ -175,7 +175,8 @@ async def test_dry_run_plans_without_posting(host: Host) -> None:
     assert SENTINEL_PASSWORD not in json.dumps(body)
     assert host.reimage_posts() == [] and host.dh.engine.instances == {}  # type: ignore[union-attr]
     s, body, _ = await host.reimage({"target": PROTECTED_VM, "dryRun": True})
-    assert s == 403  # a dry run applies policy too
+    assert s == 200 and body["passed"] is False  # a dry run applies policy too, and reports it as a check
+    assert [c["name"] for c in body["checks"] if c["result"] == "failed"] == ["protectTag"]
 
 
 async def test_same_request_id_twenty_times_concurrently(host: Host) -> None:

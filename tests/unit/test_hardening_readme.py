@@ -32,3 +32,36 @@ def test_the_http_api_section_says_a_request_without_request_id_is_not_idempoten
     try_it = text[text.index("## Try it by hand"):text.index("## Architecture")]
     assert "requestId" in try_it and "not idempotent" in try_it
     assert re.search(r'requestId\\?":', "".join(BLOCKS)), "a pasted example should carry a requestId"
+
+
+def test_every_devhost_flag_is_documented() -> None:
+    from devhost.__main__ import build_parser
+
+    text = README.read_text()
+    flags = [o for action in build_parser()._actions for o in action.option_strings if o.startswith("--")]
+    assert {"--host", "--time-limit", "--port", "--settings"} <= set(flags)
+    missing = [f for f in flags if f != "--help" and f"`{f}" not in text]
+    assert missing == [], f"README does not mention {missing}"
+
+
+def test_every_devhost_endpoint_is_documented_and_no_other() -> None:
+    """The routes devhost registers besides the app's /api/* ones, against README's table."""
+    source = (ROOT / "devhost" / "host.py").read_text()
+    routes = set(re.findall(r'web\.(get|post)\("(/(?:devhost|admin)/[^"]*)"', source))
+    assert len(routes) >= 5
+    text = README.read_text()
+    documented = set(re.findall(r"\| `(GET|POST) (/(?:devhost|admin)/[^`]*)`", text))
+    assert {(m.upper(), p) for m, p in routes} == documented
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_the_curl_commands_devhost_prints_are_valid_bash() -> None:
+    from types import SimpleNamespace
+
+    from devhost.__main__ import curl_examples
+
+    printed = curl_examples(SimpleNamespace(functions_url="http://127.0.0.1:7071", function_key="k-1_x"))  # type: ignore[arg-type]
+    commands = "\n".join(line.strip() for line in printed.splitlines() if line.strip().startswith(("curl", "#")))
+    assert commands.count("curl") >= 6
+    result = subprocess.run(["bash", "-n"], input=commands, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr

@@ -111,31 +111,62 @@ async def run_demo(host: DevHost, time_limit: float = 60.0) -> tuple[bool, list[
 
         # 7. Someone asks from Slack what happened to the VM: a slash command signed as Slack signs it.
         steps.append(await slack_list(host, http, vm))
+
+        # 8. Alice asks for a whole scale set: it waits for a second person. Bob approves it from Slack
+        #    (a signed request: a verified identity), and only then is it sent.
+        steps.append(await approval(host, http, post))
+        await wait_for(host, steps, deadline)
     return all(st.ok for st in steps), steps
 
 
-async def slack_list(host: DevHost, http: aiohttp.ClientSession, vm: Step) -> Step:
-    """`/reimager list reimager-demo/web-linux-01`, signed with SLACK_SIGNING_SECRET (v0 HMAC-SHA256)."""
+async def approval(host: DevHost, http: aiohttp.ClientSession, post: Any) -> Step:
+    target = f"{BASE}/virtualMachineScaleSets/batch"
+    host.sim.seed_scale_set(target, 6)
+    step = Step("allInstances: approved by bob", "http", target, "Succeeded")
+    s, body = await post("/api/reimage", {"target": target, "allInstances": True, "requestedBy": "alice",
+                                          "requestId": "demo-approval-1"})
+    step.operation_id = body.get("operationId")
+    if s != 202 or body.get("status") != "AwaitingApproval":
+        step.status, step.note = f"HTTP {s}", json.dumps(body)[:80]
+        return step
+    waited = any(e["type"] == "reimager.operation.awaiting-approval" for e in host.events())
+    status, reply = await slack_command(host, http, f"approve {step.operation_id}", "demo.slack.2")
+    step.note = (f"waited for approval ({'event sent' if waited else 'no event'}); Slack: "
+                 f"{reply.get('text', '')[:60]}") if status == 200 else f"Slack HTTP {status}"
+    return step
+
+
+async def slack_command(host: DevHost, http: aiohttp.ClientSession, text: str, trigger_id: str
+                        ) -> tuple[int, dict[str, Any]]:
+    """A `/reimager` slash command from bob, signed with SLACK_SIGNING_SECRET (v0 HMAC-SHA256)."""
     import hashlib
     import hmac
     from urllib.parse import urlencode
 
-    step = Step("Slack /reimager list", "chatops", vm.target, "Replied")
     secret = host.settings.slack_signing_secret if host.settings else None
     if secret is None:
-        step.status, step.note = "skipped", "SLACK_SIGNING_SECRET not set"
-        return step
+        return 0, {"text": "SLACK_SIGNING_SECRET not set"}
     body = urlencode({"team_id": "T0DEMO", "user_id": "U0BOB", "user_name": "bob", "command": "/reimager",
-                      "text": f"list {DEMO_GROUP}/web-linux-01", "trigger_id": "demo.slack.1"}).encode()
+                      "text": text, "trigger_id": trigger_id}).encode()
     ts = str(int(host.clock.now()))
     signature = "v0=" + hmac.new(secret.get_secret_value().encode(), f"v0:{ts}:".encode() + body,
                                  hashlib.sha256).hexdigest()
     async with http.post(host.functions_url + "/api/chatops/slack", data=body, headers={
             "X-Slack-Request-Timestamp": ts, "X-Slack-Signature": signature,
             "Content-Type": "application/x-www-form-urlencoded"}) as r:
-        reply = await r.json()
-    listed = r.status == 200 and bool(vm.operation_id) and str(vm.operation_id) in reply.get("text", "")
-    step.status = "Replied" if listed else f"HTTP {r.status}"
+        reply: dict[str, Any] = await r.json()
+        return r.status, reply
+
+
+async def slack_list(host: DevHost, http: aiohttp.ClientSession, vm: Step) -> Step:
+    """`/reimager list reimager-demo/web-linux-01`, signed as Slack signs it."""
+    step = Step("Slack /reimager list", "chatops", vm.target, "Replied")
+    status, reply = await slack_command(host, http, f"list {DEMO_GROUP}/web-linux-01", "demo.slack.1")
+    if status == 0:
+        step.status, step.note = "skipped", reply["text"]
+        return step
+    listed = status == 200 and bool(vm.operation_id) and str(vm.operation_id) in reply.get("text", "")
+    step.status = "Replied" if listed else f"HTTP {status}"
     step.note = f"{reply.get('response_type')}: lists {vm.operation_id}" if listed else json.dumps(reply)[:80]
     return step
 

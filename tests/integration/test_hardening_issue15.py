@@ -204,7 +204,7 @@ async def test_retry_after_on_a_202_is_the_next_poll_and_duplicates_say_the_same
 # --- 1. allInstances never reimages wider than checked ------------------------------------------------------
 async def test_all_instances_on_a_set_that_grows_after_preflight_posts_only_the_checked_ids(
         new_host: NewHost, monkeypatch: pytest.MonkeyPatch) -> None:
-    h: Host = await new_host(settings={"MAX_INSTANCES_PER_REQUEST": "10"})
+    h: Host = await new_host(settings={"MAX_INSTANCES_PER_REQUEST": "10", "APPROVAL_ALLOW_UNVERIFIED": "true"})
     rt = h.dh.runtime
     assert rt is not None
     compute = rt.compute
@@ -217,8 +217,11 @@ async def test_all_instances_on_a_set_that_grows_after_preflight_posts_only_the_
         return await real_submit(call)
 
     monkeypatch.setattr(compute, "submit", grow_then_submit)
-    s, answer, _ = await h.reimage({"target": grown["id"], "allInstances": True})
-    assert s == 202, answer
+    s, answer, _ = await h.reimage({"target": grown["id"], "allInstances": True, "requestedBy": "alice"})
+    assert s == 202 and answer["status"] == "AwaitingApproval", answer
+    s, approved, _ = await h.post(f"/api/reimage/{answer['operationId']}/approve", {"by": "bob"})
+    assert s == 202, approved
+    await h.settle(lambda: len(h.reimage_posts()) >= 1)
     [post] = h.reimage_posts()
     assert post["body"] == {"instanceIds": ["0", "1", "2", "3"]} == {"instanceIds": answer["instanceIds"]}
     s, doc = await h.get(f"/api/reimage/{answer['operationId']}")

@@ -15,7 +15,7 @@ import pytest
 from devhost.host import DEMO_GROUP, DEMO_SUBSCRIPTION
 from shared.ids import operation_id
 from shared.ledger import OperationRecord
-from shared.targets import parse_target
+from shared.targets import TargetKind, parse_target
 from tests.integration.conftest import LINUX_VM, VMSS, WINDOWS_VM, Host
 
 NewHost = Callable[..., Any]
@@ -40,7 +40,8 @@ async def seed(host: Host, count: int = 300) -> list[OperationRecord]:
         when = T0 + timedelta(seconds=i)
         records.append(OperationRecord(
             operation_id=operation_id(f"seed-{i}"), request_id=f"seed-{i}", target=target.id,
-            lease_key=target.lock_key, instance_ids=[str(i % 4)] if target.is_scale_set else None, trigger="http",
+            lease_key=target.lock_key, instance_ids=[str(i % 4)] if target.kind is not TargetKind.VM else None,
+            trigger="http",
             requested_by=f"user-{i % 7}", status=STATUSES[i % len(STATUSES)], created_time=when,
             last_updated_time=when))
 

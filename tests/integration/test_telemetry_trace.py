@@ -58,6 +58,7 @@ async def test_one_http_reimage_is_one_trace_tagged_with_its_operation(
     # Every poll the orchestration made is in the trace (devhost runs each activity twice: at-least-once).
     assert len(polls) >= done["data"]["polls"]
     assert {sp.name for sp in activities} == {f"{telemetry.SPAN_ACTIVITY} poll_reimage_operation",
+                                              f"{telemetry.SPAN_ACTIVITY} read_reimage_health",
                                               f"{telemetry.SPAN_ACTIVITY} finish_reimage_operation"}
     for span in [intake, *arm, *activities]:
         attributes = dict(span.attributes or {})

@@ -363,7 +363,7 @@ class ComputeSimulator:
             except ValueError:
                 body = raw.decode("utf-8", "replace")
         entry = {"method": request.method, "path": request.path, "query": dict(request.query),
-                 "body": body, "status": 0}
+                 "body": body, "status": 0, "at": self.clock.now()}
         self._log_request(entry)
         try:
             response = await self._respond(request, body, raw)

@@ -56,7 +56,7 @@ param maxInstancesPerRequest int = 10
 param cooldownMinutes int = 30
 
 @minValue(1)
-param pollMinSeconds int = 5
+param pollMinSeconds int = 1
 
 @minValue(1)
 param pollMaxSeconds int = 120

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
 from shared.durable_data import decode
-from shared.operations import OperationState, next_poll_delay
+from shared.operations import OperationState, next_poll_offset
 
 if TYPE_CHECKING:
     from shared.ledger import OperationRecord
@@ -52,9 +52,12 @@ class MonitorInput(BaseModel):
     poll_default_seconds: int
     operation_timeout_minutes: int
     polls_per_generation: int
+    # Learned at acceptance from the target's past operations (shared.operations.expected_duration).
+    expected_seconds: float | None = None
 
     @classmethod
-    def for_record(cls, record: OperationRecord, settings: Settings) -> MonitorInput:
+    def for_record(cls, record: OperationRecord, settings: Settings,
+                   expected_seconds: float | None = None) -> MonitorInput:
         arm = record.arm or {}
         url = arm.get("asyncOperationUrl") or arm.get("locationUrl")
         assert record.submitted_at is not None
@@ -64,7 +67,7 @@ class MonitorInput(BaseModel):
                    polls=record.polls, poll_min_seconds=settings.poll_min_seconds,
                    poll_max_seconds=settings.poll_max_seconds, poll_default_seconds=settings.poll_default_seconds,
                    operation_timeout_minutes=settings.operation_timeout_minutes,
-                   polls_per_generation=settings.polls_per_generation)
+                   polls_per_generation=settings.polls_per_generation, expected_seconds=expected_seconds)
 
     def dump(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True)
@@ -85,9 +88,10 @@ def monitor_orchestrator(context: Any) -> Generator[Any, Any, Any]:
     deadline = state.submitted_at + timedelta(minutes=state.operation_timeout_minutes)
     polls_this_generation = 0
     while True:
-        delay = next_poll_delay(state.last_retry_after, state.poll_min_seconds, state.poll_max_seconds,
-                                state.poll_default_seconds)
-        yield context.create_timer(min(context.current_utc_datetime + timedelta(seconds=delay), deadline))
+        elapsed = (context.current_utc_datetime - state.submitted_at).total_seconds()
+        offset = next_poll_offset(elapsed, state.last_retry_after, state.expected_seconds, state.poll_min_seconds,
+                                  state.poll_max_seconds, state.poll_default_seconds)
+        yield context.create_timer(min(state.submitted_at + timedelta(seconds=offset), deadline))
         arm_status = None
         try:
             result = decode((yield context.call_activity_with_retry(

@@ -229,6 +229,7 @@ async def learned_duration(runtime: Runtime, record: OperationRecord) -> float |
     except Exception:  # learning is an optimisation: the fixed default still works
         log.warning("could not read the history of %s", record.lease_key, exc_info=True)
         return None
-    return expected_duration([(r.completed_at - r.submitted_at).total_seconds() for r in page.items
+    return expected_duration([r.arm_seconds if r.arm_seconds is not None
+                              else (r.completed_at - r.submitted_at).total_seconds() for r in page.items
                               if r.operation_id != record.operation_id and r.status == "Succeeded"
                               and r.submitted_at is not None and r.completed_at is not None])

@@ -77,6 +77,7 @@ class OperationRecord(_Doc):
     last_updated_time: datetime
     submitted_at: datetime | None = None
     completed_at: datetime | None = None
+    arm_seconds: float | None = None  # ARM's startTime -> endTime, for the learned poll schedule
     health: str | None = None
     batch_id: str | None = None
     event_id: str | None = None  # set once the terminal event is published

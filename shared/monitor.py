@@ -150,6 +150,7 @@ async def poll_operation(runtime: Runtime, payload: dict[str, Any]) -> dict[str,
         if r.terminal:
             return None
         r.polls, r.arm_status, r.last_updated_time = max(r.polls, polls), arm_status, now
+        r.arm_seconds = result.arm_seconds if result.arm_seconds is not None else r.arm_seconds
         if r.status == "Accepted":
             r.status = "Running"
         return r

@@ -51,11 +51,11 @@ async def test_polls_land_on_the_retry_after_grid_from_submission(new_host: NewH
     assert data["polls"] == 9  # ceil(60 / 7)
 
 
-async def test_without_retry_after_the_first_poll_waits_for_most_of_the_learned_duration(new_host: NewHost) -> None:
+async def test_without_retry_after_the_first_poll_waits_for_the_learned_duration(new_host: NewHost) -> None:
     h = await new_host(retry_after=None, operation_seconds=100.0, settings={"COOLDOWN_MINUTES": "0"})
     first = await reimage_and_wait(h, 1)
     assert first["polls"] == 7  # no history: the default, every 15 s (105 s)
     second = await reimage_and_wait(h, 2)
-    # learned: ~105 s expected, first poll at 90% of it (94.5 s), then every 10.5 s: done at the second
-    assert poll_offsets(h) == [94.5, 105.0], poll_offsets(h)
-    assert second["polls"] == 2
+    # learned: ARM reported 100 s (startTime -> endTime); the first poll waits exactly that and finds it done
+    assert poll_offsets(h) == [100.0], poll_offsets(h)
+    assert second["polls"] == 1

@@ -6,6 +6,7 @@ import pytest
 
 from shared.operations import (
     OperationState,
+    arm_duration,
     expected_duration,
     interpret,
     next_poll_delay,
@@ -143,13 +144,25 @@ def test_without_retry_after_or_history_the_default_grid() -> None:
     assert poll_times(40, None, None, 0.3) == [15, 30, 45]
 
 
-def test_learned_schedule_waits_most_of_the_expected_duration_then_polls_closely() -> None:
-    # expected 600 s: first poll at 540 s, then every 60 s
-    assert poll_times(590, None, 600, 0.5) == [540, 600]
-    assert poll_times(530, None, 600, 0.5) == [540]
-    assert poll_times(700, None, 600, 0.5) == [540, 600, 660, 720]
+def test_learned_schedule_waits_for_the_expected_duration_then_polls_closely() -> None:
+    # expected 600 s: the first poll at 600 s, then every 60 s
+    assert poll_times(590, None, 600, 0.5) == [600]
+    assert poll_times(700, None, 600, 0.5) == [600, 660, 720]
     # short operations: steps never below the minimum
-    assert poll_times(12, None, 12.5, 0.1, minimum=1) == [11.25, 12.5]
+    assert poll_times(13, None, 12.5, 0.1, minimum=1) == [12.5, 13.75]
+    assert poll_times(3, None, 0.2, 0.0, minimum=1) == [1, 2, 3]
+
+
+def test_arm_duration_from_the_recorded_exchange() -> None:
+    """The recorded exchange's final Azure-AsyncOperation body: seven fractional digits."""
+    body = ('{"startTime": "2021-03-26T02:54:44.2789122+00:00", "endTime": "2021-03-26T02:57:21.0132777+00:00", '
+            '"status": "Succeeded", "name": "1f15739c-d053-4233-86f9-fac11a59467f"}')
+    result = interpret("async", 200, {}, body, NOW)
+    assert result.state is OperationState.SUCCEEDED and result.arm_seconds == pytest.approx(156.7344, abs=1e-3)
+    running = '{"startTime": "2021-03-26T02:54:44.2789122+00:00", "status": "InProgress"}'
+    assert interpret("async", 200, {}, running, NOW).arm_seconds is None
+    assert interpret("location", 200, {}, b"", NOW).arm_seconds is None
+    assert arm_duration({"startTime": "x", "endTime": "2021-03-26T02:57:21Z"}) is None
 
 
 def test_expected_duration_is_the_median_of_the_recent_past() -> None:

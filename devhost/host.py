@@ -386,3 +386,5 @@ class DevHost:
         if self._last_progress.get(inst.id) != line:
             self._last_progress[inst.id] = line
             log.info("%s", line)
+        if inst.status not in ("Pending", "Running"):
+            self._last_progress.pop(inst.id, None)  # an ended monitor logs no more: keep nothing for it

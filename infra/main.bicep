@@ -74,7 +74,7 @@ param submitTimeoutSeconds int = 300
 
 @minValue(2)
 @maxValue(1000)
-param pollsPerGeneration int = 50
+param pollsPerGeneration int = 10
 
 @minValue(1)
 @maxValue(10080)

@@ -125,7 +125,7 @@ class Settings(BaseSettings):
     poll_default_seconds: int = Field(15, ge=1)
     operation_timeout_minutes: Minutes = 120
     submit_timeout_seconds: int = Field(300, ge=1, le=3600)
-    polls_per_generation: int = Field(50, ge=2, le=1000)
+    polls_per_generation: int = Field(10, ge=2, le=1000)  # short histories: replay parses every event
     health_grace_minutes: Minutes = 10
 
     # Coalescing, budgets, breaker, queue expiry

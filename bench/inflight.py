@@ -87,9 +87,7 @@ def cpu_seconds(pid: int | None) -> float:
     return float(t.user + t.system)
 
 
-async def run_size(n: int) -> dict[str, Any]:
-    import psutil
-
+def start_host(n: int) -> tuple[Path, subprocess.Popen[bytes]]:
     # tmpfs when there is one: devhost persists its task hub, simulator and Azurite data as files, and on ext4
     # each atomic os.replace costs milliseconds of the event loop (14.7 of 123 CPU-seconds at N = 200); in
     # Azure that state is written by the Storage service, not by the worker.
@@ -97,6 +95,13 @@ async def run_size(n: int) -> dict[str, Any]:
     state = Path(tempfile.mkdtemp(prefix=f"bench-inflight-{n}-", dir=shm if shm.is_dir() else None))
     proc = subprocess.Popen([sys.executable, "-m", "bench.inflight", "--host", str(state)], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return state, proc
+
+
+async def run_size(n: int) -> dict[str, Any]:
+    import psutil
+
+    state, proc = start_host(n)
     try:
         end = time.monotonic() + 90
         while not (state / "bench.json").exists():
@@ -151,7 +156,8 @@ async def run_size(n: int) -> dict[str, Any]:
 
 
 def summarise(n: int, state: Path, t0: float, t1: float, statuses: dict[int, int], latencies: list[float],
-              done: list[dict[str, Any]], cpu: float, azurite_cpu: float, rss_peak: int, rss_end: int) -> dict[str, Any]:
+              done: list[dict[str, Any]], cpu: float, azurite_cpu: float, rss_peak: int,
+              rss_end: int) -> dict[str, Any]:
     # ARM's side, from the simulator's files: each operation's end, and every request it saw
     ops = {}
     for path in (state / "arm" / "operations").glob("*.json"):
@@ -200,12 +206,13 @@ def main() -> None:
         asyncio.run(host_main(Path(sys.argv[2])))
         return
     results = [asyncio.run(run_size(n)) for n in SIZES]
-    print(f"{OPERATION_SECONDS:.0f} s operations, ARM Retry-After {RETRY_AFTER} s, intake at concurrency {CONCURRENCY}; "
-          "devhost is one process on a shared 2-core machine")
+    print(f"{OPERATION_SECONDS:.0f} s operations, ARM Retry-After {RETRY_AFTER} s, intake at concurrency "
+          f"{CONCURRENCY}; devhost is one process on a shared 2-core machine")
     print(f"{'N':>5} {'accepted':>8} {'done':>5} {'intake p50/p99 ms':>18} {'lag p50/p99 s':>14} {'GETs/op (min)':>14} "
           f"{'CPU ms/op':>9} {'Azurite':>8} {'RSS peak/end MB':>16} {'loop p99 ms':>11} {'wall s':>6}")
     for r in results:
-        print(f"{r['n']:>5} {r['accepted']:>8} {r['completed']:>5} {r['intake_p50_ms']:>8.0f} / {r['intake_p99_ms']:<7.0f} "
+        print(f"{r['n']:>5} {r['accepted']:>8} {r['completed']:>5} {r['intake_p50_ms']:>8.0f} / "
+              f"{r['intake_p99_ms']:<7.0f} "
               f"{r['lag_p50_s']:>5.2f} / {r['lag_p99_s']:<6.2f} {r['gets_per_op']:>8.2f} ({r['minimum']})  "
               f"{r['cpu_ms_per_op']:>9.1f} {r['azurite_cpu_ms_per_op']:>8.1f} {r['rss_peak_mb']:>7.0f} / "
               f"{r['rss_end_mb']:<6.0f} {r['loop_lag_p99_ms']:>11.0f} {r['wall_s']:>6.0f}")
@@ -213,7 +220,8 @@ def main() -> None:
         print(f"RESULT inflight n={r['n']} lag_p99_s={r['lag_p99_s']:.2f} gets_over_minimum={r['gets_over_minimum']} "
               f"intake_p99_ms={r['intake_p99_ms']:.0f} lag_p50_s={r['lag_p50_s']:.2f} "
               f"intake_p50_ms={r['intake_p50_ms']:.0f} cpu_ms_per_op={r['cpu_ms_per_op']:.1f} "
-              f"rss_peak_mb={r['rss_peak_mb']:.0f} loop_lag_p99_ms={r['loop_lag_p99_ms']:.0f} completed={r['completed']}")
+              f"rss_peak_mb={r['rss_peak_mb']:.0f} loop_lag_p99_ms={r['loop_lag_p99_ms']:.0f} "
+              f"completed={r['completed']}")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from typing import Any
 
 from bench._host import ROOT, ThreadedDevhost, median_ms
 
-RUNS = int(os.environ.get("BENCH_RUNS", "11"))
+RUNS = int(os.environ.get("BENCH_RUNS", "7"))
 VM_BODY = {"location": "westus", "properties": {"storageProfile": {"osDisk": {"osType": "Linux"}}}}
 
 FLOOR = "import azure.functions, azure.durable_functions"

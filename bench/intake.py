@@ -23,8 +23,8 @@ import aiohttp
 
 from bench._host import DevhostProcess, percentile
 
-N = int(os.environ.get("BENCH_N", "200"))
-REPEATS = int(os.environ.get("BENCH_REPEATS", "5"))
+N = int(os.environ.get("BENCH_N", "150"))
+REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
 CONCURRENCY = 16
 
 

@@ -97,8 +97,10 @@ def start_host(n: int) -> tuple[Path, subprocess.Popen[bytes]]:
     # Azure that state is written by the Storage service, not by the worker.
     shm = Path("/dev/shm")
     state = Path(tempfile.mkdtemp(prefix=f"bench-inflight-{n}-", dir=shm if shm.is_dir() else None))
+    log = os.environ.get("BENCH_INFLIGHT_LOG")  # devhost's warnings and errors, for diagnosis
+    stderr = open(f"{log}.{n}", "w") if log else subprocess.DEVNULL  # the child keeps it open
     proc = subprocess.Popen([sys.executable, "-m", "bench.inflight", "--host", str(state)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=stderr)
     return state, proc
 
 

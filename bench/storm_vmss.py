@@ -156,15 +156,13 @@ async def storm(dh: Any, n: int) -> dict[str, Any]:
     # wait for every accepted request's completion event, and for ARM to have reimaged every instance
     healthy_at: float | None = None
     deadline = time.time() + WAIT_SECONDS
-    while time.time() < deadline:
+    while time.time() < deadline:  # every accepted request ends with one completion event
         done = {e["data"]["operationId"]: e for e in complete_events(dh.events_file)
                 if e["type"] == "reimager.operation.completed" and e["data"]["operationId"] in accepted_ops}
-        if len(done) >= len(accepted_ops) and ours.reimaged(instances)[1] is not None:
-            if all((e["data"].get("health") or "Unknown") == "Healthy" for e in done.values()):
+        if len(done) >= len(accepted_ops):
+            if done and all((e["data"].get("health") or "Unknown") == "Healthy" for e in done.values()):
                 healthy_at = max(datetime.fromisoformat(e["time"].replace("Z", "+00:00")).timestamp()
                                  for e in done.values())
-            break
-        if len(done) >= len(accepted_ops) and not accepted_ops:
             break
         await asyncio.sleep(0.5)
     done = {e["data"]["operationId"]: e for e in complete_events(dh.events_file)
@@ -181,7 +179,7 @@ async def storm(dh: Any, n: int) -> dict[str, Any]:
         "drop_reasons": drop_reasons(dropped),
         "twice": sum(1 for c in counts.values() if c > 1), "reimaged": sum(1 for c in counts.values() if c),
         "all_reimaged_s": (ours_last - start) if ours_last else None,
-        "healthy_s": (healthy_at - start) if healthy_at else None, "max_batch": max(batches, default=0),
+        "healthy_s": (healthy_at - start) if healthy_at and ours_last else None, "max_batch": max(batches, default=0),
         "batch_cap": cap, "goal_posts": math.ceil(n / cap), "completions": statuses,
         "peer_posts": theirs.writes(), "peer_reads": theirs.reads(),
         "peer_preempted": sum(1 for o in peer_outcomes if o != "Succeeded"),

@@ -11,8 +11,8 @@ cited where each behaviour is implemented; the project's fidelity table lists th
 - a Location poll after a failure answers the failure's status code with its CloudError;
 - instance views with ProvisioningState / PowerState / vmHealth, which faults can bend.
 
-Per-request work does not grow with the number of finished operations: operations are
-indexed by id and by resource, and only running ones are looked at. With `state_dir` the
+Per-request work does not grow with the number of operations, finished or running: operations
+are indexed by id and by resource, and a heap of end times says which ones ended since. With `state_dir` the
 resources, instances, operations and request log persist (one atomically replaced file per
 resource and per operation, the request log appended as JSON lines), and a new simulator on
 the same directory carries on, on the port it was bound to before (`preferred_port`), so
@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import copy
 import hashlib
+import heapq
 import json
 import logging
 import os
@@ -312,6 +313,7 @@ class ComputeSimulator:
 
     def __post_init__(self) -> None:
         self._active: dict[str, str] = {}  # lock key -> id of the operation not yet settled
+        self._ends: list[tuple[float, str]] = []  # heap of (end, operation id) of operations not yet settled
         # lock key -> instance id ("" for a VM) -> {"power", "health", "reimagedAt"}
         self._vm_state: dict[str, dict[str, dict[str, Any]]] = {}
         self._store = _Store(Path(self.state_dir)) if self.state_dir is not None else None
@@ -335,6 +337,7 @@ class ComputeSimulator:
             self.operations[op.id] = op
             if not op.settled:
                 self._active[op.lock_key] = op.id
+                heapq.heappush(self._ends, (op.end, op.id))
         self.requests.extend(self._store.read_requests(self.request_log_limit))
 
     def _save_resource(self, key: str) -> None:
@@ -388,7 +391,7 @@ class ComputeSimulator:
             except ValueError:
                 body = raw.decode("utf-8", "replace")
         entry = {"method": request.method, "path": request.path, "query": dict(request.query),
-                 "body": body, "status": 0}
+                 "body": body, "status": 0, "at": self.clock.now()}
         self._log_request(entry)
         try:
             response = await self._respond(request, body, raw)
@@ -475,10 +478,15 @@ class ComputeSimulator:
         return rid.lower()
 
     def _settle_due(self) -> None:
-        """Settle the operations that have ended. Looks only at running ones (at most one per resource)."""
+        """Settle the operations that have ended: those at the front of the end-time heap, so a request looks
+        at no running operation that has not ended (an outcome fault of "Never" leaves the heap unsettled:
+        it never ends, unless preempted, which settles it at once)."""
         now = self.clock.now()
-        for lock_key in list(self._active):
-            self._settle_key(lock_key, now)
+        while self._ends and self._ends[0][0] <= now:
+            _, op_id = heapq.heappop(self._ends)
+            op = self.operations.get(op_id)
+            if op is not None and not op.settled:
+                self._settle(op, now)
 
     def _settle_key(self, lock_key: str, now: float) -> None:
         op_id = self._active.get(lock_key)
@@ -519,6 +527,7 @@ class ComputeSimulator:
     def _register(self, op: Operation) -> None:
         self.operations[op.id] = op
         self._active[op.lock_key] = op.id
+        heapq.heappush(self._ends, (op.end, op.id))
         self._save_operation(op)
 
     def _running_on(self, lock_key: str, instance_key: str, now: float) -> Operation | None:

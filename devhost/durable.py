@@ -178,6 +178,7 @@ class Instance:
     trace_parent: str | None = None
     # Runtime only.
     timers: dict[int, asyncio.Task[None]] = field(default_factory=dict)
+    released: bool = False  # ended, and its replay state dropped from memory (the task-hub file keeps it)
 
     def status_input(self) -> Any:
         if self.input is None:
@@ -196,7 +197,7 @@ class Instance:
         return doc
 
     # ---- persistence ----------------------------------------------------------------------
-    _RUNTIME_ONLY = ("timers",)
+    _RUNTIME_ONLY = ("timers", "released")
 
     def to_doc(self) -> dict[str, Any]:
         doc = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in self._RUNTIME_ONLY}
@@ -292,7 +293,7 @@ class DurableEngine:
 
     def _save(self, inst: Instance) -> None:
         """Write one instance atomically (temp file + os.replace), as a Storage write either lands or not."""
-        if self.state_dir is None or self.instances.get(inst.id) is not inst:
+        if self.state_dir is None or self.instances.get(inst.id) is not inst or inst.released:
             return
         path = self._path(inst.id)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -312,6 +313,8 @@ class DurableEngine:
                 log.exception("unreadable task-hub file %s", path)
                 continue
             self.instances[inst.id] = inst
+            if inst.status not in ACTIVE:
+                self._release(inst)
 
     def _resume(self) -> None:
         """After a restart: re-arm every pending timer, re-run unfinished activities, process queued events."""
@@ -654,6 +657,24 @@ class DurableEngine:
         inst.history.append(self._event(EXECUTION_COMPLETED, OrchestrationStatus=status))
         self._save(inst)
         self._notify(inst)
+        self._release(inst)
+
+    def _release(self, inst: Instance) -> None:
+        """An ended instance keeps only what a status query answers in memory; its history and replay state
+        stay in its task-hub file (as Azure keeps them in Storage, not in the worker), read back on demand.
+        Without a state directory there is nowhere else to keep them."""
+        if self.state_dir is None:
+            return
+        inst.history, inst.inbox, inst.recorded, inst.action_seq = [], [], [], []
+        inst.retries, inst.timer_meta, inst.activities = {}, {}, {}
+        inst.released = True
+
+    def history_of(self, inst: Instance) -> list[dict[str, Any]]:
+        """The instance's history, from its task-hub file once the instance was released."""
+        if not inst.released:
+            return inst.history
+        doc = json.loads(self._path(inst.id).read_text())
+        return list(doc.get("history") or [])
 
     def _cancel_timers(self, inst: Instance) -> None:
         for task in inst.timers.values():
@@ -668,7 +689,7 @@ class DurableEngine:
     # ---- storage view (for secret scans and debugging) ------------------------------------
     def dump(self) -> str:
         """Everything the durable store holds, as the real extension would persist it."""
-        return json.dumps([{**i.public(show_input=True, show_history=True), "inbox": i.inbox}
+        return json.dumps([{**i.public(show_input=True), "historyEvents": self.history_of(i), "inbox": i.inbox}
                            for i in self.instances.values()], default=str)
 
     # ---- HTTP API (what DurableOrchestrationClient calls under rpcBaseUrl) -----------------
@@ -757,7 +778,10 @@ class DurableEngine:
         # unless returnInternalServerErrorOnFailure).
         failed_500 = request.query.get("returnInternalServerErrorOnFailure", "").lower() == "true"
         status = 202 if inst.status in ACTIVE else (500 if inst.status == "Failed" and failed_500 else 200)
-        return web.json_response(inst.public(show_input, show_history), status=status)
+        doc = inst.public(show_input)
+        if show_history:
+            doc["historyEvents"] = self.history_of(inst)
+        return web.json_response(doc, status=status)
 
     async def _http_raise(self, request: web.Request) -> web.Response:
         if self.raise_event_failures > 0:

@@ -391,3 +391,5 @@ class DevHost:
         if self._last_progress.get(inst.id) != inst.status:
             self._last_progress[inst.id] = inst.status
             log.info("%s monitor %s after %.1fs", inst.id, inst.status, self.clock.now() - inst.created)
+        if inst.status not in ("Pending", "Running"):
+            self._last_progress.pop(inst.id, None)  # an ended monitor logs no more: keep nothing for it

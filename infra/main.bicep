@@ -56,7 +56,7 @@ param maxInstancesPerRequest int = 10
 param cooldownMinutes int = 30
 
 @minValue(1)
-param pollMinSeconds int = 5
+param pollMinSeconds int = 1
 
 @minValue(1)
 param pollMaxSeconds int = 120
@@ -74,7 +74,7 @@ param submitTimeoutSeconds int = 300
 
 @minValue(2)
 @maxValue(1000)
-param pollsPerGeneration int = 50
+param pollsPerGeneration int = 10
 
 @minValue(0)
 @maxValue(10080)

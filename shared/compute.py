@@ -286,7 +286,10 @@ class ComputeClient:
                 logging_policy,
                 DistributedTracingPolicy(),
             ]
-            self._client = AsyncPipelineClient(self.origin, policies=policies, transport=self._transport)
+            # use_env_settings=False: aiohttp would otherwise look up netrc and *_PROXY on a worker thread for
+            # every request (two thread hops per ARM call); the app never runs behind an environment proxy.
+            self._client = AsyncPipelineClient(self.origin, policies=policies, transport=self._transport,
+                                               use_env_settings=False)
         return self._client
 
     async def _send(self, request: HttpRequest) -> tuple[int, dict[str, str], bytes]:

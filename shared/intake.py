@@ -27,7 +27,7 @@ from shared.ids import operation_id
 from shared.ledger import OperationRecord, QueueEntry
 from shared.models import ArmCall, ReimageRequest
 from shared.monitor import MONITOR, MonitorInput
-from shared.operations import next_poll_delay
+from shared.operations import LEARN_FROM_LAST, expected_duration, next_poll_delay
 from shared.redaction import fingerprint, secrets_of_body
 from shared.runtime import Runtime
 
@@ -353,10 +353,27 @@ def _claim_lost() -> ReimagerError:
 async def start_monitor(client: Any, runtime: Runtime, record: OperationRecord,
                         state: MonitorInput | None = None) -> bool:
     """Hand the ARM operation to the durable timer loop. A failure here is repaired by the sweeper."""
-    state = state or MonitorInput.for_record(record, runtime.settings)
+    if state is None:
+        state = MonitorInput.for_record(record, runtime.settings, await learned_duration(runtime, record))
     try:
         await client.start_new(MONITOR, record.operation_id, state.dump())
         return True
     except Exception:
         log.warning("could not start the monitor for %s; the sweeper will", record.operation_id, exc_info=True)
         return False
+
+
+async def learned_duration(runtime: Runtime, record: OperationRecord) -> float | None:
+    """How long this target's recent reimages took (submission to completion), for the poll schedule
+    when ARM sends no Retry-After (shared.operations.next_poll_offset). None: no history, or not needed."""
+    if (record.arm or {}).get("retryAfter") is not None:
+        return None
+    try:
+        page = await runtime.ledger.list_operations(lease_key=record.lease_key, top=LEARN_FROM_LAST + 1)
+    except Exception:  # learning is an optimisation: the fixed default still works
+        log.warning("could not read the history of %s", record.lease_key, exc_info=True)
+        return None
+    return expected_duration([r.arm_seconds if r.arm_seconds is not None
+                              else (r.completed_at - r.submitted_at).total_seconds() for r in page.items
+                              if r.operation_id != record.operation_id and r.status == "Succeeded"
+                              and r.submitted_at is not None and r.completed_at is not None])

@@ -78,6 +78,7 @@ class OperationRecord(_Doc):
     last_updated_time: datetime
     submitted_at: datetime | None = None
     completed_at: datetime | None = None
+    arm_seconds: float | None = None  # ARM's startTime -> endTime, for the learned poll schedule
     health: str | None = None
     batch_id: str | None = None  # the ARM operation this request rides: itself, a joined one, or a b-... batch
     members: list[str] | None = None  # a b-... batch record: the requests it carries
@@ -268,11 +269,13 @@ class Ledger:
             return
         from azure.core.exceptions import ResourceExistsError
 
-        for name in self.tables:
+        async def create(name: str) -> None:
             try:
                 await self._service.create_table(name)
             except ResourceExistsError:
                 pass
+
+        await asyncio.gather(*(create(name) for name in self.tables))  # side by side: first call is cold start
         self._ready = True
 
     async def close(self) -> None:
@@ -492,7 +495,7 @@ def make_ledger(settings: Any, credential_factory: Callable[[], Any] | None = No
     conn = settings.storage_connection_string.get_secret_value() if settings.storage_connection_string else None
     prefix = settings.ledger_table_prefix
     if conn:
-        service = TableServiceClient.from_connection_string(conn)
+        service = TableServiceClient.from_connection_string(conn, **_NO_ENV_PROXY)
         return Ledger(service, prefix)
     uri = settings.table_service_uri
     if not uri:
@@ -503,4 +506,8 @@ def make_ledger(settings: Any, credential_factory: Callable[[], Any] | None = No
         credential = ManagedIdentityCredential(client_id=settings.azure_client_id or None)
     else:
         credential = credential_factory()
-    return Ledger(TableServiceClient(uri, credential=credential), prefix, on_close=credential.close)
+    return Ledger(TableServiceClient(uri, credential=credential, **_NO_ENV_PROXY), prefix, on_close=credential.close)
+
+
+# azure-core's aiohttp transport otherwise looks up netrc and *_PROXY on a worker thread for every request.
+_NO_ENV_PROXY: dict[str, Any] = {"use_env_settings": False}

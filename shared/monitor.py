@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
 from shared.durable_data import decode
-from shared.operations import OperationState, next_poll_delay
+from shared.operations import OperationState, next_poll_offset
 
 if TYPE_CHECKING:
     from shared.ledger import OperationRecord
@@ -58,9 +58,12 @@ class MonitorInput(BaseModel):
     polls_per_generation: int
     health_grace_minutes: int = 0
     health_since: datetime | None = None  # ARM said Succeeded: reading instance views until healthy or grace
+    # Learned at acceptance from the target's past operations (shared.operations.expected_duration).
+    expected_seconds: float | None = None
 
     @classmethod
-    def for_record(cls, record: OperationRecord, settings: Settings) -> MonitorInput:
+    def for_record(cls, record: OperationRecord, settings: Settings,
+                   expected_seconds: float | None = None) -> MonitorInput:
         arm = record.arm or {}
         url = arm.get("asyncOperationUrl") or arm.get("locationUrl")
         assert record.submitted_at is not None
@@ -71,7 +74,7 @@ class MonitorInput(BaseModel):
                    poll_max_seconds=settings.poll_max_seconds, poll_default_seconds=settings.poll_default_seconds,
                    operation_timeout_minutes=settings.operation_timeout_minutes,
                    polls_per_generation=settings.polls_per_generation,
-                   health_grace_minutes=settings.health_grace_minutes)
+                   health_grace_minutes=settings.health_grace_minutes, expected_seconds=expected_seconds)
 
     @classmethod
     def for_batch(cls, record: OperationRecord, settings: Settings) -> MonitorInput:
@@ -114,9 +117,10 @@ def monitor_orchestrator(context: Any) -> Generator[Any, Any, Any]:
     deadline = state.submitted_at + timedelta(minutes=state.operation_timeout_minutes)
     polls_this_generation = 0
     while True:
-        delay = next_poll_delay(state.last_retry_after, state.poll_min_seconds, state.poll_max_seconds,
-                                state.poll_default_seconds)
-        yield context.create_timer(min(context.current_utc_datetime + timedelta(seconds=delay), deadline))
+        elapsed = (context.current_utc_datetime - state.submitted_at).total_seconds()
+        offset = next_poll_offset(elapsed, state.last_retry_after, state.expected_seconds, state.poll_min_seconds,
+                                  state.poll_max_seconds, state.poll_default_seconds)
+        yield context.create_timer(min(state.submitted_at + timedelta(seconds=offset), deadline))
         arm_status = None
         try:
             result = decode((yield context.call_activity_with_retry(
@@ -205,6 +209,7 @@ async def poll_operation(runtime: Runtime, payload: dict[str, Any]) -> dict[str,
         if r.terminal:
             return None
         r.polls, r.arm_status, r.last_updated_time = max(r.polls, polls), arm_status, now
+        r.arm_seconds = result.arm_seconds if result.arm_seconds is not None else r.arm_seconds
         if r.status == "Accepted":
             r.status = "Running"
         return r

@@ -120,12 +120,12 @@ class Settings(BaseSettings):
     cooldown_minutes: int = Field(30, ge=0, le=10080)  # 0: no cooldown
 
     # The durable timer loop
-    poll_min_seconds: int = Field(5, ge=1)
+    poll_min_seconds: int = Field(1, ge=1)  # guards against an absurd Retry-After; ARM's own is followed
     poll_max_seconds: int = Field(120, ge=1)
     poll_default_seconds: int = Field(15, ge=1)
     operation_timeout_minutes: Minutes = 120
     submit_timeout_seconds: int = Field(300, ge=1, le=3600)
-    polls_per_generation: int = Field(50, ge=2, le=1000)
+    polls_per_generation: int = Field(10, ge=2, le=1000)  # short histories: replay parses every event
     health_grace_minutes: int = Field(10, ge=0, le=10080)  # 0: no health verification
 
     # Coalescing, budgets, breaker, queue expiry

@@ -77,7 +77,7 @@ async def test_a_new_engine_on_the_same_state_dir_resumes_everything(tmp_path: P
     assert new.instances["tmr"].output == {"first": 4, "second": 10, "go": "queued"}
     assert new.instances["rty"].output == "recovered"
     assert ("new", 1) in calls  # the activity in flight at the stop ran again
-    fired = next(e for e in new.instances["tmr"].history if e["EventType"] == TIMER_FIRED)
+    fired = next(e for e in new.history_of(new.instances["tmr"]) if e["EventType"] == TIMER_FIRED)
     assert fired["FireAt"] == fire_at
     assert all(d["status"] == "Completed" for d in on_disk(tmp_path).values())
     await new.close()
@@ -121,7 +121,7 @@ async def test_kill_dash_nine_then_resume(tmp_path: Path) -> None:
     assert engine.instances["c-act"].output == {"first": 2, "second": 6, "go": "c-act"}
     assert engine.instances["c-timer"].output == {"first": 4, "second": 10, "go": "c-timer"}
     assert 1 in calls  # the activity killed in flight ran again
-    fired = next(e for e in engine.instances["c-timer"].history if e["EventType"] == TIMER_FIRED)
+    fired = next(e for e in engine.history_of(engine.instances["c-timer"]) if e["EventType"] == TIMER_FIRED)
     assert fired["FireAt"] == fire_at and engine.clock.now() >= datetime_ts(fire_at)
     await engine.close()
 

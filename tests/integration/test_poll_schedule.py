@@ -1,0 +1,61 @@
+"""The monitor's poll schedule through devhost (virtual clock): anchored to submission, learned from history."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from tests.integration.conftest import LINUX_VM, Host
+
+NewHost = Callable[..., Any]
+
+
+def poll_offsets(h: Host, op_index: int = -1) -> list[float]:
+    """Seconds after the POST at which ARM saw each status read of the op_index-th reimage (first copy of
+    each: activities run at least once, so devhost reads twice)."""
+    sim = h.dh.sim
+    op = sorted(sim.operations.values(), key=lambda o: o.started)[op_index]
+    offsets: list[float] = []
+    for at in sorted({round(r["at"] - op.started, 3) for r in sim.requests if op.id in r["path"]}):
+        if not offsets or at - offsets[-1] > 1.0:  # the duplicate copy of the same poll comes within a second
+            offsets.append(at)
+    return offsets
+
+
+async def reimage_and_wait(h: Host, count: int) -> dict[str, Any]:
+    s, body, _ = await h.reimage({"target": LINUX_VM})
+    assert s == 202, body
+    events = await h.until_completed(count)
+    return events[-1]["data"]
+
+
+def slow_status_reads(h: Host, seconds: float) -> None:
+    """Each operation-status read takes `seconds` of (virtual) time to answer, as a real GET takes time."""
+    sim = h.dh.sim
+    answer = sim._operation_status
+
+    def slow(*args: Any) -> Any:
+        h.dh.clock.advance(seconds)  # type: ignore[attr-defined]
+        return answer(*args)
+
+    sim._operation_status = slow  # type: ignore[method-assign]
+
+
+async def test_polls_land_on_the_retry_after_grid_from_submission(new_host: NewHost) -> None:
+    h = await new_host(retry_after=7, operation_seconds=60.0)
+    slow_status_reads(h, 0.4)
+    data = await reimage_and_wait(h, 1)
+    offsets = poll_offsets(h)
+    # every 7 s from the POST although each read takes 0.4 s (a delay after each read would drift 0.4 s a poll)
+    assert offsets == [7.0 * k for k in range(1, 10)], offsets
+    assert data["polls"] == 9  # ceil(60 / 7)
+
+
+async def test_without_retry_after_the_first_poll_waits_for_the_learned_duration(new_host: NewHost) -> None:
+    h = await new_host(retry_after=None, operation_seconds=100.0, settings={"COOLDOWN_MINUTES": "0"})
+    first = await reimage_and_wait(h, 1)
+    assert first["polls"] == 7  # no history: the default, every 15 s (105 s)
+    second = await reimage_and_wait(h, 2)
+    # learned: ARM reported 100 s (startTime -> endTime); the first poll waits exactly that and finds it done
+    assert poll_offsets(h) == [100.0], poll_offsets(h)
+    assert second["polls"] == 1

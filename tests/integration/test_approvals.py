@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -97,3 +98,38 @@ async def test_an_alert_on_a_whole_set_pages_a_human_instead_of_acting(new_host:
     s, body, _ = await h.post("/api/alerts", doc)
     assert s == 202 and body["accepted"][0]["status"] == "AwaitingApproval"
     assert len(h.events("reimager.operation.awaiting-approval")) == 1 and h.reimage_posts() == []
+
+
+def principal_header(name: str) -> dict[str, str]:
+    """What App Service authentication adds to a signed-in caller's request (it strips clients' own)."""
+    doc = {"auth_typ": "aad", "name_typ": "name", "role_typ": "roles",
+           "claims": [{"typ": "name", "val": name}, {"typ": "preferred_username", "val": f"{name}@contoso.com"}]}
+    return {"X-MS-CLIENT-PRINCIPAL": base64.b64encode(json.dumps(doc).encode()).decode(),
+            "X-MS-CLIENT-PRINCIPAL-NAME": f"{name}@contoso.com"}
+
+
+async def post_as(h: Host, path: str, body: Any, who: str) -> tuple[int, Any]:
+    async with h.http.post(h.url + path, json=body, headers={**h.key, **principal_header(who)}) as r:
+        return r.status, await r.json()
+
+
+async def test_a_verified_second_person_approves_and_the_requester_cannot(new_host: NewHost) -> None:
+    h: Host = await new_host(settings={**{k: v for k, v in OPEN.items() if k != "APPROVAL_ALLOW_UNVERIFIED"},
+                                       "EASY_AUTH_ENABLED": "true"})
+    s, asked = await post_as(h, "/api/reimage", {"target": VMSS, "allInstances": True, "requestedBy": "mallory"},
+                             "alice")
+    assert s == 202 and asked["requestedBy"] == "alice@contoso.com" and asked["requestedByVerified"] == "easyauth"
+    op = asked["operationId"]
+    s, refused = await post_as(h, f"/api/reimage/{op}/approve", {}, "alice")
+    assert s == 403 and refused["error"]["code"] == "SelfApprovalNotAllowed"
+    s, approved = await post_as(h, f"/api/reimage/{op}/approve", {"by": "ignored-when-verified"}, "bob")
+    assert s == 202 and approved["approvedBy"] == "bob@contoso.com" and approved["approvedByVerified"] == "easyauth"
+    [event] = await h.until_completed(1)
+    assert event["data"]["approvedBy"] == "bob@contoso.com" and len(h.reimage_posts()) == 1
+
+
+async def test_a_forged_principal_is_not_an_approver_when_easy_auth_is_off(new_host: NewHost) -> None:
+    h: Host = await new_host(settings={k: v for k, v in OPEN.items() if k != "APPROVAL_ALLOW_UNVERIFIED"})
+    body = await ask_all(h)
+    s, refused = await post_as(h, f"/api/reimage/{body['operationId']}/approve", {}, "bob")
+    assert s == 403 and refused["error"]["code"] == "ApproverNotVerified" and h.reimage_posts() == []

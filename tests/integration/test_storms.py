@@ -72,6 +72,8 @@ async def test_storm_coalesces_into_batches(new_host: NewHost, n: int) -> None:
     cap = 100 * 20 // 100
     assert len(posts(h)) == math.ceil(n / cap)
     assert all(len(p["body"]["instanceIds"]) <= cap for p in posts(h))  # no POST wider than its batch
+    # every batch's submit activity ran (at least) twice, as devhost delivers activities: still one POST each
+    assert h.dh.engine is not None and h.dh.engine.activity_runs["submit_reimage_batch"] >= 2 * len(posts(h))
     assert set(reimaged(h).values()) == {1} and len(reimaged(h)) == n  # no instance reimaged twice
     for e in events:  # each request names its batch and its own instance's outcome
         d = e["data"]

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from shared import policy
+from shared.admission import suspended_error
 from shared.compute import TargetModel
 from shared.errors import ReimagerError
 from shared.ledger import TargetRecord
@@ -131,9 +132,8 @@ def evaluate(request: ReimageRequest, settings: Settings, *, model: TargetModel 
         for name in ("protectTag", "instanceCount", "targetModel"):
             checks[name] = {"name": name, "result": SKIPPED, "message": why}
 
-    _, admission = policy.admit(record.model_copy(deep=True), "dry-run", [], now, now, 0)
-    if admission.error is not None and admission.error.code == "TargetSuspended":
-        checks["suspension"] = _failed("suspension", admission.error)
+    if record.suspended:
+        checks["suspension"] = _failed("suspension", suspended_error(record))
     else:
         checks["suspension"] = {"name": "suspension", "result": PASSED}
     hit = policy.cooling(record, policy.cooldown_keys(target, instances), now) if known else None

@@ -3,8 +3,7 @@ the ledger's target record, the clock's now); the caller does the I/O and the at
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from shared.compute import TargetModel
@@ -13,8 +12,6 @@ from shared.ledger import Cooldown, TargetRecord
 from shared.models import ReimageRequest
 from shared.settings import Settings
 from shared.targets import Target, TargetKind, within_scope
-
-FAILED_OUTCOMES = frozenset({"Failed", "TimedOut"})
 
 
 def check_scope(target: Target, settings: Settings) -> None:
@@ -97,58 +94,3 @@ def cooldown_check(record: TargetRecord, keys: list[str], now: datetime) -> dict
         return {"name": "cooldown", "result": "passed"}
     err = cooldown_error(*hit, now)
     return {"name": "cooldown", "result": "failed", "code": err.code, "message": err.error.message}
-
-
-@dataclass(frozen=True)
-class Admission:
-    error: ReimagerError | None = None
-
-
-def admit(record: TargetRecord, owner: str, keys: list[str], now: datetime, until: datetime,
-          cooldown_minutes: int) -> tuple[TargetRecord | None, Admission]:
-    """Take the target's lease for `owner`, or say why not. Provisional cooldowns are written with
-    the lease, so a lease that outlives its holder still keeps the target from a second reimage."""
-    if record.suspended:
-        return None, Admission(ReimagerError(
-            409, "TargetSuspended", f"The target is suspended ({record.suspended.get('reason', 'no reason')}); "
-            "an operator must resume it (POST /api/targets/resume).", target="target"))
-    if record.lease_held(now) and record.lease_owner == owner:
-        return None, Admission()  # ours already (a retried step)
-    if record.lease_held(now):  # busy first: its provisional cooldowns are not a cooldown yet
-        return None, Admission(ReimagerError(
-            409, "OperationInProgress", f"Another reimage is in flight on this target: {record.lease_owner}.",
-            target="target", extra={"operationId": record.lease_owner}))
-    hit = cooling(record, keys, now, owner)
-    if hit is not None:
-        return None, Admission(cooldown_error(*hit, now))
-    record.prune(now)
-    record.lease_owner, record.lease_until = owner, until
-    if cooldown_minutes > 0:
-        for key in keys:
-            record.cooldowns[key] = Cooldown(until=until + timedelta(minutes=cooldown_minutes), operation_id=owner)
-    return record, Admission()
-
-
-def release(record: TargetRecord, owner: str, keys: list[str], status: str, ended: datetime,
-            cooldown_minutes: int | None) -> TargetRecord | None:
-    """The lease goes only if `owner` still holds it; cooldowns start at the end of an operation that may
-    have been applied, and provisional ones of an operation that certainly was not are withdrawn."""
-    changed = False
-    for key in keys:
-        c = record.cooldowns.get(key)
-        if cooldown_minutes is None or cooldown_minutes <= 0:
-            if c is not None and c.operation_id == owner:
-                del record.cooldowns[key]
-                changed = True
-            continue
-        want = Cooldown(until=ended + timedelta(minutes=cooldown_minutes), operation_id=owner)
-        if c is None or c.operation_id == owner or c.until < want.until:
-            if c != want:
-                record.cooldowns[key] = want
-                changed = True
-    if record.lease_owner == owner:
-        record.lease_owner = record.lease_until = None
-        if cooldown_minutes is not None:  # applied: the outcome counts toward the failure streak
-            record.consecutive_failures = record.consecutive_failures + 1 if status in FAILED_OUTCOMES else 0
-        changed = True
-    return record if changed else None

@@ -11,8 +11,19 @@ import pytest
 from azure.core.exceptions import ResourceModifiedError
 from azure.data.tables.aio import TableServiceClient
 
-from shared import policy
+from shared import admission
 from shared.ledger import Ledger, OperationRecord, TargetRecord
+from shared.settings import load_settings
+
+SETTINGS = load_settings(COOLDOWN_MINUTES="30")
+
+
+def lead(t: TargetRecord, owner: str, keys: list[str], now: datetime, until: datetime, cooldown: int
+         ) -> tuple[TargetRecord | None, admission.Admission]:
+    """Take the target for `owner` as a request carrying secrets would: lead, or be refused (never queue)."""
+    return admission.admit_request(t, owner=owner, keys=keys, options={"operation": "x"}, secret=True, capacity=1,
+                                   target_id=t.key, now=now, until=until,
+                                   settings=load_settings(COOLDOWN_MINUTES=str(cooldown)))
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -73,7 +84,7 @@ async def test_one_lease_among_racing_admissions(ledger: Ledger) -> None:
 
     async def admit(owner: str) -> bool:
         admission = await ledger.change_target(
-            "/x/vm-c", lambda t: policy.admit(t, owner, [""], T0, until, 30))
+            "/x/vm-c", lambda t: lead(t, owner, [""], T0, until, 30))
         return admission.error is None
 
     won = await asyncio.gather(*(admit(f"op-{i}") for i in range(16)))
@@ -82,11 +93,13 @@ async def test_one_lease_among_racing_admissions(ledger: Ledger) -> None:
 
 async def test_a_late_release_does_not_free_the_next_owners_lease(ledger: Ledger) -> None:
     early = T0 + timedelta(minutes=1)
-    await ledger.change_target("/x/vm-d", lambda t: policy.admit(t, "op-old", [""], T0, early, 0))
+    await ledger.change_target("/x/vm-d", lambda t: lead(t, "op-old", [""], T0, early, 0))
     later = T0 + timedelta(minutes=5)  # op-old's lease has expired: op-new takes the target
-    await ledger.change_target("/x/vm-d", lambda t: policy.admit(t, "op-new", [""], later, later + timedelta(hours=1),
+    await ledger.change_target("/x/vm-d", lambda t: lead(t, "op-new", [""], later, later + timedelta(hours=1),
                                                                  0))
-    await ledger.change_target("/x/vm-d", lambda t: (policy.release(t, "op-old", [""], "Succeeded", later, 30), None))
+    await ledger.change_target("/x/vm-d", lambda t: admission.release(
+        t, "op-old", [""], "Succeeded", later, applied=True, unhealthy=False, now=later, until=later,
+        settings=SETTINGS))
     target = await ledger.get_target("/x/vm-d")
     assert target.lease_owner == "op-new" and target.lease_held(later)
 
@@ -115,7 +128,7 @@ async def test_listing_is_newest_first_per_target_and_pages_exactly_once(ledger:
 async def test_large_target_records_are_split_across_properties(ledger: Ledger) -> None:
     keys = [str(i) for i in range(1000)]
     until = T0 + timedelta(hours=1)
-    await ledger.change_target("/x/ss", lambda t: policy.admit(t, "op-big", keys, T0, until, 30))
+    await ledger.change_target("/x/ss", lambda t: lead(t, "op-big", keys, T0, until, 30))
     target = await ledger.get_target("/x/ss")
     assert len(target.cooldowns) == 1000 and target.lease_owner == "op-big"
 
@@ -134,7 +147,7 @@ async def test_one_lease_when_every_admission_stalls_between_its_read_and_its_wr
     until = T0 + timedelta(hours=1)
 
     async def admit(owner: str) -> bool:
-        admission = await ledger.change_target("/x/vm-g", lambda t: policy.admit(t, owner, [""], T0, until, 30))
+        admission = await ledger.change_target("/x/vm-g", lambda t: lead(t, owner, [""], T0, until, 30))
         return admission.error is None
 
     won = await asyncio.gather(*(admit(f"op-{i}") for i in range(12)))

@@ -13,7 +13,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared import dryrun, policy
+from shared import admission, dryrun, policy
 from shared.compute import TargetModel
 from shared.errors import ReimagerError
 from shared.ledger import Cooldown, TargetRecord
@@ -108,8 +108,11 @@ def real_path(body: dict[str, Any], s: Settings, m: TargetModel, record: TargetR
     except ReimagerError as exc:
         return exc.code
     keys = policy.cooldown_keys(request.resolved_target, instances)
-    _, admission = policy.admit(record.model_copy(deep=True), "op-new", keys, NOW, NOW + timedelta(minutes=5), 30)
-    return admission.error.code if admission.error is not None else None
+    _, decided = admission.admit_request(record.model_copy(deep=True), owner="op-new", keys=keys,
+                                         options={"operation": "x"}, secret=False, capacity=len(m.instance_ids or ())
+                                         or 1, target_id=record.key, now=NOW, until=NOW + timedelta(minutes=5),
+                                         settings=s, symptom=False)  # the breaker's trip is not predicted
+    return decided.error.code if decided.error is not None else None
 
 
 @settings(max_examples=300, deadline=None, derandomize=True)

@@ -154,13 +154,14 @@ async def finish_member(runtime: Runtime, operation_id: str, batch: OperationRec
     return await send_completion(runtime, done) if done is not None else None
 
 
-async def end_waiting(runtime: Runtime, entries: list[QueueEntry], code: str, message: str, *,
-                      cancelled_by: str | None = None, only_if: str | None = None) -> list[str]:
-    """End requests that left the queue without a reimage (suspension, expiry, cancel, cooldown) Canceled.
-    `only_if`: end only a request still in that status (one that nothing else may move on meanwhile)."""
-    ended: list[str] = []
+async def end_waiting(runtime: Runtime, waiting: list[QueueEntry] | list[str], code: str, message: str, *,
+                      cancelled_by: str | None = None, only_if: str | None = None) -> list[OperationRecord]:
+    """End requests that waited and will not be reimaged (suspension, expiry, cancel, reject, cooldown) Canceled,
+    each with its one event. `only_if`: end only a request still in that status (one that nothing else may move
+    on meanwhile). Returns the records this call ended."""
+    ended: list[OperationRecord] = []
     now = runtime.now()
-    for entry in entries:
+    for operation_id in [w if isinstance(w, str) else w.operation_id for w in waiting]:
         def canceled(r: OperationRecord) -> OperationRecord | None:
             if r.terminal or (only_if is not None and r.status != only_if):
                 return None
@@ -169,10 +170,10 @@ async def end_waiting(runtime: Runtime, entries: list[QueueEntry], code: str, me
             r.cancelled_by = cancelled_by
             return r
 
-        record = await runtime.ledger.update(entry.operation_id, canceled)
-        if record is not None and record.status == "Canceled" and record.error and record.error.get("code") == code:
-            await send_completion(runtime, record)
-            ended.append(entry.operation_id)
+        record = await runtime.ledger.update(operation_id, canceled)
+        if record is not None and record.status == "Canceled" and record.error and record.error.get("code") == code \
+                and record.cancelled_by == cancelled_by:
+            ended.append(await send_completion(runtime, record))
     return ended
 
 

@@ -109,22 +109,14 @@ async def reject(operation_id: str, who: Who | None, reason: str | None, client:
     """A second person's no: the request ends Canceled (one event)."""
     async def work() -> Outcome:
         rt = runtime.get()
-        record = await _operation(operation_id)
+        await _operation(operation_id)  # 404 for no such operation
         by = _label(who)
-        now = rt.now()
-
-        def rejected(r: OperationRecord) -> OperationRecord | None:
-            if r.status != "AwaitingApproval":
-                return None
-            r.status, r.completed_at, r.last_updated_time, r.cancelled_by = "Canceled", now, now, by
-            r.error = {"code": "ApprovalRejected", "message": f"Rejected by {by}" + (f": {reason}" if reason else ".")}
-            return r
-
-        done = await rt.ledger.update(operation_id, rejected)
-        if done is None or done.status != "Canceled" or done.cancelled_by != by:
-            raise _not_waiting(done or record)
-        done = await completion.send_completion(rt, done)
-        return Outcome(200, done.view())
+        message = f"Rejected by {by}" + (f": {reason}" if reason else ".")
+        ended = await completion.end_waiting(rt, [operation_id], "ApprovalRejected", message, cancelled_by=by,
+                                             only_if="AwaitingApproval")
+        if not ended:
+            raise _not_waiting(await _operation(operation_id))
+        return Outcome(200, ended[0].view())
 
     return await guarded(work())
 
@@ -157,20 +149,11 @@ async def cancel(operation_id: str, who: Who | None, reason: str | None, client:
         by = _label(who)
         message = f"Canceled by {by}" + (f": {reason}" if reason else ".")
         if record.status == "AwaitingApproval":
-            now = rt.now()
-
-            def canceled(r: OperationRecord) -> OperationRecord | None:
-                if r.status != "AwaitingApproval":
-                    return None
-                r.status, r.completed_at, r.last_updated_time = "Canceled", now, now
-                r.error, r.cancelled_by = {"code": "CanceledByOperator", "message": message}, by
-                return r
-
-            done = await rt.ledger.update(operation_id, canceled)
-            if done is None or done.status != "Canceled" or done.cancelled_by != by:
-                raise _not_cancellable(done or record)
-            done = await completion.send_completion(rt, done)
-            return Outcome(200, done.view())
+            ended = await completion.end_waiting(rt, [operation_id], "CanceledByOperator", message,
+                                                 cancelled_by=by, only_if="AwaitingApproval")
+            if not ended:
+                raise _not_cancellable(await _operation(operation_id))
+            return Outcome(200, ended[0].view())
         if record.terminal or record.status not in ("Queued", "Claimed"):
             raise _not_cancellable(record)
         entry = await rt.ledger.change_target(record.lease_key, lambda t: admission.withdraw(t, operation_id))

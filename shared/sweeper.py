@@ -22,7 +22,7 @@ from typing import Any
 
 from shared import admission, batches, completion
 from shared.durable_data import decode
-from shared.ledger import OperationRecord, QueueEntry
+from shared.ledger import OperationRecord
 from shared.runtime import Runtime
 
 log = logging.getLogger("reimager.sweeper")
@@ -78,9 +78,9 @@ async def _sweep_target(runtime: Runtime, client: Any, lease_key: str, quiet: ti
     max_wait = timedelta(minutes=runtime.settings.queue_max_wait_minutes)
     old = await runtime.ledger.change_target(lease_key, lambda t: admission.expire(t, now, max_wait))
     if old:
-        report.expired += await completion.end_waiting(
+        report.expired += [r.operation_id for r in await completion.end_waiting(
             runtime, old, "QueueExpired", f"The request waited longer than QUEUE_MAX_WAIT_MINUTES "
-            f"({runtime.settings.queue_max_wait_minutes}) for its target and was not reimaged.")
+            f"({runtime.settings.queue_max_wait_minutes}) for its target and was not reimaged.")]
     await completion.announce_suspension(runtime, lease_key)
     target = await runtime.ledger.get_target(lease_key)
     if target.batch is not None and target.batch.formed and target.lease_held(now) \
@@ -116,14 +116,9 @@ async def _sweep_member(runtime: Runtime, record: OperationRecord, age: timedelt
         riding = target.batch is not None and record.operation_id in target.batch.members
         waiting = any(e.operation_id == record.operation_id for e in target.queue)
         if not riding and not waiting:
-            await completion.end_waiting(runtime, [_entry(record)], "BatchLost", "The batch this request was "
+            await completion.end_waiting(runtime, [record.operation_id], "BatchLost", "The batch this request was "
                                          "part of was lost before it was sent; nothing was reimaged for it.")
             report.ended.append(record.operation_id)
-
-
-def _entry(record: OperationRecord) -> QueueEntry:
-    return QueueEntry(operation_id=record.operation_id, keys=record.cooldown_keys, options=record.options,
-                      queued_at=record.created_time)
 
 
 async def _sweep_batch(runtime: Runtime, client: Any, record: OperationRecord, age: timedelta, quiet: timedelta,
@@ -154,7 +149,7 @@ async def _sweep_one(runtime: Runtime, client: Any, record: OperationRecord, age
     elif record.status == "AwaitingApproval":
         limit = timedelta(minutes=runtime.settings.approval_timeout_minutes)
         if runtime.now() - record.created_time > limit:
-            await completion.end_waiting(runtime, [_entry(record)], "ApprovalTimedOut", "Nobody approved this "
+            await completion.end_waiting(runtime, [record.operation_id], "ApprovalTimedOut", "Nobody approved this "
                                          f"reimage within APPROVAL_TIMEOUT_MINUTES ({int(limit.total_seconds() // 60)})"
                                          "; nothing was reimaged.", only_if="AwaitingApproval")
             report.expired.append(record.operation_id)

@@ -61,7 +61,8 @@ async def run(dh: DevhostProcess) -> None:
 
 
 def main() -> None:
-    with DevhostProcess("--operation-seconds", "5", "--retry-after", "1", "--settings", "POLL_MIN_SECONDS=1") as dh:
+    with DevhostProcess("--operation-seconds", "5", "--retry-after", "1", "--settings", "POLL_MIN_SECONDS=1",
+                        "--settings", "GLOBAL_MAX_REIMAGES_PER_HOUR=100000") as dh:
         asyncio.run(run(dh))
 
 

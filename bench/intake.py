@@ -97,7 +97,9 @@ async def run(dh: DevhostProcess) -> None:
 
 
 def main() -> None:
-    with DevhostProcess("--operation-seconds", "3600", "--settings", "POLL_DEFAULT_SECONDS=120") as dh:
+    # The global budget (100 POSTs an hour by default) would queue most requests: a cheaper path than a POST.
+    with DevhostProcess("--operation-seconds", "3600", "--settings", "POLL_DEFAULT_SECONDS=120",
+                        "--settings", "GLOBAL_MAX_REIMAGES_PER_HOUR=100000") as dh:
         asyncio.run(run(dh))
 
 

@@ -25,7 +25,6 @@ from shared.policy import cooldown_error, cooling
 from shared.settings import Settings
 
 FAILED_OUTCOMES = frozenset({"Failed", "TimedOut"})
-GLOBAL_KEY = "global"  # the target record that counts reimage POSTs across everything
 
 
 def new_batch_id() -> str:
@@ -400,25 +399,4 @@ def announced(record: TargetRecord) -> tuple[TargetRecord | None, None]:
     if not record.suspended or record.suspended.get("announced"):
         return None, None
     record.suspended = {**record.suspended, "announced": True}
-    return record, None
-
-
-def take_global_slot(record: TargetRecord, owner: str, now: datetime, settings: Settings
-                     ) -> tuple[TargetRecord | None, datetime | None]:
-    """One reimage POST across everything: (record, None) when a slot was taken; else when one frees."""
-    cutoff = now - timedelta(hours=1)
-    record.window = [e for e in record.window if e.at > cutoff]
-    if any(e.owner == owner for e in record.window):
-        return None, None  # taken already (a retried step)
-    if len(record.window) >= settings.global_max_reimages_per_hour:
-        return None, min(e.at for e in record.window) + timedelta(hours=1)
-    record.window.append(BudgetEntry(owner=owner, count=1, at=now))
-    return record, None
-
-
-def give_back_global_slot(record: TargetRecord, owner: str) -> tuple[TargetRecord | None, None]:
-    kept = [e for e in record.window if e.owner != owner]
-    if len(kept) == len(record.window):
-        return None, None
-    record.window = kept
     return record, None

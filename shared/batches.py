@@ -111,10 +111,9 @@ async def submit(runtime: Runtime, client: Any, batch_id: str) -> dict[str, Any]
     if record is None or (record.arm or {}).get("submitter") != token:
         raise BatchBeingSubmitted(batch_id)  # another run took it to Submitting: it POSTs, not this one
     await _mark_members(runtime, record, "Accepted")
-    slot = await ledger.change_target(admission.GLOBAL_KEY, lambda g: admission.take_global_slot(
-        g, batch_id, runtime.now(), settings))
-    if slot is not None:
-        log.info("batch %s waits: GLOBAL_MAX_REIMAGES_PER_HOUR is spent until %s", batch_id, slot.isoformat())
+    slot, frees = await ledger.take_global_slot(batch_id, runtime.now(), settings.global_max_reimages_per_hour)
+    if slot is None:
+        log.info("batch %s waits: GLOBAL_MAX_REIMAGES_PER_HOUR is spent until %s", batch_id, frees)
         return await _requeue(runtime, record)
     call = ArmCall.for_batch(target, record.options, record.cooldown_keys, settings.compute_api_version)
     try:
@@ -124,7 +123,7 @@ async def submit(runtime: Runtime, client: Any, batch_id: str) -> dict[str, Any]
                                 client=client)
         return {"outcome": "ended", "status": "Failed"}
     except ComputeUnavailable:  # throttled or never connected: certainly not applied; wait in the queue again
-        await ledger.change_target(admission.GLOBAL_KEY, lambda g: admission.give_back_global_slot(g, batch_id))
+        await ledger.give_back_global_slot(slot, batch_id)
         return await _requeue(runtime, record)
     except ComputeError as exc:
         if exc.arm_status >= 500 or exc.arm_status == 408:

@@ -18,7 +18,6 @@ from typing import Any
 from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
 
 from shared import admission, completion, dryrun, policy, telemetry
-from shared.admission import GLOBAL_KEY
 from shared.compute import ComputeError, SubmissionUncertain, TargetNotFound
 from shared.errors import ReimagerError
 from shared.events import ACCEPTED, AWAITING_APPROVAL, QUEUED, Trigger
@@ -144,10 +143,10 @@ class Intake:
             lost = _claim_lost()
             await completion.abandon(self.runtime, self.client, record, lost.error_dict())
             raise lost from None
-        slot = await self.runtime.ledger.change_target(GLOBAL_KEY, lambda g: admission.take_global_slot(
-            g, record.operation_id, self.runtime.now(), self.settings))
-        if slot is not None:
-            return await self._over_global_budget(record, slot, secret)
+        _, frees = await self.runtime.ledger.take_global_slot(record.operation_id, self.runtime.now(),
+                                                              self.settings.global_max_reimages_per_hour)
+        if frees is not None:
+            return await self._over_global_budget(record, frees, secret)
         return await self._submit(record, call)
 
     async def _precheck(self, record: OperationRecord) -> None:

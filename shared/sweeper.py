@@ -90,17 +90,10 @@ async def _sweep_target(runtime: Runtime, client: Any, lease_key: str, quiet: ti
         await completion.start_batch(runtime, client, lease_key, target.batch.batch_id)
         report.restarted.append(target.batch.batch_id)
         return
-    global_full = await _global_budget_spent(runtime)
-    if not global_full:
+    if await runtime.ledger.global_slots_free(now, runtime.settings.global_max_reimages_per_hour):
         formed = await batches.kick(runtime, client, lease_key)
         if formed is not None:
             report.admitted.append(formed)
-
-
-async def _global_budget_spent(runtime: Runtime) -> bool:
-    record = await runtime.ledger.get_target(admission.GLOBAL_KEY)
-    changed, _ = admission.take_global_slot(record, "sweeper-probe", runtime.now(), runtime.settings)
-    return changed is None
 
 
 async def _sweep_member(runtime: Runtime, record: OperationRecord, age: timedelta, quiet: timedelta,

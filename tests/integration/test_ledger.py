@@ -153,3 +153,23 @@ async def test_one_lease_when_every_admission_stalls_between_its_read_and_its_wr
     won = await asyncio.gather(*(admit(f"op-{i}") for i in range(12)))
     assert sum(won) == 1
     assert (await read("/x/vm-g")).lease_owner is not None
+
+
+async def test_the_global_budget_gives_exactly_limit_slots_to_racing_posts(ledger: Ledger) -> None:
+    """30 POSTs race for GLOBAL_MAX_REIMAGES_PER_HOUR = 10: exactly 10 slots, the rest told when one frees; a slot
+    given back serves another; after an hour every slot serves again."""
+    taken = await asyncio.gather(*(ledger.take_global_slot(f"op-{i}", T0, 10) for i in range(30)))
+    slots = [slot for slot, _ in taken if slot is not None]
+    assert len(slots) == 10 == len(set(slots))
+    assert {frees for slot, frees in taken if slot is None} == {T0 + timedelta(hours=1)}
+    winner = next(f"op-{i}" for i, (slot, _) in enumerate(taken) if slot is not None)
+    given = next(slot for slot, _ in taken if slot is not None)
+    await ledger.give_back_global_slot(given, "not-the-owner")  # only its owner gives it back
+    assert not await ledger.global_slots_free(T0, 10)
+    await ledger.give_back_global_slot(given, winner)
+    assert await ledger.global_slots_free(T0, 10)
+    assert (await ledger.take_global_slot("op-late", T0 + timedelta(minutes=5), 10))[0] is not None
+    assert (await ledger.take_global_slot("op-later", T0 + timedelta(minutes=6), 10))[0] is None
+    later = await asyncio.gather(*(ledger.take_global_slot(f"op-h{i}", T0 + timedelta(minutes=66), 10)
+                                   for i in range(10)))
+    assert all(slot is not None for slot, _ in later)

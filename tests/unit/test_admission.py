@@ -161,8 +161,8 @@ def test_a_release_by_a_former_owner_changes_nothing_of_the_new_one() -> None:
     assert (changed.lease_owner if changed else record.lease_owner) == "op-new" and handoff.members == []
 
 
-def test_withdraw_forget_expire_and_the_global_budget() -> None:
-    s = settings(GLOBAL_MAX_REIMAGES_PER_HOUR="2")
+def test_withdraw_forget_and_expire() -> None:
+    s = settings()
     record = TargetRecord(key=SET)
     for i in range(3):
         ask(record, f"op-{i}", [str(i)], s, now=T0 + timedelta(minutes=i))
@@ -171,10 +171,5 @@ def test_withdraw_forget_expire_and_the_global_budget() -> None:
     assert admission.withdraw(changed, "op-1") == (None, None)
     changed, old = admission.expire(changed, T0 + timedelta(minutes=241), timedelta(minutes=240))
     assert changed is not None and [e.operation_id for e in old] == ["op-0"]
-    glob = TargetRecord(key=admission.GLOBAL_KEY)
-    assert admission.take_global_slot(glob, "a", T0, s)[1] is None
-    assert admission.take_global_slot(glob, "b", T0, s)[1] is None
-    assert admission.take_global_slot(glob, "a", T0, s) == (None, None)  # taken already: idempotent
-    assert admission.take_global_slot(glob, "c", T0, s)[1] == T0 + timedelta(hours=1)
-    admission.give_back_global_slot(glob, "b")
-    assert admission.take_global_slot(glob, "c", T0, s)[1] is None
+    changed, forgot = admission.forget(changed, "op-2")
+    assert forgot and changed is not None and changed.queue == []

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from shared import admission, completion
 from shared.compute import ComputeError, ComputeUnavailable, SubmissionUncertain
 from shared.events import ACCEPTED
-from shared.ledger import OperationRecord, QueueEntry
+from shared.ledger import OperationRecord, QueueEntry, TargetRecord
 from shared.models import ArmCall
 from shared.runtime import Runtime
 from shared.targets import TargetKind, parse_target
@@ -58,15 +58,17 @@ async def kick(runtime: Runtime, client: Any, lease_key: str) -> str | None:
     now = runtime.now()
     until = completion.lease_until(runtime, now)
     batch_id = admission.new_batch_id()
-    formed = await runtime.ledger.change_target(lease_key, lambda t: _form(t, now, until, runtime, batch_id))
+    formed, target_id = await runtime.ledger.change_target(
+        lease_key, lambda t: _form(t, now, until, runtime, batch_id))
     if formed is not None:
-        await completion.start_batch(runtime, client, lease_key, formed)
+        await completion.start_batch(runtime, client, lease_key, formed, target_id or lease_key)
     return formed
 
 
-def _form(target: Any, now: Any, until: Any, runtime: Runtime, batch_id: str) -> tuple[Any, str | None]:
+def _form(target: TargetRecord, now: datetime, until: datetime, runtime: Runtime, batch_id: str
+          ) -> tuple[TargetRecord | None, tuple[str | None, str | None]]:
     formed = admission.form_batch(target, now, until, runtime.settings, batch_id)
-    return (target if formed else None), formed
+    return (target if formed else None), (formed, target.target_id)
 
 
 async def submit(runtime: Runtime, client: Any, batch_id: str) -> dict[str, Any]:

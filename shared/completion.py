@@ -103,7 +103,7 @@ async def finish(runtime: Runtime, operation_id: str, status: str, error: dict[s
     if handoff.suspension is not None:
         await after_suspension(runtime, record.lease_key, handoff.ended)
     if handoff.formed is not None:
-        await start_batch(runtime, client, record.lease_key, handoff.formed)
+        await start_batch(runtime, client, record.lease_key, handoff.formed, record.target)
     if record.is_batch:
         await runtime.ledger.settled(record.operation_id)
         return record
@@ -119,7 +119,7 @@ async def abandon(runtime: Runtime, client: Any, record: OperationRecord, error:
         if member != record.operation_id:
             await finish_member(runtime, member, refused)
     if handoff.formed is not None:
-        await start_batch(runtime, client, record.lease_key, handoff.formed)
+        await start_batch(runtime, client, record.lease_key, handoff.formed, record.target)
 
 
 def member_health(batch: OperationRecord, keys: list[str]) -> tuple[str | None, dict[str, str] | None]:
@@ -204,16 +204,18 @@ async def publish_target_event(runtime: Runtime, kind: EventType, target: Target
     await runtime.publisher.publish(event)
 
 
-async def start_batch(runtime: Runtime, client: Any, lease_key: str, batch_id: str) -> OperationRecord:
+async def start_batch(runtime: Runtime, client: Any, lease_key: str, batch_id: str, target_id: str
+                      ) -> OperationRecord:
     """Create the record of a batch whose lease was just reserved and start its orchestration (which gathers,
     seals and submits it). Idempotent: the record is an insert-if-absent, a second start is harmless (the
-    seal and the Submitting compare-and-swap decide), and the sweeper repeats this after a crash."""
+    seal and the Submitting compare-and-swap decide), and the sweeper repeats this after a crash.
+    `target_id`: the VM or scale set (an instance id is taken to its set)."""
     from shared.intake import start_monitor
     from shared.monitor import MonitorInput
+    from shared.targets import parse_target
 
-    target = await runtime.ledger.get_target(lease_key)
     now = runtime.now()
-    record = OperationRecord(operation_id=batch_id, request_id=batch_id, target=target.target_id or lease_key,
+    record = OperationRecord(operation_id=batch_id, request_id=batch_id, target=parse_target(target_id).vm_id,
                              lease_key=lease_key, trigger="batch", members=[], created_time=now,
                              last_updated_time=now, batch_id=batch_id)
     won, existing = await runtime.ledger.claim(record)

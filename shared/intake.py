@@ -203,7 +203,7 @@ class Intake:
         if decided.kind == "queued" and stored.status == "Queued":
             await completion.publish_info(self.runtime, QUEUED, stored)
         if decided.formed is not None:
-            await completion.start_batch(self.runtime, self.client, record.lease_key, decided.formed)
+            await completion.start_batch(self.runtime, self.client, record.lease_key, decided.formed, record.target)
             stored = await self.runtime.ledger.get(record.operation_id) or stored
         log.info("%s %s for %s (%s)", decided.kind, record.operation_id, record.target, record.trigger)
         gather = self.settings.batch_gather_seconds if decided.kind == "queued" else 0

@@ -87,7 +87,7 @@ async def _sweep_target(runtime: Runtime, client: Any, lease_key: str, quiet: ti
             and now - target.batch.started > quiet \
             and await runtime.ledger.get(target.batch.batch_id) is None:
         # The lease was handed to a batch, then its starter died before creating it: create and start it now.
-        await completion.start_batch(runtime, client, lease_key, target.batch.batch_id)
+        await completion.start_batch(runtime, client, lease_key, target.batch.batch_id, target.target_id or lease_key)
         report.restarted.append(target.batch.batch_id)
         return
     if await runtime.ledger.global_slots_free(now, runtime.settings.global_max_reimages_per_hour):

@@ -17,6 +17,7 @@ from typing import Any
 from shared import admission, completion
 from shared.compute import ComputeError, ComputeUnavailable, SubmissionUncertain
 from shared.events import ACCEPTED
+from shared.health import Health
 from shared.ledger import OperationRecord, QueueEntry, TargetRecord
 from shared.models import ArmCall
 from shared.runtime import Runtime
@@ -121,16 +122,16 @@ async def submit(runtime: Runtime, client: Any, batch_id: str) -> dict[str, Any]
     try:
         submission = await runtime.compute.submit(call)
     except SubmissionUncertain as exc:
-        await completion.finish(runtime, batch_id, "Failed", _with_uncertain(exc.error_dict()), applied=True,
-                                client=client)
+        await completion.finish(runtime, batch_id, "Failed", completion.with_uncertain(exc.error_dict()),
+                                applied=True, client=client)
         return {"outcome": "ended", "status": "Failed"}
-    except ComputeUnavailable:  # throttled or never connected: certainly not applied; wait in the queue again
-        await ledger.give_back_global_slot(slot, batch_id)
-        return await _requeue(runtime, record)
     except ComputeError as exc:
-        if exc.arm_status >= 500 or exc.arm_status == 408:
-            await completion.finish(runtime, batch_id, "Failed", _with_uncertain(exc.error_dict()), applied=True,
-                                    client=client)
+        if exc.arm_status >= 500 or exc.arm_status == 408:  # it may have been applied: never sent again
+            await completion.finish(runtime, batch_id, "Failed", completion.with_uncertain(exc.error_dict()),
+                                    applied=True, client=client)
+        elif isinstance(exc, ComputeUnavailable):  # throttled, or never connected: certainly not applied
+            await ledger.give_back_global_slot(slot, batch_id)
+            return await _requeue(runtime, record)
         else:  # ARM refused it: nothing was applied; its requests end with ARM's answer
             await completion.finish(runtime, batch_id, "Failed", exc.error_dict(), applied=False, client=client)
         return {"outcome": "ended", "status": "Failed"}
@@ -197,17 +198,9 @@ async def _requeue(runtime: Runtime, batch: OperationRecord) -> dict[str, Any]:
 
 
 def _uncertain_error() -> dict[str, Any]:
-    return _with_uncertain({"code": "SubmissionLost", "message": "the batch was being submitted when its "
-                            "submitter stopped; ARM may still be reimaging the target: check it before asking again"})
-
-
-def _with_uncertain(error: dict[str, Any]) -> dict[str, Any]:
-    error.setdefault("details", [{"code": "SubmissionUncertain", "message": "the reimage may have been applied; "
-                                  "check the target before asking again"}])
-    return error
-
-
-HEALTHY, UNHEALTHY, UNKNOWN = "Healthy", "Unhealthy", "Unknown"
+    return completion.with_uncertain({
+        "code": "SubmissionLost", "message": "the batch was being submitted when its submitter stopped; ARM may "
+        "still be reimaging the target: check it before asking again"})
 
 
 async def read_health(runtime: Runtime, operation_id: str, *, final: bool) -> dict[str, Any]:
@@ -223,7 +216,7 @@ async def read_health(runtime: Runtime, operation_id: str, *, final: bool) -> di
 
     record = await runtime.ledger.update(operation_id, verifying)
     if record is None:
-        return {"done": True, "health": UNKNOWN, "detail": None}
+        return {"done": True, "health": Health.UNKNOWN.value, "detail": None}
     target = parse_target(parse_target(record.target).vm_id)
     keys = record.cooldown_keys or [""]
     try:
@@ -231,19 +224,20 @@ async def read_health(runtime: Runtime, operation_id: str, *, final: bool) -> di
     except ComputeError as exc:
         if not final:
             raise
-        return {"done": True, "health": UNKNOWN, "detail": {k: f"{UNKNOWN}: {exc.error.message}" for k in keys}}
+        return {"done": True, "health": Health.UNKNOWN.value,
+                "detail": {k: f"{Health.UNKNOWN.value}: {exc.error.message}" for k in keys}}
     detail: dict[str, str] = {}
-    states: list[str] = []
+    states: list[Health] = []
     for key in keys:
-        view = views.get(key if key else "")
-        state, text = (view.state, view.detail) if view is not None else (UNKNOWN, "no instance view")
-        if final and state == "Pending":
-            state, text = UNHEALTHY, f"not healthy within HEALTH_GRACE_MINUTES ({text})"
+        view = views.get(key)
+        state, text = (view.health, view.detail) if view is not None else (Health.UNKNOWN, "no instance view")
+        if final and state is Health.PENDING:
+            state, text = Health.UNHEALTHY, f"not healthy within HEALTH_GRACE_MINUTES ({text})"
         states.append(state)
-        detail[key] = f"{state}: {text}"
-    if all(s == HEALTHY for s in states):
-        return {"done": True, "health": HEALTHY, "detail": detail}
+        detail[key] = f"{state.value}: {text}"
+    if all(s is Health.HEALTHY for s in states):
+        return {"done": True, "health": Health.HEALTHY.value, "detail": detail}
     if not final:
         return {"done": False}
-    worst = UNHEALTHY if UNHEALTHY in states or "Pending" in states else UNKNOWN
-    return {"done": True, "health": worst, "detail": detail}
+    worst = Health.UNHEALTHY if Health.UNHEALTHY in states else Health.UNKNOWN
+    return {"done": True, "health": worst.value, "detail": detail}

@@ -122,6 +122,13 @@ async def abandon(runtime: Runtime, client: Any, record: OperationRecord, error:
         await start_batch(runtime, client, record.lease_key, handoff.formed, record.target)
 
 
+def with_uncertain(error: dict[str, Any]) -> dict[str, Any]:
+    """An ARM error for a POST that may have been applied: say so in its details."""
+    error.setdefault("details", [{"code": "SubmissionUncertain", "message": "the reimage may have been applied; "
+                                  "check the target before asking again"}])
+    return error
+
+
 def member_health(batch: OperationRecord, keys: list[str]) -> tuple[str | None, dict[str, str] | None]:
     """A request's health: the worst over its own instances in the batch's instance views."""
     if batch.health_detail is None:

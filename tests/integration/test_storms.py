@@ -222,3 +222,19 @@ async def test_cancel_a_queued_request(new_host: NewHost) -> None:
     s, vm, _ = await h.reimage({"target": LINUX_VM})
     s, body, _ = await h.post(f"/api/reimage/{vm['operationId']}/cancel", {})
     assert s == 409 and "ARM has no way to stop a reimage" in body["error"]["message"]
+
+
+async def test_a_batch_post_that_may_have_been_applied_is_never_sent_again(new_host: NewHost) -> None:
+    """ARM answers the batch's POST with a 500: it may have been applied. The batch ends Failed /
+    SubmissionUncertain with one event per request and the cooldown started; it is not queued and sent again."""
+    h = await storm_host(new_host)
+    h.dh.sim.faults.append(Fault.model_validate({"match": "storm/reimage", "status": 500, "times": 1}))
+    await h.post("/api/alerts", alert("4", "maybe-applied"))
+    [event] = await h.until_completed(1)
+    assert event["data"]["status"] == "Failed"
+    assert event["data"]["error"]["details"][0]["code"] == "InternalServerError"  # ARM's own answer, kept
+    with contextlib.suppress(TimeoutError):  # sweeps and any re-formed batch would POST within this
+        await h.settle(lambda: len(posts(h)) > 1, max_virtual_seconds=600)
+    assert len(posts(h)) == 1
+    s, body, _ = await h.post("/api/alerts", alert("4", "again"))
+    assert body["refused"][0]["error"]["code"] == "CooldownActive"

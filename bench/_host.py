@@ -86,3 +86,11 @@ def median_ms(values: list[float]) -> float:
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def complete_lines(path: Path) -> list[dict[str, Any]]:
+    """A JSON-lines file as written so far: only lines the writer has finished (ending in a newline)."""
+    if not path.exists():
+        return []
+    text = path.read_text(encoding="utf-8")
+    return [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines() if line.strip()]

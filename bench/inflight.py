@@ -36,7 +36,7 @@ from typing import Any
 
 import aiohttp
 
-from bench._host import ROOT, percentile
+from bench._host import ROOT, complete_lines, percentile
 
 SIZES = [int(n) for n in os.environ.get("BENCH_INFLIGHT", "50,200,1000").split(",")]
 OPERATION_SECONDS = 60.0
@@ -77,13 +77,6 @@ async def host_main(state_dir: Path) -> None:
 
 
 # ---- the driver ----------------------------------------------------------------------------------
-def complete_lines(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    text = path.read_text(encoding="utf-8")
-    return [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines() if line.strip()]
-
-
 def cpu_seconds(pid: int | None) -> float:
     import psutil
 

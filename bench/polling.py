@@ -20,16 +20,14 @@ POLL_DEFAULT_SECONDS = 3, 5, 10, 15 (the default), 30.
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from bench._host import ThreadedDevhost
+from bench._host import ThreadedDevhost, complete_lines
 
 DURATIONS = [3.0, 6.0, 12.0]
 RETRY_AFTERS: list[int | None] = [None, 1, 3]
@@ -38,14 +36,6 @@ FIXED_INTERVALS = [3, 5, 10, 15, 30]
 LAG_TOLERANCE = 0.05
 SUB_RG = "/resourceGroups/reimager-demo/providers/Microsoft.Compute/virtualMachines/"
 VM_BODY = {"location": "westus", "properties": {"storageProfile": {"osDisk": {"osType": "Linux"}}}}
-
-
-def complete_events(path: Path) -> list[dict[str, Any]]:
-    """The events file as written so far: only lines the writer has finished (ending in a newline)."""
-    if not path.exists():
-        return []
-    text = path.read_text(encoding="utf-8")
-    return [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines() if line.strip()]
 
 
 class Group:
@@ -79,7 +69,7 @@ class Group:
     async def completed(self, op: str) -> float:
         """When reimager knew: the completion event's completedAt."""
         while True:
-            for e in complete_events(self.dh.events_file):
+            for e in complete_lines(self.dh.events_file):
                 if e["type"] == "reimager.operation.completed" and e["data"]["operationId"] == op:
                     assert e["data"]["status"] == "Succeeded", e["data"]
                     from datetime import datetime

@@ -32,7 +32,7 @@ from typing import Any
 
 import aiohttp
 
-from bench._host import ROOT, ThreadedDevhost
+from bench._host import ROOT, ThreadedDevhost, complete_lines
 
 SIZES = [int(n) for n in os.environ.get("BENCH_STORM", "20,100").split(",")]
 CAPACITY = 200
@@ -44,13 +44,6 @@ WAIT_SECONDS = float(os.environ.get("BENCH_STORM_WAIT", "120"))
 SETTINGS = {"MAX_BATCH_PERCENT": "20", "FLEET_BUDGET_PERCENT": "100", "BREAKER_PERCENT": "100",
             "MAX_INSTANCES_PER_REQUEST": "40", "POLL_MIN_SECONDS": "1"}
 GROUP = "reimager-demo"
-
-
-def complete_events(path: Any) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    text = path.read_text(encoding="utf-8")
-    return [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines() if line.strip()]
 
 
 def alert_for(sample: dict[str, Any], instance_id: str, n: int, i: int) -> dict[str, Any]:
@@ -157,7 +150,7 @@ async def storm(dh: Any, n: int) -> dict[str, Any]:
     healthy_at: float | None = None
     deadline = time.time() + WAIT_SECONDS
     while time.time() < deadline:  # every accepted request ends with one completion event
-        done = {e["data"]["operationId"]: e for e in complete_events(dh.events_file)
+        done = {e["data"]["operationId"]: e for e in complete_lines(dh.events_file)
                 if e["type"] == "reimager.operation.completed" and e["data"]["operationId"] in accepted_ops}
         if len(done) >= len(accepted_ops):
             if done and all((e["data"].get("health") or "Unknown") == "Healthy" for e in done.values()):
@@ -165,7 +158,7 @@ async def storm(dh: Any, n: int) -> dict[str, Any]:
                                  for e in done.values())
             break
         await asyncio.sleep(0.5)
-    done = {e["data"]["operationId"]: e for e in complete_events(dh.events_file)
+    done = {e["data"]["operationId"]: e for e in complete_lines(dh.events_file)
             if e["type"] == "reimager.operation.completed" and e["data"]["operationId"] in accepted_ops}
     counts, ours_last = ours.reimaged(instances)
     peer_counts, peer_last = theirs.reimaged(instances)

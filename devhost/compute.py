@@ -587,10 +587,6 @@ class ComputeSimulator:
         return next((e for e in extensions if isinstance(e, dict)
                      and str((e.get("properties") or {}).get("type", "")).lower() in HEALTH_EXTENSIONS), None)
 
-    @classmethod
-    def has_health_extension(cls, resource: dict[str, Any]) -> bool:
-        return cls.health_extension(resource) is not None
-
     def _instance_faults(self, request: web.Request) -> list[Fault]:
         return [f for f in self.faults if f.per_instance and f.matches(request.method, request.path,
                                                                           dict(request.query))]

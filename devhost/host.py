@@ -160,7 +160,7 @@ class DevHost:
 
         self.runtime = runtime.Runtime(settings, clock=self.clock.utcnow, sleep=self._wait,
                                        credential_factory=self._credential,
-                                       publisher=TerminalPublisher(make_publisher(settings, clock=self.clock.utcnow)))
+                                       publisher=TerminalPublisher(make_publisher(settings)))
         runtime.install(self.runtime)
         index = function_index()
         self.index = index

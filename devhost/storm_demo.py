@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 
+from devhost.demo import render
 from devhost.host import DevHost
 
 ALERTS, CAPACITY = 12, 20
@@ -53,9 +54,9 @@ async def run_storm(host: DevHost, base: str, time_limit: float) -> Storm:
                 return await r.json()
 
         answers = await asyncio.gather(*(send(i) for i in range(ALERTS) for _ in range(2)))
-    storm.accepted = len({a["operationId"] for b in answers for a in b.get("accepted", [])})
-    storm.refused = sum(len(b.get("refused", [])) for b in answers)
     ops = {a["operationId"] for b in answers for a in b.get("accepted", [])}
+    storm.accepted = len(ops)
+    storm.refused = sum(len(b.get("refused", [])) for b in answers)
     deadline = time.monotonic() + time_limit
     while time.monotonic() < deadline:
         storm.events = [e for e in host.events() if e["type"] == "reimager.operation.completed"
@@ -78,10 +79,7 @@ def storm_table(storm: Storm) -> str:
         rows.append((batch[:14], ",".join(instances), str(len(items)),
                      "/".join(sorted({d["status"] for d in items})),
                      "/".join(sorted({d["health"] or "-" for d in items}))))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
     summary = (f"storm: {ALERTS} alerts (each sent twice) on {ALERTS} instances of a {CAPACITY}-instance set -> "
                f"{storm.accepted} requests, {storm.refused} refused, {len(storm.posts)} ARM POSTs, "
                f"{len(storm.events)} completion events")
-    return summary + "\n" + "\n".join(lines)
+    return summary + "\n" + render(rows[0], rows[1:])

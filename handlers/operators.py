@@ -61,12 +61,11 @@ async def target_status(req: func.HttpRequest) -> func.HttpResponse:
 @bp.durable_client_input(client_name="client")
 async def target_resume(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
     from shared import operator_actions
-    from shared.api import guarded, parse_json
+    from shared.api import guarded, parse_json, principal_of
 
     async def work() -> Any:
         body = parse_json(req.get_body())
-        _, who = operator_actions.read_action(b"{}", req.headers)
-        return await operator_actions.resume(body, who, client)
+        return await operator_actions.resume(body, principal_of(req.headers), client)
 
     return to_response(await guarded(work()))
 

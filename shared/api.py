@@ -176,7 +176,7 @@ async def submit_request(data: Any, client: Any, *, trigger: Trigger = "http", d
 async def post_reimage(body: bytes, client: Any, base_url: str, headers: Mapping[str, str] | None = None) -> Outcome:
     """`headers`: the request's, for the caller's verified identity (X-MS-CLIENT-PRINCIPAL, see shared.identity)."""
     async def work() -> Outcome:
-        principal = from_headers(headers or {}, easy_auth_enabled=runtime.get().settings.easy_auth_enabled)
+        principal = principal_of(headers or {})
         return answer(await submit_request(parse_json(body), client, principal=principal), base_url)
 
     return await guarded(work(), "http")

@@ -195,8 +195,7 @@ class ServiceBusPublisher:
             await self._credential.close()
 
 
-def make_publisher(settings: Settings, clock: Callable[[], datetime] | None = None,
-                   credential_factory: Callable[[], Any] | None = None) -> Publisher:
+def make_publisher(settings: Settings, credential_factory: Callable[[], Any] | None = None) -> Publisher:
     if settings.service_bus_namespace:
         return ServiceBusPublisher(settings, credential_factory=credential_factory)
     return FilePublisher(settings.events_file)

@@ -214,10 +214,10 @@ class Intake:
         whose secrets cannot wait."""
         wait = max(1, int((frees - self.runtime.now()).total_seconds() + 0.999))
         if secret:
-            await completion.release_lease(self.runtime, record, applied=False)
             spent = ReimagerError(429, "GlobalBudgetExhausted", "GLOBAL_MAX_REIMAGES_PER_HOUR reimages were sent in "
                                   f"the last hour; a request carrying secrets cannot wait. Ask again after "
                                   f"{frees.isoformat()}.", target="target", retry_after=wait)
+            await completion.abandon(self.runtime, self.client, record, spent.error_dict())
             await self._free(record, spent)
             raise spent
         entry = QueueEntry(operation_id=record.operation_id, keys=record.cooldown_keys, options=record.options,
@@ -264,9 +264,7 @@ class Intake:
 
     async def _uncertain(self, record: OperationRecord, exc: ReimagerError) -> None:
         """The POST may have been applied: the operation ends Failed, its one event is sent, the cooldown starts."""
-        error = exc.error_dict()
-        error.setdefault("details", [{"code": "SubmissionUncertain", "message": "the reimage may have been applied; "
-                                      "check the target before asking again"}])
+        error = completion.with_uncertain(exc.error_dict())
         await completion.finish(self.runtime, record.operation_id, "Failed", error, applied=True, client=self.client)
         exc.extra.update(operationId=record.operation_id, completed=True)
 

@@ -4,7 +4,6 @@ the ledger's target record, the clock's now); the caller does the I/O and the at
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 from shared.compute import TargetModel
 from shared.errors import ErrorDetail, ReimagerError
@@ -87,10 +86,3 @@ def cooldown_error(key: str, c: Cooldown, now: datetime) -> ReimagerError:
         target="target", retry_after=remaining,
         extra={"cooldown": {"instance": key or None, "operationId": c.operation_id, "until": c.until.isoformat()}})
 
-
-def cooldown_check(record: TargetRecord, keys: list[str], now: datetime) -> dict[str, Any]:
-    hit = cooling(record, keys, now)
-    if hit is None:
-        return {"name": "cooldown", "result": "passed"}
-    err = cooldown_error(*hit, now)
-    return {"name": "cooldown", "result": "failed", "code": err.code, "message": err.error.message}

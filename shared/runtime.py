@@ -63,8 +63,7 @@ class Runtime:
         if self._publisher is None:
             from shared.events import make_publisher
 
-            self._publisher = make_publisher(self.settings, clock=self.clock,
-                                             credential_factory=self._credential_factory)
+            self._publisher = make_publisher(self.settings, credential_factory=self._credential_factory)
         from shared.telemetry import TrackedPublisher
 
         return TrackedPublisher(self._publisher)

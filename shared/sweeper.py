@@ -151,7 +151,6 @@ async def _sweep_one(runtime: Runtime, client: Any, record: OperationRecord, age
         if any(e.operation_id == record.operation_id for e in target.queue):
             return  # it was queued and crashed before saying so: the queue carries it
         if record.approved_by is not None:  # approved (answered 202 long ago), then its approver's call died
-            await completion.release_lease(runtime, record, applied=False)
             await completion.finish(runtime, record.operation_id, "Failed", {
                 "code": "NotSubmitted", "message": "It was approved, but the approval's call stopped before the "
                 "reimage was sent; nothing was reimaged. Ask again."}, applied=False, client=client)

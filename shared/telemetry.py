@@ -88,7 +88,6 @@ EVENTS = frozenset({EVENT_ACCEPTED, EVENT_QUEUED, EVENT_AWAITING_APPROVAL, EVENT
 SPAN_OPERATION = "reimager.operation"  # a step of an operation, when no more specific name fits
 SPAN_INTAKE = "reimager.intake"  # one request from a trigger: preflight, policy, claim, admit, POST
 SPAN_ACTIVITY = "reimager.activity"  # one durable activity run (its function name is the span's `name` suffix)
-SPANS = frozenset({SPAN_OPERATION, SPAN_INTAKE, SPAN_ACTIVITY})
 
 # Where the telemetry lands in Application Insights, and the standard columns queries may use.
 TABLES: Mapping[str, frozenset[str]] = {
@@ -126,12 +125,6 @@ def operation_attributes(operation_id: str | None, target: str | None, trigger: 
     """The attributes that tie a span or log record to one reimager operation (unknown ones left out)."""
     values = {OPERATION_ID: operation_id, TARGET: target, TRIGGER: trigger}
     return {key: value for key, value in values.items() if value}
-
-
-def current_operation() -> Mapping[str, str] | None:
-    """The operation attributes of the enclosing `operation_span`, if any."""
-    scope = _current.get()
-    return dict(scope.attributes) if scope is not None else None
 
 
 @contextlib.contextmanager
@@ -242,8 +235,7 @@ def event_attributes(event: CloudEvent) -> dict[str, str | int | float | None]:
         "polls": data.polls if event.type == EVENT_COMPLETED else None,
         "instance_count": len(data.instance_ids) if data.instance_ids is not None else None,
         "batch_id": data.batch_id,
-        # Added by the queueing work; read by name so this mapping does not depend on when it lands.
-        "queue_position": getattr(data, "queue_position", None),
+        "queue_position": data.queue_position,
     }
 
 

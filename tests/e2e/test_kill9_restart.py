@@ -34,6 +34,12 @@ def start(state: Path, *settings: str) -> tuple[subprocess.Popen[str], dict[str,
     return proc, json.loads((state / "endpoints.json").read_text())
 
 
+def completed(url: str) -> list[dict[str, Any]]:
+    """The completion events devhost published so far."""
+    events = requests.get(f"{url}/devhost/events", timeout=10).json()
+    return [e for e in events if e["type"] == "reimager.operation.completed"]
+
+
 def stop_azurite(state: Path) -> None:
     record = state / "azurite.json"
     if record.exists():
@@ -66,8 +72,7 @@ def test_kill9_then_restart_ends_every_operation_once(tmp_path: Path, phase: str
         key = {"x-functions-key": ep["functionKey"]}
 
         def done() -> list[dict[str, Any]]:
-            events = requests.get(f"{url}/devhost/events", timeout=10).json()
-            return [e for e in events if e["type"] == "reimager.operation.completed"]
+            return completed(url)
 
         events = wait_for(done, 60, "the completion event after the restart")
         time.sleep(3)  # a second event would show up by now (polls every second, sweeps every 2 s)
@@ -111,10 +116,6 @@ def test_kill9_in_the_hand_off_between_batches_loses_nothing(tmp_path: Path) -> 
             r = requests.post(f"{url}/api/alerts", json=alert, headers=key, timeout=10)
             assert r.status_code == 202, r.text
             ops.append(r.json()["accepted"][0]["operationId"])
-
-        def completed(base: str) -> list[dict[str, Any]]:
-            events = requests.get(f"{base}/devhost/events", timeout=10).json()
-            return [e for e in events if e["type"] == "reimager.operation.completed"]
 
         wait_for(lambda: completed(url), 60, "the first batch's outcome")
         proc.send_signal(signal.SIGKILL)

@@ -29,10 +29,6 @@ def alert(target: str, alert_id: str) -> dict[str, Any]:
         "firedDateTime": "2026-01-01T00:00:00Z"}, "alertContext": {}}}
 
 
-def terminal_ids(h: Host) -> set[str]:
-    return {e["id"] for e in h.completed()}
-
-
 @pytest.mark.parametrize("fault", [
     None,
     {"match": "reimage", "status": 409, "code": "Conflict"},

@@ -226,10 +226,10 @@ async def start_batch(runtime: Runtime, client: Any, lease_key: str, batch_id: s
                              lease_key=lease_key, trigger="batch", members=[], created_time=now,
                              last_updated_time=now, batch_id=batch_id)
     won, existing = await runtime.ledger.claim(record)
-    if won:
-        await runtime.ledger.watch(record)
-    else:
+    if not won:
         record = existing
+    if not record.terminal:  # also on a retry: a crash between the claim and this hid it from the sweeper
+        await runtime.ledger.watch(record)
     if client is not None and not record.terminal and record.status == "Claimed":
         await start_monitor(client, runtime, record, MonitorInput.for_batch(record, runtime.settings))
     return record

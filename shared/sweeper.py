@@ -84,12 +84,19 @@ async def _sweep_target(runtime: Runtime, client: Any, lease_key: str, quiet: ti
     await completion.announce_suspension(runtime, lease_key)
     target = await runtime.ledger.get_target(lease_key)
     if target.batch is not None and target.batch.formed and target.lease_held(now) \
-            and now - target.batch.started > quiet \
-            and await runtime.ledger.get(target.batch.batch_id) is None:
-        # The lease was handed to a batch, then its starter died before creating it: create and start it now.
-        await completion.start_batch(runtime, client, lease_key, target.batch.batch_id, target.target_id or lease_key)
-        report.restarted.append(target.batch.batch_id)
-        return
+            and now - target.batch.started > quiet:
+        batch = await runtime.ledger.get(target.batch.batch_id)
+        if batch is None:
+            # The lease was handed to a batch, then its starter died before creating it: create and start it now.
+            await completion.start_batch(runtime, client, lease_key, target.batch.batch_id,
+                                         target.target_id or lease_key)
+            report.restarted.append(target.batch.batch_id)
+            return
+        if batch.status == "Claimed":
+            # Created, but its starter may have died before the sweeper's index entry or the orchestration.
+            await runtime.ledger.watch(batch)
+            await _sweep_batch(runtime, client, batch, now - batch.last_updated_time, quiet, report)
+            return
     if await runtime.ledger.global_slots_free(now, runtime.settings.global_max_reimages_per_hour):
         formed = await batches.kick(runtime, client, lease_key)
         if formed is not None:

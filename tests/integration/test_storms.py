@@ -238,3 +238,28 @@ async def test_a_batch_post_that_may_have_been_applied_is_never_sent_again(new_h
     assert len(posts(h)) == 1
     s, body, _ = await h.post("/api/alerts", alert("4", "again"))
     assert body["refused"][0]["error"]["code"] == "CooldownActive"
+
+
+async def test_a_hand_off_that_dies_after_creating_the_next_batch_record_is_repaired(
+        new_host: NewHost, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The finish step handed the lease to the next batch and created its record, then died before the
+    sweeper's index entry and the orchestration (the first write after the claim fails). The sweeper finds
+    the handed-over batch by its target and starts it: every request still ends with one event."""
+    h = await storm_host(new_host, capacity=20, MAX_BATCH_PERCENT="1", BATCH_GATHER_SECONDS="1")
+    ledger = h.dh.runtime.ledger  # type: ignore[union-attr]
+    real_watch = ledger.watch
+    calls = {"n": 0}
+
+    async def dies_once(record: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] == 2:  # the first is the first batch's (from the request); the second, the hand-off's
+            raise ConnectionError("the process died here")
+        await real_watch(record)
+
+    monkeypatch.setattr(ledger, "watch", dies_once)
+    for i in range(3):
+        await h.post("/api/alerts", alert(str(i), f"handoff-{i}"))
+    events = await h.until_completed(3)
+    assert calls["n"] >= 2 and sorted(e["data"]["status"] for e in events) == ["Succeeded"] * 3
+    assert len({e["data"]["operationId"] for e in events}) == 3
+    assert sorted(i for p in posts(h) for i in p["body"]["instanceIds"]) == ["0", "1", "2"]

@@ -190,7 +190,7 @@ def console_tracing() -> None:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
 
-    from shared import telemetry
+    from shared.adapters import telemetry
 
     provider = TracerProvider()
     provider.add_span_processor(telemetry.span_processor())

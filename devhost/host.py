@@ -156,7 +156,7 @@ class DevHost:
             self.azurite = await azurite.start(self.state_dir)
             settings = load_settings(**values, AzureWebJobsStorage=self.azurite.connection_string)
         self.settings = settings
-        from shared.events import make_publisher
+        from shared.adapters.publishers import make_publisher
 
         self.runtime = runtime.Runtime(settings, clock=self.clock.utcnow, sleep=self._wait,
                                        credential_factory=self._credential,

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from shared.events import CloudEvent, Publisher
+    from shared.domain.events import CloudEvent, Publisher
 
 log = logging.getLogger("devhost.terminal")
 _LOGGED_PREFIXES = ("/api/", "/admin/")

@@ -14,18 +14,19 @@ import azure.functions as func
 from handlers.http_api import base_url, to_response
 
 if TYPE_CHECKING:
-    from shared.api import Outcome
+    from shared.surfaces.http import Outcome
 
 bp = df.Blueprint()
 
 
 async def _act(req: func.HttpRequest, action: str, client: df.DurableOrchestrationClient) -> func.HttpResponse:
-    from shared import operator_actions
-    from shared.api import guarded
+    from shared.surfaces.http import guarded  # on first use: cold start
+    from shared.surfaces.operators import read_action
+    from shared.workflow import operators
 
     async def work() -> Outcome:
-        body, who = operator_actions.read_action(req.get_body(), req.headers)
-        act = getattr(operator_actions, action)
+        body, who = read_action(req.get_body(), req.headers)
+        act = getattr(operators, action)
         outcome: Outcome = await act(req.route_params.get("operationId", ""), who, body.get("reason"), client)
         return outcome
 
@@ -52,27 +53,30 @@ async def reimage_reject(req: func.HttpRequest, client: df.DurableOrchestrationC
 
 @bp.route(route="targets", methods=["GET"])
 async def target_status(req: func.HttpRequest) -> func.HttpResponse:
-    from shared import operator_actions
+    from shared.surfaces.operators import get_target  # on first use: cold start
 
-    return to_response(await operator_actions.get_target(req.params.get("id")))
+    return to_response(await get_target(req.params.get("id")))
 
 
 @bp.route(route="targets/resume", methods=["POST"])
 @bp.durable_client_input(client_name="client")
 async def target_resume(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
-    from shared import operator_actions
-    from shared.api import guarded, parse_json, principal_of
+    from shared.surfaces.http import guarded  # on first use: cold start
+    from shared.surfaces.identity import principal_of
+    from shared.surfaces.json_body import parse_json
 
     async def work() -> Any:
         body = parse_json(req.get_body())
-        return await operator_actions.resume(body, principal_of(req.headers), client)
+        from shared.workflow.operators import resume
+
+        return await resume(body, principal_of(req.headers), client)
 
     return to_response(await guarded(work()))
 
 
 @bp.route(route="reimage", methods=["GET"])
 async def reimage_history(req: func.HttpRequest) -> func.HttpResponse:
-    from shared import history
+    from shared.surfaces import history
 
     return to_response(await history.get_history(dict(req.params), base_url(req)))
 
@@ -80,7 +84,8 @@ async def reimage_history(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route="chatops/slack", methods=["POST"])
 @bp.durable_client_input(client_name="client")
 async def chatops_slack(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
-    from shared import api, chatops_http
+    from shared.surfaces import http as api
+    from shared.surfaces.chat import endpoints as chatops_http
 
     return to_response(await api.guarded(chatops_http.post_slack(req.get_body(), dict(req.headers), client,
                                                                  base_url(req))))
@@ -89,7 +94,8 @@ async def chatops_slack(req: func.HttpRequest, client: df.DurableOrchestrationCl
 @bp.route(route="chatops/teams", methods=["POST"])
 @bp.durable_client_input(client_name="client")
 async def chatops_teams(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
-    from shared import api, chatops_http
+    from shared.surfaces import http as api
+    from shared.surfaces.chat import endpoints as chatops_http
 
     return to_response(await api.guarded(chatops_http.post_teams(req.get_body(), dict(req.headers), client,
                                                                  base_url(req))))

@@ -11,6 +11,7 @@ bp = df.Blueprint()
 @bp.timer_trigger(arg_name="timer", schedule="%SWEEP_SCHEDULE%", run_on_startup=False, use_monitor=True)
 @bp.durable_client_input(client_name="client")
 async def reimage_sweeper(timer: func.TimerRequest, client: df.DurableOrchestrationClient) -> None:
-    from shared import runtime, sweeper
+    from shared import runtime
+    from shared.workflow import sweeper
 
     await sweeper.sweep(runtime.get(), client)

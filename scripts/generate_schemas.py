@@ -14,8 +14,7 @@ from pydantic import BaseModel
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from shared.errors import ErrorResponse  # noqa: E402
-from shared.events import (  # noqa: E402
+from shared.domain.events import (  # noqa: E402
     ACCEPTED,
     AWAITING_APPROVAL,
     COMPLETED,
@@ -26,7 +25,9 @@ from shared.events import (  # noqa: E402
     build_event,
     data_schema,
 )
-from shared.models import ReimageRequest  # noqa: E402
+
+from shared.domain.errors import ErrorResponse  # noqa: E402
+from shared.domain.request import ReimageRequest  # noqa: E402
 
 
 def request_schema() -> dict[str, Any]:
@@ -259,8 +260,8 @@ RAW_SCHEMAS: dict[str, dict[str, Any]] = {
 
 
 def routes() -> list[Route]:
-    from shared.models import ReimageRequest
-    from shared.responses import ActionRequest, AlertResult, DryRun, Operation, ResumeRequest, TargetState
+    from shared.domain.request import ReimageRequest
+    from shared.surfaces.responses import ActionRequest, AlertResult, DryRun, Operation, ResumeRequest, TargetState
 
     return [
         Route("post", "/api/reimage", "submitReimage", "Request a reimage (or a dry run)", request=ReimageRequest,
@@ -342,7 +343,7 @@ def _errors(*codes: int) -> dict[str, Any]:
 
 def operators_openapi() -> tuple[dict[str, Any], dict[str, Any]]:
     """History (GET /api/reimage) and the chat routes: their paths, and the schemas only they use."""
-    from shared.history import MAX_TOP, STATUSES
+    from shared.workflow.history import MAX_TOP, STATUSES
 
     def query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
         return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}

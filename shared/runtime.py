@@ -15,10 +15,11 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from shared.compute import ComputeClient
-    from shared.events import Publisher
-    from shared.ledger import Ledger
+    from shared.adapters.arm.client import ComputeClient
+    from shared.adapters.ledger import Ledger
+    from shared.domain.events import Publisher
     from shared.settings import Settings
+
 
 Clock = Callable[[], datetime]
 Sleep = Callable[[float], Awaitable[None]]
@@ -44,7 +45,7 @@ class Runtime:
 
     @cached_property
     def compute(self) -> ComputeClient:
-        from shared.compute import ComputeClient
+        from shared.adapters.arm.client import ComputeClient
 
         credential = self._credential_factory() if self._credential_factory else None
         return ComputeClient(self.settings, credential=credential, sleep=self.sleep,
@@ -53,7 +54,7 @@ class Runtime:
 
     @cached_property
     def ledger(self) -> Ledger:
-        from shared.ledger import make_ledger
+        from shared.adapters.ledger import make_ledger
 
         return make_ledger(self.settings, self._credential_factory)
 
@@ -61,10 +62,10 @@ class Runtime:
     def publisher(self) -> Publisher:
         """The publisher, recording each event it sends as telemetry too (a no-op while telemetry is off)."""
         if self._publisher is None:
-            from shared.events import make_publisher
+            from shared.adapters.publishers import make_publisher
 
             self._publisher = make_publisher(self.settings, credential_factory=self._credential_factory)
-        from shared.telemetry import TrackedPublisher
+        from shared.adapters.telemetry import TrackedPublisher
 
         return TrackedPublisher(self._publisher)
 
@@ -85,9 +86,9 @@ def get() -> Runtime:
     """The installed runtime, or one built from the environment's settings on first use."""
     global _installed
     if _installed is None:
-        from shared.credentials import app_credential
+        from shared.adapters.credentials import app_credential
+        from shared.adapters.telemetry import configure
         from shared.settings import load_settings
-        from shared.telemetry import configure
 
         settings = load_settings()
         configure(settings)  # OpenTelemetry to Application Insights, only when a connection string is set

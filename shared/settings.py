@@ -14,17 +14,10 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import (
-    AliasGenerator,
-    Field,
-    SecretStr,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import AliasGenerator, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from shared.targets import TargetError, parse_scope
+from shared.domain.targets import TargetError, parse_scope
 
 
 class SettingsError(RuntimeError):
@@ -281,4 +274,3 @@ def load_settings(**overrides: Any) -> Settings:
             name = ".".join(str(p) for p in err["loc"]) or "settings"
             problems.append(f"{name}: {err['msg']}")
         raise SettingsError("invalid app settings: " + "; ".join(problems)) from None
-

@@ -22,10 +22,10 @@ from hypothesis import strategies as st
 
 from devhost.clock import VirtualClock
 from devhost.compute import Fault
-from shared import chatops_http
-from shared.api import Outcome
-from shared.identity import Principal
-from shared.ids import operation_id
+from shared.domain.ids import operation_id
+from shared.domain.principal import Principal
+from shared.surfaces.chat import endpoints as chatops_http
+from shared.surfaces.http import Outcome
 from tests.conftest import ledger_settings
 from tests.integration.conftest import LINUX_VM, PROTECTED_VM, Host
 from tests.integration.live import LiveHost, live_host

@@ -11,17 +11,17 @@ from aiohttp import web
 from devhost.clock import VirtualClock
 from devhost.compute import Fault
 from devhost.serving import free_port, serve
-from shared.compute import (
-    ComputeClient,
+from shared.adapters.arm.client import ComputeClient
+from shared.domain.arm_call import OperationState
+from shared.domain.errors import (
     ComputeError,
     ComputeUnavailable,
     SubmissionUncertain,
     TargetNotFound,
     UntrustedOperationUrl,
 )
-from shared.models import parse_request
-from shared.operations import OperationState
-from shared.targets import parse_target
+from shared.domain.request import parse_request
+from shared.domain.targets import parse_target
 from tests.conftest import StandIns
 from tests.helpers import SUB
 

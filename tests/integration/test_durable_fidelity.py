@@ -33,7 +33,7 @@ from devhost.durable import (
 from devhost.functions import index_app
 from devhost.host import reset_durable_session
 from devhost.serving import Served, serve
-from shared.durable_data import decode
+from shared.adapters.durable_payload import decode
 
 bp = df.Blueprint()
 RUNS: dict[str, int] = {}

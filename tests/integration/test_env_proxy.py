@@ -14,10 +14,11 @@ import pytest
 from azure.core.credentials import AccessToken
 
 from devhost.serving import free_port
-from shared.compute import ComputeClient
-from shared.ledger import OperationRecord, make_ledger
+from shared.adapters.arm.client import ComputeClient
+from shared.adapters.ledger import make_ledger
+from shared.domain.records import OperationRecord
+from shared.domain.targets import parse_target
 from shared.settings import load_settings
-from shared.targets import parse_target
 from tests.conftest import StandIns
 from tests.helpers import SUB
 

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from devhost.compute import Fault
-from shared.ledger import Cooldown
-from shared.targets import parse_target
+from shared.domain.records import Cooldown
+from shared.domain.targets import parse_target
 from tests.helpers import SENTINEL_PASSWORD
 from tests.integration.conftest import LINUX_VM, PROTECTED_VM, VMSS, WINDOWS_VM, Host
 from tests.integration.test_hardening_http import NewHost

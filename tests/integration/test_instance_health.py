@@ -13,9 +13,11 @@ from aiohttp import web
 
 from devhost.compute import Fault
 from devhost.serving import serve
-from shared.compute import ComputeClient, InstanceViewUnavailable
-from shared.health import Health, summarize
-from shared.targets import parse_target
+from shared.adapters.arm.client import ComputeClient
+from shared.domain.errors import InstanceViewUnavailable
+from shared.domain.health import Health
+from shared.domain.targets import parse_target
+from shared.rules.health import summarize
 from tests.conftest import StandIns
 from tests.helpers import SUB
 
@@ -162,7 +164,7 @@ async def test_reimaged_instances_pending_until_healthy(client: ComputeClient, s
 
 
 def parse_request_call(target: str, ids: list[str]) -> Any:
-    from shared.models import parse_request
+    from shared.domain.request import parse_request
 
     return parse_request({"target": target, "instanceIds": ids}).arm_call("2024-07-01")
 

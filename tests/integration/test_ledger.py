@@ -11,8 +11,9 @@ import pytest
 from azure.core.exceptions import ResourceModifiedError
 from azure.data.tables.aio import TableServiceClient
 
-from shared import admission
-from shared.ledger import Ledger, OperationRecord, TargetRecord
+from shared.adapters.ledger import Ledger
+from shared.domain.records import OperationRecord, TargetRecord
+from shared.rules import admission
 from shared.settings import load_settings
 
 SETTINGS = load_settings(COOLDOWN_MINUTES="30")

@@ -11,7 +11,7 @@ import azure.durable_functions as df
 import pytest
 
 from devhost.compute import Fault
-from shared.events import ServiceBusPublisher
+from shared.adapters.publishers import ServiceBusPublisher
 from tests.integration.conftest import LINUX_VM, VMSS, Host
 from tests.unit.test_servicebus_publisher import RecordingClient
 
@@ -133,7 +133,7 @@ async def test_message_without_message_id_is_keyed_by_sequence_number(host: Host
 
 
 async def test_message_with_no_key_at_all_is_rejected_not_submitted(host: Host) -> None:
-    from shared import messages
+    from shared.surfaces import queue as messages
 
     out = await messages.handle_message(json.dumps({"target": LINUX_VM}).encode(), message_id=None,
                                         sequence_number=None, correlation_id="c-nokey", reply_to=None, client=None)

@@ -11,9 +11,9 @@ from aiohttp import web
 from azure.core.credentials import AccessToken
 
 from devhost.serving import serve
-from shared.compute import ComputeClient
-from shared.models import parse_request
-from shared.operations import OperationState
+from shared.adapters.arm.client import ComputeClient
+from shared.domain.arm_call import OperationState
+from shared.domain.request import parse_request
 from shared.settings import Settings
 from tests.helpers import FIXTURES
 

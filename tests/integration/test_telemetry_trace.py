@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from devhost.compute import Fault
-from shared import telemetry
+from shared.adapters import telemetry
 from tests.helpers import SENTINEL_PASSWORD
 from tests.integration.conftest import LINUX_VM, PROTECTED_VM, VMSS, WINDOWS_VM, Host
 from tests.unit.test_telemetry import logs, spans  # noqa: F401 (fixtures)

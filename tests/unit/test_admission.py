@@ -8,8 +8,8 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared import admission
-from shared.ledger import TargetRecord
+from shared.domain.records import TargetRecord
+from shared.rules import admission
 from shared.settings import load_settings
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

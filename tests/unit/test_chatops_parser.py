@@ -12,22 +12,21 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.chatops import (
+from shared.domain.principal import Principal
+from shared.domain.targets import TargetKind
+from shared.surfaces.chat.commands import (
     Act,
     CommandError,
     Help,
     ListOperations,
     Reimage,
-    Reply,
     Status,
     clean_text,
     parse_command,
-    slack_message,
-    teams_message,
 )
-from shared.identity import Principal, easy_auth_principal, from_headers
-from shared.signatures import SignatureError, check_fresh, verify_slack, verify_teams
-from shared.targets import TargetKind
+from shared.surfaces.chat.replies import Reply, slack_message, teams_message
+from shared.surfaces.chat.signatures import SignatureError, check_fresh, verify_slack, verify_teams
+from shared.surfaces.identity import easy_auth_principal, from_headers
 
 SUB = "7f6e5d4c-3b2a-4190-8f7e-6d5c4b3a2910"
 BASE = f"/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.Compute"
@@ -212,8 +211,8 @@ def test_easy_auth_never_raises(value: str) -> None:
 # ---- history query (pure) -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("since", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-12:00", "2026-13-01", "now"])
 def test_history_since_out_of_range_is_a_400_naming_it(since: str) -> None:
-    from shared.errors import ReimagerError
-    from shared.history import parse_query
+    from shared.domain.errors import ReimagerError
+    from shared.surfaces.history import parse_query
 
     with pytest.raises(ReimagerError) as err:
         parse_query({"since": since})
@@ -221,7 +220,7 @@ def test_history_since_out_of_range_is_a_400_naming_it(since: str) -> None:
 
 
 def test_history_since_forms() -> None:
-    from shared.history import parse_query
+    from shared.surfaces.history import parse_query
 
     assert parse_query({"since": "2026-11-25"}).since == datetime(2026, 11, 25, tzinfo=UTC)
     # '+' of an unencoded offset arrives as a space

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from azure.identity.aio import DefaultAzureCredential, ManagedIdentityCredential
 
-from shared import credentials, runtime
+from shared import runtime
+from shared.adapters import credentials
 from shared.settings import Settings
 
 
@@ -48,7 +49,7 @@ def test_the_exporter_signs_in_as_the_developer_only_when_asked_and_outside_azur
         monkeypatch: pytest.MonkeyPatch) -> None:
     from azure.identity import DefaultAzureCredential as SyncDefault
 
-    from shared import telemetry
+    from shared.adapters import telemetry
 
     monkeypatch.delenv("APPLICATIONINSIGHTS_AUTHENTICATION_STRING", raising=False)
     assert telemetry.exporter_credential() == {}

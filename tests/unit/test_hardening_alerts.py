@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.alerts import parse_alert
-from shared.errors import ReimagerError
+from shared.domain.errors import ReimagerError
+from shared.surfaces.alerts import parse_alert
 from tests.helpers import load_json
 
 SAMPLE = load_json("alerts/test-action-activity-log-administrative.json")

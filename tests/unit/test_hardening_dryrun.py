@@ -13,11 +13,11 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared import admission, dryrun, policy
-from shared.compute import TargetModel
-from shared.errors import ReimagerError
-from shared.ledger import Cooldown, TargetRecord
-from shared.models import parse_request
+from shared.domain.arm_call import TargetModel
+from shared.domain.errors import ReimagerError
+from shared.domain.records import Cooldown, TargetRecord
+from shared.domain.request import parse_request
+from shared.rules import admission, dryrun, policy
 from shared.settings import Settings
 from tests.helpers import SENTINEL_PASSWORD
 

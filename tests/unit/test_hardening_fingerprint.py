@@ -8,7 +8,14 @@ import json
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from shared.redaction import REDACTED, find_fingerprinted, fingerprint, known_secrets, redact_fingerprinted, scrub_poll
+from shared.domain.redaction import (
+    REDACTED,
+    find_fingerprinted,
+    fingerprint,
+    known_secrets,
+    redact_fingerprinted,
+    scrub_poll,
+)
 from tests.helpers import SENTINEL_PASSWORD
 
 CLOUD_INIT = "#cloud-config\nrunner_token: tok-7f1e2d9c-SECRET\n"

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.api import parse_json
-from shared.errors import ReimagerError
-from shared.models import ReimageRequest, parse_request
-from shared.targets import TargetError, build_target, parse_scope, parse_target, within_scope
+from shared.domain.errors import ReimagerError
+from shared.domain.request import ReimageRequest, parse_request
+from shared.domain.targets import TargetError, build_target, parse_scope, parse_target, within_scope
+from shared.surfaces.json_body import parse_json
 from tests.helpers import RG, SUB, VM_ID, VMSS_ID
 
 KELVIN = "\u212a"  # KELVIN SIGN: str.lower() turns it into an ASCII "k"

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from shared.redaction import REDACTED, known_secrets, redact, redact_response_body, secrets_of_body
+from shared.domain.redaction import REDACTED, known_secrets, redact, redact_response_body, secrets_of_body
 from tests.helpers import SENTINEL_PASSWORD
 
 CLOUD_INIT = "#cloud-config\nruncmd:\n  - echo hunter2-token-7f3a > /etc/app-token\n"

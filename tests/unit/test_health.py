@@ -10,14 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.health import (
-    DETAIL_MAX,
-    Health,
-    InstanceHealth,
-    classify,
-    classify_listed,
-    summarize,
-)
+from shared.domain.health import DETAIL_MAX, Health, InstanceHealth, classify, classify_listed
+from shared.rules.health import summarize
 from tests.helpers import FIXTURES
 
 VIEWS = FIXTURES / "arm/instance-views"

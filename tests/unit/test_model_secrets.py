@@ -5,8 +5,8 @@ import logging
 
 import pytest
 
-from shared.errors import ReimagerError
-from shared.models import parse_request
+from shared.domain.errors import ReimagerError
+from shared.domain.request import parse_request
 from tests.helpers import SENTINEL_PASSWORD, VM_ID, VMSS_ID
 
 CUSTOM = "Q1VTVE9NLVNFTlRJTkVMLTc3"  # base64 of CUSTOM-SENTINEL-77

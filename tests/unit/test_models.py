@@ -5,8 +5,9 @@ from typing import Any
 
 import pytest
 
-from shared.errors import ReimagerError
-from shared.models import DISALLOWED_PASSWORDS, ReimageOperation, parse_request
+from shared.domain.arm_call import ReimageOperation
+from shared.domain.errors import ReimagerError
+from shared.domain.request import DISALLOWED_PASSWORDS, parse_request
 from tests.helpers import RG, SUB, VM_ID, VMSS_ID
 
 

@@ -7,8 +7,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from shared.errors import ReimagerError
-from shared.models import ReimageRequest, parse_request
+from shared.domain.errors import ReimagerError
+from shared.domain.request import ReimageRequest, parse_request
 from tests.helpers import FIXTURES, SUB
 
 SPEC = json.loads((FIXTURES / "arm/spec/compute-reimage-2025-04-01.excerpt.json").read_text())

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from shared.models import ReimageOperation, parse_request
+from shared.domain.arm_call import ReimageOperation
+from shared.domain.request import parse_request
 from tests.helpers import FIXTURES, SUB
 
 EXAMPLES = sorted((FIXTURES / "arm/examples").glob("*/*.json"))

@@ -4,15 +4,9 @@ from email.utils import formatdate
 
 import pytest
 
-from shared.operations import (
-    OperationState,
-    arm_duration,
-    expected_duration,
-    interpret,
-    next_poll_delay,
-    next_poll_offset,
-    parse_retry_after,
-)
+from shared.adapters.arm.lro import arm_duration, interpret, parse_retry_after
+from shared.domain.arm_call import OperationState
+from shared.rules.poll_schedule import expected_duration, next_poll_delay, next_poll_offset
 
 NOW = 1_767_225_600.0
 

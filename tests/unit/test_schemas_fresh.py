@@ -47,7 +47,7 @@ def test_a_body_the_models_do_not_know_is_refused() -> None:
     import pytest
     from pydantic import ValidationError
 
-    from shared.responses import Operation
+    from shared.surfaces.responses import Operation
 
     doc = {"operationId": "op-1", "status": "Accepted", "target": "/subscriptions/x", "trigger": "http"}
     assert Operation.model_validate(doc).body() == doc  # only what was set, as set

@@ -8,7 +8,8 @@ from typing import Any
 
 from azure.servicebus import ServiceBusMessage
 
-from shared.events import COMPLETED, CONTENT_TYPE, EventData, ServiceBusPublisher, build_event, make_publisher
+from shared.adapters.publishers import ServiceBusPublisher, make_publisher
+from shared.domain.events import COMPLETED, CONTENT_TYPE, EventData, build_event
 from shared.settings import Settings
 
 

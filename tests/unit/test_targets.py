@@ -1,6 +1,6 @@
 import pytest
 
-from shared.targets import TargetError, TargetKind, build_target, parse_scope, parse_target, within_scope
+from shared.domain.targets import TargetError, TargetKind, build_target, parse_scope, parse_target, within_scope
 from tests.helpers import RG, SUB, VM_ID, VMSS_ID
 
 

@@ -23,10 +23,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from shared import telemetry
-from shared.compute import ComputeClient
-from shared.models import parse_request
-from shared.targets import parse_target
+from shared.adapters import telemetry
+from shared.adapters.arm.client import ComputeClient
+from shared.domain.request import parse_request
+from shared.domain.targets import parse_target
 from tests.conftest import StandIns
 from tests.helpers import SENTINEL_PASSWORD, SUB
 
@@ -177,14 +177,14 @@ def _run(code: str, **env: str) -> str:
 
 def test_importing_the_app_does_not_import_the_distro() -> None:
     # Even with a connection string set, the distro loads only when configure() runs.
-    out = _run("import sys, function_app, shared.telemetry; "
+    out = _run("import sys, function_app, shared.adapters.telemetry; "
                "print(sorted(m for m in sys.modules if m.startswith(('azure.monitor', 'opentelemetry.sdk'))))",
                APPLICATIONINSIGHTS_CONNECTION_STRING="InstrumentationKey=00000000-0000-0000-0000-000000000000")
     assert out.strip() == "[]"
 
 
 def test_configure_is_a_no_op_without_a_connection_string() -> None:
-    out = _run("import sys; from shared.settings import Settings; from shared import telemetry; "
+    out = _run("import sys; from shared.settings import Settings; from shared.adapters import telemetry; "
                "print(telemetry.configure(Settings()), 'azure.monitor.opentelemetry' in sys.modules)",
                APPLICATIONINSIGHTS_CONNECTION_STRING="")
     assert out.split() == ["False", "False"]
@@ -196,7 +196,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from opentelemetry import trace
 from opentelemetry._logs import get_logger_provider
 from shared.settings import Settings
-from shared import telemetry
+from shared.adapters import telemetry
 
 received = []
 class Ingestion(BaseHTTPRequestHandler):
@@ -247,6 +247,6 @@ def test_every_cloudevent_type_is_a_custom_event_name() -> None:
     # CloudEvent type (shared/events.py) must be added to telemetry.EVENTS to reach the workbook.
     from typing import get_args
 
-    from shared.events import EventType
+    from shared.domain.events import EventType
 
     assert set(get_args(EventType)) <= telemetry.EVENTS

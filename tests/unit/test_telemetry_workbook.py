@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from pycep import BicepParser
 
-from shared import telemetry
+from shared.adapters import telemetry
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKBOOK = ROOT / "infra/app/workbook.json"

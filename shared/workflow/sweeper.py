@@ -1,0 +1,206 @@
+"""The sweeper (a timer trigger): nothing waits forever, and nothing is lost when a step crashes.
+
+It walks the ledger's list of unsettled operations (an index partition, not a scan) and, for
+each one whose owner has gone quiet for longer than it may:
+- Claimed (no POST yet): frees the key and withdraws the lease; it reached nothing;
+- Submitting (the POST may have gone out): ends it Failed/SubmissionLost, cooldown included;
+- Accepted/Running without a monitor: starts the monitor again;
+- terminal without its event: sends the event (same id; Service Bus drops a duplicate).
+
+And for queued work, per target: admits the queue when the target has no live lease (a crashed
+hand-off, an expired lease, a budget window that freed), ends requests queued longer than
+QUEUE_MAX_WAIT_MINUTES Canceled/QueueExpired, ends requests whose batch ended, restarts a batch
+whose orchestration is gone, and announces a suspension that was not announced.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from shared.adapters.durable_payload import decode
+from shared.domain.records import OperationRecord
+from shared.rules import admission
+from shared.runtime import Runtime
+from shared.workflow import batches
+from shared.workflow.completion import (
+    SENDING,
+    announce_suspension,
+    end_waiting,
+    finish,
+    finish_member,
+    is_stale,
+    release_lease,
+    send_completion,
+)
+from shared.workflow.orchestration import start_batch
+
+log = logging.getLogger("reimager.sweeper")
+MONITOR_GRACE = timedelta(minutes=2)  # a monitor is started right after the POST; give it time to appear
+
+
+@dataclass
+class SweepReport:
+    freed: list[str] = field(default_factory=list)
+    lost: list[str] = field(default_factory=list)
+    restarted: list[str] = field(default_factory=list)
+    resent: list[str] = field(default_factory=list)
+    settled: list[str] = field(default_factory=list)
+    expired: list[str] = field(default_factory=list)
+    admitted: list[str] = field(default_factory=list)  # batches formed from a queue
+    ended: list[str] = field(default_factory=list)  # requests whose batch had ended
+
+    def to_dict(self) -> dict[str, list[str]]:
+        return {k: v for k, v in self.__dict__.items() if v}
+
+
+async def sweep(runtime: Runtime, client: Any) -> SweepReport:
+    report = SweepReport()
+    ledger, now = runtime.ledger, runtime.now()
+    quiet = timedelta(seconds=runtime.settings.submit_timeout_seconds)
+    targets: set[str] = set()
+    for operation_id in await ledger.unsettled():
+        record = await ledger.get(operation_id)
+        if record is None:
+            await ledger.settled(operation_id)
+            report.settled.append(operation_id)
+            continue
+        age = now - record.last_updated_time
+        try:
+            if record.status == "Queued":
+                targets.add(record.lease_key)
+            await _sweep_one(runtime, client, record, age, quiet, report)
+        except Exception:  # one bad record must not stop the sweep of the others
+            log.exception("sweeping %s failed", operation_id)
+    for lease_key in sorted(targets):
+        try:
+            await _sweep_target(runtime, client, lease_key, quiet, report)
+        except Exception:
+            log.exception("sweeping target %s failed", lease_key)
+    if any(report.to_dict().values()):
+        log.info("sweep: %s", report.to_dict())
+    return report
+
+
+async def _sweep_target(runtime: Runtime, client: Any, lease_key: str, quiet: timedelta,
+                        report: SweepReport) -> None:
+    now = runtime.now()
+    max_wait = timedelta(minutes=runtime.settings.queue_max_wait_minutes)
+    old = await runtime.ledger.change_target(lease_key, lambda t: admission.expire(t, now, max_wait))
+    if old:
+        report.expired += [r.operation_id for r in await end_waiting(
+            runtime, old, "QueueExpired", f"The request waited longer than QUEUE_MAX_WAIT_MINUTES "
+            f"({runtime.settings.queue_max_wait_minutes}) for its target and was not reimaged.")]
+    await announce_suspension(runtime, lease_key)
+    target = await runtime.ledger.get_target(lease_key)
+    if target.batch is not None and target.batch.formed and target.lease_held(now) \
+            and now - target.batch.started > quiet:
+        batch = await runtime.ledger.get(target.batch.batch_id)
+        if batch is None:
+            # The lease was handed to a batch, then its starter died before creating it: create and start it now.
+            await start_batch(runtime, client, lease_key, target.batch.batch_id,
+                                         target.target_id or lease_key)
+            report.restarted.append(target.batch.batch_id)
+            return
+        if batch.status == "Claimed":
+            # Created, but its starter may have died before the sweeper's index entry or the orchestration.
+            await runtime.ledger.watch(batch)
+            await _sweep_batch(runtime, client, batch, now - batch.last_updated_time, quiet, report)
+            return
+    if await runtime.ledger.global_slots_free(now, runtime.settings.global_max_reimages_per_hour):
+        formed = await batches.kick(runtime, client, lease_key)
+        if formed is not None:
+            report.admitted.append(formed)
+
+
+async def _sweep_member(runtime: Runtime, record: OperationRecord, age: timedelta, quiet: timedelta,
+                        report: SweepReport) -> None:
+    """A request riding a batch (or a joined lead): it ends when its batch ends."""
+    assert record.batch_id is not None
+    batch = await runtime.ledger.get(record.batch_id)
+    if batch is not None and batch.terminal:
+        await finish_member(runtime, record.operation_id, batch)
+        report.ended.append(record.operation_id)
+    elif batch is None and age > quiet:
+        target = await runtime.ledger.get_target(record.lease_key)
+        riding = target.batch is not None and record.operation_id in target.batch.members
+        waiting = any(e.operation_id == record.operation_id for e in target.queue)
+        if not riding and not waiting:
+            await end_waiting(runtime, [record.operation_id], "BatchLost", "The batch this request was "
+                                         "part of was lost before it was sent; nothing was reimaged for it.")
+            report.ended.append(record.operation_id)
+
+
+async def _sweep_batch(runtime: Runtime, client: Any, record: OperationRecord, age: timedelta, quiet: timedelta,
+                       report: SweepReport) -> None:
+    """A batch record before its POST was confirmed: restart its orchestration if it is gone."""
+    if age <= quiet:
+        return
+    status = await client.get_status(record.operation_id)
+    runtime_status = getattr(getattr(status, "runtime_status", None), "value", None)
+    if runtime_status in (None, "Failed", "Terminated", "Canceled", "Completed"):
+        from shared.workflow.orchestration import MonitorInput, start_monitor
+
+        if await start_monitor(client, runtime, record, MonitorInput.for_batch(record, runtime.settings)):
+            report.restarted.append(record.operation_id)
+
+
+async def _sweep_one(runtime: Runtime, client: Any, record: OperationRecord, age: timedelta, quiet: timedelta,
+                     report: SweepReport) -> None:
+    ledger = runtime.ledger
+    if record.is_batch and record.status in ("Claimed", "Submitting"):
+        await _sweep_batch(runtime, client, record, age, quiet, report)
+    elif (not record.terminal and not record.is_batch and record.batch_id is not None
+          and record.batch_id != record.operation_id):
+        await _sweep_member(runtime, record, age, quiet, report)
+    elif record.status == "Queued":
+        pass  # per target, below
+    elif record.status == "AwaitingApproval":
+        limit = timedelta(minutes=runtime.settings.approval_timeout_minutes)
+        if runtime.now() - record.created_time > limit:
+            await end_waiting(runtime, [record.operation_id], "ApprovalTimedOut", "Nobody approved this "
+                                         f"reimage within APPROVAL_TIMEOUT_MINUTES ({int(limit.total_seconds() // 60)})"
+                                         "; nothing was reimaged.", only_if="AwaitingApproval")
+            report.expired.append(record.operation_id)
+    elif record.status == "Claimed" and age > quiet:
+        target = await ledger.get_target(record.lease_key)
+        if any(e.operation_id == record.operation_id for e in target.queue):
+            return  # it was queued and crashed before saying so: the queue carries it
+        if record.approved_by is not None:  # approved (answered 202 long ago), then its approver's call died
+            await finish(runtime, record.operation_id, "Failed", {
+                "code": "NotSubmitted", "message": "It was approved, but the approval's call stopped before the "
+                "reimage was sent; nothing was reimaged. Ask again."}, applied=False, client=client)
+            report.lost.append(record.operation_id)
+            return
+
+        await release_lease(runtime, record, applied=False)
+        if await ledger.release_claim(record):
+            await ledger.settled(record.operation_id)
+            report.freed.append(record.operation_id)
+    elif record.status == "Submitting" and age > quiet:
+        error = {"code": "SubmissionLost", "message": "the reimage was claimed but its submission was not confirmed "
+                 f"within {int(quiet.total_seconds())} s; if the caller crashed after sending it, ARM may still be "
+                 "reimaging the target: check it before asking again"}
+        await finish(runtime, record.operation_id, "Failed", error, applied=True)
+        report.lost.append(record.operation_id)
+    elif record.status in ("Accepted", "Running", "Verifying") and age > MONITOR_GRACE:
+        status = await client.get_status(record.operation_id)
+        runtime_status = getattr(getattr(status, "runtime_status", None), "value", None)
+        if runtime_status in (None, "Failed", "Terminated", "Canceled"):
+            from shared.workflow.orchestration import start_monitor
+
+            if runtime_status is not None:
+                log.warning("monitor of %s ended %s (%s); starting it again", record.operation_id,
+                            runtime_status, decode(getattr(status, "output", None)))
+            if await start_monitor(client, runtime, record):
+                report.restarted.append(record.operation_id)
+    elif record.terminal:
+        if record.event_id is None or is_stale(record.event_id, runtime.now()):
+            if age > MONITOR_GRACE:
+                await send_completion(runtime, record, stale=True)
+                report.resent.append(record.operation_id)
+        elif not record.event_id.startswith(SENDING):
+            await ledger.settled(record.operation_id)
+            report.settled.append(record.operation_id)

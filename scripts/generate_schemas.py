@@ -14,19 +14,8 @@ from pydantic import BaseModel
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from shared.domain.events import (  # noqa: E402
-    ACCEPTED,
-    AWAITING_APPROVAL,
-    COMPLETED,
-    QUEUED,
-    REJECTED,
-    SUSPENDED,
-    EventData,
-    build_event,
-    data_schema,
-)
-
 from shared.domain.errors import ErrorResponse  # noqa: E402
+from shared.domain.events import EventData, EventType, build_event, data_schema  # noqa: E402
 from shared.domain.request import ReimageRequest  # noqa: E402
 
 
@@ -55,27 +44,27 @@ def _example(event_type: str, **data: Any) -> str:
 
 def events_doc() -> str:
     schema = json.dumps(data_schema(), indent=2)
-    accepted = _example(ACCEPTED, status="Accepted", submittedAt=_T0)
-    completed = _example(COMPLETED, status="Succeeded", submittedAt=_T0, completedAt="2026-01-01T00:03:10Z",
+    accepted = _example(EventType.ACCEPTED, status="Accepted", submittedAt=_T0)
+    completed = _example(EventType.COMPLETED, status="Succeeded", submittedAt=_T0, completedAt="2026-01-01T00:03:10Z",
                          durationSeconds=190.0, polls=7, batchId="b-4f0c2a9e7d3b4c1a8e6f5d4c3b2a1908",
                          health="Healthy", healthDetail={"0": "Healthy: running, provisioning succeeded, "
                                                          "application health: healthy"})
-    queued = _example(QUEUED, status="Queued", queuePosition=3)
-    awaiting = _example(AWAITING_APPROVAL, status="AwaitingApproval", instanceIds=["0", "1", "2", "3"],
+    queued = _example(EventType.QUEUED, status="Queued", queuePosition=3)
+    awaiting = _example(EventType.AWAITING_APPROVAL, status="AwaitingApproval", instanceIds=["0", "1", "2", "3"],
                         error={"code": "ApprovalRequired", "message": "Waiting for a second person's approval: it "
                                "reimages every instance of the scale set (allInstances)."})
-    suspended = _example(SUSPENDED, operationId=None, requestId=None, instanceIds=None, status="Suspended",
+    suspended = _example(EventType.SUSPENDED, operationId=None, requestId=None, instanceIds=None, status="Suspended",
                          trigger="breaker", requestedBy=None, reason=None, correlationId=None,
                          suspension={"since": "2026-01-01T00:03:10+00:00", "reason": "11 of 20 instances were asked "
                                      "to be reimaged within 60 minutes, more than BREAKER_PERCENT 50%: a systemic "
                                      "failure that reimaging will not cure", "by": "breaker",
                                      "evidence": {"distinctInstancesRequested": 11, "capacity": 20,
                                                   "breakerPercent": 50, "windowMinutes": 60}})
-    failed = _example(COMPLETED, status="Failed", submittedAt=_T0, completedAt="2026-01-01T00:03:10Z",
+    failed = _example(EventType.COMPLETED, status="Failed", submittedAt=_T0, completedAt="2026-01-01T00:03:10Z",
                       durationSeconds=190.0, polls=7,
                       error={"code": "OperationPreempted", "message": "Operation execution has been preempted "
                              "by a more recent operation."})
-    rejected = _example(REJECTED, operationId=None, status="Rejected", trigger="queue", instanceIds=None,
+    rejected = _example(EventType.REJECTED, operationId=None, status="Rejected", trigger="queue", instanceIds=None,
                         error={"code": "ScopeNotAllowed", "message": "The target is not under any scope in "
                                "ALLOWED_SCOPES; reimager acts only inside scopes it was explicitly given."})
     return f"""# reimager events

@@ -1,17 +1,89 @@
-"""Errors in ARM's shape: {"error": {"code", "message", "target", "details": [...]}}."""
+"""Errors in ARM's shape ({"error": {"code", "message", "target", "details": [...]}}), and the closed list of
+codes reimager itself gives them.
+
+A `ReimagerError` says what happened, by its code; it carries no HTTP status. Entry surfaces turn a code into
+their caller's terms in one place each (shared/surfaces/http.py: HTTP status codes; chat: text; the queue:
+a settlement), as azure-core maps wire codes to exception types in one place.
+"""
 
 from __future__ import annotations
 
 import difflib
 import types
 import typing
-from typing import TYPE_CHECKING, Any
+from enum import StrEnum
+from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-if TYPE_CHECKING:
-    pass
+
+class ErrorCode(StrEnum):
+    """Every `error.code` reimager gives (ARM's own codes pass through in `details` and in terminal errors).
+    docs/operations.md lists each one (a test compares the two)."""
+
+    # A request refused before anything was stored or sent
+    INVALID_REQUEST = "InvalidRequest"
+    PAYLOAD_TOO_LARGE = "PayloadTooLarge"
+    MISSING_IDEMPOTENCY_KEY = "MissingIdempotencyKey"
+    SIGNATURE_INVALID = "SignatureInvalid"
+    SCOPE_NOT_ALLOWED = "ScopeNotAllowed"
+    TARGET_PROTECTED = "TargetProtected"
+    TARGET_NOT_FOUND = "TargetNotFound"
+    OPERATION_NOT_FOUND = "OperationNotFound"
+    REQUEST_ID_CONFLICT = "RequestIdConflict"
+    NO_INSTANCES = "NoInstances"
+    OPERATION_IN_PROGRESS = "OperationInProgress"
+    TARGET_SUSPENDED = "TargetSuspended"
+    COOLDOWN_ACTIVE = "CooldownActive"
+    FLEET_BUDGET_EXHAUSTED = "FleetBudgetExhausted"
+    GLOBAL_BUDGET_EXHAUSTED = "GlobalBudgetExhausted"
+    # Operator actions refused
+    NOT_AWAITING_APPROVAL = "NotAwaitingApproval"
+    NOT_CANCELLABLE = "NotCancellable"
+    NOT_SUSPENDED = "NotSuspended"
+    SELF_APPROVAL_NOT_ALLOWED = "SelfApprovalNotAllowed"
+    APPROVER_NOT_VERIFIED = "ApproverNotVerified"
+    # ARM refused, failed or could not be reached
+    COMPUTE_ERROR = "ComputeError"
+    COMPUTE_UNAVAILABLE = "ComputeUnavailable"
+    SUBMISSION_UNCERTAIN = "SubmissionUncertain"
+    UNTRUSTED_OPERATION_URL = "UntrustedOperationUrl"
+    # Ours, transient or unexpected
+    CLAIM_LOST = "ClaimLost"
+    INTERNAL_ERROR = "InternalError"
+    # On waiting or terminal operations (the `error` of a status document or completion event)
+    APPROVAL_REQUIRED = "ApprovalRequired"
+    APPROVAL_REJECTED = "ApprovalRejected"
+    APPROVAL_TIMED_OUT = "ApprovalTimedOut"
+    CANCELED_BY_OPERATOR = "CanceledByOperator"
+    QUEUE_EXPIRED = "QueueExpired"
+    BATCH_LOST = "BatchLost"
+    NOTHING_TO_SEND = "NothingToSend"
+    NOT_SUBMITTED = "NotSubmitted"
+    SUBMISSION_LOST = "SubmissionLost"
+    NO_OPERATION_URL = "NoOperationUrl"
+    OPERATION_FAILED = "OperationFailed"
+    OPERATION_CANCELED = "OperationCanceled"
+    TIMED_OUT = "TimedOut"
+
+
+class DetailCode(StrEnum):
+    """The codes of `error.details[]` that reimager writes (ARM's own come through as ARM sent them)."""
+
+    INVALID_VALUE = "InvalidValue"
+    UNKNOWN_FIELD = "UnknownField"
+    MISSING_FIELD = "MissingField"
+    TOO_MANY_INSTANCES = "TooManyInstances"
+    INSTANCE_NOT_FOUND = "InstanceNotFound"
+    CONNECTION_FAILED = "ConnectionFailed"
+    NO_RESPONSE = "NoResponse"
+    INVALID_RESPONSE = "InvalidResponse"
+    UNREADABLE_STATUS = "UnreadableStatus"
+
+
+# A retry later may succeed: ARM throttled or unreachable, or a same-key request took the claim over.
+TRANSIENT = frozenset({ErrorCode.COMPUTE_UNAVAILABLE, ErrorCode.CLAIM_LOST})
 
 
 class ErrorDetail(BaseModel):
@@ -36,33 +108,33 @@ class ErrorResponse(BaseModel):
 
 
 class ReimagerError(Exception):
-    """A decision to refuse or fail a request, carrying its HTTP status and ARM-style body.
-
-    `transient` means a retry later may succeed (throttling, ARM unavailable).
-    """
+    """A refusal or failure, with what the caller needs: an ARM-style body, a Retry-After, and `extra` fields
+    for the answer (`operationId`; `completed` when the operation was accepted and has already ended, with its
+    own event)."""
 
     def __init__(
         self,
-        status: int,
-        code: str,
+        code: ErrorCode,
         message: str,
         *,
         target: str | None = None,
         details: list[ErrorDetail] | None = None,
         retry_after: int | None = None,
-        transient: bool = False,
         extra: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(f"{code}: {message}")
-        self.status = status
         self.error = ApiError(code=code, message=message, target=target, details=details or [])
         self.retry_after = retry_after
-        self.transient = transient
         self.extra = extra or {}
 
     @property
-    def code(self) -> str:
-        return self.error.code
+    def code(self) -> ErrorCode:
+        return ErrorCode(self.error.code)
+
+    @property
+    def transient(self) -> bool:
+        """A retry later may succeed (throttling, ARM unavailable, a claim taken over)."""
+        return self.code in TRANSIENT
 
     def error_dict(self) -> dict[str, Any]:
         return self.error.model_dump(exclude_none=True)
@@ -151,32 +223,35 @@ def details_from_validation(exc: ValidationError, model: type[BaseModel] | None 
     return details
 
 
-def _code_for(pydantic_type: str) -> str:
+def _code_for(pydantic_type: str) -> DetailCode:
     if pydantic_type == "extra_forbidden":
-        return "UnknownField"
+        return DetailCode.UNKNOWN_FIELD
     if pydantic_type == "missing":
-        return "MissingField"
-    return "InvalidValue"
+        return DetailCode.MISSING_FIELD
+    return DetailCode.INVALID_VALUE
 
 
 def invalid_request(exc: ValidationError, message: str = "The request is not valid.",
                     model: type[BaseModel] | None = None) -> ReimagerError:
     details = details_from_validation(exc, model)
     target = details[0].target if len(details) == 1 else None
-    return ReimagerError(400, "InvalidRequest", message, target=target, details=details)
+    return ReimagerError(ErrorCode.INVALID_REQUEST, message, target=target, details=details)
 
 
 class ComputeError(ReimagerError):
-    """ARM refused or failed a call. Carries ARM's status, code, message and target."""
+    """ARM refused or failed a call. Carries ARM's status, code, message and target (also as `details[0]`)."""
 
-    def __init__(self, status: int, code: str, message: str, *, arm_status: int, arm_code: str | None,
-                 arm_message: str | None, arm_target: str | None = None, retry_after: int | None = None,
-                 transient: bool = False) -> None:
+    def __init__(self, code: ErrorCode, message: str, *, arm_status: int, arm_code: str | None,
+                 arm_message: str | None, arm_target: str | None = None, retry_after: int | None = None) -> None:
         detail = ErrorDetail(code=arm_code or f"Http{arm_status}", message=arm_message or "", target=arm_target)
-        super().__init__(status, code, message, target=arm_target, details=[detail], retry_after=retry_after,
-                         transient=transient)
+        super().__init__(code, message, target=arm_target, details=[detail], retry_after=retry_after)
         self.arm_status, self.arm_code, self.arm_message = arm_status, arm_code, arm_message
         self.arm_target = arm_target
+
+    @property
+    def maybe_applied(self) -> bool:
+        """ARM answered 5xx or 408 to a write: it may have been applied before the answer went wrong."""
+        return self.arm_status >= 500 or self.arm_status == 408
 
 
 class TargetNotFound(ComputeError):
@@ -188,7 +263,7 @@ class ComputeConflict(ComputeError):
 
 
 class ComputeUnavailable(ComputeError):
-    pass
+    """Nothing was applied: ARM throttled past our retries, or could not be reached."""
 
 
 class ComputeThrottled(ComputeUnavailable):
@@ -198,7 +273,7 @@ class ComputeThrottled(ComputeUnavailable):
 class UntrustedOperationUrl(ReimagerError):
     def __init__(self, url: str) -> None:
         host = urlsplit(url).netloc or "(none)"
-        super().__init__(502, "UntrustedOperationUrl",
+        super().__init__(ErrorCode.UNTRUSTED_OPERATION_URL,
                          f"ARM returned an operation URL on host '{host}', which is not the configured ARM "
                          "host; it was not fetched.")
 
@@ -215,8 +290,7 @@ class InstanceViewUnavailable(ComputeError):
     @classmethod
     def from_error(cls, error: ReimagerError, what: str) -> InstanceViewUnavailable:
         if isinstance(error, ComputeError):
-            return cls(error.status, error.code, error.error.message, arm_status=error.arm_status,
-                       arm_code=error.arm_code, arm_message=error.arm_message, arm_target=error.arm_target,
-                       retry_after=error.retry_after, transient=error.transient)
-        return cls(error.status, error.code, f"{what}: {error.error.message}", arm_status=0, arm_code=error.code,
-                   arm_message=error.error.message, transient=error.transient)
+            return cls(error.code, error.error.message, arm_status=error.arm_status, arm_code=error.arm_code,
+                       arm_message=error.arm_message, arm_target=error.arm_target, retry_after=error.retry_after)
+        return cls(error.code, f"{what}: {error.error.message}", arm_status=0, arm_code=error.code,
+                   arm_message=error.error.message)

@@ -9,33 +9,32 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from enum import StrEnum
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from shared.domain.errors import ApiError
-
-if TYPE_CHECKING:
-    pass
+from shared.domain.status import EventStatusValue
 
 
-EventType = Literal["reimager.operation.accepted", "reimager.operation.completed", "reimager.request.rejected",
-                    "reimager.operation.queued", "reimager.operation.awaiting-approval",
-                    "reimager.target.suspended", "reimager.target.resumed"]
-ACCEPTED: EventType = "reimager.operation.accepted"
-COMPLETED: EventType = "reimager.operation.completed"
-REJECTED: EventType = "reimager.request.rejected"
-QUEUED: EventType = "reimager.operation.queued"
-AWAITING_APPROVAL: EventType = "reimager.operation.awaiting-approval"
-SUSPENDED: EventType = "reimager.target.suspended"
-RESUMED: EventType = "reimager.target.resumed"
+class EventType(StrEnum):
+    """Every CloudEvents `type` reimager publishes (docs/events.md)."""
+
+    ACCEPTED = "reimager.operation.accepted"
+    COMPLETED = "reimager.operation.completed"
+    REJECTED = "reimager.request.rejected"
+    QUEUED = "reimager.operation.queued"
+    AWAITING_APPROVAL = "reimager.operation.awaiting-approval"
+    SUSPENDED = "reimager.target.suspended"
+    RESUMED = "reimager.target.resumed"
+
+
 CONTENT_TYPE = "application/cloudevents+json; charset=utf-8"
 SOURCE = "/reimager"
 _NAMESPACE = uuid.UUID("9b1f4a52-3c3e-4d7e-9a57-6d1c0f3b2a10")
 
-Status = Literal["Queued", "AwaitingApproval", "Accepted", "Running", "Verifying", "Succeeded", "Failed", "Canceled",
-                 "TimedOut", "Rejected", "Suspended", "Resumed"]
 Trigger = Literal["http", "alert", "queue", "chatops", "operator", "breaker", "batch"]
 
 
@@ -49,7 +48,7 @@ class EventData(BaseModel):
     correlation_id: str | None = None
     target: str | None = Field(None, description="Normalised ARM id of the target.")
     instance_ids: list[str] | None = None
-    status: Status
+    status: EventStatusValue
     error: ApiError | None = None
     trigger: Trigger
     requested_by: str | None = None
@@ -97,7 +96,7 @@ def build_event(event_type: EventType, data: EventData, *, time: datetime | None
     # The completion id includes the final status: a re-send of one outcome keeps its id (Service Bus
     # dedup drops it), two different outcomes never share one.
     seed = f"{data.operation_id or unique or uuid.uuid4()}|{event_type}"
-    if event_type == COMPLETED:
+    if event_type == EventType.COMPLETED:
         seed += f"|{data.status}"
     return CloudEvent(type=event_type, subject=data.target, id=str(uuid.uuid5(_NAMESPACE, seed)),
                       time=time or datetime.now(UTC), data=data)

@@ -27,7 +27,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from shared.domain.arm_call import ArmCall, OsType, ReimageOperation
-from shared.domain.errors import ErrorDetail, FieldErrors, ReimagerError, invalid_request
+from shared.domain.errors import ErrorCode, ErrorDetail, FieldErrors, ReimagerError, invalid_request
 from shared.domain.targets import (
     INSTANCE_ID_PATTERN,
     INSTANCE_ID_RULE,
@@ -329,9 +329,7 @@ class ReimageRequest(_Wire):
                     )
                 )
         if details:
-            raise ReimagerError(
-                400,
-                "InvalidRequest",
+            raise ReimagerError(ErrorCode.INVALID_REQUEST,
                 "The request does not fit the target's configuration.",
                 target=details[0].target if len(details) == 1 else None,
                 details=details,
@@ -397,9 +395,7 @@ def parse_request(
 ) -> ReimageRequest:
     """Validate wire data into a ReimageRequest, or raise a 400 ReimagerError with field details."""
     if not isinstance(data, dict):
-        raise ReimagerError(
-            400,
-            "InvalidRequest",
+        raise ReimagerError(ErrorCode.INVALID_REQUEST,
             "The body must be a JSON object with a target: the ARM id of a VM, a scale set or a scale set "
             'instance, for example {"target": "/subscriptions/{id}/resourceGroups/{group}/providers/'
             'Microsoft.Compute/virtualMachines/{name}"}, or resourceGroupName with vmName or vmScaleSetName. '

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from shared.domain.errors import ReimagerError
+from shared.domain.errors import ErrorCode, ReimagerError
 from shared.domain.records import BatchEntry, BudgetEntry, Cooldown, QueueEntry, TargetRecord
 from shared.rules.policy import cooldown_error, cooling
 from shared.runtime import Runtime
@@ -87,8 +87,7 @@ def suspend(record: TargetRecord, now: datetime, reason: str, evidence: dict[str
 
 def suspended_error(record: TargetRecord) -> ReimagerError:
     info = record.suspended or {}
-    return ReimagerError(
-        409, "TargetSuspended",
+    return ReimagerError(ErrorCode.TARGET_SUSPENDED,
         f"The target is suspended since {info.get('since', '?')} ({info.get('reason', 'no reason given')}); an "
         "operator must resume it: POST /api/targets/resume.", target="target",
         extra={"suspension": {k: info.get(k) for k in ("since", "reason", "by", "evidence")}})
@@ -174,8 +173,7 @@ def admit_request(record: TargetRecord, *, owner: str, keys: list[str], options:
     if secret:
         if busy:
             holder = record.lease_owner or "queued requests"
-            return (record if write else None), Admission("refused", ReimagerError(
-                409, "OperationInProgress", f"Another reimage is in flight on this target ({holder}); a request "
+            return (record if write else None), Admission("refused", ReimagerError(ErrorCode.OPERATION_IN_PROGRESS, f"Another reimage is in flight on this target ({holder}); a request "
                 "carrying osProfile secrets cannot wait in the queue, because secrets are never stored. Ask again "
                 "when it has ended.", target="target", extra={"operationId": record.lease_owner}))
         if not _fits_budget(record, len(keys), settings):
@@ -192,8 +190,7 @@ def admit_request(record: TargetRecord, *, owner: str, keys: list[str], options:
 def _budget_error(record: TargetRecord, now: datetime, settings: Settings) -> ReimagerError:
     frees = budget_frees_at(record, settings) or now
     wait = max(1, math.ceil((frees - now).total_seconds()))
-    return ReimagerError(
-        429, "FleetBudgetExhausted",
+    return ReimagerError(ErrorCode.FLEET_BUDGET_EXHAUSTED,
         f"{budget_used(record)} instances of this set were reimaged in the last {settings.fleet_window_minutes} "
         f"minutes; FLEET_BUDGET_PERCENT {settings.fleet_budget_percent}% allows "
         f"{fleet_budget(record.capacity, settings)}. A request carrying secrets cannot wait; ask again after "

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from shared.domain.arm_call import TargetModel
-from shared.domain.errors import ReimagerError
+from shared.domain.errors import DetailCode, ErrorCode, ReimagerError
 from shared.domain.records import TargetRecord
 from shared.domain.request import ReimageRequest
 from shared.domain.targets import TargetKind
@@ -57,13 +57,13 @@ def _failed(name: str, exc: ReimagerError, **extra: Any) -> dict[str, Any]:
 
 def _classify(exc: ReimagerError) -> str:
     """Which check a refusal from policy.check_model belongs to."""
-    if exc.code == "TargetProtected":
+    if exc.code is ErrorCode.TARGET_PROTECTED:
         return "protectTag"
-    if exc.code == "TargetNotFound":
+    if exc.code is ErrorCode.TARGET_NOT_FOUND:
         return "targetExists"
-    if exc.code == "NoInstances" or any(d.code == "TooManyInstances" for d in exc.error.details):
+    if exc.code is ErrorCode.NO_INSTANCES or any(d.code == DetailCode.TOO_MANY_INSTANCES for d in exc.error.details):
         return "instanceCount"
-    if exc.status == 400:
+    if exc.code is ErrorCode.INVALID_REQUEST:
         return "targetModel"
     raise exc  # not a policy refusal this module knows: let the caller see it
 

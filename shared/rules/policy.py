@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from shared.domain.arm_call import TargetModel
-from shared.domain.errors import ErrorDetail, ReimagerError
+from shared.domain.errors import ErrorCode, ErrorDetail, ReimagerError
 from shared.domain.records import Cooldown, TargetRecord
 from shared.domain.request import ReimageRequest
 from shared.domain.targets import Target, TargetKind, within_scope
@@ -16,7 +16,7 @@ from shared.settings import Settings
 
 def check_scope(target: Target, settings: Settings) -> None:
     if not any(within_scope(target, scope) for scope in settings.allowed_scopes):
-        raise ReimagerError(403, "ScopeNotAllowed",
+        raise ReimagerError(ErrorCode.SCOPE_NOT_ALLOWED,
                             "The target is not under any scope in ALLOWED_SCOPES; reimager acts only inside "
                             "scopes it was explicitly given.", target="target")
 
@@ -27,7 +27,7 @@ def check_model(request: ReimageRequest, model: TargetModel, settings: Settings)
     tags = {k.lower(): v for k, v in model.tags.items()}
     value = tags.get(settings.protect_tag_name.lower())
     if value is not None and value.strip().lower() == settings.protect_tag_value.lower():
-        raise ReimagerError(403, "TargetProtected",
+        raise ReimagerError(ErrorCode.TARGET_PROTECTED,
                             f"The target is tagged {settings.protect_tag_name}={value}; reimager will not touch it.",
                             target="target")
     instances = request.effective_instance_ids
@@ -36,12 +36,12 @@ def check_model(request: ReimageRequest, model: TargetModel, settings: Settings)
         if instances is None:  # allInstances: exactly the instances the set has now, never an empty body
             instances = sorted(present, key=lambda i: (len(i), i))
             if not instances:
-                raise ReimagerError(409, "NoInstances", "The scale set has no instances to reimage.",
+                raise ReimagerError(ErrorCode.NO_INSTANCES, "The scale set has no instances to reimage.",
                                     target="allInstances")
         else:
             missing = [i for i in instances if i not in present]
             if missing:
-                raise ReimagerError(404, "TargetNotFound",
+                raise ReimagerError(ErrorCode.TARGET_NOT_FOUND,
                                     f"The scale set has no instance {', '.join(missing[:10])}.",
                                     target="instanceIds", details=[
                                         ErrorDetail(code="InstanceNotFound", target="instanceIds", message=i)
@@ -49,7 +49,7 @@ def check_model(request: ReimageRequest, model: TargetModel, settings: Settings)
     count = len(instances) if instances is not None else 1
     if count > settings.max_instances_per_request:
         field = "instanceIds" if request.instance_ids is not None else "allInstances"
-        raise ReimagerError(400, "InvalidRequest",
+        raise ReimagerError(ErrorCode.INVALID_REQUEST,
                             f"The request would reimage {count} instances; MAX_INSTANCES_PER_REQUEST is "
                             f"{settings.max_instances_per_request}.", target=field,
                             details=[ErrorDetail(code="TooManyInstances", target=field,
@@ -80,8 +80,7 @@ def cooling(record: TargetRecord, keys: list[str], now: datetime, owner: str | N
 
 def cooldown_error(key: str, c: Cooldown, now: datetime) -> ReimagerError:
     remaining = max(1, int((c.until - now).total_seconds() + 0.999))
-    return ReimagerError(
-        429, "CooldownActive",
+    return ReimagerError(ErrorCode.COOLDOWN_ACTIVE,
         f"{_describe(key).capitalize()} was reimaged recently by {c.operation_id}; COOLDOWN_MINUTES refuses it "
         f"until {c.until.isoformat()} ({remaining} s). This stops alert -> reimage -> alert loops.",
         target="target", retry_after=remaining,

@@ -19,11 +19,12 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.domain.errors import ErrorDetail, ReimagerError
+from shared.domain.errors import ErrorCode, ErrorDetail, ReimagerError
 from shared.domain.targets import Target, TargetError, TargetKind, parse_target
 from shared.surfaces import responses
-from shared.surfaces.http import Outcome, answer, guarded, submit_request
+from shared.surfaces.http import Outcome, answer, guarded
 from shared.surfaces.json_body import parse_json
+from shared.surfaces.requests import submit_request
 from shared.workflow.intake import Result
 
 SCHEMA_ID = "azureMonitorCommonAlertSchema"
@@ -106,7 +107,7 @@ def _options(custom: Any) -> dict[str, Any]:
     if custom is None:
         return {}
     if not isinstance(custom, dict):
-        raise ReimagerError(400, "InvalidRequest", f"data.customProperties must be a JSON object (or null), not "
+        raise ReimagerError(ErrorCode.INVALID_REQUEST, f"data.customProperties must be a JSON object (or null), not "
                             f"a {type(custom).__name__}; reimage options are keys such as {VALID_KEYS[0]}.",
                             target="data.customProperties")
     options: dict[str, Any] = {}
@@ -124,30 +125,30 @@ def _options(custom: Any) -> dict[str, Any]:
             problems.append(ErrorDetail(code="InvalidValue", message=str(exc),
                                         target=f"data.customProperties.{key}"))
     if problems:
-        raise ReimagerError(400, "InvalidRequest", "The alert's reimage options are not valid, so it was not acted "
+        raise ReimagerError(ErrorCode.INVALID_REQUEST, "The alert's reimage options are not valid, so it was not acted "
                             "on.", target=problems[0].target if len(problems) == 1 else None, details=problems)
     return options
 
 
 def parse_alert(doc: Any) -> ParsedAlert:
     if not isinstance(doc, dict) or str(doc.get("schemaId", "")) != SCHEMA_ID:
-        raise ReimagerError(400, "InvalidRequest", f"The body is not an Azure Monitor alert in the common schema "
+        raise ReimagerError(ErrorCode.INVALID_REQUEST, f"The body is not an Azure Monitor alert in the common schema "
                             f"(schemaId {SCHEMA_ID}); enable the common alert schema on the action.",
                             target="schemaId")
     data = doc.get("data")
     if not isinstance(data, dict):
-        raise ReimagerError(400, "InvalidRequest", "The alert has no data.essentials.", target="data.essentials")
+        raise ReimagerError(ErrorCode.INVALID_REQUEST, "The alert has no data.essentials.", target="data.essentials")
     essentials = data.get("essentials")
     if not isinstance(essentials, dict):
-        raise ReimagerError(400, "InvalidRequest", "The alert has no data.essentials.", target="data.essentials")
+        raise ReimagerError(ErrorCode.INVALID_REQUEST, "The alert has no data.essentials.", target="data.essentials")
     alert_id = essentials.get("alertId")
     if not isinstance(alert_id, str) or not alert_id.strip():
-        raise ReimagerError(400, "InvalidRequest", "The alert has no alertId.", target="data.essentials.alertId")
+        raise ReimagerError(ErrorCode.INVALID_REQUEST, "The alert has no alertId.", target="data.essentials.alertId")
     targets = essentials.get("alertTargetIDs") or []
     if isinstance(targets, str):
         targets = [targets]
     if not isinstance(targets, list):
-        raise ReimagerError(400, "InvalidRequest", "alertTargetIDs must be a list.",
+        raise ReimagerError(ErrorCode.INVALID_REQUEST, "alertTargetIDs must be a list.",
                             target="data.essentials.alertTargetIDs")
     parsed = ParsedAlert(alert_id=alert_id, rule=essentials.get("alertRule") if isinstance(
         essentials.get("alertRule"), str) else None)

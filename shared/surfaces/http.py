@@ -12,17 +12,40 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared import runtime
-from shared.adapters.telemetry import SPAN_INTAKE, bind, operation_span, refused
-from shared.domain.errors import ReimagerError
+from shared.adapters.telemetry import refused
+from shared.domain.errors import ErrorCode, ReimagerError
 from shared.domain.events import Trigger
-from shared.domain.principal import Principal
-from shared.domain.request import parse_request
 from shared.surfaces import responses
 from shared.surfaces.identity import principal_of
 from shared.surfaces.json_body import parse_json
-from shared.workflow.intake import Accepted, Intake, Planned, Result
+from shared.workflow.intake import Accepted, Planned, Result
 
 log = logging.getLogger("reimager.api")
+
+
+# The one place a code becomes an HTTP status. Codes that only appear on operations (a terminal `error`) are
+# mapped too, so the table is total: tests/unit/surfaces checks it covers every ErrorCode.
+HTTP_STATUS: Mapping[ErrorCode, int] = {
+    ErrorCode.INVALID_REQUEST: 400, ErrorCode.MISSING_IDEMPOTENCY_KEY: 400, ErrorCode.SIGNATURE_INVALID: 401,
+    ErrorCode.SCOPE_NOT_ALLOWED: 403, ErrorCode.TARGET_PROTECTED: 403, ErrorCode.SELF_APPROVAL_NOT_ALLOWED: 403,
+    ErrorCode.APPROVER_NOT_VERIFIED: 403, ErrorCode.TARGET_NOT_FOUND: 404, ErrorCode.OPERATION_NOT_FOUND: 404,
+    ErrorCode.OPERATION_IN_PROGRESS: 409, ErrorCode.TARGET_SUSPENDED: 409, ErrorCode.REQUEST_ID_CONFLICT: 409,
+    ErrorCode.NO_INSTANCES: 409, ErrorCode.NOT_AWAITING_APPROVAL: 409, ErrorCode.NOT_CANCELLABLE: 409,
+    ErrorCode.NOT_SUSPENDED: 409, ErrorCode.PAYLOAD_TOO_LARGE: 413, ErrorCode.COOLDOWN_ACTIVE: 429,
+    ErrorCode.FLEET_BUDGET_EXHAUSTED: 429, ErrorCode.GLOBAL_BUDGET_EXHAUSTED: 429, ErrorCode.INTERNAL_ERROR: 500,
+    ErrorCode.COMPUTE_ERROR: 502, ErrorCode.SUBMISSION_UNCERTAIN: 502, ErrorCode.UNTRUSTED_OPERATION_URL: 502,
+    ErrorCode.COMPUTE_UNAVAILABLE: 503, ErrorCode.CLAIM_LOST: 503,
+    # on operations only
+    ErrorCode.APPROVAL_REQUIRED: 202, ErrorCode.APPROVAL_REJECTED: 409, ErrorCode.APPROVAL_TIMED_OUT: 409,
+    ErrorCode.CANCELED_BY_OPERATOR: 409, ErrorCode.QUEUE_EXPIRED: 409, ErrorCode.BATCH_LOST: 500,
+    ErrorCode.NOTHING_TO_SEND: 409, ErrorCode.NOT_SUBMITTED: 500, ErrorCode.SUBMISSION_LOST: 502,
+    ErrorCode.NO_OPERATION_URL: 502, ErrorCode.OPERATION_FAILED: 502, ErrorCode.OPERATION_CANCELED: 409,
+    ErrorCode.TIMED_OUT: 504,
+}
+
+
+def http_status(exc: ReimagerError) -> int:
+    return HTTP_STATUS[exc.code]
 
 
 @dataclass
@@ -36,7 +59,7 @@ class Outcome:
     @classmethod
     def from_error(cls, exc: ReimagerError) -> Outcome:
         headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else {}
-        return cls(exc.status, exc.body(), headers)
+        return cls(http_status(exc), exc.body(), headers)
 
 
 def status_url(base_url: str, operation_id: str) -> str:
@@ -78,23 +101,7 @@ async def guarded(work: Any, trigger: Trigger | None = None) -> Outcome:
         return Outcome(500, {"error": {"code": "InternalError", "message": "An unexpected error occurred."}})
 
 
-async def submit_request(data: Any, client: Any, *, trigger: Trigger = "http", default_key: str | None = None,
-                         reply_to: str | None = None, reply_correlation_id: str | None = None,
-                         principal: Principal | None = None) -> Result:
-    rt = runtime.get()
-    # One span per request; intake binds the operation id to it once the key is known.
-    with operation_span(trigger=trigger, name=SPAN_INTAKE):
-        try:
-            request = parse_request(data, default_subscription_id=rt.settings.default_subscription_id,
-                                    max_instances=rt.settings.max_instances_per_request)
-            bind(target=request.resolved_target.id)
-            return await Intake(rt, client).submit(request, trigger=trigger, default_key=default_key,
-                                                   reply_to=reply_to, reply_correlation_id=reply_correlation_id,
-                                                   principal=principal)
-        except ReimagerError as exc:
-            if trigger != "queue":  # a refused queue message publishes a Rejected event, recorded with it
-                refused(exc, trigger)
-            raise
+from shared.surfaces.requests import submit_request  # noqa: E402
 
 
 async def post_reimage(body: bytes, client: Any, base_url: str, headers: Mapping[str, str] | None = None) -> Outcome:
@@ -113,7 +120,7 @@ async def get_reimage(operation_id: str) -> Outcome:
         if (operation_id.startswith("op-") or operation_id.startswith("b-")) and len(operation_id) <= 64:
             record = await ledger.get(operation_id)
         if record is None:
-            raise ReimagerError(404, "OperationNotFound", "No such operation.", target="operationId")
+            raise ReimagerError(ErrorCode.OPERATION_NOT_FOUND, "No such operation.", target="operationId")
         view = record.view()
         if not record.terminal and record.batch_id not in (None, record.operation_id):
             # A request riding a batch: its progress is the batch's (one ARM operation, polled once).

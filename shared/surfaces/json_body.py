@@ -7,7 +7,7 @@ import json
 import re
 from typing import Any
 
-from shared.domain.errors import ReimagerError
+from shared.domain.errors import ErrorCode, ReimagerError
 
 MAX_BODY_BYTES = 256 * 1024
 
@@ -57,31 +57,31 @@ def parse_json(body: bytes) -> Any:
     RecursionError is a 500); NaN/Infinity, repeated keys and lone surrogates are refused.
     """
     if len(body) > MAX_BODY_BYTES:
-        raise ReimagerError(413, "PayloadTooLarge", f"The body is larger than {MAX_BODY_BYTES} bytes.")
+        raise ReimagerError(ErrorCode.PAYLOAD_TOO_LARGE, f"The body is larger than {MAX_BODY_BYTES} bytes.")
     if not body:
         return None
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
-        raise ReimagerError(400, "InvalidRequest", "The body is not valid UTF-8 JSON.") from None
+        raise ReimagerError(ErrorCode.INVALID_REQUEST, "The body is not valid UTF-8 JSON.") from None
     if _json_depth(text) > MAX_JSON_DEPTH:
-        raise ReimagerError(400, "InvalidRequest", f"The body is nested deeper than {MAX_JSON_DEPTH} levels.")
+        raise ReimagerError(ErrorCode.INVALID_REQUEST, f"The body is nested deeper than {MAX_JSON_DEPTH} levels.")
     try:
         doc = json.loads(text, object_pairs_hook=_object, parse_constant=_refuse_constant)
         json.dumps(doc, ensure_ascii=False).encode("utf-8")  # a lone surrogate ("\ud800") cannot be UTF-8
     except _DuplicateKey as exc:
         shown = exc.key if len(exc.key) <= 64 else exc.key[:61] + "..."
-        raise ReimagerError(400, "InvalidRequest", f"The body has the key {shown!r} more than once in one "
+        raise ReimagerError(ErrorCode.INVALID_REQUEST, f"The body has the key {shown!r} more than once in one "
                             "object.") from None
     except json.JSONDecodeError as exc:
-        raise ReimagerError(400, "InvalidRequest", f"The body is not valid JSON: {exc.msg} at line {exc.lineno} "
+        raise ReimagerError(ErrorCode.INVALID_REQUEST, f"The body is not valid JSON: {exc.msg} at line {exc.lineno} "
                             f"column {exc.colno}.") from None
     except _NotJson as exc:
-        raise ReimagerError(400, "InvalidRequest", f"The body is not valid JSON: {exc}.") from None
+        raise ReimagerError(ErrorCode.INVALID_REQUEST, f"The body is not valid JSON: {exc}.") from None
     except UnicodeEncodeError:
-        raise ReimagerError(400, "InvalidRequest", "The body is not valid JSON text: a \\u escape names a lone "
+        raise ReimagerError(ErrorCode.INVALID_REQUEST, "The body is not valid JSON text: a \\u escape names a lone "
                             "surrogate, which is not a character.") from None
     except ValueError:  # for example an integer with thousands of digits
-        raise ReimagerError(400, "InvalidRequest", "The body is not valid JSON: a value in it is out of range.") \
+        raise ReimagerError(ErrorCode.INVALID_REQUEST, "The body is not valid JSON: a value in it is out of range.") \
             from None
     return doc

@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from shared import runtime
-from shared.domain.errors import ApiError, ReimagerError
-from shared.domain.events import REJECTED, EventData, build_event
+from shared.domain.errors import ApiError, ErrorCode, ReimagerError
+from shared.domain.events import EventData, EventType, build_event
 from shared.domain.targets import TargetError, parse_target
-from shared.surfaces.http import answer, submit_request
 from shared.surfaces.json_body import parse_json
+from shared.surfaces.requests import submit_request
+from shared.workflow.intake import Planned
 
 log = logging.getLogger("reimager.queue")
 
@@ -48,8 +50,19 @@ def idempotency_default(message_id: str | None, sequence_number: int | None) -> 
     return None
 
 
+@dataclass(frozen=True)
+class Handled:
+    """What became of a message that is to be completed (a transient failure raises instead, so the trigger
+    abandons it and Service Bus redelivers it)."""
+
+    outcome: Literal["accepted", "duplicate", "ended", "rejected"]  # ended: accepted, then failed (its own event)
+    operation_id: str | None = None
+    status: str | None = None  # the operation's status, when there is one
+    error: ApiError | None = None
+
+
 async def handle_message(body: bytes, *, message_id: str | None, correlation_id: str | None,
-                         reply_to: str | None, client: Any, sequence_number: int | None = None) -> dict[str, Any]:
+                         reply_to: str | None, client: Any, sequence_number: int | None = None) -> Handled:
     data: Any = None
     default_key = idempotency_default(message_id, sequence_number)
     try:
@@ -57,23 +70,25 @@ async def handle_message(body: bytes, *, message_id: str | None, correlation_id:
         if isinstance(data, dict) and correlation_id and "correlationId" not in data:
             data = {**data, "correlationId": correlation_id}
         if default_key is None and not (isinstance(data, dict) and data.get("requestId")):
-            raise ReimagerError(400, "MissingIdempotencyKey",
+            raise ReimagerError(ErrorCode.MISSING_IDEMPOTENCY_KEY,
                                 "The message has no requestId, no MessageId and no SequenceNumber: without a key "
                                 "that is stable across redeliveries it could be reimaged more than once.",
                                 target="requestId")
         result = await submit_request(data, client, trigger="queue", default_key=default_key, reply_to=reply_to,
                                       reply_correlation_id=message_id)
-        outcome = answer(result, "")
-        return {"status": outcome.status, **outcome.body}
     except ReimagerError as exc:
         if exc.extra.get("completed"):
             # Accepted, then the submission failed: the operation's own terminal event says so.
-            return {"status": exc.status, **exc.body()}
+            return Handled("ended", exc.extra.get("operationId"), error=exc.error)
         if exc.transient:
             log.warning("transient failure for message %s, leaving it to Service Bus: %s", default_key, exc.code)
             raise
         await _reject(data, exc, message_id, default_key, correlation_id, reply_to)
-        return {"status": exc.status, **exc.body()}
+        return Handled("rejected", error=exc.error)
+    if isinstance(result, Planned):  # a dry run: nothing to follow
+        return Handled("accepted")
+    record = result.record
+    return Handled("duplicate" if result.duplicate else "accepted", record.operation_id, record.public_status)
 
 
 def _scrubbed_error(error: ApiError) -> ApiError:
@@ -95,7 +110,7 @@ async def _reject(data: Any, exc: ReimagerError, message_id: str | None, key: st
             target = safe_text(parse_target(fields["target"]).id, 2048)
     except TargetError:
         target = None
-    event = build_event(REJECTED, EventData(
+    event = build_event(EventType.REJECTED, EventData(
         operation_id=None, request_id=safe_text(fields.get("requestId")) or safe_text(key),
         correlation_id=safe_text(fields.get("correlationId")) or safe_text(correlation_id), target=target,
         status="Rejected", error=_scrubbed_error(exc.error), trigger="queue",

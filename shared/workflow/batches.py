@@ -16,7 +16,7 @@ from typing import Any
 
 from shared.domain.arm_call import ArmCall
 from shared.domain.errors import ComputeError, ComputeUnavailable, SubmissionUncertain
-from shared.domain.events import ACCEPTED
+from shared.domain.events import EventType
 from shared.domain.health import Health
 from shared.domain.records import OperationRecord, QueueEntry, TargetRecord
 from shared.domain.targets import TargetKind, parse_target
@@ -153,7 +153,7 @@ async def submit(runtime: Runtime, client: Any, batch_id: str) -> dict[str, Any]
         await finish(runtime, batch_id, "Succeeded", None, applied=True, client=client)
         return {"outcome": "ended", "status": "Succeeded"}
     for member in await _mark_members(runtime, stored, "Accepted", submitted=True):
-        await publish_info(runtime, ACCEPTED, member)
+        await publish_info(runtime, EventType.ACCEPTED, member)
     return _submitted(stored)
 
 

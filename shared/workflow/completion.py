@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from shared.domain.errors import ApiError
-from shared.domain.events import COMPLETED, SUSPENDED, EventData, EventType, build_event
+from shared.domain.events import EventData, EventType, build_event
 from shared.domain.records import OperationRecord, QueueEntry, TargetRecord
 from shared.rules import admission
 from shared.rules.admission import lease_until
@@ -182,14 +182,14 @@ async def announce_suspension(runtime: Runtime, lease_key: str) -> None:
     target = await runtime.ledger.get_target(lease_key)
     if not target.suspended or target.suspended.get("announced"):
         return
-    await publish_target_event(runtime, SUSPENDED, target, target.suspended)
+    await publish_target_event(runtime, EventType.SUSPENDED, target, target.suspended)
     await runtime.ledger.change_target(lease_key, admission.announced)
 
 
 async def publish_target_event(runtime: Runtime, kind: EventType, target: TargetRecord,
                                suspension: dict[str, Any]) -> None:
-    data = EventData(target=target.target_id or target.key, status="Suspended" if kind == SUSPENDED else "Resumed",
-                     trigger="breaker" if kind == SUSPENDED else "operator",
+    data = EventData(target=target.target_id or target.key, status="Suspended" if kind == EventType.SUSPENDED else "Resumed",
+                     trigger="breaker" if kind == EventType.SUSPENDED else "operator",
                      suspension={k: v for k, v in suspension.items() if k != "announced"})
     # Stable id per suspension: a re-send is a duplicate, a later suspension a new event.
     event = build_event(kind, data, time=runtime.now(), unique=f"{target.key}|{suspension.get('since')}")
@@ -209,7 +209,7 @@ async def send_completion(runtime: Runtime, record: OperationRecord, *, stale: b
     marked = await runtime.ledger.update(record.operation_id, mark)
     if marked is None or marked.event_id != token:
         return marked or record  # sent, or being sent, by someone else
-    event = build_event(COMPLETED, event_data(marked), time=marked.completed_at or runtime.now())
+    event = build_event(EventType.COMPLETED, event_data(marked), time=marked.completed_at or runtime.now())
     try:
         await runtime.publisher.publish(event, reply_to=marked.reply_to,
                                         reply_correlation_id=marked.reply_correlation_id)

@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from shared import runtime
-from shared.domain.errors import ReimagerError
+from shared.domain.errors import ErrorCode, ReimagerError
 from shared.domain.records import OperationRecord
 from shared.domain.targets import Target, TargetKind
 
@@ -64,7 +64,7 @@ class Query:
 
 
 def _bad(parameter: str, message: str) -> ReimagerError:
-    return ReimagerError(400, "InvalidRequest", f"{parameter}: {message}", target=parameter)
+    return ReimagerError(ErrorCode.INVALID_REQUEST, f"{parameter}: {message}", target=parameter)
 
 
 def _unwrap_token(value: str, fingerprint: str) -> str:

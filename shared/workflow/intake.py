@@ -19,8 +19,8 @@ from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
 
 from shared.adapters.telemetry import bind
 from shared.domain.arm_call import ArmCall
-from shared.domain.errors import ComputeError, ReimagerError, SubmissionUncertain, TargetNotFound
-from shared.domain.events import ACCEPTED, AWAITING_APPROVAL, QUEUED, Trigger
+from shared.domain.errors import ComputeError, ErrorCode, ReimagerError, SubmissionUncertain, TargetNotFound
+from shared.domain.events import EventType, Trigger
 from shared.domain.ids import operation_id
 from shared.domain.principal import Principal
 from shared.domain.records import OperationRecord, QueueEntry
@@ -95,7 +95,7 @@ class Intake:
 
         approval = needs_approval(request, instances, self.settings)
         if approval and request.os_profile is not None:
-            raise ReimagerError(400, "InvalidRequest", f"This request needs a second person's approval ({approval}), "
+            raise ReimagerError(ErrorCode.INVALID_REQUEST, f"This request needs a second person's approval ({approval}), "
                                 "and a request that waits may not carry osProfile secrets: they are never stored. "
                                 "Reimage without osProfile, or name fewer instances.", target="osProfile")
         now = self.runtime.now()
@@ -180,7 +180,7 @@ class Intake:
 
         stored = await self.runtime.ledger.update(record.operation_id, waiting)
         assert stored is not None
-        await publish_info(self.runtime, AWAITING_APPROVAL, stored)
+        await publish_info(self.runtime, EventType.AWAITING_APPROVAL, stored)
         log.info("awaiting approval %s for %s: %s", record.operation_id, record.target, why)
         return Accepted(stored, self.settings.poll_default_seconds)
 
@@ -204,7 +204,7 @@ class Intake:
                 t, record.operation_id))
             raise _claim_lost()
         if decided.kind == "queued" and stored.status == "Queued":
-            await publish_info(self.runtime, QUEUED, stored)
+            await publish_info(self.runtime, EventType.QUEUED, stored)
         if decided.formed is not None:
             await start_batch(self.runtime, self.client, record.lease_key, decided.formed, record.target)
             stored = await self.runtime.ledger.get(record.operation_id) or stored
@@ -217,7 +217,7 @@ class Intake:
         whose secrets cannot wait."""
         wait = max(1, int((frees - self.runtime.now()).total_seconds() + 0.999))
         if secret:
-            spent = ReimagerError(429, "GlobalBudgetExhausted", "GLOBAL_MAX_REIMAGES_PER_HOUR reimages were sent in "
+            spent = ReimagerError(ErrorCode.GLOBAL_BUDGET_EXHAUSTED, "GLOBAL_MAX_REIMAGES_PER_HOUR reimages were sent in "
                                   f"the last hour; a request carrying secrets cannot wait. Ask again after "
                                   f"{frees.isoformat()}.", target="target", retry_after=wait)
             await abandon(self.runtime, self.client, record, spent.error_dict())
@@ -308,7 +308,7 @@ class Intake:
         if record is None:  # the first attempt reached nothing and freed the key: this one may try
             return await self.submit(request, **kw)
         if record.lease_key != target.lock_key or record.target.lower() != target.id.lower():
-            raise ReimagerError(409, "RequestIdConflict", "This requestId was already used for another target; "
+            raise ReimagerError(ErrorCode.REQUEST_ID_CONFLICT, "This requestId was already used for another target; "
                                 "use a new requestId for a new request.", target="requestId",
                                 extra={"operationId": record.operation_id})
         # Submitting: the POST is under way (or its owner died; the sweeper then ends it SubmissionLost).
@@ -330,10 +330,10 @@ class Intake:
         return Planned(target.id, result.plan, result.checks)
 
     async def _publish_accepted(self, record: OperationRecord) -> None:
-        await publish_info(self.runtime, ACCEPTED, record)
+        await publish_info(self.runtime, EventType.ACCEPTED, record)
 
 
 def _claim_lost() -> ReimagerError:
-    return ReimagerError(503, "ClaimLost", "This request stalled and another with the same requestId took it over; "
+    return ReimagerError(ErrorCode.CLAIM_LOST, "This request stalled and another with the same requestId took it over; "
                          "nothing was sent by this one. Ask again to see that operation.", target="requestId",
-                         retry_after=2, transient=True)
+                         retry_after=2)

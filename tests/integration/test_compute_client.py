@@ -22,6 +22,7 @@ from shared.domain.errors import (
 )
 from shared.domain.request import parse_request
 from shared.domain.targets import parse_target
+from shared.surfaces.http import http_status
 from tests.conftest import StandIns
 from tests.helpers import SUB
 
@@ -76,7 +77,7 @@ async def test_preflight_reads_the_model(client: ComputeClient) -> None:
     assert (ss.ephemeral_os_disk, ss.capacity) == (True, 4)
     with pytest.raises(TargetNotFound) as info:
         await client.get_model(parse_target(VM.replace("vm1", "ghost")))
-    assert info.value.status == 404 and info.value.arm_code == "ResourceNotFound"
+    assert http_status(info.value) == 404 and info.value.arm_code == "ResourceNotFound"
 
 
 @pytest.mark.parametrize("target,extra,suffix", [
@@ -124,7 +125,7 @@ async def test_429_with_long_retry_after_is_not_held(client: ComputeClient, stan
     standins.sim.faults.append(Fault(match="reimage", status=429, retryAfter=600))
     with pytest.raises(ComputeUnavailable) as info:
         await client.submit(call_for(VM))
-    assert info.value.transient and info.value.retry_after == 600 and info.value.status == 503
+    assert info.value.transient and info.value.retry_after == 600 and http_status(info.value) == 503
     assert len(standins.sim.reimage_posts()) == 1
 
 
@@ -223,7 +224,7 @@ async def test_errors_carry_arm_code(client: ComputeClient) -> None:
     with pytest.raises(ComputeError) as info:
         await client.submit(call_for(VM, tempDisk=True))  # VM's OS disk is not ephemeral
     err = info.value
-    assert (err.status, err.code, err.arm_code, err.arm_target) == (502, "ComputeError", "InvalidParameter", "tempDisk")
+    assert (http_status(err), err.code, err.arm_code, err.arm_target) == (502, "ComputeError", "InvalidParameter", "tempDisk")
     assert err.error.details[0].code == "InvalidParameter"
 
 
@@ -246,7 +247,7 @@ async def test_deallocated_vm_is_a_state_conflict(client: ComputeClient, standin
     standins.sim.set_power_state(VM, "deallocated")
     with pytest.raises(ComputeError) as info:
         await client.submit(call_for(VM))
-    assert info.value.status == 409 and info.value.arm_code == "OperationNotAllowed"
+    assert http_status(info.value) == 409 and info.value.arm_code == "OperationNotAllowed"
     assert standins.sim.operations == {}
 
 

@@ -137,7 +137,7 @@ async def test_message_with_no_key_at_all_is_rejected_not_submitted(host: Host) 
 
     out = await messages.handle_message(json.dumps({"target": LINUX_VM}).encode(), message_id=None,
                                         sequence_number=None, correlation_id="c-nokey", reply_to=None, client=None)
-    assert out["status"] == 400 and out["error"]["code"] == "MissingIdempotencyKey"
+    assert out.outcome == "rejected" and out.error is not None and out.error.code == "MissingIdempotencyKey"
     rejected = host.events("reimager.request.rejected")
     assert [e["data"]["error"]["code"] for e in rejected] == ["MissingIdempotencyKey"]
     assert rejected[0]["data"]["correlationId"] == "c-nokey" and host.reimage_posts() == []
@@ -146,7 +146,7 @@ async def test_message_with_no_key_at_all_is_rejected_not_submitted(host: Host) 
     out = await messages.handle_message(json.dumps({"target": LINUX_VM, "requestId": "r-1"}).encode(),
                                         message_id=None, sequence_number=None, correlation_id=None,
                                         reply_to=None, client=client)
-    assert out["operationId"] and len(host.reimage_posts()) == 1
+    assert out.operation_id and len(host.reimage_posts()) == 1
 
 
 POISON = [

@@ -26,6 +26,7 @@ from shared.surfaces.chat.commands import (
 )
 from shared.surfaces.chat.replies import Reply, slack_message, teams_message
 from shared.surfaces.chat.signatures import SignatureError, check_fresh, verify_slack, verify_teams
+from shared.surfaces.http import http_status
 from shared.surfaces.identity import easy_auth_principal, from_headers
 
 SUB = "7f6e5d4c-3b2a-4190-8f7e-6d5c4b3a2910"
@@ -216,7 +217,7 @@ def test_history_since_out_of_range_is_a_400_naming_it(since: str) -> None:
 
     with pytest.raises(ReimagerError) as err:
         parse_query({"since": since})
-    assert err.value.status == 400 and err.value.error.target == "since"
+    assert http_status(err.value) == 400 and err.value.error.target == "since"
 
 
 def test_history_since_forms() -> None:

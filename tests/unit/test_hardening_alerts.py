@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from shared.domain.errors import ReimagerError
 from shared.surfaces.alerts import parse_alert
+from shared.surfaces.http import http_status
 from tests.helpers import load_json
 
 SAMPLE = load_json("alerts/test-action-activity-log-administrative.json")
@@ -122,7 +123,7 @@ def test_custom_properties_that_are_not_an_object_refuse_the_alert(custom: Any) 
     with pytest.raises(ReimagerError) as info:
         parse_alert(alert(custom=custom))
     err = info.value
-    assert err.status == 400 and err.error.target == "data.customProperties"
+    assert http_status(err) == 400 and err.error.target == "data.customProperties"
     assert "object" in err.error.message
 
 
@@ -145,7 +146,7 @@ def test_a_look_alike_option_key_refuses_the_alert_naming_it(key: str) -> None:
     with pytest.raises(ReimagerError) as info:
         parse_alert(alert(custom={key: "true"}))
     err = info.value
-    assert err.status == 400 and err.code == "InvalidRequest"
+    assert http_status(err) == 400 and err.code == "InvalidRequest"
     assert [d.target for d in err.error.details] == [f"data.customProperties.{key}"]
     message = err.error.details[0].message
     assert repr(key) in message or json.dumps(key) in message
@@ -221,7 +222,7 @@ def test_any_variant_of_an_option_key_is_exact_or_refused(key: str, value: Any) 
     try:
         parsed = parse_alert(alert(custom={key: value}))
     except ReimagerError as exc:
-        assert not valid and exc.status == 400
+        assert not valid and http_status(exc) == 400
         assert all(d.target == f"data.customProperties.{key}" for d in exc.error.details)
         return
     assert valid, (key, value)

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shared.domain.arm_call import TargetModel
-from shared.domain.errors import ReimagerError
+from shared.domain.errors import ErrorCode, ReimagerError
 from shared.domain.records import Cooldown, TargetRecord
 from shared.domain.request import parse_request
 from shared.rules import admission, dryrun, policy
@@ -84,7 +84,7 @@ def test_a_target_outside_the_scopes_is_not_read_and_the_rest_is_skipped() -> No
 
 def test_all_instances_of_a_set_that_was_not_read_has_no_plan() -> None:
     request = parse_request({"target": VMSS, "allInstances": True, "dryRun": True})
-    missing = ReimagerError(404, "TargetNotFound", "no such set")
+    missing = ReimagerError(ErrorCode.TARGET_NOT_FOUND, "no such set")
     run = dryrun.evaluate(request, make_settings(), model=None, not_found=missing, record=TargetRecord(key="k"),
                           now=NOW)
     assert run.plan is None and names(run, "failed") == ["targetExists"]

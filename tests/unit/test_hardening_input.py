@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from shared.domain.errors import ReimagerError
 from shared.domain.request import ReimageRequest, parse_request
 from shared.domain.targets import TargetError, build_target, parse_scope, parse_target, within_scope
+from shared.surfaces.http import http_status
 from shared.surfaces.json_body import parse_json
 from tests.helpers import RG, SUB, VM_ID, VMSS_ID
 
@@ -24,7 +25,7 @@ DOTTED_I = "\u0130"  # LATIN CAPITAL LETTER I WITH DOT ABOVE: lower() gives "i" 
 def refused(data: Any, **kw: Any) -> ReimagerError:
     with pytest.raises(ReimagerError) as info:
         parse_request(data, **kw)
-    assert info.value.status == 400 and info.value.code == "InvalidRequest"
+    assert http_status(info.value) == 400 and info.value.code == "InvalidRequest"
     return info.value
 
 
@@ -47,7 +48,7 @@ def test_a_120_kb_nested_body_is_a_400_not_a_recursion_error(shape: str) -> None
     assert 100 * 1024 < len(body) < 256 * 1024
     with pytest.raises(ReimagerError) as info:
         parse_json(body)
-    assert info.value.status == 400 and info.value.code == "InvalidRequest"
+    assert http_status(info.value) == 400 and info.value.code == "InvalidRequest"
     assert "nested deeper than 64" in info.value.error.message
 
 
@@ -70,7 +71,7 @@ def test_brackets_inside_strings_do_not_count() -> None:
 def test_non_json_constants_are_refused(raw: bytes) -> None:
     with pytest.raises(ReimagerError) as info:
         parse_json(raw)
-    assert info.value.status == 400
+    assert http_status(info.value) == 400
 
 
 def test_lone_surrogates_and_huge_numbers_are_refused_with_a_reason() -> None:
@@ -80,13 +81,13 @@ def test_lone_surrogates_and_huge_numbers_are_refused_with_a_reason() -> None:
                        (b'{"target": "x",}', "line 1 column"), (b"\xff", "UTF-8")):
         with pytest.raises(ReimagerError) as info:
             parse_json(raw)
-        assert info.value.status == 400 and words in info.value.error.message, info.value.error.message
+        assert http_status(info.value) == 400 and words in info.value.error.message, info.value.error.message
 
 
 def test_duplicate_keys_are_refused_not_last_one_wins() -> None:
     with pytest.raises(ReimagerError) as info:
         parse_json(b'{"target": "x", "dryRun": true, "dryRun": false}')
-    assert info.value.status == 400 and "dryRun" in info.value.error.message
+    assert http_status(info.value) == 400 and "dryRun" in info.value.error.message
     with pytest.raises(ReimagerError):
         parse_json(b'{"data": {"customProperties": {"reimage.dryRun": "true", "reimage.dryRun": "false"}}}')
 
@@ -99,7 +100,7 @@ def test_any_bracket_soup_is_parsed_or_a_400(tokens: list[str], depth: int) -> N
     try:
         parse_json(body)
     except ReimagerError as exc:
-        assert exc.status == 400
+        assert http_status(exc) == 400
 
 
 # --- 4. canonical instance ids ----------------------------------------------------------------
@@ -242,7 +243,7 @@ def test_os_profile_on_an_ephemeral_os_disk_is_refused() -> None:
     r.check_against("Linux", ephemeral_os_disk=False)
     with pytest.raises(ReimagerError) as info:
         r.check_against("Linux", ephemeral_os_disk=True)
-    assert info.value.status == 400 and info.value.error.target == "osProfile"
+    assert http_status(info.value) == 400 and info.value.error.target == "osProfile"
     assert "ephemeral" in info.value.error.details[0].message
     r = parse_request({"target": VMSS_ID + "/virtualMachines/1", "osProfile": {"customData": "YWJj"}})
     with pytest.raises(ReimagerError):
@@ -311,7 +312,7 @@ def test_any_refusal_of_an_object_names_a_field_in_every_detail(data: dict[str, 
     try:
         parse_request(data)
     except ReimagerError as exc:
-        assert exc.status == 400
+        assert http_status(exc) == 400
         assert exc.error.details and all(d.target for d in exc.error.details), exc.body()
         assert "ReimageRequest" not in text_of(exc)
 

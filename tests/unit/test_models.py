@@ -8,6 +8,7 @@ import pytest
 from shared.domain.arm_call import ReimageOperation
 from shared.domain.errors import ReimagerError
 from shared.domain.request import DISALLOWED_PASSWORDS, parse_request
+from shared.surfaces.http import http_status
 from tests.helpers import RG, SUB, VM_ID, VMSS_ID
 
 
@@ -19,7 +20,7 @@ def refused(data: dict[str, Any], field: str | None = None, **kw: Any) -> Reimag
     with pytest.raises(ReimagerError) as info:
         parse_request(data, **kw)
     err = info.value
-    assert err.status == 400 and err.code == "InvalidRequest"
+    assert http_status(err) == 400 and err.code == "InvalidRequest"
     if field is not None:
         targets = [d.target for d in err.error.details]
         messages = " ".join(d.message for d in err.error.details)

@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from shared.domain.errors import ReimagerError
 from shared.domain.request import ReimageRequest, parse_request
+from shared.surfaces.http import http_status
 from tests.helpers import FIXTURES, SUB
 
 SPEC = json.loads((FIXTURES / "arm/spec/compute-reimage-2025-04-01.excerpt.json").read_text())
@@ -53,7 +54,7 @@ def test_arbitrary_json_only_raises_validation_errors(data: Any) -> None:
     try:
         parse_request(data, default_subscription_id=SUB)
     except ReimagerError as exc:
-        assert exc.status == 400
+        assert http_status(exc) == 400
 
 
 names = st.from_regex(r"[a-z][a-z0-9-]{0,10}", fullmatch=True)

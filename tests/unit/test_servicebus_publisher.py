@@ -9,7 +9,7 @@ from typing import Any
 from azure.servicebus import ServiceBusMessage
 
 from shared.adapters.publishers import ServiceBusPublisher, make_publisher
-from shared.domain.events import COMPLETED, CONTENT_TYPE, EventData, build_event
+from shared.domain.events import CONTENT_TYPE, EventData, EventType, build_event
 from shared.settings import Settings
 
 
@@ -48,7 +48,7 @@ def event() -> Any:
     data = EventData(operation_id="op-1", request_id="req-1", correlation_id="corr-9", target="/subscriptions/x/vm",
                      instance_ids=None, status="Succeeded", trigger="queue", polls=3,
                      completed_at=datetime(2026, 1, 1, tzinfo=UTC))
-    return build_event(COMPLETED, data, time=datetime(2026, 1, 1, tzinfo=UTC))
+    return build_event(EventType.COMPLETED, data, time=datetime(2026, 1, 1, tzinfo=UTC))
 
 
 async def test_topic_message_properties_and_reply_to() -> None:
@@ -81,7 +81,7 @@ async def test_correlation_falls_back_to_request_id_and_ids_are_stable() -> None
     await pub.publish(ev)
     assert client.senders[("topic", "reimage-events")].sent[0].correlation_id == "req-1"
     assert ("queue", "caller-replies") not in client.senders
-    assert build_event(COMPLETED, ev.data).id == ev.id  # a re-send is a duplicate Service Bus drops
+    assert build_event(EventType.COMPLETED, ev.data).id == ev.id  # a re-send is a duplicate Service Bus drops
 
 
 def test_choice_by_settings(tmp_path: Any) -> None:

@@ -39,6 +39,7 @@ from shared.domain.errors import (
     ComputeError,
     ComputeThrottled,
     ComputeUnavailable,
+    ErrorCode,
     InstanceViewUnavailable,
     ReimagerError,
     SubmissionUncertain,
@@ -75,15 +76,15 @@ def _error_from_response(status: int, headers: dict[str, str], body: bytes, what
                           "retry_after": retry_after}
     said = f"ARM answered {status} {code or ''}: {message or 'no message'}".strip()
     if status == 404:
-        return TargetNotFound(404, "TargetNotFound", f"{what}: {said}", **kw)
+        return TargetNotFound(ErrorCode.TARGET_NOT_FOUND, f"{what}: {said}", **kw)
     if status == 409:
-        return ComputeConflict(409, "OperationInProgress", f"{what}: {said}", **kw)
+        return ComputeConflict(ErrorCode.OPERATION_IN_PROGRESS, f"{what}: {said}", **kw)
     if status == 429:
-        return ComputeThrottled(503, "ComputeUnavailable", f"{what}: ARM is throttling ({said})", transient=True,
+        return ComputeThrottled(ErrorCode.COMPUTE_UNAVAILABLE, f"{what}: ARM is throttling ({said})",
                                 **kw)
     if status >= 500 or status == 408:
-        return ComputeUnavailable(503, "ComputeUnavailable", f"{what}: {said}", transient=True, **kw)
-    return ComputeError(502, "ComputeError", f"{what}: {said}", **kw)
+        return ComputeUnavailable(ErrorCode.COMPUTE_UNAVAILABLE, f"{what}: {said}", **kw)
+    return ComputeError(ErrorCode.COMPUTE_ERROR, f"{what}: {said}", **kw)
 
 
 def _never_connected(error: BaseException) -> bool:
@@ -348,7 +349,7 @@ class ComputeClient:
         except ValueError:
             doc = None
         if not isinstance(doc, dict):
-            raise InstanceViewUnavailable(502, "ComputeError", f"{what}: ARM answered 200 with a body that is not "
+            raise InstanceViewUnavailable(ErrorCode.COMPUTE_ERROR, f"{what}: ARM answered 200 with a body that is not "
                                           "a JSON object", arm_status=200, arm_code="InvalidResponse",
                                           arm_message=None)
         return doc
@@ -366,10 +367,9 @@ class ComputeClient:
             raise
         except AzureError as exc:
             if _never_connected(exc):
-                raise ComputeUnavailable(503, "ComputeUnavailable", "could not connect to ARM", arm_status=0,
-                                         arm_code="ConnectionFailed", arm_message=type(exc).__name__,
-                                         transient=True) from None
-            raise SubmissionUncertain(502, "SubmissionUncertain",
+                raise ComputeUnavailable(ErrorCode.COMPUTE_UNAVAILABLE, "could not connect to ARM", arm_status=0,
+                                         arm_code="ConnectionFailed", arm_message=type(exc).__name__) from None
+            raise SubmissionUncertain(ErrorCode.SUBMISSION_UNCERTAIN,
                                       "the reimage request was sent but no answer came back; it may or may not "
                                       "have been applied. Check the target before retrying.", arm_status=0,
                                       arm_code="NoResponse", arm_message=type(exc).__name__) from None
@@ -394,9 +394,8 @@ class ComputeClient:
         except ReimagerError:
             raise
         except AzureError as exc:
-            raise ComputeUnavailable(503, "ComputeUnavailable", f"{what}: ARM did not answer ({type(exc).__name__})",
-                                     arm_status=0, arm_code="NoResponse", arm_message=type(exc).__name__,
-                                     transient=True) from None
+            raise ComputeUnavailable(ErrorCode.COMPUTE_UNAVAILABLE, f"{what}: ARM did not answer ({type(exc).__name__})",
+                                     arm_status=0, arm_code="NoResponse", arm_message=type(exc).__name__) from None
 
     async def close(self) -> None:
         if self._client is not None:

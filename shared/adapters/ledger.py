@@ -12,13 +12,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hashlib
 import json
 import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
+
+from azure.core import MatchConditions
+from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 
 from shared.domain.records import OperationRecord, TargetRecord
 
@@ -42,6 +46,10 @@ T = TypeVar("T")
 
 class LedgerConflict(RuntimeError):
     """A compare-and-swap kept losing; the caller may retry later."""
+
+
+class RecordChanged(LedgerConflict):
+    """A compare-and-swap found the record changed (or gone) since it was read."""
 
 
 @dataclass(frozen=True)
@@ -72,8 +80,6 @@ def inverted(ts: datetime) -> str:
 
 def target_partition(lease_key: str) -> str:
     # Row and partition keys may not hold '/', '\\', '#', '?'; a hash keeps them short and safe.
-    import hashlib
-
     return "t-" + hashlib.sha256(lease_key.encode()).hexdigest()[:40]
 
 
@@ -116,7 +122,6 @@ class Ledger:
     async def ensure_tables(self) -> None:
         if self._ready:
             return
-        from azure.core.exceptions import ResourceExistsError
 
         async def create(name: str) -> None:
             try:
@@ -145,7 +150,6 @@ class Ledger:
 
     async def claim(self, record: OperationRecord) -> tuple[bool, OperationRecord]:
         """Insert-if-absent. (True, record) when this caller won; (False, existing) otherwise."""
-        from azure.core.exceptions import ResourceExistsError
 
         await self.ensure_tables()
         ops = self._table(self.tables[0])
@@ -181,7 +185,6 @@ class Ledger:
 
     async def settled(self, operation_id: str) -> None:
         """The operation needs no more sweeping (terminal with its event published, or freed)."""
-        from azure.core.exceptions import ResourceNotFoundError
 
         try:
             self.round_trips += 1
@@ -190,7 +193,6 @@ class Ledger:
             pass
 
     async def get(self, operation_id: str) -> OperationRecord | None:
-        from azure.core.exceptions import ResourceNotFoundError
 
         await self.ensure_tables()
         try:
@@ -201,20 +203,21 @@ class Ledger:
         return self._op_from(entity)
 
     async def replace(self, record: OperationRecord) -> OperationRecord:
-        """CAS: write `record` only if the stored one still has `record.etag`."""
-        from azure.core import MatchConditions
-
+        """CAS: write `record` only if the stored one still has `record.etag`; RecordChanged otherwise."""
         assert record.etag is not None
         self.round_trips += 1
-        meta = await self._table(self.tables[0]).update_entity(
-            self._op_entity(record), mode="replace", etag=record.etag, match_condition=MatchConditions.IfNotModified)
+        try:
+            meta = await self._table(self.tables[0]).update_entity(
+                self._op_entity(record), mode="replace", etag=record.etag,
+                match_condition=MatchConditions.IfNotModified)
+        except (ResourceModifiedError, ResourceNotFoundError):
+            raise RecordChanged(record.operation_id) from None
         record.etag = meta.get("etag")
         return record
 
     async def update(self, operation_id: str,
                      mutate: Callable[[OperationRecord], OperationRecord | None]) -> OperationRecord | None:
         """Read, mutate, CAS, retried on conflict. `mutate` returns None to leave the record as it is."""
-        from azure.core.exceptions import ResourceModifiedError
 
         for attempt in range(_CAS_ATTEMPTS):
             current = await self.get(operation_id)
@@ -226,15 +229,13 @@ class Ledger:
             changed.etag = current.etag
             try:
                 return await self.replace(changed)
-            except ResourceModifiedError:
+            except RecordChanged:
                 await _backoff(attempt)
                 continue
         raise LedgerConflict(f"could not update {operation_id}")
 
     async def release_claim(self, record: OperationRecord) -> bool:
         """Free the key of a request that certainly reached nothing (CAS delete)."""
-        from azure.core import MatchConditions
-        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
 
         try:
             self.round_trips += 1
@@ -275,7 +276,6 @@ class Ledger:
 
     # ---- targets ---------------------------------------------------------------------------
     async def get_target(self, lease_key: str) -> TargetRecord:
-        from azure.core.exceptions import ResourceNotFoundError
 
         await self.ensure_tables()
         try:
@@ -293,8 +293,6 @@ class Ledger:
 
         `decide` must be pure: it may run several times, and only the run whose write lands counts.
         """
-        from azure.core import MatchConditions
-        from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 
         table = self._table(self.tables[2])
         for attempt in range(_CAS_ATTEMPTS):
@@ -323,7 +321,6 @@ class Ledger:
     # entity (one counter record made every POST in a burst retry its CAS: p99 intake 2.4 s against 0.36).
     async def take_global_slot(self, owner: str, now: datetime, limit: int) -> tuple[str | None, datetime | None]:
         """(slot, None) when a slot was taken for `owner`; (None, when one frees) when all are in use."""
-        from datetime import timedelta
 
         await self.ensure_tables()
         hour_ago = now - timedelta(hours=1)
@@ -343,7 +340,6 @@ class Ledger:
         raise LedgerConflict("could not take a global-budget slot")
 
     async def global_slots_free(self, now: datetime, limit: int) -> bool:
-        from datetime import timedelta
 
         await self.ensure_tables()
         hour_ago = now - timedelta(hours=1)
@@ -351,8 +347,6 @@ class Ledger:
 
     async def give_back_global_slot(self, key: str, owner: str) -> None:
         """Nothing was sent: the slot serves another POST (only if `owner` still holds it)."""
-        from azure.core import MatchConditions
-        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
 
         table = self._table(self.tables[2])
         try:
@@ -372,8 +366,6 @@ class Ledger:
             if isinstance(e.get("at"), datetime)}
 
     async def _try_slot(self, key: str, owner: str, now: datetime, hour_ago: datetime) -> bool:
-        from azure.core import MatchConditions
-        from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 
         table = self._table(self.tables[2])
         entity = {"PartitionKey": GLOBAL_SLOTS, "RowKey": key, "at": now, "owner": owner}

@@ -40,6 +40,9 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from shared.adapters.credentials import in_azure
+from shared.domain.status import EventStatus
+
 if TYPE_CHECKING:
     from opentelemetry.sdk._logs import LogRecordProcessor
     from opentelemetry.sdk.trace import SpanProcessor
@@ -232,7 +235,7 @@ def refused(exc: BaseException, trigger: str) -> None:
     if (getattr(exc, "extra", None) or {}).get("completed"):
         return  # accepted, then the submission failed: its completion event records it
     exc._reimager_tracked = True  # type: ignore[attr-defined]
-    track_event(EVENT_REJECTED, status="Rejected", error_code=code, trigger=trigger)
+    track_event(EVENT_REJECTED, status=EventStatus.REJECTED, error_code=code, trigger=trigger)
 
 
 def span_processor() -> SpanProcessor:
@@ -283,7 +286,6 @@ def exporter_credential() -> dict[str, Any]:
     It only knows managed identities, so a developer running against the real Application Insights
     (local auth off) sets `APPLICATIONINSIGHTS_AUTHENTICATION_STRING=Authorization=AAD` and signs in.
     """
-    from shared.adapters.credentials import in_azure
 
     wants_entra = "authorization=aad" in os.environ.get("APPLICATIONINSIGHTS_AUTHENTICATION_STRING", "").lower()
     if in_azure() or not wants_entra:

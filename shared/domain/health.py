@@ -48,11 +48,6 @@ class InstanceHealth:
     health: Health
     detail: str
 
-    @property
-    def state(self) -> Health:
-        """The same as `health` (main's shared/batches.py read_health reads `.state`)."""
-        return self.health
-
     def to_dict(self) -> dict[str, str]:
         """JSON for activity results (activities pass dicts, not objects)."""
         return {"health": self.health.value, "detail": self.detail}

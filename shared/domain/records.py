@@ -6,16 +6,12 @@ Schema and keys: docs/ledger.md.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-if TYPE_CHECKING:
-    pass
-
-
-TERMINAL = frozenset({"Succeeded", "Failed", "Canceled", "TimedOut"})
+from shared.domain.status import OperationStatus
 
 
 class _Doc(BaseModel):
@@ -43,7 +39,7 @@ class OperationRecord(_Doc):
     correlation_id: str | None = None
     reply_to: str | None = None
     reply_correlation_id: str | None = None
-    status: str = "Claimed"
+    status: OperationStatus = OperationStatus.CLAIMED
     error: dict[str, Any] | None = None
     arm: dict[str, Any] | None = None
     arm_status: str | None = None
@@ -70,7 +66,7 @@ class OperationRecord(_Doc):
 
     @property
     def terminal(self) -> bool:
-        return self.status in TERMINAL
+        return self.status.terminal
 
     @property
     def is_batch(self) -> bool:
@@ -95,7 +91,7 @@ class OperationRecord(_Doc):
             doc["healthDetail"] = self.health_detail
         if self.terminal or self.batch_id is not None:
             doc["batchId"] = self.batch_id
-        if self.status == "Queued":
+        if self.status == OperationStatus.QUEUED:
             doc["queuePosition"] = self.queue_position
         if self.cancelled_by is not None:
             doc["cancelledBy"] = self.cancelled_by
@@ -107,9 +103,9 @@ class OperationRecord(_Doc):
         return doc
 
     @property
-    def public_status(self) -> str:
+    def public_status(self) -> OperationStatus:
         # Claimed/Submitting are internal steps of an accepted request, not states a caller acts on.
-        return "Accepted" if self.status in ("Claimed", "Submitting") else self.status
+        return self.status.public
 
 
 class Cooldown(_Doc):

@@ -21,11 +21,9 @@ from typing import Any, Literal
 
 from shared.domain.errors import ErrorCode, ReimagerError
 from shared.domain.records import BatchEntry, BudgetEntry, Cooldown, QueueEntry, TargetRecord
+from shared.domain.status import FAILED_OUTCOMES, OperationStatus
 from shared.rules.policy import cooldown_error, cooling
-from shared.runtime import Runtime
 from shared.settings import Settings
-
-FAILED_OUTCOMES = frozenset({"Failed", "TimedOut"})
 
 
 def new_batch_id() -> str:
@@ -326,7 +324,7 @@ def release(record: TargetRecord, owner: str, keys: list[str], status: str, ende
         record.consecutive_failures = record.consecutive_failures + 1 if bad else 0
         if bad and record.consecutive_failures >= settings.breaker_failures and not record.suspended:
             evidence = {"consecutiveFailures": record.consecutive_failures, "lastOperation": owner,
-                        "lastStatus": "Unhealthy" if unhealthy and status == "Succeeded" else status}
+                        "lastStatus": "Unhealthy" if unhealthy and status == OperationStatus.SUCCEEDED else status}
             handoff.ended = suspend(record, now, f"{record.consecutive_failures} reimages in a row ended Failed, "
                                     "TimedOut or Unhealthy (BREAKER_FAILURES)", evidence)
             handoff.suspension = record.suspended
@@ -400,7 +398,7 @@ def announced(record: TargetRecord) -> tuple[TargetRecord | None, None]:
     return record, None
 
 
-def lease_until(runtime: Runtime, now: datetime) -> datetime:
-    s = runtime.settings
-    return now + timedelta(seconds=s.submit_timeout_seconds,
-                           minutes=s.operation_timeout_minutes + s.health_grace_minutes + 10)
+def lease_until(settings: Settings, now: datetime) -> datetime:
+    """How long a lease taken now holds: the submission, the operation and its health check, and a margin."""
+    return now + timedelta(seconds=settings.submit_timeout_seconds,
+                           minutes=settings.operation_timeout_minutes + settings.health_grace_minutes + 10)

@@ -1,9 +1,12 @@
-"""The one health verdict: instance views classified (domain/health.py) combined into a verdict."""
+"""The one health verdict: the instance views of a reimaged VM or batch (classified one by one in
+shared/domain/health.py) combined into its health, and a request's share of a batch's health.
+
+Pure: the views are read by the caller (shared/workflow/batches.py read_health)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from shared.domain.health import DETAIL_MAX, UNKNOWN_NO_VIEW, Health, InstanceHealth
@@ -26,6 +29,11 @@ class HealthSummary:
     detail: str
     done: bool
     counts: dict[str, int]
+    instances: dict[str, InstanceHealth] = field(default_factory=dict)  # each asked id, as judged
+
+    def per_instance(self) -> dict[str, str]:
+        """Instance id ("" for a VM) -> "State: what its view said": the events' and status's healthDetail."""
+        return {i: f"{h.health.value}: {h.detail}" for i, h in self.instances.items()}
 
     def to_dict(self) -> dict[str, Any]:
         return {"health": self.health.value, "detail": self.detail, "done": self.done, "counts": dict(self.counts)}
@@ -54,7 +62,7 @@ def summarize(instances: Mapping[str, InstanceHealth], instance_ids: Iterable[st
     worst = min((seen.health for seen in judged.values()), key=_RANK.__getitem__)
     healthy = counts.get(Health.HEALTHY.value, 0)
     done = final or healthy == len(ids)
-    return HealthSummary(worst, _detail(judged, healthy), done, counts)
+    return HealthSummary(worst, _detail(judged, healthy), done, counts, judged)
 
 
 def _id_order(instance_id: str) -> tuple[int, str]:
@@ -76,15 +84,20 @@ def _detail(judged: Mapping[str, InstanceHealth], healthy: int) -> str:
     return text if len(text) <= DETAIL_MAX else text[: DETAIL_MAX - 1] + "…"
 
 
-HEALTH_ORDER = {"Unhealthy": 2, "Unknown": 1, "Healthy": 0}
-
-
 def member_health(batch: OperationRecord, keys: list[str]) -> tuple[str | None, dict[str, str] | None]:
-    """A request's health: the worst over its own instances in the batch's instance views."""
+    """A request's health: the verdict over its own instances in the batch's healthDetail."""
     if batch.health_detail is None:
         return batch.health, None
     mine = {k: batch.health_detail[k] for k in keys if k in batch.health_detail}
     if not mine:
         return batch.health, None
-    worst = max((v.split(":", 1)[0] for v in mine.values()), key=lambda h: HEALTH_ORDER.get(h, 1))
-    return worst, mine
+    judged = {k: _parse_detail(v) for k, v in mine.items()}
+    return summarize(judged, final=True).health.value, mine
+
+
+def _parse_detail(text: str) -> InstanceHealth:
+    state, _, detail = text.partition(":")
+    try:
+        return InstanceHealth(Health(state), detail.strip())
+    except ValueError:
+        return InstanceHealth(Health.UNKNOWN, text)

@@ -15,6 +15,7 @@ from shared import runtime
 from shared.adapters.telemetry import refused
 from shared.domain.errors import ErrorCode, ReimagerError
 from shared.domain.events import Trigger
+from shared.domain.status import OperationStatus
 from shared.surfaces import responses
 from shared.surfaces.identity import principal_of
 from shared.surfaces.json_body import parse_json
@@ -125,7 +126,7 @@ async def get_reimage(operation_id: str) -> Outcome:
         if not record.terminal and record.batch_id not in (None, record.operation_id):
             # A request riding a batch: its progress is the batch's (one ARM operation, polled once).
             batch = await ledger.get(str(record.batch_id))
-            if batch is not None and not batch.terminal and batch.status in ("Running", "Verifying"):
+            if batch is not None and not batch.terminal and batch.status in (OperationStatus.RUNNING, OperationStatus.VERIFYING):
                 view.update(status=batch.status, polls=batch.polls, armStatus=batch.arm_status)
         return Outcome(200, responses.Operation.model_validate(view).body())
 

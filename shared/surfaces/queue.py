@@ -23,6 +23,7 @@ from typing import Any, Literal
 from shared import runtime
 from shared.domain.errors import ApiError, ErrorCode, ReimagerError
 from shared.domain.events import EventData, EventType, build_event
+from shared.domain.status import EventStatus
 from shared.domain.targets import TargetError, parse_target
 from shared.surfaces.json_body import parse_json
 from shared.surfaces.requests import submit_request
@@ -113,7 +114,7 @@ async def _reject(data: Any, exc: ReimagerError, message_id: str | None, key: st
     event = build_event(EventType.REJECTED, EventData(
         operation_id=None, request_id=safe_text(fields.get("requestId")) or safe_text(key),
         correlation_id=safe_text(fields.get("correlationId")) or safe_text(correlation_id), target=target,
-        status="Rejected", error=_scrubbed_error(exc.error), trigger="queue",
+        status=EventStatus.REJECTED, error=_scrubbed_error(exc.error), trigger="queue",
         requested_by=safe_text(fields.get("requestedBy")), reason=safe_text(fields.get("reason"))),
         unique=f"msg:{key}" if key else None)
     await runtime.get().publisher.publish(event, reply_to=safe_text(reply_to, 260),

@@ -15,9 +15,10 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
-from shared.domain.errors import ApiError
+from shared.domain.errors import ApiError, ErrorCode
 from shared.domain.events import EventData, EventType, build_event
 from shared.domain.records import OperationRecord, QueueEntry, TargetRecord
+from shared.domain.status import EventStatus, OperationStatus
 from shared.rules import admission
 from shared.rules.admission import lease_until
 from shared.rules.health import member_health
@@ -36,7 +37,7 @@ async def admit(runtime: Runtime, record: OperationRecord, *, secret: bool, capa
     A refusal that suspended the target (the breaker) is announced and its waiting requests ended
     before the refusal is raised to the caller."""
     now = runtime.now()
-    until = lease_until(runtime, now)
+    until = lease_until(runtime.settings, now)
     batch_id = admission.new_batch_id()
 
     def decide(target: TargetRecord) -> tuple[TargetRecord | None, admission.Admission]:
@@ -56,7 +57,7 @@ async def release_lease(runtime: Runtime, record: OperationRecord, *, applied: b
     the breaker, and the lease, only if it still owns it, handed to the next batch in the same write."""
     ended = record.completed_at or runtime.now()
     now = runtime.now()
-    until = lease_until(runtime, now)
+    until = lease_until(runtime.settings, now)
     batch_id = admission.new_batch_id()
 
     def decide(target: TargetRecord) -> tuple[TargetRecord | None, admission.Handoff]:
@@ -67,7 +68,7 @@ async def release_lease(runtime: Runtime, record: OperationRecord, *, applied: b
     return await runtime.ledger.change_target(record.lease_key, decide)
 
 
-async def finish(runtime: Runtime, operation_id: str, status: str, error: dict[str, Any] | None, *,
+async def finish(runtime: Runtime, operation_id: str, status: OperationStatus, error: dict[str, Any] | None, *,
                  applied: bool, polls: int | None = None, arm_status: str | None = None,
                  health: str | None = None, health_detail: dict[str, str] | None = None,
                  client: Any = None) -> OperationRecord | None:
@@ -110,19 +111,12 @@ async def abandon(runtime: Runtime, client: Any, record: OperationRecord, error:
     """A lead whose POST ARM certainly refused: give the target back (no cooldown) and end the requests that
     had joined it with ARM's refusal; the caller frees the lead's own key so it may be asked again."""
     handoff = await release_lease(runtime, record, applied=False)
-    refused = record.model_copy(update={"status": "Failed", "error": error, "applied": False})
+    refused = record.model_copy(update={"status": OperationStatus.FAILED, "error": error, "applied": False})
     for member in handoff.members:
         if member != record.operation_id:
             await finish_member(runtime, member, refused)
     if handoff.formed is not None:
         await start_batch(runtime, client, record.lease_key, handoff.formed, record.target)
-
-
-def with_uncertain(error: dict[str, Any]) -> dict[str, Any]:
-    """An ARM error for a POST that may have been applied: say so in its details."""
-    error.setdefault("details", [{"code": "SubmissionUncertain", "message": "the reimage may have been applied; "
-                                  "check the target before asking again"}])
-    return error
 
 
 async def finish_member(runtime: Runtime, operation_id: str, batch: OperationRecord) -> OperationRecord | None:
@@ -146,8 +140,9 @@ async def finish_member(runtime: Runtime, operation_id: str, batch: OperationRec
     return await send_completion(runtime, done) if done is not None else None
 
 
-async def end_waiting(runtime: Runtime, waiting: list[QueueEntry] | list[str], code: str, message: str, *,
-                      cancelled_by: str | None = None, only_if: str | None = None) -> list[OperationRecord]:
+async def end_waiting(runtime: Runtime, waiting: list[QueueEntry] | list[str], code: ErrorCode, message: str, *,
+                      cancelled_by: str | None = None, only_if: OperationStatus | None = None
+                      ) -> list[OperationRecord]:
     """End requests that waited and will not be reimaged (suspension, expiry, cancel, reject, cooldown) Canceled,
     each with its one event. `only_if`: end only a request still in that status (one that nothing else may move
     on meanwhile). Returns the records this call ended."""
@@ -157,13 +152,13 @@ async def end_waiting(runtime: Runtime, waiting: list[QueueEntry] | list[str], c
         def canceled(r: OperationRecord) -> OperationRecord | None:
             if r.terminal or (only_if is not None and r.status != only_if):
                 return None
-            r.status, r.completed_at, r.last_updated_time = "Canceled", now, now
+            r.status, r.completed_at, r.last_updated_time = OperationStatus.CANCELED, now, now
             r.error = {"code": code, "message": message}
             r.cancelled_by = cancelled_by
             return r
 
         record = await runtime.ledger.update(operation_id, canceled)
-        if record is not None and record.status == "Canceled" and record.error and record.error.get("code") == code \
+        if record is not None and record.status == OperationStatus.CANCELED and record.error and record.error.get("code") == code \
                 and record.cancelled_by == cancelled_by:
             ended.append(await send_completion(runtime, record))
     return ended
@@ -171,7 +166,7 @@ async def end_waiting(runtime: Runtime, waiting: list[QueueEntry] | list[str], c
 
 async def after_suspension(runtime: Runtime, lease_key: str, ended: list[QueueEntry]) -> None:
     target = await runtime.ledger.get_target(lease_key)
-    await end_waiting(runtime, ended, "TargetSuspended", "The target was suspended while this request waited: "
+    await end_waiting(runtime, ended, ErrorCode.TARGET_SUSPENDED, "The target was suspended while this request waited: "
                       f"{(target.suspended or {}).get('reason', 'no reason given')}. An operator must resume it "
                       "(POST /api/targets/resume) before it is reimaged again.")
     await announce_suspension(runtime, lease_key)
@@ -188,7 +183,7 @@ async def announce_suspension(runtime: Runtime, lease_key: str) -> None:
 
 async def publish_target_event(runtime: Runtime, kind: EventType, target: TargetRecord,
                                suspension: dict[str, Any]) -> None:
-    data = EventData(target=target.target_id or target.key, status="Suspended" if kind == EventType.SUSPENDED else "Resumed",
+    data = EventData(target=target.target_id or target.key, status=EventStatus.SUSPENDED if kind == EventType.SUSPENDED else EventStatus.RESUMED,
                      trigger="breaker" if kind == EventType.SUSPENDED else "operator",
                      suspension={k: v for k, v in suspension.items() if k != "announced"})
     # Stable id per suspension: a re-send is a duplicate, a later suspension a new event.
@@ -266,5 +261,5 @@ def event_data(record: OperationRecord) -> EventData:
         requested_by=record.requested_by, requested_by_verified=record.requested_by_verified,
         reason=record.reason, submitted_at=record.submitted_at, completed_at=record.completed_at,
         duration_seconds=duration, polls=record.polls, batch_id=record.batch_id, health=record.health,
-        health_detail=record.health_detail, queue_position=record.queue_position if record.status == "Queued" else None,
+        health_detail=record.health_detail, queue_position=record.queue_position if record.status == OperationStatus.QUEUED else None,
         cancelled_by=record.cancelled_by, approved_by=record.approved_by)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from shared import runtime
 from shared.domain.errors import ErrorCode, ReimagerError
 from shared.domain.records import OperationRecord
+from shared.domain.status import PUBLIC
 from shared.domain.targets import Target, TargetKind
 
 if TYPE_CHECKING:
@@ -26,8 +27,7 @@ if TYPE_CHECKING:
 
 DEFAULT_TOP = 50
 MAX_TOP = 500
-STATUSES = ("Queued", "AwaitingApproval", "Accepted", "Running", "Verifying", "Succeeded", "Failed", "Canceled",
-            "TimedOut")
+STATUSES = PUBLIC
 
 
 _MAX_TOKEN = 2048

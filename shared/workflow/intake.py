@@ -15,26 +15,26 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
-
+from shared.adapters.ledger import RecordChanged
 from shared.adapters.telemetry import bind
 from shared.domain.arm_call import ArmCall
-from shared.domain.errors import ComputeError, ErrorCode, ReimagerError, SubmissionUncertain, TargetNotFound
+from shared.domain.errors import ErrorCode, ReimagerError, TargetNotFound
 from shared.domain.events import EventType, Trigger
 from shared.domain.ids import operation_id
 from shared.domain.principal import Principal
 from shared.domain.records import OperationRecord, QueueEntry
 from shared.domain.redaction import fingerprint, secrets_of_body
 from shared.domain.request import ReimageRequest
+from shared.domain.status import IN_PROGRESS, OperationStatus
 from shared.rules import admission, dryrun, policy
 from shared.rules.policy import needs_approval
 from shared.rules.poll_schedule import next_poll_delay
 from shared.runtime import Runtime
-from shared.workflow.completion import abandon, admit, finish, publish_info, with_uncertain
+from shared.workflow import submission
+from shared.workflow.completion import abandon, admit, finish, publish_info
 from shared.workflow.orchestration import start_batch, start_monitor
 
 log = logging.getLogger("reimager.intake")
-IN_PROGRESS = ("Claimed", "Submitting")
 _JOIN_WAIT_SECONDS = 5.0  # how long a same-key request waits for the first one's submission
 
 
@@ -74,7 +74,7 @@ class Intake:
         given = request.request_id or default_key
         key = given or f"auto:{uuid.uuid4()}"
         op_id = operation_id(key)
-        bind(operation_id=op_id)  # spans and logs from here on carry it (shared/telemetry.py)
+        bind(operation_id=op_id)  # spans and logs from here on carry it (shared/adapters/telemetry.py)
         target = request.resolved_target
         ledger = self.runtime.ledger
         if given is not None and not request.dry_run:
@@ -95,8 +95,9 @@ class Intake:
 
         approval = needs_approval(request, instances, self.settings)
         if approval and request.os_profile is not None:
-            raise ReimagerError(ErrorCode.INVALID_REQUEST, f"This request needs a second person's approval ({approval}), "
-                                "and a request that waits may not carry osProfile secrets: they are never stored. "
+            raise ReimagerError(ErrorCode.INVALID_REQUEST, "This request needs a second person's approval "
+                                f"({approval}), and a request that waits may not carry osProfile secrets: they are "
+                                "never stored. "
                                 "Reimage without osProfile, or name fewer instances.", target="osProfile")
         now = self.runtime.now()
         # A verified caller (Easy Auth, a signed chat request) wins over the name the body gives.
@@ -128,8 +129,8 @@ class Intake:
         """A claimed request: lead (POST now, from here), ride the running batch, or wait in the queue."""
         ledger = self.runtime.ledger
         try:
-            decided = await admit(self.runtime, record, secret=secret, capacity=capacity,
-                                             target_id=target_id, symptom=symptom)
+            decided = await admit(self.runtime, record, secret=secret, capacity=capacity, target_id=target_id,
+                                  symptom=symptom)
         except BaseException:
             await self._free(record, None)
             raise
@@ -139,10 +140,11 @@ class Intake:
             raise decided.error
         if decided.kind != "lead":
             return await self._waiting(record, decided)
-        record.status, record.batch_id, record.last_updated_time = "Submitting", record.operation_id, self.runtime.now()
+        record.status, record.batch_id = OperationStatus.SUBMITTING, record.operation_id
+        record.last_updated_time = self.runtime.now()
         try:
             record = await ledger.replace(record)  # CAS: fails only if a same-key request took the claim over
-        except (ResourceModifiedError, ResourceNotFoundError):
+        except RecordChanged:
             lost = _claim_lost()
             await abandon(self.runtime, self.client, record, lost.error_dict())
             raise lost from None
@@ -170,10 +172,10 @@ class Intake:
         now = self.runtime.now()
 
         def waiting(r: OperationRecord) -> OperationRecord | None:
-            if r.status != "Claimed":
+            if r.status != OperationStatus.CLAIMED:
                 return None
-            r.status, r.last_updated_time = "AwaitingApproval", now
-            r.error = {"code": "ApprovalRequired", "message": f"Waiting for a second person's approval: {why}. "
+            r.status, r.last_updated_time = OperationStatus.AWAITING_APPROVAL, now
+            r.error = {"code": ErrorCode.APPROVAL_REQUIRED, "message": f"Waiting for a second person's approval: {why}. "
                        f"POST /api/reimage/{r.operation_id}/approve (or /reject) within "
                        f"{self.settings.approval_timeout_minutes} minutes."}
             return r
@@ -189,12 +191,12 @@ class Intake:
         now = self.runtime.now()
 
         def mark(r: OperationRecord) -> OperationRecord | None:
-            if r.status not in ("Claimed", "Queued", "Submitting"):
+            if r.status not in (OperationStatus.CLAIMED, OperationStatus.QUEUED, OperationStatus.SUBMITTING):
                 return None  # a batch already took it further
             if decided.kind == "joined":
-                r.status, r.batch_id = "Accepted", decided.batch_id
+                r.status, r.batch_id = OperationStatus.ACCEPTED, decided.batch_id
             else:
-                r.status, r.queue_position = "Queued", decided.position
+                r.status, r.queue_position = OperationStatus.QUEUED, decided.position
             r.last_updated_time = now
             return r
 
@@ -203,7 +205,7 @@ class Intake:
             await self.runtime.ledger.change_target(record.lease_key, lambda t: admission.forget(
                 t, record.operation_id))
             raise _claim_lost()
-        if decided.kind == "queued" and stored.status == "Queued":
+        if decided.kind == "queued" and stored.status == OperationStatus.QUEUED:
             await publish_info(self.runtime, EventType.QUEUED, stored)
         if decided.formed is not None:
             await start_batch(self.runtime, self.client, record.lease_key, decided.formed, record.target)
@@ -217,8 +219,8 @@ class Intake:
         whose secrets cannot wait."""
         wait = max(1, int((frees - self.runtime.now()).total_seconds() + 0.999))
         if secret:
-            spent = ReimagerError(ErrorCode.GLOBAL_BUDGET_EXHAUSTED, "GLOBAL_MAX_REIMAGES_PER_HOUR reimages were sent in "
-                                  f"the last hour; a request carrying secrets cannot wait. Ask again after "
+            spent = ReimagerError(ErrorCode.GLOBAL_BUDGET_EXHAUSTED, "GLOBAL_MAX_REIMAGES_PER_HOUR reimages were "
+                                  "sent in the last hour; a request carrying secrets cannot wait. Ask again after "
                                   f"{frees.isoformat()}.", target="target", retry_after=wait)
             await abandon(self.runtime, self.client, record, spent.error_dict())
             await self._free(record, spent)
@@ -230,46 +232,19 @@ class Intake:
         return await self._waiting(record, admission.Admission("queued", position=1))
 
     async def _submit(self, record: OperationRecord, call: ArmCall) -> Accepted:
-        try:
-            submission = await self.runtime.compute.submit(call)
-        except SubmissionUncertain as exc:
-            # It may have been applied: the operation ends here, and the cooldown still starts.
-            await self._uncertain(record, exc)
-            raise
-        except ComputeError as exc:
-            if exc.arm_status >= 500 or exc.arm_status == 408:
-                await self._uncertain(record, exc)
-                raise
-            # ARM refused it (4xx, or throttled after our retries): nothing was applied. Free the key.
-            await abandon(self.runtime, self.client, record, exc.error_dict())
-            await self._free(record, exc)
-            raise
-        # Anything else raised above (a bug, a cancellation) leaves the record Submitting: the POST may
-        # have gone out, and the sweeper ends it SubmissionLost.
-        now = self.runtime.now()
-
-        def accepted(r: OperationRecord) -> OperationRecord:
-            r.status, r.applied, r.submitted_at, r.last_updated_time = "Accepted", True, now, now
-            r.arm = submission.to_dict()
-            return r
-
-        stored = await self.runtime.ledger.update(record.operation_id, accepted)
-        assert stored is not None
-        log.info("submitted %s %s for %s (%s)", call.operation.value, record.target, record.operation_id,
-                 record.trigger)
-        if submission.status_code == 200:  # ARM finished synchronously
-            await finish(self.runtime, record.operation_id, "Succeeded", None, applied=True,
-                                    client=self.client)
-        else:
-            await start_monitor(self.client, self.runtime, stored)
-        await self._publish_accepted(stored)
-        return Accepted(stored, self.first_poll(submission.retry_after))
-
-    async def _uncertain(self, record: OperationRecord, exc: ReimagerError) -> None:
-        """The POST may have been applied: the operation ends Failed, its one event is sent, the cooldown starts."""
-        error = with_uncertain(exc.error_dict())
-        await finish(self.runtime, record.operation_id, "Failed", error, applied=True, client=self.client)
-        exc.extra.update(operationId=record.operation_id, completed=True)
+        """POST from here, with the request's secrets still in memory (shared/workflow/submission.py)."""
+        outcome = await submission.submit(self.runtime, self.client, record, call)
+        if isinstance(outcome, submission.Uncertain):  # ended Failed with its event; the answer says so
+            outcome.error.extra.update(operationId=record.operation_id, completed=True)
+            raise outcome.error
+        if isinstance(outcome, submission.NotApplied):  # nothing was applied: free the key for a retry
+            await abandon(self.runtime, self.client, record, outcome.error.error_dict())
+            await self._free(record, outcome.error)
+            raise outcome.error
+        if not outcome.finished:
+            await start_monitor(self.client, self.runtime, outcome.record)
+        await publish_info(self.runtime, EventType.ACCEPTED, outcome.record)
+        return Accepted(outcome.record, self.first_poll(outcome.submission.retry_after))
 
     def first_poll(self, retry_after: float | None) -> int:
         s = self.settings
@@ -279,9 +254,10 @@ class Intake:
         """Nothing was sent: free the key so the request may be asked again. An approved request was already
         answered 202 (awaiting approval), so it ends instead, with its one event carrying why."""
         if record.approved_by is not None:
-            why = error.error_dict() if error is not None else {"code": "InternalError", "message": "not submitted"}
-            await finish(self.runtime, record.operation_id, "Failed", why, applied=False,
-                                    client=self.client)
+            why = error.error_dict() if error is not None else {"code": ErrorCode.INTERNAL_ERROR,
+                                                                "message": "not submitted"}
+            await finish(self.runtime, record.operation_id, OperationStatus.FAILED, why, applied=False,
+                         client=self.client)
             if error is not None:
                 error.extra.update(operationId=record.operation_id, completed=True)
             return
@@ -298,7 +274,7 @@ class Intake:
             # Real time, not the runtime's clock: this is a short wait for a concurrent request.
             await asyncio.sleep(0.05)
             record = await self.runtime.ledger.get(existing.operation_id)
-        if record is not None and record.status == "Claimed":
+        if record is not None and record.status == OperationStatus.CLAIMED:
             # Claimed for that long and never marked Submitting: its owner died before reaching ARM (a live
             # one takes milliseconds). Take it over by a compare-and-swap delete; if the owner was only slow,
             # its own CAS to Submitting now fails, so still only one POST.
@@ -308,8 +284,8 @@ class Intake:
         if record is None:  # the first attempt reached nothing and freed the key: this one may try
             return await self.submit(request, **kw)
         if record.lease_key != target.lock_key or record.target.lower() != target.id.lower():
-            raise ReimagerError(ErrorCode.REQUEST_ID_CONFLICT, "This requestId was already used for another target; "
-                                "use a new requestId for a new request.", target="requestId",
+            raise ReimagerError(ErrorCode.REQUEST_ID_CONFLICT, "This requestId was already used for another "
+                                "target; use a new requestId for a new request.", target="requestId",
                                 extra={"operationId": record.operation_id})
         # Submitting: the POST is under way (or its owner died; the sweeper then ends it SubmissionLost).
         # Either way the operation ends with its one event: this request is answered with it.
@@ -317,7 +293,7 @@ class Intake:
         return Accepted(record, self.first_poll((record.arm or {}).get("retryAfter")), duplicate=True)
 
     async def _plan(self, request: ReimageRequest) -> Planned:
-        # The reads are the shell; shared/dryrun.py decides. Outside the scopes nothing is read from ARM.
+        # The reads are the shell; shared/rules/dryrun.py decides. Outside the scopes nothing is read from ARM.
         target, model, not_found = request.resolved_target, None, None
         if dryrun.in_scope(request, self.settings):
             try:
@@ -329,11 +305,9 @@ class Intake:
                                  now=self.runtime.now())
         return Planned(target.id, result.plan, result.checks)
 
-    async def _publish_accepted(self, record: OperationRecord) -> None:
-        await publish_info(self.runtime, EventType.ACCEPTED, record)
 
 
 def _claim_lost() -> ReimagerError:
-    return ReimagerError(ErrorCode.CLAIM_LOST, "This request stalled and another with the same requestId took it over; "
-                         "nothing was sent by this one. Ask again to see that operation.", target="requestId",
+    return ReimagerError(ErrorCode.CLAIM_LOST, "This request stalled and another with the same requestId took it "
+                         "over; nothing was sent by this one. Ask again to see that operation.", target="requestId",
                          retry_after=2)

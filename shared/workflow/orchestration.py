@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
 from shared.domain.records import OperationRecord
+from shared.domain.status import OperationStatus
 from shared.rules.poll_schedule import LEARN_FROM_LAST, expected_duration
 from shared.runtime import Runtime
 
@@ -111,7 +112,7 @@ async def learned_duration(runtime: Runtime, record: OperationRecord) -> float |
         return None
     return expected_duration([r.arm_seconds if r.arm_seconds is not None
                               else (r.completed_at - r.submitted_at).total_seconds() for r in page.items
-                              if r.operation_id != record.operation_id and r.status == "Succeeded"
+                              if r.operation_id != record.operation_id and r.status == OperationStatus.SUCCEEDED
                               and r.submitted_at is not None and r.completed_at is not None])
 
 
@@ -133,6 +134,6 @@ async def start_batch(runtime: Runtime, client: Any, lease_key: str, batch_id: s
         record = existing
     if not record.terminal:  # also on a retry: a crash between the claim and this hid it from the sweeper
         await runtime.ledger.watch(record)
-    if client is not None and not record.terminal and record.status == "Claimed":
+    if client is not None and not record.terminal and record.status == OperationStatus.CLAIMED:
         await start_monitor(client, runtime, record, MonitorInput.for_batch(record, runtime.settings))
     return record

@@ -21,7 +21,9 @@ from datetime import timedelta
 from typing import Any
 
 from shared.adapters.durable_payload import decode
+from shared.domain.errors import ErrorCode
 from shared.domain.records import OperationRecord
+from shared.domain.status import IN_PROGRESS, SUBMITTED, OperationStatus
 from shared.rules import admission
 from shared.runtime import Runtime
 from shared.workflow import batches
@@ -35,10 +37,13 @@ from shared.workflow.completion import (
     release_lease,
     send_completion,
 )
-from shared.workflow.orchestration import start_batch
+from shared.workflow.orchestration import MonitorInput, start_batch, start_monitor
+from shared.workflow.submission import lost_error
 
 log = logging.getLogger("reimager.sweeper")
 MONITOR_GRACE = timedelta(minutes=2)  # a monitor is started right after the POST; give it time to appear
+# Durable runtime statuses of an orchestration that will not go on by itself.
+_ENDED = ("Failed", "Terminated", "Canceled")
 
 
 @dataclass
@@ -69,7 +74,7 @@ async def sweep(runtime: Runtime, client: Any) -> SweepReport:
             continue
         age = now - record.last_updated_time
         try:
-            if record.status == "Queued":
+            if record.status == OperationStatus.QUEUED:
                 targets.add(record.lease_key)
             await _sweep_one(runtime, client, record, age, quiet, report)
         except Exception:  # one bad record must not stop the sweep of the others
@@ -91,7 +96,7 @@ async def _sweep_target(runtime: Runtime, client: Any, lease_key: str, quiet: ti
     old = await runtime.ledger.change_target(lease_key, lambda t: admission.expire(t, now, max_wait))
     if old:
         report.expired += [r.operation_id for r in await end_waiting(
-            runtime, old, "QueueExpired", f"The request waited longer than QUEUE_MAX_WAIT_MINUTES "
+            runtime, old, ErrorCode.QUEUE_EXPIRED, f"The request waited longer than QUEUE_MAX_WAIT_MINUTES "
             f"({runtime.settings.queue_max_wait_minutes}) for its target and was not reimaged.")]
     await announce_suspension(runtime, lease_key)
     target = await runtime.ledger.get_target(lease_key)
@@ -104,7 +109,7 @@ async def _sweep_target(runtime: Runtime, client: Any, lease_key: str, quiet: ti
                                          target.target_id or lease_key)
             report.restarted.append(target.batch.batch_id)
             return
-        if batch.status == "Claimed":
+        if batch.status == OperationStatus.CLAIMED:
             # Created, but its starter may have died before the sweeper's index entry or the orchestration.
             await runtime.ledger.watch(batch)
             await _sweep_batch(runtime, client, batch, now - batch.last_updated_time, quiet, report)
@@ -128,9 +133,17 @@ async def _sweep_member(runtime: Runtime, record: OperationRecord, age: timedelt
         riding = target.batch is not None and record.operation_id in target.batch.members
         waiting = any(e.operation_id == record.operation_id for e in target.queue)
         if not riding and not waiting:
-            await end_waiting(runtime, [record.operation_id], "BatchLost", "The batch this request was "
+            await end_waiting(runtime, [record.operation_id], ErrorCode.BATCH_LOST, "The batch this request was "
                                          "part of was lost before it was sent; nothing was reimaged for it.")
             report.ended.append(record.operation_id)
+
+
+async def _monitor_gone(client: Any, operation_id: str, ended: tuple[str | None, ...]) -> tuple[bool, Any]:
+    """Whether the orchestration of `operation_id` is in one of the durable runtime statuses `ended` (None: it
+    does not exist), and its status."""
+    status = await client.get_status(operation_id)
+    runtime_status = getattr(getattr(status, "runtime_status", None), "value", None)
+    return runtime_status in ended, status
 
 
 async def _sweep_batch(runtime: Runtime, client: Any, record: OperationRecord, age: timedelta, quiet: timedelta,
@@ -138,69 +151,79 @@ async def _sweep_batch(runtime: Runtime, client: Any, record: OperationRecord, a
     """A batch record before its POST was confirmed: restart its orchestration if it is gone."""
     if age <= quiet:
         return
-    status = await client.get_status(record.operation_id)
-    runtime_status = getattr(getattr(status, "runtime_status", None), "value", None)
-    if runtime_status in (None, "Failed", "Terminated", "Canceled", "Completed"):
-        from shared.workflow.orchestration import MonitorInput, start_monitor
-
-        if await start_monitor(client, runtime, record, MonitorInput.for_batch(record, runtime.settings)):
-            report.restarted.append(record.operation_id)
+    gone, _ = await _monitor_gone(client, record.operation_id, (None, *_ENDED, "Completed"))
+    if gone and await start_monitor(client, runtime, record, MonitorInput.for_batch(record, runtime.settings)):
+        report.restarted.append(record.operation_id)
 
 
 async def _sweep_one(runtime: Runtime, client: Any, record: OperationRecord, age: timedelta, quiet: timedelta,
                      report: SweepReport) -> None:
-    ledger = runtime.ledger
-    if record.is_batch and record.status in ("Claimed", "Submitting"):
+    if record.is_batch and record.status in IN_PROGRESS:
         await _sweep_batch(runtime, client, record, age, quiet, report)
     elif (not record.terminal and not record.is_batch and record.batch_id is not None
           and record.batch_id != record.operation_id):
         await _sweep_member(runtime, record, age, quiet, report)
-    elif record.status == "Queued":
-        pass  # per target, below
-    elif record.status == "AwaitingApproval":
-        limit = timedelta(minutes=runtime.settings.approval_timeout_minutes)
-        if runtime.now() - record.created_time > limit:
-            await end_waiting(runtime, [record.operation_id], "ApprovalTimedOut", "Nobody approved this "
-                                         f"reimage within APPROVAL_TIMEOUT_MINUTES ({int(limit.total_seconds() // 60)})"
-                                         "; nothing was reimaged.", only_if="AwaitingApproval")
-            report.expired.append(record.operation_id)
-    elif record.status == "Claimed" and age > quiet:
-        target = await ledger.get_target(record.lease_key)
-        if any(e.operation_id == record.operation_id for e in target.queue):
-            return  # it was queued and crashed before saying so: the queue carries it
-        if record.approved_by is not None:  # approved (answered 202 long ago), then its approver's call died
-            await finish(runtime, record.operation_id, "Failed", {
-                "code": "NotSubmitted", "message": "It was approved, but the approval's call stopped before the "
-                "reimage was sent; nothing was reimaged. Ask again."}, applied=False, client=client)
-            report.lost.append(record.operation_id)
-            return
-
-        await release_lease(runtime, record, applied=False)
-        if await ledger.release_claim(record):
-            await ledger.settled(record.operation_id)
-            report.freed.append(record.operation_id)
-    elif record.status == "Submitting" and age > quiet:
-        error = {"code": "SubmissionLost", "message": "the reimage was claimed but its submission was not confirmed "
-                 f"within {int(quiet.total_seconds())} s; if the caller crashed after sending it, ARM may still be "
-                 "reimaging the target: check it before asking again"}
-        await finish(runtime, record.operation_id, "Failed", error, applied=True)
+    elif record.status == OperationStatus.AWAITING_APPROVAL:
+        await _sweep_approval(runtime, record, report)
+    elif record.status == OperationStatus.CLAIMED and age > quiet:
+        await _sweep_claimed(runtime, client, record, report)
+    elif record.status == OperationStatus.SUBMITTING and age > quiet:
+        error = lost_error("the reimage was claimed but its submission was not confirmed within "
+                           f"{int(quiet.total_seconds())} s; if the caller crashed after sending it, ARM may still "
+                           "be reimaging the target: check it before asking again")
+        await finish(runtime, record.operation_id, OperationStatus.FAILED, error, applied=True)
         report.lost.append(record.operation_id)
-    elif record.status in ("Accepted", "Running", "Verifying") and age > MONITOR_GRACE:
-        status = await client.get_status(record.operation_id)
-        runtime_status = getattr(getattr(status, "runtime_status", None), "value", None)
-        if runtime_status in (None, "Failed", "Terminated", "Canceled"):
-            from shared.workflow.orchestration import start_monitor
-
-            if runtime_status is not None:
-                log.warning("monitor of %s ended %s (%s); starting it again", record.operation_id,
-                            runtime_status, decode(getattr(status, "output", None)))
-            if await start_monitor(client, runtime, record):
-                report.restarted.append(record.operation_id)
+    elif record.status in SUBMITTED and age > MONITOR_GRACE:
+        await _sweep_monitored(runtime, client, record, report)
     elif record.terminal:
-        if record.event_id is None or is_stale(record.event_id, runtime.now()):
-            if age > MONITOR_GRACE:
-                await send_completion(runtime, record, stale=True)
-                report.resent.append(record.operation_id)
-        elif not record.event_id.startswith(SENDING):
-            await ledger.settled(record.operation_id)
-            report.settled.append(record.operation_id)
+        await _sweep_terminal(runtime, record, age, report)
+    # Queued: swept per target (_sweep_target)
+
+
+async def _sweep_approval(runtime: Runtime, record: OperationRecord, report: SweepReport) -> None:
+    limit = timedelta(minutes=runtime.settings.approval_timeout_minutes)
+    if runtime.now() - record.created_time > limit:
+        await end_waiting(runtime, [record.operation_id], ErrorCode.APPROVAL_TIMED_OUT, "Nobody approved this "
+                          f"reimage within APPROVAL_TIMEOUT_MINUTES ({int(limit.total_seconds() // 60)}); nothing "
+                          "was reimaged.", only_if=OperationStatus.AWAITING_APPROVAL)
+        report.expired.append(record.operation_id)
+
+
+async def _sweep_claimed(runtime: Runtime, client: Any, record: OperationRecord, report: SweepReport) -> None:
+    """Claimed and quiet: its owner died before the POST (it reached nothing)."""
+    target = await runtime.ledger.get_target(record.lease_key)
+    if any(e.operation_id == record.operation_id for e in target.queue):
+        return  # it was queued and crashed before saying so: the queue carries it
+    if record.approved_by is not None:  # approved (answered 202 long ago), then its approver's call died
+        await finish(runtime, record.operation_id, OperationStatus.FAILED, {
+            "code": ErrorCode.NOT_SUBMITTED, "message": "It was approved, but the approval's call stopped before "
+            "the reimage was sent; nothing was reimaged. Ask again."}, applied=False, client=client)
+        report.lost.append(record.operation_id)
+        return
+    await release_lease(runtime, record, applied=False)
+    if await runtime.ledger.release_claim(record):
+        await runtime.ledger.settled(record.operation_id)
+        report.freed.append(record.operation_id)
+
+
+async def _sweep_monitored(runtime: Runtime, client: Any, record: OperationRecord, report: SweepReport) -> None:
+    """Submitted: its monitor must be running; start it again if it is gone or failed."""
+    gone, status = await _monitor_gone(client, record.operation_id, (None, *_ENDED))
+    if not gone:
+        return
+    if status is not None and getattr(status, "runtime_status", None) is not None:
+        log.warning("monitor of %s ended %s (%s); starting it again", record.operation_id,
+                    status.runtime_status.value, decode(getattr(status, "output", None)))
+    if await start_monitor(client, runtime, record):
+        report.restarted.append(record.operation_id)
+
+
+async def _sweep_terminal(runtime: Runtime, record: OperationRecord, age: timedelta, report: SweepReport) -> None:
+    """Ended: its event must have been sent (a send that crashed is sent again, with the same id)."""
+    if record.event_id is None or is_stale(record.event_id, runtime.now()):
+        if age > MONITOR_GRACE:
+            await send_completion(runtime, record, stale=True)
+            report.resent.append(record.operation_id)
+    elif not record.event_id.startswith(SENDING):
+        await runtime.ledger.settled(record.operation_id)
+        report.settled.append(record.operation_id)

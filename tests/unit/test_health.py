@@ -277,7 +277,3 @@ def test_results_round_trip_as_json_for_activities() -> None:
     s = summarize({"1": H, "2": U}, final=True)
     assert json.loads(json.dumps(s.to_dict())) == {"health": "Unhealthy", "detail": s.detail, "done": True,
                                                    "counts": {"Healthy": 1, "Unhealthy": 1}}
-
-
-def test_state_is_the_health_as_a_plain_string() -> None:
-    assert U.state is Health.UNHEALTHY and U.state == "Unhealthy" and P.state == "Pending"

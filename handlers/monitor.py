@@ -27,7 +27,7 @@ def reimage_monitor(context: df.DurableOrchestrationContext) -> Any:
 @activity_span
 async def poll_reimage_operation(payload: dict[str, Any]) -> dict[str, Any]:
     from shared import runtime  # on first use: cold start
-    from shared.workflow import activities
+    from shared.workflow import activities  # on first use: cold start
 
     return await activities.poll_operation(runtime.get(), payload)
 
@@ -37,7 +37,7 @@ async def poll_reimage_operation(payload: dict[str, Any]) -> dict[str, Any]:
 @activity_span
 async def finish_reimage_operation(payload: dict[str, Any], client: df.DurableOrchestrationClient) -> dict[str, Any]:
     from shared import runtime  # on first use: cold start
-    from shared.workflow import activities
+    from shared.workflow import activities  # on first use: cold start
 
     # The client starts the next batch when this one hands its lease over.
     return await activities.finish_operation(runtime.get(), payload, client)
@@ -48,7 +48,7 @@ async def finish_reimage_operation(payload: dict[str, Any], client: df.DurableOr
 @activity_span
 async def submit_reimage_batch(payload: dict[str, Any], client: df.DurableOrchestrationClient) -> dict[str, Any]:
     from shared import runtime  # on first use: cold start
-    from shared.workflow import activities
+    from shared.workflow import activities  # on first use: cold start
 
     return await activities.submit_batch(runtime.get(), payload, client)
 
@@ -57,6 +57,6 @@ async def submit_reimage_batch(payload: dict[str, Any], client: df.DurableOrches
 @activity_span
 async def read_reimage_health(payload: dict[str, Any]) -> dict[str, Any]:
     from shared import runtime  # on first use: cold start
-    from shared.workflow import activities
+    from shared.workflow import activities  # on first use: cold start
 
     return await activities.read_health(runtime.get(), payload)

@@ -1,46 +1,13 @@
-"""Telemetry: OpenTelemetry to Application Insights, and the one list of names reimager emits.
-
-`configure(settings)` turns on the Azure Monitor OpenTelemetry distro only when
-APPLICATIONINSIGHTS_CONNECTION_STRING is set, and imports it only then (it costs hundreds of
-milliseconds of cold start, and local runs and tests do without it). `shared.runtime.get()`
-calls it once per process, on first use rather than at import.
-
-Where the spans come from:
-- `shared.api.submit_request` (every HTTP, alert and queue request) runs inside
-  `operation_span(name=SPAN_INTAKE, trigger=..., target=...)`; intake `bind`s the operation id as
-  soon as it knows it, so the preflight GET and the reimage POST carry it too.
-- `activity_span` wraps the durable activities (handlers/monitor.py): the poll's ARM GET carries
-  the operation, whose target and trigger are read from the ledger (only when tracing is on).
-- Inside any of them every span started (the ARM dependency spans that azure-core's
-  DistributedTracingPolicy makes included) and every log record emitted carries
-  `reimager.operation_id`, `reimager.target` and `reimager.trigger`. ARM's `x-ms-request-id`
-  lands on each ARM dependency span as `az.service_request_id` (azure-core sets it; the distro
-  routes azure-core tracing to OpenTelemetry).
-- The trace continues across the durable hop: the durable client sends the current
-  `traceparent` with `start_new`, the extension (distributed tracing V2, host.json) carries it
-  to the activities, and the worker attaches it (PYTHON_ENABLE_OPENTELEMETRY); devhost does the same.
-
-Custom events: every CloudEvent the app publishes is also recorded as a custom event of the
-same name (`TrackedPublisher`, installed by the Runtime), and HTTP/alert refusals, which publish
-no CloudEvent, as `reimager.request.rejected` (`refused`). Names and attribute keys must come
-from the lists below: infra/app/workbook.json queries only those, and
-tests/unit/test_telemetry_workbook.py checks that it does and that the app emits them.
-
-Nothing here may carry a secret: the attribute keys are a closed list of non-secret facts,
-and azure-core records no request bodies (so never an adminPassword or customData).
-"""
+"""The span every durable activity runs in: its operation's, so ARM calls and logs made by the activity
+carry the operation id, target and trigger (shared/adapters/telemetry.py says where spans come from)."""
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from shared.adapters.telemetry import SPAN_ACTIVITY, operation_span, tracing
-
-if TYPE_CHECKING:
-    pass
-
 
 _F = TypeVar("_F", bound=Callable[..., Awaitable[Any]])
 
@@ -61,7 +28,7 @@ def activity_span(fn: _F) -> _F:
             return await fn(*args, **kwargs)
         target = trigger = None
         if operation_id:
-            from shared import runtime
+            from shared import runtime  # on first use: the runtime loads settings, cold start does not
 
             try:
                 record = await runtime.get().ledger.get(operation_id)

@@ -6,10 +6,10 @@ milliseconds of cold start, and local runs and tests do without it). `shared.run
 calls it once per process, on first use rather than at import.
 
 Where the spans come from:
-- `shared.api.submit_request` (every HTTP, alert and queue request) runs inside
+- `shared.surfaces.requests.submit_request` (every HTTP, alert, queue and chat request) runs inside
   `operation_span(name=SPAN_INTAKE, trigger=..., target=...)`; intake `bind`s the operation id as
   soon as it knows it, so the preflight GET and the reimage POST carry it too.
-- `activity_span` wraps the durable activities (handlers/monitor.py): the poll's ARM GET carries
+- `handlers.tracing.activity_span` wraps the durable activities (handlers/monitor.py): the poll's ARM GET carries
   the operation, whose target and trigger are read from the ledger (only when tracing is on).
 - Inside any of them every span started (the ARM dependency spans that azure-core's
   DistributedTracingPolicy makes included) and every log record emitted carries

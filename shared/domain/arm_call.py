@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import (
     SecretStr,
@@ -18,10 +18,6 @@ from pydantic import (
 from shared.domain.targets import (
     Target,
 )
-
-if TYPE_CHECKING:
-    pass
-
 
 OsType = Literal["Windows", "Linux"]
 

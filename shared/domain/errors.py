@@ -213,7 +213,7 @@ def details_from_validation(exc: ValidationError, model: type[BaseModel] | None 
         cause = (err.get("ctx") or {}).get("error")
         if isinstance(cause, FieldErrors):
             for field, message in cause.problems:
-                details.append(ErrorDetail(code="InvalidValue", message=message,
+                details.append(ErrorDetail(code=DetailCode.INVALID_VALUE, message=message,
                                            target=_loc_to_path((*loc, field))))
             continue
         msg = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")

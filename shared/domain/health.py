@@ -108,17 +108,23 @@ def classify(view: Any, *, expects_health: bool = False) -> InstanceHealth:
     if not isinstance(view, Mapping):
         return UNKNOWN_NO_VIEW
     raw = view.get("statuses")
-    statuses = list(raw) if isinstance(raw, list) else []
+    machine = _machine_state(list(raw) if isinstance(raw, list) else [])
+    if machine is not None:  # down, failed, or still being set up: an application report says nothing yet
+        return machine
+    return _application_health(view, expects_health)
+
+
+def _machine_state(statuses: list[Any]) -> InstanceHealth | None:
+    """Unhealthy (failed, stopped) or Pending (not yet provisioned and running) from the top-level statuses;
+    None when the machine is provisioned and running."""
     provisioning, prov_status = _find(statuses, "ProvisioningState")
     power, _ = _find(statuses, "PowerState")
     prov_state = (provisioning or "").split("/", 1)[0]  # "failed/InternalOperationError" -> "failed"
-
     if prov_state in _DEAD_PROVISIONING:
         why = _words(prov_status)
         return InstanceHealth(Health.UNHEALTHY, f"provisioning {provisioning}" + (f": {why}" if why else ""))
     if power in _DOWN_POWER:
         return InstanceHealth(Health.UNHEALTHY, f"power state {power}")
-
     waiting: list[str] = []
     if provisioning is None:
         waiting.append("no provisioning state yet")
@@ -128,9 +134,11 @@ def classify(view: Any, *, expects_health: bool = False) -> InstanceHealth:
         waiting.append("no power state yet")
     elif power != "running":
         waiting.append(f"power state {power}")
-    if waiting:  # still being set up: an application health report now says nothing about the new image
-        return InstanceHealth(Health.PENDING, "; ".join(waiting))
+    return InstanceHealth(Health.PENDING, "; ".join(waiting)) if waiting else None
 
+
+def _application_health(view: Mapping[str, Any], expects_health: bool) -> InstanceHealth:
+    """A running machine's health: the application health extension's report (`vmHealth`), where it reports."""
     vm_health = view.get("vmHealth")
     if vm_health is None and (expects_health or _reports_health_extension(view)):
         return InstanceHealth(Health.PENDING, "application health extension installed, no health report yet")

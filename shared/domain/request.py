@@ -27,7 +27,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from shared.domain.arm_call import ArmCall, OsType, ReimageOperation
-from shared.domain.errors import ErrorCode, ErrorDetail, FieldErrors, ReimagerError, invalid_request
+from shared.domain.errors import DetailCode, ErrorCode, ErrorDetail, FieldErrors, ReimagerError, invalid_request
 from shared.domain.targets import (
     INSTANCE_ID_PATTERN,
     INSTANCE_ID_RULE,
@@ -295,7 +295,7 @@ class ReimageRequest(_Wire):
         if self.temp_disk and not ephemeral_os_disk:
             details.append(
                 ErrorDetail(
-                    code="InvalidValue",
+                    code=DetailCode.INVALID_VALUE,
                     target="tempDisk",
                     message="tempDisk is supported only where the OS disk is ephemeral",
                 )
@@ -303,7 +303,7 @@ class ReimageRequest(_Wire):
         if self.force_update_os_disk_for_ephemeral and not ephemeral_os_disk:
             details.append(
                 ErrorDetail(
-                    code="InvalidValue",
+                    code=DetailCode.INVALID_VALUE,
                     target="forceUpdateOSDiskForEphemeral",
                     message="forceUpdateOSDiskForEphemeral is supported only where the OS disk is ephemeral",
                 )
@@ -311,7 +311,7 @@ class ReimageRequest(_Wire):
         if self.os_profile is not None and ephemeral_os_disk:
             details.append(
                 ErrorDetail(
-                    code="InvalidValue",
+                    code=DetailCode.INVALID_VALUE,
                     target="osProfile",
                     message="osProfile is for reimaging a non-ephemeral OS disk, and this target's OS disk "
                     "is ephemeral",
@@ -323,7 +323,7 @@ class ReimageRequest(_Wire):
             if not lo <= len(pw.get_secret_value()) <= hi:
                 details.append(
                     ErrorDetail(
-                        code="InvalidValue",
+                        code=DetailCode.INVALID_VALUE,
                         target="osProfile.adminPassword",
                         message=f"adminPassword for {os_type} must be {lo} to {hi} characters long",
                     )

@@ -136,28 +136,16 @@ def admit_request(record: TargetRecord, *, owner: str, keys: list[str], options:
         record.capacity, record.target_id, write = capacity, target_id, True
     if record.suspended:
         return None, Admission("refused", suspended_error(record))
-    if owner == record.lease_owner and record.lease_held(now):
-        return None, Admission("lead", batch_id=owner)  # ours already (a retried step)
-    if record.batch is not None and owner in record.batch.members:
-        return None, Admission("joined", batch_id=record.batch.batch_id)
-    for position, entry in enumerate(record.queue, 1):
-        if entry.operation_id == owner:
-            return None, Admission("queued", position=position)
+    again = _decided_before(record, owner, now)
+    if again is not None:
+        return None, again
     prune(record, now, settings)
     scale_set = is_scale_set(record)
     if scale_set and symptom:
-        fresh = [k for k in keys if k not in record.requested]
-        for key in fresh:
-            record.requested[key] = now
-        write = write or bool(fresh)
-        limit = capacity * settings.breaker_percent / 100
-        if fresh and len(record.requested) > limit:
-            evidence = {"distinctInstancesRequested": len(record.requested), "capacity": capacity,
-                        "breakerPercent": settings.breaker_percent, "windowMinutes": settings.fleet_window_minutes}
-            ended = suspend(record, now, f"{len(record.requested)} of {capacity} instances were asked to be "
-                            f"reimaged within {settings.fleet_window_minutes} minutes, more than BREAKER_PERCENT "
-                            f"{settings.breaker_percent}%: a systemic failure that reimaging will not cure", evidence)
-            return record, Admission("refused", suspended_error(record), suspension=record.suspended, ended=ended)
+        fresh, tripped = _count_requested(record, keys, capacity, now, settings)
+        if tripped is not None:
+            return record, tripped
+        write = write or fresh
     running = record.batch if record.lease_held(now) else None
     if (running is not None and running.members and not secret and running.options == options
             and set(keys) <= set(running.keys)):
@@ -165,17 +153,11 @@ def admit_request(record: TargetRecord, *, owner: str, keys: list[str], options:
         return record, Admission("joined", batch_id=running.batch_id)
     # Busy before cooling: the running batch's provisional cooldowns are not a cooldown yet.
     hit = cooling(record, keys, now, record.lease_owner if running is not None else None)
-    if hit is not None:
-        return (record if write else None), Admission("refused", cooldown_error(*hit, now))
     busy = record.lease_held(now) or bool(record.queue)
-    if secret:
-        if busy:
-            holder = record.lease_owner or "queued requests"
-            return (record if write else None), Admission("refused", ReimagerError(ErrorCode.OPERATION_IN_PROGRESS, f"Another reimage is in flight on this target ({holder}); a request "
-                "carrying osProfile secrets cannot wait in the queue, because secrets are never stored. Ask again "
-                "when it has ended.", target="target", extra={"operationId": record.lease_owner}))
-        if not _fits_budget(record, len(keys), settings):
-            return (record if write else None), Admission("refused", _budget_error(record, now, settings))
+    refusal = cooldown_error(*hit, now) if hit is not None else (
+        _cannot_wait(record, len(keys), busy, now, settings) if secret else None)
+    if refusal is not None:
+        return (record if write else None), Admission("refused", refusal)
     if not busy and (secret or not scale_set):
         _lead(record, owner, keys, options, now, until, settings)
         return record, Admission("lead", batch_id=owner)
@@ -183,6 +165,50 @@ def admit_request(record: TargetRecord, *, owner: str, keys: list[str], options:
     admission = Admission("queued", position=len(record.queue))
     admission.formed = form_batch(record, now, until, settings, batch_id)
     return record, admission
+
+
+def _decided_before(record: TargetRecord, owner: str, now: datetime) -> Admission | None:
+    """What an earlier run of this same request was admitted as (a retried step), if anything."""
+    if owner == record.lease_owner and record.lease_held(now):
+        return Admission("lead", batch_id=owner)
+    if record.batch is not None and owner in record.batch.members:
+        return Admission("joined", batch_id=record.batch.batch_id)
+    for position, entry in enumerate(record.queue, 1):
+        if entry.operation_id == owner:
+            return Admission("queued", position=position)
+    return None
+
+
+def _count_requested(record: TargetRecord, keys: list[str], capacity: int, now: datetime, settings: Settings
+                     ) -> tuple[bool, Admission | None]:
+    """Count the instances asked for (the breaker's evidence); whether any was new, and the refusal that
+    suspends the set when more than BREAKER_PERCENT of it was asked for within the window."""
+    fresh = [k for k in keys if k not in record.requested]
+    for key in fresh:
+        record.requested[key] = now
+    if not fresh or len(record.requested) <= capacity * settings.breaker_percent / 100:
+        return bool(fresh), None
+    evidence = {"distinctInstancesRequested": len(record.requested), "capacity": capacity,
+                "breakerPercent": settings.breaker_percent, "windowMinutes": settings.fleet_window_minutes}
+    ended = suspend(record, now, f"{len(record.requested)} of {capacity} instances were asked to be reimaged "
+                    f"within {settings.fleet_window_minutes} minutes, more than BREAKER_PERCENT "
+                    f"{settings.breaker_percent}%: a systemic failure that reimaging will not cure", evidence)
+    return True, Admission("refused", suspended_error(record), suspension=record.suspended, ended=ended)
+
+
+def _cannot_wait(record: TargetRecord, count: int, busy: bool, now: datetime, settings: Settings
+                 ) -> ReimagerError | None:
+    """A request carrying secrets cannot wait in the queue (secrets are never stored): refused when the target
+    is busy or its budget is spent."""
+    if busy:
+        holder = record.lease_owner or "queued requests"
+        return ReimagerError(
+            ErrorCode.OPERATION_IN_PROGRESS, f"Another reimage is in flight on this target ({holder}); a request "
+            "carrying osProfile secrets cannot wait in the queue, because secrets are never stored. Ask again "
+            "when it has ended.", target="target", extra={"operationId": record.lease_owner})
+    if not _fits_budget(record, count, settings):
+        return _budget_error(record, now, settings)
+    return None
 
 
 def _budget_error(record: TargetRecord, now: datetime, settings: Settings) -> ReimagerError:
@@ -292,22 +318,9 @@ def release(record: TargetRecord, owner: str, keys: list[str], status: str, ende
     """End `owner`'s hold on the target: cooldowns from its end (when it may have been applied), provisional
     ones withdrawn (when it certainly was not), the failure streak and the breaker, and the lease, only if
     `owner` still holds it, handed straight to the next batch of queued work (no gap for a newcomer)."""
-    changed = False
-    minutes = settings.cooldown_minutes if applied else None
     if record.batch is not None and record.batch.batch_id == owner:
         keys = sorted(set(keys) | set(record.batch.keys))
-    for key in keys:
-        c = record.cooldowns.get(key)
-        if minutes is None or minutes <= 0:
-            if c is not None and c.operation_id == owner:
-                del record.cooldowns[key]
-                changed = True
-            continue
-        want = Cooldown(until=ended + timedelta(minutes=minutes), operation_id=owner)
-        if c is None or c.operation_id == owner or c.until < want.until:
-            if c != want:
-                record.cooldowns[key] = want
-                changed = True
+    changed = _end_cooldowns(record, owner, keys, ended, settings.cooldown_minutes if applied else 0)
     handoff = Handoff()
     if not applied:
         kept = [e for e in record.window if e.owner != owner]
@@ -320,20 +333,44 @@ def release(record: TargetRecord, owner: str, keys: list[str], status: str, ende
     record.lease_owner = record.lease_until = None
     record.batch = None
     if applied:  # the outcome counts toward the failure streak
-        bad = status in FAILED_OUTCOMES or unhealthy
-        record.consecutive_failures = record.consecutive_failures + 1 if bad else 0
-        if bad and record.consecutive_failures >= settings.breaker_failures and not record.suspended:
-            evidence = {"consecutiveFailures": record.consecutive_failures, "lastOperation": owner,
-                        "lastStatus": "Unhealthy" if unhealthy and status == OperationStatus.SUCCEEDED else status}
-            handoff.ended = suspend(record, now, f"{record.consecutive_failures} reimages in a row ended Failed, "
-                                    "TimedOut or Unhealthy (BREAKER_FAILURES)", evidence)
-            handoff.suspension = record.suspended
+        _count_outcome(record, owner, status, unhealthy, now, settings, handoff)
     prune(record, now, settings)
     handoff.formed = form_batch(record, now, until, settings, next_batch_id)
     if handoff.formed is not None:
         assert record.batch is not None
         record.batch.handed_from = owner
     return record, handoff
+
+
+def _end_cooldowns(record: TargetRecord, owner: str, keys: list[str], ended: datetime, minutes: int) -> bool:
+    """Cooldowns run `minutes` from the end (0: the reimage certainly did not happen, or there is no cooldown:
+    `owner`'s provisional ones are withdrawn). Whether anything changed."""
+    changed = False
+    for key in keys:
+        c = record.cooldowns.get(key)
+        if minutes <= 0:
+            if c is not None and c.operation_id == owner:
+                del record.cooldowns[key]
+                changed = True
+            continue
+        want = Cooldown(until=ended + timedelta(minutes=minutes), operation_id=owner)
+        if (c is None or c.operation_id == owner or c.until < want.until) and c != want:
+            record.cooldowns[key] = want
+            changed = True
+    return changed
+
+
+def _count_outcome(record: TargetRecord, owner: str, status: str, unhealthy: bool, now: datetime,
+                   settings: Settings, handoff: Handoff) -> None:
+    """The failure streak, and the breaker when it reaches BREAKER_FAILURES."""
+    bad = status in FAILED_OUTCOMES or unhealthy
+    record.consecutive_failures = record.consecutive_failures + 1 if bad else 0
+    if bad and record.consecutive_failures >= settings.breaker_failures and not record.suspended:
+        evidence = {"consecutiveFailures": record.consecutive_failures, "lastOperation": owner,
+                    "lastStatus": "Unhealthy" if unhealthy and status == OperationStatus.SUCCEEDED else status}
+        handoff.ended = suspend(record, now, f"{record.consecutive_failures} reimages in a row ended Failed, "
+                                "TimedOut or Unhealthy (BREAKER_FAILURES)", evidence)
+        handoff.suspension = record.suspended
 
 
 def requeue(record: TargetRecord, owner: str, now: datetime, entries: list[QueueEntry]

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from shared.domain.arm_call import TargetModel
-from shared.domain.errors import ErrorCode, ErrorDetail, ReimagerError
+from shared.domain.errors import DetailCode, ErrorCode, ErrorDetail, ReimagerError
 from shared.domain.records import Cooldown, TargetRecord
 from shared.domain.request import ReimageRequest
 from shared.domain.targets import Target, TargetKind, within_scope
@@ -44,7 +44,7 @@ def check_model(request: ReimageRequest, model: TargetModel, settings: Settings)
                 raise ReimagerError(ErrorCode.TARGET_NOT_FOUND,
                                     f"The scale set has no instance {', '.join(missing[:10])}.",
                                     target="instanceIds", details=[
-                                        ErrorDetail(code="InstanceNotFound", target="instanceIds", message=i)
+                                        ErrorDetail(code=DetailCode.INSTANCE_NOT_FOUND, target="instanceIds", message=i)
                                         for i in missing[:10]])
     count = len(instances) if instances is not None else 1
     if count > settings.max_instances_per_request:
@@ -52,7 +52,7 @@ def check_model(request: ReimageRequest, model: TargetModel, settings: Settings)
         raise ReimagerError(ErrorCode.INVALID_REQUEST,
                             f"The request would reimage {count} instances; MAX_INSTANCES_PER_REQUEST is "
                             f"{settings.max_instances_per_request}.", target=field,
-                            details=[ErrorDetail(code="TooManyInstances", target=field,
+                            details=[ErrorDetail(code=DetailCode.TOO_MANY_INSTANCES, target=field,
                                                  message=f"{count} > {settings.max_instances_per_request}")])
     request.check_against(model.os_type, model.ephemeral_os_disk)
     return instances

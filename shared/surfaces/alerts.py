@@ -19,7 +19,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.domain.errors import ErrorCode, ErrorDetail, ReimagerError
+from shared.domain.errors import DetailCode, ErrorCode, ErrorDetail, ReimagerError
 from shared.domain.targets import Target, TargetError, TargetKind, parse_target
 from shared.surfaces import responses
 from shared.surfaces.http import Outcome, answer, guarded
@@ -122,46 +122,56 @@ def _options(custom: Any) -> dict[str, Any]:
                 raise ValueError(f"customProperties key {shown!r} looks like a reimage option but is not one; "
                                  f"the valid keys are exactly (case-sensitive): {', '.join(VALID_KEYS)}")
         except ValueError as exc:
-            problems.append(ErrorDetail(code="InvalidValue", message=str(exc),
+            problems.append(ErrorDetail(code=DetailCode.INVALID_VALUE, message=str(exc),
                                         target=f"data.customProperties.{key}"))
     if problems:
-        raise ReimagerError(ErrorCode.INVALID_REQUEST, "The alert's reimage options are not valid, so it was not acted "
-                            "on.", target=problems[0].target if len(problems) == 1 else None, details=problems)
+        raise ReimagerError(ErrorCode.INVALID_REQUEST, "The alert's reimage options are not valid, so it was not "
+                            "acted on.", target=problems[0].target if len(problems) == 1 else None, details=problems)
     return options
 
 
-def parse_alert(doc: Any) -> ParsedAlert:
+def _essentials(doc: Any) -> tuple[dict[str, Any], dict[str, Any], str, list[Any]]:
+    """data, data.essentials, the alertId and the alertTargetIDs of a common-schema alert; 400 otherwise."""
+    def bad(message: str, target: str) -> ReimagerError:
+        return ReimagerError(ErrorCode.INVALID_REQUEST, message, target=target)
+
     if not isinstance(doc, dict) or str(doc.get("schemaId", "")) != SCHEMA_ID:
-        raise ReimagerError(ErrorCode.INVALID_REQUEST, f"The body is not an Azure Monitor alert in the common schema "
-                            f"(schemaId {SCHEMA_ID}); enable the common alert schema on the action.",
-                            target="schemaId")
+        raise bad(f"The body is not an Azure Monitor alert in the common schema (schemaId {SCHEMA_ID}); enable the "
+                  "common alert schema on the action.", "schemaId")
     data = doc.get("data")
-    if not isinstance(data, dict):
-        raise ReimagerError(ErrorCode.INVALID_REQUEST, "The alert has no data.essentials.", target="data.essentials")
-    essentials = data.get("essentials")
-    if not isinstance(essentials, dict):
-        raise ReimagerError(ErrorCode.INVALID_REQUEST, "The alert has no data.essentials.", target="data.essentials")
+    essentials = data.get("essentials") if isinstance(data, dict) else None
+    if not isinstance(data, dict) or not isinstance(essentials, dict):
+        raise bad("The alert has no data.essentials.", "data.essentials")
     alert_id = essentials.get("alertId")
     if not isinstance(alert_id, str) or not alert_id.strip():
-        raise ReimagerError(ErrorCode.INVALID_REQUEST, "The alert has no alertId.", target="data.essentials.alertId")
+        raise bad("The alert has no alertId.", "data.essentials.alertId")
     targets = essentials.get("alertTargetIDs") or []
     if isinstance(targets, str):
         targets = [targets]
     if not isinstance(targets, list):
-        raise ReimagerError(ErrorCode.INVALID_REQUEST, "alertTargetIDs must be a list.",
-                            target="data.essentials.alertTargetIDs")
+        raise bad("alertTargetIDs must be a list.", "data.essentials.alertTargetIDs")
+    return data, essentials, alert_id, targets
+
+
+def _why_not_act(data: dict[str, Any], essentials: dict[str, Any]) -> str | None:
+    """Why none of the alert's targets acts (not Fired; an event a reimage itself causes), or None."""
+    condition = str(essentials.get("monitorCondition") or "")
+    if condition.lower() != "fired":
+        return f"monitorCondition is {condition or 'missing'}; only Fired alerts act"
+    if _user_initiated_health_event(essentials, data.get("alertContext")):
+        return "Resource Health event caused by a user-initiated action (such as a reimage); acting would loop"
+    if (operation := _reimage_operation(data.get("alertContext"), essentials.get("description"))) is not None:
+        return (f"Activity Log event of a reimage ({operation}): a reimage, reimager's own writes included, "
+                "never triggers another; acting would loop")
+    return None
+
+
+def parse_alert(doc: Any) -> ParsedAlert:
+    data, essentials, alert_id, targets = _essentials(doc)
     parsed = ParsedAlert(alert_id=alert_id, rule=essentials.get("alertRule") if isinstance(
         essentials.get("alertRule"), str) else None)
     options = _options(data.get("customProperties"))
-    condition = str(essentials.get("monitorCondition") or "")
-    skip_all = None
-    if condition.lower() != "fired":
-        skip_all = f"monitorCondition is {condition or 'missing'}; only Fired alerts act"
-    elif _user_initiated_health_event(essentials, data.get("alertContext")):
-        skip_all = "Resource Health event caused by a user-initiated action (such as a reimage); acting would loop"
-    elif (operation := _reimage_operation(data.get("alertContext"), essentials.get("description"))) is not None:
-        skip_all = (f"Activity Log event of a reimage ({operation}): a reimage, reimager's own writes included, "
-                    "never triggers another; acting would loop")
+    skip_all = _why_not_act(data, essentials)
     seen: set[str] = set()
     for raw in targets:
         raw_text = str(raw)
@@ -248,8 +258,6 @@ async def post_alert(body: bytes, client: Any, base_url: str) -> Outcome:
     A transient failure on any target answers 503, so the action group retries; targets that were
     already accepted are found again by their key and not submitted twice.
     """
-    from shared.surfaces.alerts import parse_alert
-
     async def one(target: Any) -> tuple[Any, Result | ReimagerError]:
         try:
             return target, await submit_request(target.request, client, trigger="alert",

@@ -11,15 +11,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlencode
 
 from shared.domain.targets import TargetError, parse_target
+from shared.surfaces.http import Outcome, guarded
 from shared.workflow.history import DEFAULT_TOP, MAX_TOP, STATUSES, Query, _bad, _unwrap_token, list_page
-
-if TYPE_CHECKING:
-    from shared.surfaces.http import Outcome
-
 
 PARAMETERS = ("target", "status", "since", "top", "continuationToken")
 _IGNORED = {"code"}  # the function key, read by the host
@@ -75,8 +72,6 @@ def next_link(base_url: str, params: Mapping[str, str], token: str) -> str:
 
 async def get_history(params: Mapping[str, str], base_url: str) -> Outcome:
     """GET /api/reimage as an Outcome (shared.api shapes errors)."""
-    from shared.surfaces.http import Outcome, guarded
-
     async def work() -> Outcome:
         page = await list_page(parse_query(params))
         body: dict[str, Any] = {"value": [r.view() for r in page.items]}

@@ -126,7 +126,7 @@ async def get_reimage(operation_id: str) -> Outcome:
         if not record.terminal and record.batch_id not in (None, record.operation_id):
             # A request riding a batch: its progress is the batch's (one ARM operation, polled once).
             batch = await ledger.get(str(record.batch_id))
-            if batch is not None and not batch.terminal and batch.status in (OperationStatus.RUNNING, OperationStatus.VERIFYING):
+            if batch is not None and batch.status in (OperationStatus.RUNNING, OperationStatus.VERIFYING):
                 view.update(status=batch.status, polls=batch.polls, armStatus=batch.arm_status)
         return Outcome(200, responses.Operation.model_validate(view).body())
 

@@ -132,8 +132,8 @@ async def _being_submitted(runtime: Runtime, client: Any, batch: OperationRecord
     then ARM may be reimaging, and the batch ends SubmissionLost (never a second POST)."""
     if runtime.now() - batch.last_updated_time < timedelta(seconds=runtime.settings.submit_timeout_seconds):
         raise BatchBeingSubmitted(batch.operation_id)
-    error = with_uncertain(lost_error("the batch was being submitted when its submitter stopped; ARM may still be reimaging the "
-                       "target: check it before asking again"))
+    error = with_uncertain(lost_error("the batch was being submitted when its submitter stopped; ARM may still "
+                                      "be reimaging the target: check it before asking again"))
     await finish(runtime, batch.operation_id, OperationStatus.FAILED, error, applied=True, client=client)
     return {"outcome": "ended", "status": OperationStatus.FAILED}
 

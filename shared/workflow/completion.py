@@ -158,8 +158,8 @@ async def end_waiting(runtime: Runtime, waiting: list[QueueEntry] | list[str], c
             return r
 
         record = await runtime.ledger.update(operation_id, canceled)
-        if record is not None and record.status == OperationStatus.CANCELED and record.error and record.error.get("code") == code \
-                and record.cancelled_by == cancelled_by:
+        if (record is not None and record.status == OperationStatus.CANCELED and record.error
+                and record.error.get("code") == code and record.cancelled_by == cancelled_by):
             ended.append(await send_completion(runtime, record))
     return ended
 
@@ -183,8 +183,10 @@ async def announce_suspension(runtime: Runtime, lease_key: str) -> None:
 
 async def publish_target_event(runtime: Runtime, kind: EventType, target: TargetRecord,
                                suspension: dict[str, Any]) -> None:
-    data = EventData(target=target.target_id or target.key, status=EventStatus.SUSPENDED if kind == EventType.SUSPENDED else EventStatus.RESUMED,
-                     trigger="breaker" if kind == EventType.SUSPENDED else "operator",
+    suspended = kind == EventType.SUSPENDED
+    data = EventData(target=target.target_id or target.key,
+                     status=EventStatus.SUSPENDED if suspended else EventStatus.RESUMED,
+                     trigger="breaker" if suspended else "operator",
                      suspension={k: v for k, v in suspension.items() if k != "announced"})
     # Stable id per suspension: a re-send is a duplicate, a later suspension a new event.
     event = build_event(kind, data, time=runtime.now(), unique=f"{target.key}|{suspension.get('since')}")
@@ -261,5 +263,6 @@ def event_data(record: OperationRecord) -> EventData:
         requested_by=record.requested_by, requested_by_verified=record.requested_by_verified,
         reason=record.reason, submitted_at=record.submitted_at, completed_at=record.completed_at,
         duration_seconds=duration, polls=record.polls, batch_id=record.batch_id, health=record.health,
-        health_detail=record.health_detail, queue_position=record.queue_position if record.status == OperationStatus.QUEUED else None,
+        health_detail=record.health_detail,
+        queue_position=record.queue_position if record.status == OperationStatus.QUEUED else None,
         cancelled_by=record.cancelled_by, approved_by=record.approved_by)

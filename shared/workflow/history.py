@@ -13,17 +13,13 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from shared import runtime
 from shared.domain.errors import ErrorCode, ReimagerError
 from shared.domain.records import OperationRecord
 from shared.domain.status import PUBLIC
 from shared.domain.targets import Target, TargetKind
-
-if TYPE_CHECKING:
-    pass
-
 
 DEFAULT_TOP = 50
 MAX_TOP = 500

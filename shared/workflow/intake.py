@@ -175,8 +175,9 @@ class Intake:
             if r.status != OperationStatus.CLAIMED:
                 return None
             r.status, r.last_updated_time = OperationStatus.AWAITING_APPROVAL, now
-            r.error = {"code": ErrorCode.APPROVAL_REQUIRED, "message": f"Waiting for a second person's approval: {why}. "
-                       f"POST /api/reimage/{r.operation_id}/approve (or /reject) within "
+            r.error = {"code": ErrorCode.APPROVAL_REQUIRED,
+                       "message": f"Waiting for a second person's approval: {why}. POST "
+                       f"/api/reimage/{r.operation_id}/approve (or /reject) within "
                        f"{self.settings.approval_timeout_minutes} minutes."}
             return r
 

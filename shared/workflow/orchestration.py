@@ -15,11 +15,10 @@ from pydantic.alias_generators import to_camel
 
 from shared.domain.records import OperationRecord
 from shared.domain.status import OperationStatus
+from shared.domain.targets import parse_target
 from shared.rules.poll_schedule import LEARN_FROM_LAST, expected_duration
-from shared.runtime import Runtime
 
-if TYPE_CHECKING:
-    from shared.domain.records import OperationRecord
+if TYPE_CHECKING:  # types only: the orchestrator imports this module, and replay should stay cheap to load
     from shared.runtime import Runtime
     from shared.settings import Settings
 
@@ -46,7 +45,6 @@ class MonitorInput(BaseModel):
     gather_seconds: int = 0
     last_retry_after: float | None = None
     polls: int = 0
-    read_failures: int = 0
     generation: int = 0
     # Copied from settings when the operation was accepted: replay must not depend on them.
     poll_min_seconds: int
@@ -122,9 +120,6 @@ async def start_batch(runtime: Runtime, client: Any, lease_key: str, batch_id: s
     seals and submits it). Idempotent: the record is an insert-if-absent, a second start is harmless (the
     seal and the Submitting compare-and-swap decide), and the sweeper repeats this after a crash.
     `target_id`: the VM or scale set (an instance id is taken to its set)."""
-    from shared.domain.targets import parse_target
-    from shared.workflow.orchestration import MonitorInput, start_monitor
-
     now = runtime.now()
     record = OperationRecord(operation_id=batch_id, request_id=batch_id, target=parse_target(target_id).vm_id,
                              lease_key=lease_key, trigger="batch", members=[], created_time=now,

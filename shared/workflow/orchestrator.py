@@ -79,7 +79,6 @@ def _poll(context: Any, state: MonitorInput) -> Steps:
                 {"operationId": state.operation_id, "url": state.url, "mode": state.mode, "polls": state.polls + 1})))
         except Exception:  # the status could not be read, even after retries: keep polling to the deadline
             result = None
-            state.read_failures += 1
         state.polls += 1
         if isinstance(result, dict):
             state.last_retry_after = result.get("retryAfter")

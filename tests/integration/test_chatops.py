@@ -343,9 +343,10 @@ class RecordingActions:
 OP = "op-" + "ab" * 16
 DOC = {"operationId": OP, "status": "Canceled", "target": LINUX_VM, "requestedBy": "slack:T0001/U1",
        "requestedByVerified": "slack"}
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 RECORD = OperationRecord(operation_id=OP, request_id="r", target=LINUX_VM, lease_key="k", trigger="chatops",
                          status="Canceled", requested_by="slack:T0001/U1", requested_by_verified="slack",
-                         created_time=datetime(2026, 1, 1, tzinfo=UTC), last_updated_time=datetime(2026, 1, 1, tzinfo=UTC))
+                         created_time=T0, last_updated_time=T0)
 DONE = Acted(RECORD, ended=True)
 
 

@@ -224,7 +224,8 @@ async def test_errors_carry_arm_code(client: ComputeClient) -> None:
     with pytest.raises(ComputeError) as info:
         await client.submit(call_for(VM, tempDisk=True))  # VM's OS disk is not ephemeral
     err = info.value
-    assert (http_status(err), err.code, err.arm_code, err.arm_target) == (502, "ComputeError", "InvalidParameter", "tempDisk")
+    assert (http_status(err), err.code, err.arm_code, err.arm_target) == (502, "ComputeError", "InvalidParameter",
+                                                                           "tempDisk")
     assert err.error.details[0].code == "InvalidParameter"
 
 

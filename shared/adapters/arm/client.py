@@ -39,6 +39,7 @@ from shared.domain.errors import (
     ComputeError,
     ComputeThrottled,
     ComputeUnavailable,
+    DetailCode,
     ErrorCode,
     InstanceViewUnavailable,
     ReimagerError,
@@ -350,7 +351,7 @@ class ComputeClient:
             doc = None
         if not isinstance(doc, dict):
             raise InstanceViewUnavailable(ErrorCode.COMPUTE_ERROR, f"{what}: ARM answered 200 with a body that is not "
-                                          "a JSON object", arm_status=200, arm_code="InvalidResponse",
+                                          "a JSON object", arm_status=200, arm_code=DetailCode.INVALID_RESPONSE,
                                           arm_message=None)
         return doc
 
@@ -368,11 +369,12 @@ class ComputeClient:
         except AzureError as exc:
             if _never_connected(exc):
                 raise ComputeUnavailable(ErrorCode.COMPUTE_UNAVAILABLE, "could not connect to ARM", arm_status=0,
-                                         arm_code="ConnectionFailed", arm_message=type(exc).__name__) from None
+                                         arm_code=DetailCode.CONNECTION_FAILED,
+                                         arm_message=type(exc).__name__) from None
             raise SubmissionUncertain(ErrorCode.SUBMISSION_UNCERTAIN,
                                       "the reimage request was sent but no answer came back; it may or may not "
                                       "have been applied. Check the target before retrying.", arm_status=0,
-                                      arm_code="NoResponse", arm_message=type(exc).__name__) from None
+                                      arm_code=DetailCode.NO_RESPONSE, arm_message=type(exc).__name__) from None
         if status not in (200, 202):  # ARM may echo what it was sent: redact the secrets before reading it
             raw = redact_response_body(raw, secrets_of_body(call.body))
             raise _error_from_response(status, headers, raw, "submitting the reimage", self._now())
@@ -394,8 +396,9 @@ class ComputeClient:
         except ReimagerError:
             raise
         except AzureError as exc:
-            raise ComputeUnavailable(ErrorCode.COMPUTE_UNAVAILABLE, f"{what}: ARM did not answer ({type(exc).__name__})",
-                                     arm_status=0, arm_code="NoResponse", arm_message=type(exc).__name__) from None
+            raise ComputeUnavailable(ErrorCode.COMPUTE_UNAVAILABLE,
+                                     f"{what}: ARM did not answer ({type(exc).__name__})", arm_status=0,
+                                     arm_code=DetailCode.NO_RESPONSE, arm_message=type(exc).__name__) from None
 
     async def close(self) -> None:
         if self._client is not None:

@@ -8,6 +8,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 from shared.domain.arm_call import OperationState, PollMode, PollResult
+from shared.domain.errors import DetailCode, ErrorCode
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
@@ -88,16 +89,16 @@ def interpret(mode: PollMode, status_code: int, headers: dict[str, str], body: b
         return PollResult(OperationState.SUCCEEDED, retry_after, status_code=status_code)
     if doc is None or not isinstance(doc.get("status"), str):
         # A 200 with no readable status is a failed read, not a finished operation.
-        return PollResult(OperationState.RUNNING, retry_after, "UnreadableStatus",
+        return PollResult(OperationState.RUNNING, retry_after, DetailCode.UNREADABLE_STATUS,
                           "the operation status response had no status", status_code, read_failed=True)
     state = _TERMINAL.get(doc["status"].lower(), OperationState.RUNNING)
     err_doc = doc.get("error")
     err: dict[str, Any] = err_doc if isinstance(err_doc, dict) else {}
     code, message = err.get("code"), err.get("message")
     if state is OperationState.FAILED and not code:
-        code, message = "OperationFailed", message or "ARM reported the operation as Failed"
+        code, message = ErrorCode.OPERATION_FAILED, message or "ARM reported the operation as Failed"
     if state is OperationState.CANCELED and not code:
-        code, message = "OperationCanceled", message or "ARM reported the operation as Canceled"
+        code, message = ErrorCode.OPERATION_CANCELED, message or "ARM reported the operation as Canceled"
     return PollResult(state, retry_after, code if state.terminal else None,
                       message if state.terminal else None, status_code,
                       arm_seconds=arm_duration(doc) if state.terminal else None)

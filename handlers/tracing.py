@@ -7,8 +7,6 @@ import functools
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from shared.adapters.telemetry import SPAN_ACTIVITY, operation_span, tracing
-
 _F = TypeVar("_F", bound=Callable[..., Awaitable[Any]])
 
 
@@ -22,6 +20,8 @@ def activity_span(fn: _F) -> _F:
 
     @functools.wraps(fn)
     async def run(*args: Any, **kwargs: Any) -> Any:
+        from shared.adapters.telemetry import SPAN_ACTIVITY, operation_span, tracing  # on first use: cold start
+
         payload = next((v for v in (*args, *kwargs.values()) if isinstance(v, dict)), {})
         operation_id = payload.get("operationId") if isinstance(payload.get("operationId"), str) else None
         if not tracing():

@@ -178,8 +178,8 @@ at another host), `NoOperationUrl`, `ComputeUnavailable` / `ComputeError` /
 # To document a new route, add one Route to ROUTES: its request model (or a raw schema's name in
 # RAW_SCHEMAS), its responses (a model, a tuple of models for oneOf, or None for no body) and the
 # error codes it can answer. Path parameters come from the path itself; query parameters are listed.
-# Then `make schemas`. The models live in shared/responses.py (responses) and shared/models.py
-# (requests); shared/api.py must build the body through the same model, so the two cannot drift.
+# Then `make schemas`. The models live in shared/surfaces/responses.py (responses) and shared/models.py
+# (requests); shared/surfaces/http.py must build the body through the same model, so the two cannot drift.
 
 Body = type[BaseModel] | tuple[type[BaseModel], ...] | None
 

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from shared.adapters.credentials import in_azure
+from shared.domain.events import EventType
 from shared.domain.status import EventStatus
 
 if TYPE_CHECKING:
@@ -74,17 +75,10 @@ OPERATION_ATTRIBUTES = (OPERATION_ID, TARGET, TRIGGER)
 ATTRIBUTES = frozenset({*OPERATION_ATTRIBUTES, STATUS, ERROR_CODE, HEALTH, DURATION_SECONDS, POLLS,
                         INSTANCE_COUNT, BATCH_ID, BATCH_SIZE, QUEUE_POSITION, SUSPENSION_REASON, ARM_REQUEST_ID})
 
-# Custom events (customEvents.name). The lifecycle ones are the CloudEvents types (shared/events.py).
-EVENT_ACCEPTED = "reimager.operation.accepted"
-EVENT_QUEUED = "reimager.operation.queued"
-EVENT_AWAITING_APPROVAL = "reimager.operation.awaiting-approval"
-EVENT_COMPLETED = "reimager.operation.completed"
-EVENT_REJECTED = "reimager.request.rejected"  # every refusal, from any entry surface, with its error code
+# Custom events (customEvents.name): every CloudEvents type (shared/domain/events.py EventType; a refusal from any
+# entry surface is `reimager.request.rejected` with its error code), and one of telemetry's own:
 EVENT_BATCH_SUBMITTED = "reimager.batch.submitted"  # one ARM reimage POST for a batch
-EVENT_SUSPENDED = "reimager.target.suspended"
-EVENT_RESUMED = "reimager.target.resumed"
-EVENTS = frozenset({EVENT_ACCEPTED, EVENT_QUEUED, EVENT_AWAITING_APPROVAL, EVENT_COMPLETED, EVENT_REJECTED,
-                    EVENT_BATCH_SUBMITTED, EVENT_SUSPENDED, EVENT_RESUMED})
+EVENTS = frozenset({*EventType, EVENT_BATCH_SUBMITTED})
 
 # Span names reimager starts itself (azure-core names the ARM dependency spans after the method).
 SPAN_OPERATION = "reimager.operation"  # a step of an operation, when no more specific name fits
@@ -175,16 +169,16 @@ def tracing() -> bool:
 def track_event(name: str, **attributes: str | int | float | bool | None) -> None:
     """Record one custom event. Keys are the names above without the `reimager.` prefix.
 
-    `track_event(EVENT_COMPLETED, status="Succeeded", duration_seconds=312.5)`. None values are
+    `track_event(EventType.COMPLETED, status="Succeeded", duration_seconds=312.5)`. None values are
     left out. Unknown names raise ValueError: a name the workbook does not know is a bug.
     """
     if name not in EVENTS:
-        raise ValueError(f"unknown telemetry event {name!r}; add it to shared/telemetry.py EVENTS")
+        raise ValueError(f"unknown telemetry event {name!r}; add it to shared/adapters/telemetry.py EVENTS")
     extra: dict[str, object] = {CUSTOM_EVENT_NAME: name}
     for key, value in attributes.items():
         attribute = f"reimager.{key}"
         if attribute not in ATTRIBUTES:
-            raise ValueError(f"unknown telemetry attribute {attribute!r}; add it to shared/telemetry.py")
+            raise ValueError(f"unknown telemetry attribute {attribute!r}; add it to shared/adapters/telemetry.py")
         if value is not None:
             extra[attribute] = value
     scope = _current.get()
@@ -196,12 +190,12 @@ def event_attributes(event: CloudEvent) -> dict[str, str | int | float | None]:
     """The custom-event attributes of one CloudEvent: its facts, never free text (reason, requestedBy)."""
     data = event.data
     error = data.error.code if data.error is not None else None
-    suspended = event.type in (EVENT_SUSPENDED, EVENT_RESUMED)
+    suspended = event.type in (EventType.SUSPENDED, EventType.RESUMED)
     return {
         "operation_id": data.operation_id, "target": data.target, "trigger": data.trigger, "status": data.status,
         "error_code": None if suspended else error, "suspension_reason": error if suspended else None,
         "health": data.health, "duration_seconds": data.duration_seconds,
-        "polls": data.polls if event.type == EVENT_COMPLETED else None,
+        "polls": data.polls if event.type == EventType.COMPLETED else None,
         "instance_count": len(data.instance_ids) if data.instance_ids is not None else None,
         "batch_id": data.batch_id,
         "queue_position": data.queue_position,
@@ -235,7 +229,7 @@ def refused(exc: BaseException, trigger: str) -> None:
     if (getattr(exc, "extra", None) or {}).get("completed"):
         return  # accepted, then the submission failed: its completion event records it
     exc._reimager_tracked = True  # type: ignore[attr-defined]
-    track_event(EVENT_REJECTED, status=EventStatus.REJECTED, error_code=code, trigger=trigger)
+    track_event(EventType.REJECTED, status=EventStatus.REJECTED, error_code=code, trigger=trigger)
 
 
 def span_processor() -> SpanProcessor:

@@ -60,7 +60,7 @@ class OperationRecord(_Doc):
     approved_by_verified: str | None = None
     event_id: str | None = None  # set once the terminal event is published
     # Not a secret: a salted fingerprint to recognise the request's secrets in ARM's poll text, kept until the
-    # operation is settled (shared/redaction.py fingerprint; docs/operations.md "Secrets").
+    # operation is settled (shared/domain/redaction.py fingerprint; docs/operations.md "Secrets").
     secret_fingerprint: dict[str, Any] | None = None
     etag: str | None = Field(None, exclude=True)
 

@@ -71,7 +71,7 @@ def next_link(base_url: str, params: Mapping[str, str], token: str) -> str:
 
 
 async def get_history(params: Mapping[str, str], base_url: str) -> Outcome:
-    """GET /api/reimage as an Outcome (shared.api shapes errors)."""
+    """GET /api/reimage as an Outcome (shared.surfaces.http shapes errors)."""
     async def work() -> Outcome:
         page = await list_page(parse_query(params))
         body: dict[str, Any] = {"value": [r.view() for r in page.items]}

@@ -19,6 +19,7 @@ from shared.domain.status import OperationStatus
 from shared.surfaces import responses
 from shared.surfaces.identity import principal_of
 from shared.surfaces.json_body import parse_json
+from shared.surfaces.requests import submit_request
 from shared.workflow.intake import Accepted, Planned, Result
 
 log = logging.getLogger("reimager.api")
@@ -102,11 +103,9 @@ async def guarded(work: Any, trigger: Trigger | None = None) -> Outcome:
         return Outcome(500, {"error": {"code": "InternalError", "message": "An unexpected error occurred."}})
 
 
-from shared.surfaces.requests import submit_request  # noqa: E402
-
-
 async def post_reimage(body: bytes, client: Any, base_url: str, headers: Mapping[str, str] | None = None) -> Outcome:
-    """`headers`: the request's, for the caller's verified identity (X-MS-CLIENT-PRINCIPAL, see shared.identity)."""
+    """POST /api/reimage. `headers`: the request's, for the caller's verified identity (X-MS-CLIENT-PRINCIPAL,
+    see shared/surfaces/identity.py)."""
     async def work() -> Outcome:
         principal = principal_of(headers or {})
         return answer(await submit_request(parse_json(body), client, principal=principal), base_url)

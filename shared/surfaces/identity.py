@@ -95,5 +95,5 @@ def from_headers(headers: Mapping[str, str], *, easy_auth_enabled: bool) -> Prin
 
 
 def principal_of(headers: Mapping[str, str]) -> Principal | None:
-    """The verified caller, when App Service authentication vouches for one (see shared/identity.py)."""
+    """The verified caller, when App Service authentication vouches for one (see shared/surfaces/identity.py)."""
     return from_headers(headers, easy_auth_enabled=runtime.get().settings.easy_auth_enabled)

@@ -1,4 +1,4 @@
-"""The HTTP API's response bodies, as models: shared/api.py shapes every answer through them, and
+"""The HTTP API's response bodies, as models: shared/surfaces/http.py shapes every answer through them, and
 scripts/generate_schemas.py writes docs/openapi.yaml from them, so the spec cannot drift from what
 the API sends (a field the API sends but the model lacks is a validation error in the tests).
 

@@ -54,7 +54,7 @@ class MonitorInput(BaseModel):
     polls_per_generation: int
     health_grace_minutes: int = 0
     health_since: datetime | None = None  # ARM said Succeeded: reading instance views until healthy or grace
-    # Learned at acceptance from the target's past operations (shared.operations.expected_duration).
+    # Learned at acceptance from the target's past operations (shared.rules.poll_schedule.expected_duration).
     expected_seconds: float | None = None
 
     @classmethod
@@ -100,7 +100,7 @@ async def start_monitor(client: Any, runtime: Runtime, record: OperationRecord,
 
 async def learned_duration(runtime: Runtime, record: OperationRecord) -> float | None:
     """How long this target's recent reimages took (submission to completion), for the poll schedule
-    when ARM sends no Retry-After (shared.operations.next_poll_offset). None: no history, or not needed."""
+    when ARM sends no Retry-After (shared.rules.poll_schedule.next_poll_offset). None: no history, or not needed."""
     if (record.arm or {}).get("retryAfter") is not None:
         return None
     try:

@@ -1,4 +1,4 @@
-"""shared/admission.py: the decisions on one target record, as pure functions."""
+"""shared/rules/admission.py: the decisions on one target record, as pure functions."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""shared/redaction.py: the request's secrets never survive in anything ARM sent back."""
+"""shared/domain/redaction.py: the request's secrets never survive in anything ARM sent back."""
 
 from __future__ import annotations
 

@@ -90,7 +90,7 @@ def test_poll_delay_clamped(retry_after: float | None, expected: int) -> None:
     assert next_poll_delay(retry_after, 5, 120, 15) == expected
 
 
-# ---- the poll schedule (shared.operations.next_poll_offset) ---------------------------------
+# ---- the poll schedule (shared.rules.poll_schedule.next_poll_offset) ---------------------------------
 def poll_times(duration: float, retry_after: float | None, expected: float | None, latency: float,
                minimum: float = 1, maximum: float = 120, default: float = 15) -> list[float]:
     """Seconds after submission at which the loop polls an operation of `duration` seconds, each poll

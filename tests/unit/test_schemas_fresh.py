@@ -1,5 +1,5 @@
 """Generated docs match the models: regenerate with `make schemas`. docs/openapi.yaml is built from the
-response models (shared/responses.py) that shared/api.py shapes every answer with."""
+response models (shared/surfaces/responses.py) that shared/surfaces/http.py shapes every answer with."""
 
 import importlib.util
 import sys

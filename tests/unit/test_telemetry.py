@@ -25,6 +25,7 @@ from opentelemetry.trace import SpanKind
 
 from shared.adapters import telemetry
 from shared.adapters.arm.client import ComputeClient
+from shared.domain.events import EventType
 from shared.domain.request import parse_request
 from shared.domain.targets import parse_target
 from tests.conftest import StandIns
@@ -137,22 +138,22 @@ def test_logs_and_events_in_an_operation_carry_its_attributes(logs: InMemoryLogR
     log.setLevel(logging.INFO)
     with telemetry.operation_span("op-telemetry-2", VM.lower(), "alert"):
         log.info("polled")
-        telemetry.track_event(telemetry.EVENT_COMPLETED, status="Succeeded", duration_seconds=312.5,
+        telemetry.track_event(EventType.COMPLETED, status="Succeeded", duration_seconds=312.5,
                               health="Healthy", error_code=None)
     log.info("outside")
     records = {r.log_record.body: dict(r.log_record.attributes or {}) for r in logs.get_finished_logs()}
     expected = telemetry.operation_attributes("op-telemetry-2", VM.lower(), "alert")
     assert {k: records["polled"].get(k) for k in expected} == expected
-    event = records[telemetry.EVENT_COMPLETED]
-    assert event["microsoft.custom_event.name"] == telemetry.EVENT_COMPLETED
+    event = records[EventType.COMPLETED]
+    assert event["microsoft.custom_event.name"] == EventType.COMPLETED
     assert event[telemetry.STATUS] == "Succeeded" and event[telemetry.DURATION_SECONDS] == 312.5
     assert {k: event.get(k) for k in expected} == expected and telemetry.ERROR_CODE not in event
     assert telemetry.OPERATION_ID not in records["outside"]
 
 
 def test_events_outside_an_operation_still_export(logs: InMemoryLogRecordExporter) -> None:
-    telemetry.track_event(telemetry.EVENT_SUSPENDED, target=VM.lower(), suspension_reason="breaker")
-    [record] = [r for r in logs.get_finished_logs() if r.log_record.body == telemetry.EVENT_SUSPENDED]
+    telemetry.track_event(EventType.SUSPENDED, target=VM.lower(), suspension_reason="breaker")
+    [record] = [r for r in logs.get_finished_logs() if r.log_record.body == EventType.SUSPENDED]
     assert (record.log_record.attributes or {})[telemetry.SUSPENSION_REASON] == "breaker"
 
 
@@ -160,7 +161,7 @@ def test_unknown_event_names_and_attributes_are_refused() -> None:
     with pytest.raises(ValueError, match="unknown telemetry event"):
         telemetry.track_event("reimager.operation.finished")
     with pytest.raises(ValueError, match=r"reimager\.admin_password"):
-        telemetry.track_event(telemetry.EVENT_COMPLETED, admin_password="x")
+        telemetry.track_event(EventType.COMPLETED, admin_password="x")
 
 
 def test_every_name_is_namespaced() -> None:
@@ -197,6 +198,7 @@ from opentelemetry import trace
 from opentelemetry._logs import get_logger_provider
 from shared.settings import Settings
 from shared.adapters import telemetry
+from shared.domain.events import EventType
 
 received = []
 class Ingestion(BaseHTTPRequestHandler):
@@ -219,7 +221,7 @@ settings = Settings(APPLICATIONINSIGHTS_CONNECTION_STRING=(
 assert telemetry.configure(settings) and telemetry.configure(settings)
 with telemetry.operation_span("op-export-1", "/subscriptions/x/vm", "queue"):
     logging.getLogger("reimager.intake").warning("claimed")
-    telemetry.track_event(telemetry.EVENT_COMPLETED, status="Failed", error_code="OperationPreempted")
+    telemetry.track_event(EventType.COMPLETED, status="Failed", error_code="OperationPreempted")
 trace.get_tracer_provider().force_flush()
 get_logger_provider().force_flush()
 print(json.dumps(received))
@@ -233,7 +235,7 @@ def test_configure_exports_to_application_insights_with_the_operation_attributes
     for envelope in envelopes:
         by_kind.setdefault(envelope["data"]["baseType"], []).append(envelope["data"]["baseData"])
     [event] = by_kind["EventData"]
-    assert event["name"] == telemetry.EVENT_COMPLETED
+    assert event["name"] == EventType.COMPLETED
     assert event["properties"][telemetry.ERROR_CODE] == "OperationPreempted"
     assert event["properties"][telemetry.OPERATION_ID] == "op-export-1"
     [message] = [m for m in by_kind["MessageData"] if m["message"] == "claimed"]
@@ -244,7 +246,7 @@ def test_configure_exports_to_application_insights_with_the_operation_attributes
 
 def test_every_cloudevent_type_is_a_custom_event_name() -> None:
     # TrackedPublisher records a published event under its type only if the type is listed: a new
-    # CloudEvent type (shared/events.py) must be added to telemetry.EVENTS to reach the workbook.
+    # CloudEvent type (shared/domain/events.py) must be added to telemetry.EVENTS to reach the workbook.
     from typing import get_args
 
     from shared.domain.events import EventType

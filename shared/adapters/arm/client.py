@@ -274,7 +274,7 @@ class ComputeClient:
 
     async def instance_health(self, target: Target, instance_ids: Sequence[str] | None = None
                               ) -> dict[str, InstanceHealth]:
-        """Classify the instance views of a VM or of scale-set instances (see shared/health.py).
+        """Classify the instance views of a VM or of scale-set instances (see shared/domain/health.py).
 
         - a VM: one GET of `.../virtualMachines/{vm}/instanceView`; the result has one entry, key "";
         - one scale-set instance (a VMSS-instance target, or one id asked): one GET of

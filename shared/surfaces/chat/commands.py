@@ -92,7 +92,7 @@ class ListOperations:
 
 @dataclass(frozen=True)
 class Act:
-    """approve / reject / cancel: carried out by the operator actions (shared.operator_actions)."""
+    """approve / reject / cancel: carried out by the operator actions (shared.workflow.operators)."""
 
     action: Literal["approve", "reject", "cancel"]
     operation_id: str

@@ -31,32 +31,7 @@ The parts, each a module of this package:
 """
 
 from devhost.compute.app import ComputeSimulator
-from devhost.compute.arm import FIRST_API_VERSION, HealthState, cloud_error
 from devhost.compute.faults import Fault
-from devhost.compute.operations import (
-    PREEMPTED_CODE,
-    PREEMPTED_MESSAGE,
-    VM_REIMAGE_KEYS,
-    VMSS_REIMAGE_KEYS,
-    VMSS_VM_REIMAGE_KEYS,
-    Operation,
-)
-from devhost.compute.resources import DEFAULT_IMAGE_VERSION
-from devhost.compute.views import HEALTH_EXTENSIONS, SettleHealth
+from devhost.compute.operations import Operation
 
-__all__ = [
-    "DEFAULT_IMAGE_VERSION",
-    "FIRST_API_VERSION",
-    "HEALTH_EXTENSIONS",
-    "PREEMPTED_CODE",
-    "PREEMPTED_MESSAGE",
-    "VMSS_REIMAGE_KEYS",
-    "VMSS_VM_REIMAGE_KEYS",
-    "VM_REIMAGE_KEYS",
-    "ComputeSimulator",
-    "Fault",
-    "HealthState",
-    "Operation",
-    "SettleHealth",
-    "cloud_error",
-]
+__all__ = ["ComputeSimulator", "Fault", "Operation"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import heapq
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -94,17 +94,17 @@ class LroSettings(Protocol):
     operation_origin: str | None
 
 
+@dataclass(eq=False)
 class Operations:
-    def __init__(self, clock: Clock, settings: LroSettings, inventory: Inventory, quota: Quota,
-                 by_id: dict[str, Operation], store: Store | None) -> None:
-        self.clock = clock
-        self.settings = settings
-        self.inventory = inventory
-        self.quota = quota
-        self.by_id = by_id
-        self.store = store
-        self.active: dict[str, str] = {}  # lock key -> id of the operation not yet settled
-        self.ends: list[tuple[float, str]] = []  # heap of (end, operation id) of operations not yet settled
+    clock: Clock
+    settings: LroSettings
+    inventory: Inventory
+    quota: Quota
+    by_id: dict[str, Operation]
+    store: Store | None
+    active: dict[str, str] = field(default_factory=dict)  # lock key -> id of the operation not yet settled
+    # heap of (end, operation id) of operations not yet settled
+    ends: list[tuple[float, str]] = field(default_factory=list)
 
     # ---- index, settle, preempt -----------------------------------------------------------------
     def load(self) -> None:

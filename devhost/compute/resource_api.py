@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlencode
 
@@ -24,15 +25,14 @@ class PageSettings(Protocol):
     faults: list[Fault]
 
 
+@dataclass(eq=False)
 class ResourceApi:
-    def __init__(self, clock: Clock, settings: PageSettings, inventory: Inventory, operations: Operations,
-                 views: InstanceViews, quota: Quota) -> None:
-        self.clock = clock
-        self.settings = settings
-        self.inventory = inventory
-        self.operations = operations
-        self.views = views
-        self.quota = quota
+    clock: Clock
+    settings: PageSettings
+    inventory: Inventory
+    operations: Operations
+    views: InstanceViews
+    quota: Quota
 
     def get(self, request: web.Request, p: Parsed, fault: Fault | None, view_only: bool = False) -> web.Response:
         now = self.clock.now()

@@ -3,6 +3,7 @@ and vmHealth as the application health extension reports it (after a reimage it 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from devhost.compute.arm import iso
@@ -49,11 +50,11 @@ class ViewSettings(Protocol):
     faults: list[Fault]
 
 
+@dataclass(eq=False)
 class InstanceViews:
-    def __init__(self, settings: ViewSettings, inventory: Inventory, operations: Operations) -> None:
-        self.settings = settings
-        self.inventory = inventory
-        self.operations = operations
+    settings: ViewSettings
+    inventory: Inventory
+    operations: Operations
 
     def view(self, key: str, inst: str, computer_name: str, ext: dict[str, Any] | None, now: float,
              fault: Fault | None, per_instance: list[Fault] | None = None) -> dict[str, Any]:

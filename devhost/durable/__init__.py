@@ -32,59 +32,17 @@ The parts, each a module of this package:
 """
 from devhost.durable.engine import DurableEngine, drive
 from devhost.durable.fidelity import Fidelity
-from devhost.durable.history import (
-    CALL_ACTIVITY,
-    CALL_ACTIVITY_WITH_RETRY,
-    CONTINUE_AS_NEW,
-    CREATE_TIMER,
-    EVENT_RAISED,
-    EXECUTION_COMPLETED,
-    EXECUTION_STARTED,
-    ORCHESTRATOR_COMPLETED,
-    ORCHESTRATOR_STARTED,
-    TASK_COMPLETED,
-    TASK_FAILED,
-    TASK_SCHEDULED,
-    TIMER_CREATED,
-    TIMER_FIRED,
-    WAIT_FOR_EVENT,
-    WHEN_ALL,
-    WHEN_ANY,
-)
-from devhost.durable.http_api import ALREADY_EXISTS_TYPE, GENERIC_ERROR
-from devhost.durable.instance import ACTIVE, AlreadyExists, Instance
-from devhost.durable.replay import (
-    LONG_RUNNING_TIMER_INTERVAL,
-    MAXIMUM_SHORT_TIMER_DURATION,
-    UPPER_SCHEMA_VERSION,
-    UPPER_SCHEMA_VERSION_NEW,
-    OrchestratorFn,
-)
-from devhost.durable.tasks import ActivityFn, continue_trace
+from devhost.durable.history import TASK_COMPLETED, TIMER_CREATED, TIMER_FIRED, WHEN_ALL, WHEN_ANY
+from devhost.durable.http_api import ALREADY_EXISTS_TYPE
+from devhost.durable.instance import AlreadyExists, Instance
+from devhost.durable.replay import OrchestratorFn
+from devhost.durable.tasks import ActivityFn
 
 __all__ = [
-    "ACTIVE",
     "ALREADY_EXISTS_TYPE",
-    "CALL_ACTIVITY",
-    "CALL_ACTIVITY_WITH_RETRY",
-    "CONTINUE_AS_NEW",
-    "CREATE_TIMER",
-    "EVENT_RAISED",
-    "EXECUTION_COMPLETED",
-    "EXECUTION_STARTED",
-    "GENERIC_ERROR",
-    "LONG_RUNNING_TIMER_INTERVAL",
-    "MAXIMUM_SHORT_TIMER_DURATION",
-    "ORCHESTRATOR_COMPLETED",
-    "ORCHESTRATOR_STARTED",
     "TASK_COMPLETED",
-    "TASK_FAILED",
-    "TASK_SCHEDULED",
     "TIMER_CREATED",
     "TIMER_FIRED",
-    "UPPER_SCHEMA_VERSION",
-    "UPPER_SCHEMA_VERSION_NEW",
-    "WAIT_FOR_EVENT",
     "WHEN_ALL",
     "WHEN_ANY",
     "ActivityFn",
@@ -93,6 +51,5 @@ __all__ = [
     "Fidelity",
     "Instance",
     "OrchestratorFn",
-    "continue_trace",
     "drive",
 ]

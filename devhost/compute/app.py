@@ -190,6 +190,9 @@ class ComputeSimulator:
         if raw and not isinstance(body, dict):
             return cloud_error(400, "InvalidRequestContent", "The request content was invalid and could not be "
                                "deserialized.")
+        return self._route(request, body, version, fault)
+
+    def _route(self, request: web.Request, body: Any, version: str, fault: Fault | None) -> web.StreamResponse:
         path = request.path
         if m := OPERATION_PATH.match(path):
             return self._operation_status(request, m["id"], m["sub"], fault)

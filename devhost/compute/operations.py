@@ -201,37 +201,14 @@ class Operations:
             return cloud_error(400, "InvalidRequestContent", f"The request content has unknown properties: "
                                f"{sorted(unknown)}.", target=sorted(unknown)[0])
         profile = res["properties"] if is_vm else res["properties"]["virtualMachineProfile"]
-        os_disk = profile.get("storageProfile", {}).get("osDisk", {})
-        ephemeral = bool(os_disk.get("diffDiskSettings"))
-        for flag in ("tempDisk", "forceUpdateOSDiskForEphemeral"):
-            if body.get(flag) and not ephemeral:
-                return cloud_error(400, "InvalidParameter", f"Parameter '{flag}' is only supported for VM/VMSS with "
-                                   "Ephemeral OS disk.", target=flag)
-        if is_vm:
-            ids = [""]
-            instance_keys = [key]
-        else:
-            insts = self.inventory.instances.get(key, {})
-            if p.inst is not None:
-                if p.inst not in insts:
-                    return cloud_error(404, "NotFound", f"The entity was not found in this Azure location. Instance "
-                                       f"'{p.inst}' does not exist.")
-                ids = [p.inst]
-            else:
-                given = body.get("instanceIds")
-                if given is not None and (not isinstance(given, list) or not all(isinstance(i, str) for i in given)):
-                    return cloud_error(400, "InvalidRequestContent", "instanceIds must be a list of strings.",
-                                       target="instanceIds")
-                if not given:
-                    # The API's rule, and the dangerous one: a missing OR EMPTY list means every instance.
-                    ids = sorted(insts, key=int)
-                else:
-                    missing = next((i for i in given if i not in insts), None)
-                    if missing is not None:
-                        return cloud_error(400, "InvalidParameter", f"The provided instanceId {missing} is not an "
-                                           "active Virtual Machine Scale Set VM instanceId.", target="instanceIds")
-                    ids = list(dict.fromkeys(given))
-            instance_keys = [f"{key}#{i}" for i in ids]
+        refused = _options_error(body, profile)
+        if refused is not None:
+            return refused
+        chosen = [""] if is_vm else self._instances(key, p, body)
+        if isinstance(chosen, web.Response):
+            return chosen
+        ids = chosen
+        instance_keys = [key] if is_vm else [f"{key}#{i}" for i in ids]
         stopped = next((i for i in ids if self.inventory.power(key, i) == "deallocated"), None)
         if stopped is not None:
             what = f"VM '{p.name}'" if is_vm else f"instance '{stopped}' of scale set '{p.name}'"
@@ -270,6 +247,27 @@ class Operations:
         if fault is not None and fault.status is None and fault.retry_after is not None:
             return fault.retry_after
         return self.settings.retry_after
+
+    def _instances(self, key: str, p: Parsed, body: dict[str, Any]) -> list[str] | web.Response:
+        """The scale-set instances a POST names, or ARM's refusal."""
+        insts = self.inventory.instances.get(key, {})
+        if p.inst is not None:
+            if p.inst not in insts:
+                return cloud_error(404, "NotFound", f"The entity was not found in this Azure location. Instance "
+                                   f"'{p.inst}' does not exist.")
+            return [p.inst]
+        given = body.get("instanceIds")
+        if given is not None and (not isinstance(given, list) or not all(isinstance(i, str) for i in given)):
+            return cloud_error(400, "InvalidRequestContent", "instanceIds must be a list of strings.",
+                               target="instanceIds")
+        if not given:
+            # The API's rule, and the dangerous one: a missing OR EMPTY list means every instance.
+            return sorted(insts, key=int)
+        missing = next((i for i in given if i not in insts), None)
+        if missing is not None:
+            return cloud_error(400, "InvalidParameter", f"The provided instanceId {missing} is not an active "
+                               "Virtual Machine Scale Set VM instanceId.", target="instanceIds")
+        return list(dict.fromkeys(given))
 
     @staticmethod
     def _allowed_keys(is_vm: bool, p: Parsed) -> set[str]:
@@ -322,3 +320,13 @@ class Operations:
         if status in ("Failed", "Canceled"):
             doc["error"] = {"code": op.code, "message": op.message}
         return web.json_response(doc, headers=headers)
+
+
+def _options_error(body: dict[str, Any], profile: dict[str, Any]) -> web.Response | None:
+    """ARM refuses the ephemeral-only options on a managed OS disk."""
+    ephemeral = bool(profile.get("storageProfile", {}).get("osDisk", {}).get("diffDiskSettings"))
+    for flag in ("tempDisk", "forceUpdateOSDiskForEphemeral"):
+        if body.get(flag) and not ephemeral:
+            return cloud_error(400, "InvalidParameter", f"Parameter '{flag}' is only supported for VM/VMSS with "
+                               "Ephemeral OS disk.", target=flag)
+    return None

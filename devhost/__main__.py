@@ -16,6 +16,9 @@ from typing import Any
 
 from devhost.durable import Fidelity
 from devhost.host import DEMO_GROUP, DEMO_SUBSCRIPTION, DevHost
+from devhost.storage import Chaos
+
+HOSTILE = ["timer_overlap", *Fidelity.opt_in()]
 
 
 class UsageError(Exception):
@@ -41,6 +44,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", action="append", default=[], metavar="SWITCH", choices=Fidelity.switches(),
                    help="turn off one of the durable stand-in's Azure-hostile behaviours (repeatable; "
                         f"one of {', '.join(Fidelity.switches())}; see devhost/durable/fidelity.py)")
+    p.add_argument("--hostile", action="append", default=[], metavar="SWITCH", choices=HOSTILE,
+                   help="turn on an Azure behaviour that is occasional in Azure and so off by default (repeatable; "
+                        f"one of {', '.join(HOSTILE)}; docs/fidelity.md)")
+    p.add_argument("--storage-chaos", metavar="RATE[:SEED]", default=None,
+                   help="inject Table Storage faults at random into RATE of the ledger's requests (e.g. 0.03 or "
+                        "0.03:42), for soak runs; the seed is printed")
+    p.add_argument("--events-file-only", action="store_true",
+                   help="publish events with the app's own EVENTS_FILE publisher instead of through the Service Bus "
+                        "stand-in")
     p.add_argument("--demo", action="store_true", help="run the scripted demo and exit 0 only if it all worked")
     p.add_argument("--otel-console", action="store_true",
                    help="print every OpenTelemetry span (trigger, activities, ARM calls) to stderr, one line each")
@@ -107,10 +119,28 @@ async def start(host: DevHost) -> None:
         raise
 
 
+def hostile_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The DevHost arguments of --kind, --hostile, --storage-chaos and --events-file-only."""
+    fidelity = Fidelity.without(*args.kind)
+    for name in args.hostile:
+        if name in Fidelity.opt_in():
+            setattr(fidelity, name, True)
+    chaos = None
+    if args.storage_chaos is not None:
+        try:
+            chaos = Chaos.parse(args.storage_chaos)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        print(f"devhost: storage chaos at rate {chaos.rate}, seed {chaos.seed} (repeat it with --storage-chaos "
+              f"{chaos.rate}:{chaos.seed})", file=sys.stderr, flush=True)
+    return {"durable_fidelity": fidelity, "storage_chaos": chaos, "timer_overlap": "timer_overlap" in args.hostile,
+            "servicebus_stand_in": not args.events_file_only}
+
+
 async def serve_forever(args: argparse.Namespace) -> int:
     host = DevHost(host=args.host, port=args.port, state_dir=Path(args.state_dir),
                    operation_seconds=args.operation_seconds, retry_after=args.retry_after,
-                   settings=settings_from(args.settings), durable_fidelity=Fidelity.without(*args.kind))
+                   settings=settings_from(args.settings), **hostile_options(args))
     await start(host)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -141,7 +171,7 @@ async def demo(args: argparse.Namespace) -> int:
     port = args.port if args.port != 7071 else 0
     host = DevHost(host=args.host, port=port, state_dir=Path(args.state_dir),
                    operation_seconds=min(args.operation_seconds, 3.0), retry_after=args.retry_after,
-                   settings=overrides, durable_fidelity=Fidelity.without(*args.kind))
+                   settings=overrides, **hostile_options(args))
     await start(host)
     try:
         print(f"devhost up at {host.functions_url}; running the demo scenario...", flush=True)

@@ -101,6 +101,7 @@ async def run_demo(host: DevHost, time_limit: float = 60.0) -> tuple[bool, list[
         # 3. Then (the scale set is free again) another service drops a message on the queue, asking for a reply.
         q = Step("queue msg + ReplyTo", "queue", f"{BASE}/virtualMachineScaleSets/workers", "Succeeded",
                  request_id="demo-msg-1")
+        await post("/devhost/servicebus/queues", {"name": "patcher-replies"})  # a ReplyTo must name a real queue
         s, body = await post("/admin/functions/reimage_queue", {
             "input": json.dumps({"target": q.target, "instanceIds": ["0", "1"], "requestedBy": "svc:patcher"}),
             "messageId": q.request_id, "correlationId": "patch-run-7", "replyTo": "patcher-replies"})
@@ -186,8 +187,10 @@ async def wait_for(host: DevHost, steps: list[Step], deadline: float) -> None:
                     st.batch_id = d.get("batchId")
                     if d.get("error"):
                         st.note = f"ARM error {d['error']['code']}"
-                    if e.get("reimagerreplyto"):
-                        st.note = f"completion event also sent to the ReplyTo queue {e['reimagerreplyto']}"
+                    replies = [m for m in host.broker.replies() if m.message_id == e["id"]] if host.broker else []
+                    if replies or e.get("reimagerreplyto"):
+                        queue = replies[0].entity if replies else e["reimagerreplyto"]
+                        st.note = f"completion event also sent to the ReplyTo queue {queue}"
         if all(st.status != "-" for st in steps if st.expected in ("Succeeded", "Failed")):
             return
         await asyncio.sleep(0.25)

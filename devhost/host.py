@@ -21,14 +21,17 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from devhost import azurite, bindings
+from devhost.broker import Broker, StandInServiceBusClient
 from devhost.clock import Clock, VirtualClock
 from devhost.compute import ComputeSimulator, Fault
 from devhost.durable import DurableEngine, Fidelity, Instance
 from devhost.functions import FunctionEntry, FunctionIndex, index_app
 from devhost.identity import PATH as IDENTITY_PATH
 from devhost.identity import TokenIssuer
-from devhost.servicebus import ServiceBusQueues
+from devhost.outputs import front_storage, wire_broker
+from devhost.servicebus import ServiceBusQueues, max_auto_lock_renewal
 from devhost.serving import Served, serve
+from devhost.storage import Chaos, StorageProxy
 from devhost.terminal import TerminalPublisher, request_lines
 from devhost.timers import TimerScheduler
 
@@ -40,6 +43,7 @@ log = logging.getLogger("devhost")
 DEMO_SUBSCRIPTION = "7f6e5d4c-3b2a-4190-8f7e-6d5c4b3a2910"
 DEMO_GROUP = "reimager-demo"
 _INDEX: FunctionIndex | None = None
+ROOT = Path(__file__).resolve().parent.parent
 
 
 async def reset_durable_session() -> None:
@@ -114,7 +118,11 @@ class DevHost:
     def __init__(self, *, clock: Clock | None = None, host: str = "127.0.0.1", port: int = 0,
                  state_dir: Path | str = ".devhost", operation_seconds: float = 5.0, retry_after: int | None = None,
                  settings: dict[str, str] | None = None, seed: bool = True,
-                 durable_fidelity: Fidelity | None = None) -> None:
+                 durable_fidelity: Fidelity | None = None, storage_chaos: Chaos | None = None,
+                 timer_overlap: bool = False, servicebus_stand_in: bool = True) -> None:
+        """`storage_chaos`: random Table Storage faults; `timer_overlap`: a timer run that outlives its lease is
+        run again while it goes on; `servicebus_stand_in=False`: events go to EVENTS_FILE (the app's own local
+        mode) instead of through the Service Bus stand-in."""
         self.clock = clock or Clock()
         self.host, self.port = host, port
         self.state_dir = Path(state_dir)
@@ -134,6 +142,11 @@ class DevHost:
         self.azurite: azurite.Azurite | None = None
         self.runtime: Runtime | None = None
         self.settings: Settings | None = None
+        self.storage_chaos = storage_chaos
+        self.timer_overlap = timer_overlap
+        self.servicebus_stand_in = servicebus_stand_in
+        self.storage: StorageProxy | None = None
+        self.broker: Broker | None = None
 
     # ---- lifecycle ------------------------------------------------------------------------
     async def start(self) -> DevHost:
@@ -154,13 +167,19 @@ class DevHost:
         settings = load_settings(**values)  # fails now, naming the setting, if an override is bad
         if not settings.storage_connection_string and not settings.table_service_uri:
             self.azurite = await azurite.start(self.state_dir)
-            settings = load_settings(**values, AzureWebJobsStorage=self.azurite.connection_string)
+            settings = load_settings(**{**values, "AzureWebJobsStorage": self.azurite.connection_string})
+        if settings.storage_connection_string:
+            front = await front_storage(settings.storage_connection_string.get_secret_value(), self.host,
+                                        self.storage_chaos)
+            if front is not None:
+                self.storage, served, proxied = front
+                self.servers.append(served)
+                settings = load_settings(**{**values, "AzureWebJobsStorage": proxied})
         self.settings = settings
-        from shared.adapters.publishers import make_publisher
-
+        self.broker = Broker(self.clock, topic=settings.events_topic, requests_queue=settings.requests_queue)
         self.runtime = runtime.Runtime(settings, clock=self.clock.utcnow, sleep=self._wait,
                                        credential_factory=self._credential,
-                                       publisher=TerminalPublisher(make_publisher(settings)))
+                                       publisher=TerminalPublisher(self._publisher(settings)))
         runtime.install(self.runtime)
         index = function_index()
         self.index = index
@@ -171,9 +190,15 @@ class DevHost:
             fidelity=self.durable_fidelity, state_dir=self.state_dir / "taskhub",
         )
         self.engine.listeners.append(self._on_change)
-        self.servicebus = ServiceBusQueues(self.clock, self.client_binding)
+        self.servicebus = ServiceBusQueues(self.clock, self.client_binding,
+                                           lock_renewal=max_auto_lock_renewal(ROOT / "host.json"))
+        wire_broker(self.broker, self.events_file, self.servicebus, index.of_type("serviceBusTrigger"),
+                    settings.requests_queue, self.seed)
         app = web.Application(client_max_size=1024 * 1024, middlewares=[request_lines])
         app.add_routes(self.engine.routes())
+        app.add_routes(self.broker.routes())
+        if self.storage is not None:
+            app.add_routes(self.storage.routes())
         app.add_routes([
             web.get("/devhost/events", self._events),
             web.get("/devhost/compute/requests", self._requests),
@@ -212,6 +237,8 @@ class DevHost:
         for server in reversed(self.servers):
             await server.close()
         self.servers.clear()
+        if self.storage is not None:
+            await self.storage.close()
         if self.azurite is not None:
             await self.azurite.stop()
             self.azurite = None
@@ -258,6 +285,14 @@ class DevHost:
                 else:
                     os.environ[key] = value
 
+    def _publisher(self, settings: Settings) -> Any:
+        """The app's own ServiceBusPublisher on the Service Bus stand-in (or its EVENTS_FILE publisher)."""
+        from shared.adapters.publishers import ServiceBusPublisher, make_publisher
+
+        if not self.servicebus_stand_in or self.broker is None:
+            return make_publisher(settings)
+        return ServiceBusPublisher(settings, client=StandInServiceBusClient(self.broker))
+
     @property
     def events_file(self) -> Path:
         return self.state_dir / "events.jsonl"
@@ -300,7 +335,8 @@ class DevHost:
             resolved.append(dataclasses.replace(entry, schedule=schedule))
         entries = resolved
         self.timers = TimerScheduler(self.clock, entries, self.state_dir / "timers.json",
-                                     client_binding=self.client_binding)
+                                     client_binding=self.client_binding,
+                                     overlap_after=60.0 if self.timer_overlap else None)  # ListenerLockPeriod
         self.timers.start()
         return self.timers
 

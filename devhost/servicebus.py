@@ -8,6 +8,11 @@ What the broker and the trigger do (sources in docs/fidelity.md and research/sb-
   (or the worker's binding of it) raises; an abandoned message is delivered again at once;
 - after `maxDeliveryCount` deliveries an abandoned message is moved to the dead-letter queue with
   DeadLetterReason `MaxDeliveryCountExceeded`;
+- the trigger renews a message's lock for `maxAutoLockRenewalDuration` (host.json, 5 min) and then stops
+  while the function still runs: the lock lapses and the message is delivered again (DeliveryCount+1, a new
+  lock token) *while the first invocation goes on*; that invocation's Complete then fails (MessageLockLost),
+  and the trigger neither completes nor abandons it (devhost loses the lock at the renewal limit itself, the
+  early end of "within one lockDuration after renewal stops");
 - duplicate detection is not modelled: a resent MessageId is delivered again (the dangerous reading
   for an app that must be idempotent anyway).
 
@@ -25,6 +30,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Literal
 
 from azure.functions.meta import Datum
@@ -35,11 +41,25 @@ from devhost.functions import FunctionEntry
 
 log = logging.getLogger("devhost.servicebus")
 
-Settlement = Literal["pending", "completed", "abandoned", "deadLettered"]
+Settlement = Literal["pending", "completed", "abandoned", "deadLettered", "lockLost"]
 MAX_DELIVERY_COUNT = 5  # infra/core/servicebus.bicep: maxDeliveryCount
+LOCK_LOST = "MessageLockLostError: the lock expired while the function ran (maxAutoLockRenewalDuration passed)"
 ADMIN_INVOKE_FIELDS = {"input", "messageId", "correlationId", "replyTo", "contentType", "subject", "to", "sessionId",
                        "applicationProperties", "deliverUntilSettled", "loseLockAfterSuccess"}
 NEVER = datetime(9999, 12, 31, 23, 59, 59, 999999)  # .NET DateTimeOffset.MaxValue: no TTL on the queue
+
+
+def max_auto_lock_renewal(host_json: Path) -> float:
+    """`extensions.serviceBus.maxAutoLockRenewalDuration` from host.json (a TimeSpan, `[d.]hh:mm:ss`) in
+    seconds; 5 min when absent (the extension's default, ServiceBusOptions.MaxAutoLockRenewalDuration)."""
+    doc = json.loads(host_json.read_text()) if host_json.exists() else {}
+    text = str(doc.get("extensions", {}).get("serviceBus", {}).get("maxAutoLockRenewalDuration", "00:05:00"))
+    days = 0.0
+    if "." in text.split(":")[0]:
+        whole, _, text = text.partition(".")
+        days = float(whole)
+    h, m, sec = (float(x) for x in text.split(":"))
+    return days * 86400 + h * 3600 + m * 60 + sec
 
 
 @dataclass
@@ -62,6 +82,7 @@ class QueuedMessage:
     dead_letter_description: str | None = None
     errors: list[str] = field(default_factory=list)
     lose_lock_times: int = 0  # fault: the next N successful deliveries lose their lock before completing
+    redelivery: asyncio.Task[None] | None = None  # the delivery that followed a lost lock, while it runs
 
     def metadata(self, function_name: str, now: datetime) -> dict[str, Datum]:
         """The Service Bus extension's binding data (`ServiceBusTriggerBindingStrategy.AddBindingData`),
@@ -115,10 +136,12 @@ class ServiceBusQueues:
     """
 
     def __init__(self, clock: Clock, client_binding: Callable[[], str], *,
-                 max_delivery_count: int = MAX_DELIVERY_COUNT) -> None:
+                 max_delivery_count: int = MAX_DELIVERY_COUNT, lock_renewal: float | None = 300.0) -> None:
+        """`lock_renewal`: seconds an invocation may run before its lock is lost (None: never lost)."""
         self.clock = clock
         self.client_binding = client_binding
         self.max_delivery_count = max_delivery_count
+        self.lock_renewal = lock_renewal
         self._sequence = itertools.count(int(clock.now() * 1000))
         self.messages: list[QueuedMessage] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -140,14 +163,42 @@ class ServiceBusQueues:
             return Datum(msg.body, "bytes")
         return Datum(msg.body.decode("utf-8", errors="replace"), "string")
 
+    async def _lock_held(self, invocation: asyncio.Future[Any]) -> bool:
+        """Wait for the invocation; False as soon as it outlives the lock renewal (it then goes on running)."""
+        if self.lock_renewal is None:
+            await asyncio.wait({invocation})
+            return True
+        lapse = asyncio.ensure_future(self.clock.sleep(self.lock_renewal))
+        done, _ = await asyncio.wait({invocation, lapse}, return_when=asyncio.FIRST_COMPLETED)
+        lapse.cancel()
+        return invocation in done
+
+    async def _lock_lost(self, entry: FunctionEntry, msg: QueuedMessage, invocation: asyncio.Future[Any]) -> Settlement:
+        """The lock lapsed mid-invocation: the broker hands the message out again now (or dead-letters it once
+        its deliveries are used up); this invocation's own Complete or Abandon later fails with lock lost."""
+        log.warning("message seq=%s id=%s: lock lost after %ss while delivery %s still runs; delivered again",
+                    msg.sequence_number, msg.message_id, self.lock_renewal, msg.delivery_count)
+        msg.errors.append(LOCK_LOST)
+        if self._abandon(msg) == "abandoned":
+            msg.redelivery = self._background(self._redeliver(entry, msg))
+        try:
+            await invocation
+        except Exception as exc:  # its failure can no longer abandon the message: the lock is gone
+            msg.errors.append(bindings.worker_message(exc))
+        return "lockLost"
+
     async def deliver_once(self, entry: FunctionEntry, msg: QueuedMessage) -> Settlement:
         """One delivery under a fresh lock: complete on success, abandon on failure, and dead-letter
-        an abandoned message that has used up its deliveries."""
+        an abandoned message that has used up its deliveries; "lockLost" when it outlived its lock."""
         msg.delivery_count += 1
         msg.lock_token = str(uuid.uuid4())
+        invocation = asyncio.ensure_future(entry.invoke(
+            self._datum(entry, msg), metadata=msg.metadata(entry.name, self.clock.utcnow()),
+            client_binding=self.client_binding()))
+        if not await self._lock_held(invocation):
+            return await self._lock_lost(entry, msg, invocation)
         try:
-            await entry.invoke(self._datum(entry, msg), metadata=msg.metadata(entry.name, self.clock.utcnow()),
-                               client_binding=self.client_binding())
+            invocation.result()
         except Exception as exc:  # the worker reports it as a failed invocation; the trigger abandons
             msg.errors.append(bindings.worker_message(exc))
             log.info("message seq=%s id=%s delivery %s failed: %s", msg.sequence_number, msg.message_id,
@@ -182,6 +233,11 @@ class ServiceBusQueues:
             settlement = await self.deliver_once(entry, msg)
         if settlement == "abandoned":
             self._background(self._redeliver(entry, msg))
+        if until_settled and settlement == "lockLost":
+            while msg.redelivery is not None:  # the deliveries that followed the lost lock decide
+                redelivery, msg.redelivery = msg.redelivery, None
+                await redelivery
+            settlement = msg.settlement
         return settlement
 
     async def admin_invoke(self, entry: FunctionEntry, doc: Any) -> tuple[int, dict[str, Any]]:
@@ -209,17 +265,26 @@ class ServiceBusQueues:
         return (202 if settlement == "completed" else 500), answer
 
     async def _redeliver(self, entry: FunctionEntry, msg: QueuedMessage) -> None:
-        while msg.settlement == "abandoned":
+        settlement: Settlement = "abandoned"
+        while settlement == "abandoned" and msg.settlement == "abandoned":
             await self.clock.sleep(0)  # an abandoned message is available again at once
-            await self.deliver_once(entry, msg)
+            settlement = await self.deliver_once(entry, msg)  # lockLost: its own redelivery took over
 
-    def _background(self, work: Awaitable[None]) -> None:
+    def _background(self, work: Awaitable[None]) -> asyncio.Task[None]:
         async def run() -> None:
             await work
 
         task = asyncio.get_running_loop().create_task(run())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
+
+    def deliver_later(self, entry: FunctionEntry, msg: QueuedMessage) -> None:
+        """A message sent to the queue (not through the admin API): the trigger picks it up in the background."""
+        self._background(self._deliver_quietly(entry, msg))
+
+    async def _deliver_quietly(self, entry: FunctionEntry, msg: QueuedMessage) -> None:
+        await self.deliver(entry, msg, until_settled=False)
 
     async def idle(self) -> None:
         while self._tasks:

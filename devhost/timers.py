@@ -2,8 +2,12 @@
 
 As the Functions timer extension (`TimerListener`) does it:
 - the schedule is NCRONTAB with six fields, seconds first, evaluated in UTC;
-- one invocation at a time per function: the next occurrence is computed after the invocation
-  returns, so a slow run delays the next one rather than overlapping it;
+- one invocation at a time per function on one host: the next occurrence is computed after the
+  invocation returns, so a slow run delays the next one rather than overlapping it;
+- across hosts runs can overlap (`overlap_after`, off by default): the listener's singleton lease
+  (60 s) can be lost while a run goes on, and the instance that takes it over finds the occurrence
+  past due (its status is written only after a run) and runs it again, `IsPastDue` true, while the
+  first run continues; its schedule then goes on without waiting for that first run;
 - the schedule status (Last, Next, LastUpdated) is kept in the state directory (Azure keeps it in
   the storage account); at start-up, when the recorded Next has passed, the function runs at once
   with `IsPastDue` true (the schedule monitor), and also whenever an occurrence is found late;
@@ -56,6 +60,8 @@ class Run:
     started: str
     past_due: bool
     error: str | None = None
+    lease_lost: bool = False  # started by the instance that took over the lease while another run went on
+    finished: bool = False
 
 
 @dataclass
@@ -64,6 +70,7 @@ class TimerScheduler:
     entries: list[FunctionEntry]
     state_file: Path
     client_binding: Any = None  # () -> str, for timer functions that also take a durable client
+    overlap_after: float | None = None  # seconds a run may go on before its lease is lost (None: never)
     runs: list[Run] = field(default_factory=list)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _inflight: set[asyncio.Future[Any]] = field(default_factory=set)  # invocations running, for idle()
@@ -76,9 +83,10 @@ class TimerScheduler:
         self._tasks = [loop.create_task(self._loop(e)) for e in self.entries]
 
     async def close(self) -> None:
-        for task in self._tasks:
+        running = [*self._tasks, *self._inflight]
+        for task in running:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*running, return_exceptions=True)
         self._tasks = []
 
     async def idle(self) -> None:
@@ -122,7 +130,22 @@ class TimerScheduler:
             await self._fire(entry, due, past_due=late)
 
     async def _fire(self, entry: FunctionEntry, scheduled: datetime, *, past_due: bool) -> None:
-        assert entry.schedule is not None
+        """Run one occurrence. With `overlap_after`, a run still going when the lease lapses is run again as past
+        due by the lease's next holder, and the schedule goes on once that second run ends."""
+        invocation = self._start(entry, scheduled, past_due=past_due, lease_lost=False)
+        if self.overlap_after is None:
+            await asyncio.wait({invocation})
+            return
+        lapse = asyncio.ensure_future(self.clock.sleep(self.overlap_after))
+        done, _ = await asyncio.wait({invocation, lapse}, return_when=asyncio.FIRST_COMPLETED)
+        lapse.cancel()
+        if invocation not in done:
+            log.warning("timer %s: lease lost while the %s run goes on; another instance runs it again, past due",
+                        entry.name, _iso(scheduled))
+            await asyncio.wait({self._start(entry, scheduled, past_due=True, lease_lost=True)})
+
+    def _start(self, entry: FunctionEntry, scheduled: datetime, *, past_due: bool,
+               lease_lost: bool) -> asyncio.Future[Any]:
         status = self.status(entry.name)
         now = self.clock.utcnow()
         info = {
@@ -132,18 +155,22 @@ class TimerScheduler:
                 "Next": status.get("Next"), "LastUpdated": status.get("LastUpdated")},
             "IsPastDue": past_due,
         }
-        run = Run(entry.name, _iso(scheduled), _iso(now), past_due)
+        run = Run(entry.name, _iso(scheduled), _iso(now), past_due, lease_lost=lease_lost)
         self.runs.append(run)
-        client = self.client_binding() if callable(self.client_binding) else None
-        invocation = asyncio.ensure_future(entry.invoke(Datum(json.dumps(info), "json"), metadata={},
-                                                        client_binding=client))
+        invocation = asyncio.ensure_future(self._invoke(entry, run, json.dumps(info), scheduled, now))
         self._inflight.add(invocation)
+        invocation.add_done_callback(self._inflight.discard)
+        return invocation
+
+    async def _invoke(self, entry: FunctionEntry, run: Run, info: str, scheduled: datetime, now: datetime) -> None:
+        assert entry.schedule is not None
+        client = self.client_binding() if callable(self.client_binding) else None
         try:
-            await invocation
+            await entry.invoke(Datum(info, "json"), metadata={}, client_binding=client)
         except Exception as exc:  # a failed timer run is logged; the schedule goes on
             run.error = bindings.worker_message(exc)
             log.warning("timer %s failed: %s", entry.name, run.error)
         finally:
-            self._inflight.discard(invocation)
+            run.finished = True
         self._save(entry.name, {"Last": _iso(scheduled), "Next": _iso(next_occurrence(entry.schedule, now)),
                                 "LastUpdated": _iso(self.clock.utcnow())})

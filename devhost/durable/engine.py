@@ -58,6 +58,7 @@ class DurableEngine:
         self.discarded_starts: list[str] = []  # instance ids whose start lost a race (answered 202, dropped)
         self.discarded_events: list[tuple[str, str]] = []  # (instance id, event name) lost before start
         self._tasks = Tasks(clock, activities, self.fidelity, self.activity_runs, self._kick)
+        self.late_runs = self._tasks.late_runs  # (instance, activity, task id) run again after completing
         self._http = HttpApi(self)
         self._hub = TaskHub(self.state_dir) if self.state_dir is not None else None
         if self._hub is not None:
@@ -70,7 +71,8 @@ class DurableEngine:
             self._resume()
 
     async def close(self) -> None:
-        tasks = list(self._tasks.running) + [t for i in self.instances.values() for t in i.timers.values()]
+        tasks = [*self._tasks.running, *self._tasks.waiting,
+                 *(t for i in self.instances.values() for t in i.timers.values())]
         if self._worker is not None:
             tasks.append(self._worker)
             self._worker = None

@@ -56,6 +56,8 @@ class Tasks:
         self.activity_runs = activity_runs  # executions per activity name, duplicates included
         self.kick = kick  # save the instance and queue its next episode
         self.running: set[asyncio.Task[Any]] = set()  # activities in flight
+        self.waiting: set[asyncio.Task[Any]] = set()  # late re-runs waiting for their time (not "in flight")
+        self.late_runs: list[tuple[str, str, int]] = []  # (instance, activity, task id) run again late
 
     def schedule(self, inst: Instance, action: dict[str, Any]) -> int | None:
         kind = action.get("actionType")
@@ -110,10 +112,13 @@ class Tasks:
         inst.activities[seq] = {"name": name, "input": input_json}
         self.run_activity(inst, seq, name, input_json, copies=2 if self.fidelity.duplicate_activities else 1)
 
-    def run_activity(self, inst: Instance, seq: int, name: str, input_json: str | None, copies: int) -> None:
+    def run_activity(self, inst: Instance, seq: int, name: str, input_json: str | None, copies: int,
+                     generation: int | None = None) -> None:
         """Run an activity `copies` times (at-least-once); the first completion wins, as in DTFx, where a
-        TaskCompleted for a task id already completed is dropped as a duplicate."""
-        generation = inst.generation
+        TaskCompleted for a task id already completed is dropped as a duplicate. `generation`: the execution
+        the work item belongs to (a late re-run's, so its result never lands in a newer execution)."""
+        late = generation is not None
+        generation = inst.generation if generation is None else generation
 
         async def run() -> None:
             self.activity_runs[name] = self.activity_runs.get(name, 0) + 1
@@ -138,11 +143,27 @@ class Tasks:
             if failed and retry is not None:
                 self._retry_after_failure(inst, retry)
             self.kick(inst)
+            if self.fidelity.late_activities and not late:
+                self._run_late(inst, seq, name, input_json, generation)
 
         for _ in range(copies):
             task = asyncio.get_running_loop().create_task(run())
             self.running.add(task)
             task.add_done_callback(self.running.discard)
+
+    def _run_late(self, inst: Instance, seq: int, name: str, input_json: str | None, generation: int) -> None:
+        """The work item's queue message reappears after its visibility timeout although the result was
+        delivered (DTFx sends the result, then deletes the message; a crash or lost lease between the two):
+        the activity runs again then, and DTFx drops its TaskCompleted (no open task has that id)."""
+
+        async def later() -> None:
+            await self.clock.sleep(self.fidelity.late_activity_seconds)
+            self.late_runs.append((inst.id, name, seq))
+            self.run_activity(inst, seq, name, input_json, copies=1, generation=generation)
+
+        task = asyncio.get_running_loop().create_task(later())
+        self.waiting.add(task)
+        task.add_done_callback(self.waiting.discard)
 
     def _retry_after_failure(self, inst: Instance, retry: dict[str, Any]) -> None:
         """What DTFx does for CallActivityWithRetry, in the order the SDK's RetryAbleTask expects:

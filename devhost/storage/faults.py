@@ -64,7 +64,7 @@ class StorageFault(BaseModel):
 
     def take(self, req: TableRequest) -> bool:
         """Count `req` if it matches; True when this request gets the effect."""
-        if (self.effect in PAGE_EFFECTS) != req.is_query or not self.match.hits(req):
+        if (self.effect in PAGE_EFFECTS and not req.is_query) or not self.match.hits(req):
             return False
         self._seen += 1
         if self._seen < self.match.nth or self.used_up:

@@ -148,7 +148,7 @@ async def test_600k_characters_are_entity_too_large_although_azurite_accepts_the
     with pytest.raises(HttpResponseError) as refused:
         await tables.table.create_entity(entity)
     assert refused.value.status_code == 400
-    assert refused.value.response is not None and refused.value.response.headers["x-ms-error-code"] == "EntityTooLarge"
+    assert "EntityTooLarge" in str(refused.value)  # the error document's code, as the SDK shows it
     await tables.direct.create_entity(entity)  # Azurite itself takes it (no size check on insert)
     with pytest.raises(HttpResponseError, match="EntityTooLarge"):  # nor as an upsert or a merge
         await tables.table.upsert_entity({**entity, "RowKey": "big2"})

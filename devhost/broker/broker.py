@@ -4,7 +4,7 @@ accepted messages go (the topic's to `GET /devhost/events`, a queue's to `GET /d
 
 Refusals are raised as the AMQP conditions the broker sends (`amqp:not-found`, `amqp:unauthorized-access`,
 `amqp:link:message-size-exceeded`, `com.microsoft:server-busy`, ...), so the SDK's own code turns them into
-its exceptions and decides, as it does against Azure, which ones it retries (docs/fidelity.md, SB rows)."""
+its exceptions and decides, as it does against Azure, which ones it retries (docs/fidelity.md, rows O1-O8)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Table Storage's error answers, in the shape azure-data-tables parses (`_error._decode_error`): a JSON body
 `{"odata.error": {"code", "message": {"lang", "value"}}}` (nothing else in `odata.error`: the SDK gives up
 parsing an unknown key) and the code again in `x-ms-error-code`. Codes, statuses and messages are those of
-Microsoft's "Common REST API error codes" and "Table service error codes" pages (docs/fidelity.md, ST rows)."""
+Microsoft's "Common REST API error codes" and "Table service error codes" pages (docs/fidelity.md, rows L4-L14)."""
 
 from __future__ import annotations
 

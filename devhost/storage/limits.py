@@ -8,7 +8,7 @@ insert, counts UTF-8 JSON bytes on update, and has no property-count or name-len
 - At most 252 custom properties (255 with PartitionKey, RowKey and Timestamp); names up to 255 characters.
 - A string value up to 64 KiB (32K UTF-16 units); a binary value up to 64 KiB.
 
-Sources in docs/fidelity.md (rows ST5-ST7)."""
+Sources in docs/fidelity.md (rows L8-L11)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The Service Bus stand-in at the SDK boundary: the app's own ServiceBusPublisher, real ServiceBusMessage
 objects, the SDK's own sender code and retry policy, and the broker's refusals and duplicate detection
-(docs/fidelity.md, rows SB15-SB21)."""
+(docs/fidelity.md, rows O1-O8)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The storage proxy in front of Azurite, driven through azure-data-tables as the ledger drives it: Azure's
 entity limits (which Azurite does not enforce), and the failures Azure has and Azurite never produces, each
-met by the SDK's own retry policy (docs/fidelity.md, rows ST1-ST10)."""
+met by the SDK's own retry policy (docs/fidelity.md, rows L4-L16)."""
 
 from __future__ import annotations
 

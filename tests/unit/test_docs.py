@@ -28,8 +28,10 @@ def _paths(text: str) -> set[str]:
 
 
 def _exists(path: str) -> bool:
-    """A file or folder, or a module named without its .py (the architecture diagram's boxes)."""
-    return (ROOT / path).exists() or (ROOT / f"{path}.py").exists()
+    """A file or folder, or a module named without its .py (the architecture diagram's boxes), or a test cited
+    relative to tests/ (`devhost/test_x.py` is tests/devhost/test_x.py, not a module of the devhost package)."""
+    cited_test = _TEST.fullmatch(path) is not None and (ROOT / "tests" / path).exists()
+    return (ROOT / path).exists() or (ROOT / f"{path}.py").exists() or cited_test
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from aiohttp import web
+from pydantic import TypeAdapter
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -33,3 +37,19 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def bad_request(exc: Exception) -> web.Response:
+    return web.json_response({"error": {"code": "BadRequest", "message": str(exc)[:2000]}}, status=400)
+
+
+async def append_posted(request: web.Request, adapter: TypeAdapter[list[T]], into: list[T]) -> web.Response:
+    """A devhost control POST of one model or a list of them (faults): validated and appended, 201
+    `{"queued": n}`; a mistake is a 400 that names it (pydantic's ValidationError is a ValueError)."""
+    try:
+        doc: Any = await request.json()
+        items = adapter.validate_python(doc if isinstance(doc, list) else [doc])
+    except ValueError as exc:
+        return bad_request(exc)
+    into.extend(items)
+    return web.json_response({"queued": len(items)}, status=201)

@@ -17,7 +17,7 @@ from aiohttp import web
 from azure.servicebus import ServiceBusMessage
 from azure.servicebus._common.constants import ERROR_CODE_SERVER_BUSY, ERROR_CODE_TIMEOUT
 from azure.servicebus._pyamqp.error import AMQPLinkError, ErrorCondition, MessageException
-from pydantic import TypeAdapter, ValidationError
+from pydantic import TypeAdapter
 
 from devhost.broker.entities import (
     MAX_MESSAGE_BYTES,
@@ -28,6 +28,7 @@ from devhost.broker.entities import (
     duration_seconds,
 )
 from devhost.clock import Clock
+from devhost.serving import append_posted, bad_request
 
 log = logging.getLogger("devhost.broker")
 NAMESPACE = "devhost.servicebus.windows.net"
@@ -159,18 +160,12 @@ class Broker:
             spec = QueueSpec.model_validate(await request.json())
             entity = self.create_queue(spec.name, duplicate_detection=spec.duplicate_detection,
                                        send_allowed=spec.send_allowed)
-        except (ValueError, ValidationError) as exc:
-            return web.json_response({"error": {"code": "BadRequest", "message": str(exc)[:2000]}}, status=400)
+        except ValueError as exc:
+            return bad_request(exc)
         return web.json_response(entity.public(), status=201)
 
     async def _add_faults(self, request: web.Request) -> web.Response:
-        try:
-            doc = await request.json()
-            faults = _FAULTS.validate_python(doc if isinstance(doc, list) else [doc])
-        except (ValueError, ValidationError) as exc:
-            return web.json_response({"error": {"code": "BadRequest", "message": str(exc)[:2000]}}, status=400)
-        self.faults.extend(faults)
-        return web.json_response({"queued": len(faults)}, status=201)
+        return await append_posted(request, _FAULTS, self.faults)
 
     async def _list_faults(self, request: web.Request) -> web.Response:
         return web.json_response([f.public() for f in self.faults])

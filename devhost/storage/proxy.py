@@ -25,10 +25,10 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 from aiohttp import web
 from multidict import MultiDict, MultiDictProxy
-from pydantic import TypeAdapter, ValidationError
+from pydantic import TypeAdapter
 from yarl import URL
 
-from devhost.serving import Served, serve
+from devhost.serving import Served, append_posted, serve
 from devhost.storage import errors, limits, paging
 from devhost.storage.faults import SERVER_TIMEOUT, Chaos, StorageFault
 from devhost.storage.wire import TableRequest, parse
@@ -79,13 +79,7 @@ class StorageProxy:
                 web.get("/devhost/storage/requests", self._list_requests)]
 
     async def _add_faults(self, request: web.Request) -> web.Response:
-        try:
-            doc = await request.json()
-            faults = _FAULTS.validate_python(doc if isinstance(doc, list) else [doc])
-        except (ValueError, ValidationError) as exc:
-            return web.json_response({"error": {"code": "BadRequest", "message": str(exc)[:2000]}}, status=400)
-        self.faults.extend(faults)
-        return web.json_response({"queued": len(faults)}, status=201)
+        return await append_posted(request, _FAULTS, self.faults)
 
     async def _list_faults(self, request: web.Request) -> web.Response:
         chaos = self.chaos.public() if self.chaos is not None else None

@@ -169,8 +169,10 @@ class ServiceBusQueues:
             await asyncio.wait({invocation})
             return True
         lapse = asyncio.ensure_future(self.clock.sleep(self.lock_renewal))
-        done, _ = await asyncio.wait({invocation, lapse}, return_when=asyncio.FIRST_COMPLETED)
-        lapse.cancel()
+        try:
+            done, _ = await asyncio.wait({invocation, lapse}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            lapse.cancel()
         return invocation in done
 
     async def _lock_lost(self, entry: FunctionEntry, msg: QueuedMessage, invocation: asyncio.Future[Any]) -> Settlement:

@@ -137,8 +137,10 @@ class TimerScheduler:
             await asyncio.wait({invocation})
             return
         lapse = asyncio.ensure_future(self.clock.sleep(self.overlap_after))
-        done, _ = await asyncio.wait({invocation, lapse}, return_when=asyncio.FIRST_COMPLETED)
-        lapse.cancel()
+        try:
+            done, _ = await asyncio.wait({invocation, lapse}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            lapse.cancel()
         if invocation not in done:
             log.warning("timer %s: lease lost while the %s run goes on; another instance runs it again, past due",
                         entry.name, _iso(scheduled))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -55,7 +56,7 @@ class Broker:
         }
         self.topic, self.requests_queue = topic, requests_queue
         self.faults: list[SendFault] = []
-        self.sends: list[dict[str, Any]] = []  # every send attempt and what the broker did with it
+        self.sends: deque[dict[str, Any]] = deque(maxlen=10_000)  # the last send attempts, and what came of each
         self.subscribers: dict[str, list[Subscriber]] = {}  # entity -> called with each accepted message
         self._sequence = itertools.count(int(clock.now() * 1000))
 
@@ -133,7 +134,8 @@ class Broker:
         delivered = Delivered(entity.name, next(self._sequence), self.clock.utcnow(), message.message_id,
                               message.correlation_id, message.subject, message.content_type, message.reply_to,
                               props, body)
-        entity.messages.append(delivered)
+        if entity.kind == "queue":
+            entity.messages.append(delivered)
         self._log(entity.name, [message], "delivered")
         for subscriber in self.subscribers.get(entity.name, []):
             subscriber(delivered)
@@ -174,4 +176,4 @@ class Broker:
         return web.json_response([m.public() for m in self.replies()])
 
     async def _sends(self, request: web.Request) -> web.Response:
-        return web.json_response(self.sends)
+        return web.json_response(list(self.sends))

@@ -54,7 +54,8 @@ class Entity:
     dedupe_window: float | None = None  # seconds; None: no duplicate detection
     send_allowed: bool = True  # False: the app's identity holds no Send claim on it
     seen: dict[str, float] = field(default_factory=dict)  # MessageId -> when first accepted (dedupe history)
-    messages: list[Delivered] = field(default_factory=list)
+    messages: list[Delivered] = field(default_factory=list)  # a queue's (the topic's go to its subscribers)
+    _forgotten_at: float = 0.0
 
     def duplicate(self, message_id: str | None, now: float) -> bool:
         """Within the window a resend of a MessageId is dropped; after it, the broker no longer knows the id."""
@@ -64,8 +65,9 @@ class Entity:
         if first is not None and now - first < self.dedupe_window:
             return True
         self.seen[message_id] = now
-        for old in [k for k, at in self.seen.items() if now - at >= self.dedupe_window]:
-            del self.seen[old]  # the broker forgets ids past the window
+        if now - self._forgotten_at >= 60:  # the broker forgets ids past the window (swept once a minute)
+            self._forgotten_at = now
+            self.seen = {k: at for k, at in self.seen.items() if now - at < self.dedupe_window}
         return False
 
     def public(self) -> dict[str, Any]:

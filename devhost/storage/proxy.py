@@ -152,7 +152,12 @@ class StorageProxy:
         if req.is_query:
             query, upstream, after, added = paging.upstream_query(url.query, effect in ("emptyPage", "shortPage"))
         target = url if query is url.query else url.with_query(query)
-        status, headers, content = await self._forward(request, target, body)
+        try:
+            status, headers, content = await self._forward(request, target, body)
+        except aiohttp.ClientError as exc:  # Azurite unreachable: the client sees its connection fail
+            log.warning("storage proxy: upstream %s failed: %s", self.origin, exc)
+            effect = "applyThenDrop"
+            status, headers, content = 599, {}, b""
         if effect == "applyThen500":
             return errors.response("OperationTimedOut", version)
         if effect == "applyThenDrop":

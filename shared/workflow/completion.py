@@ -17,6 +17,7 @@ from typing import Any
 
 from shared.domain.errors import ApiError, ErrorCode
 from shared.domain.events import EventData, EventType, build_event
+from shared.domain.health import Health
 from shared.domain.records import OperationRecord, QueueEntry, TargetRecord
 from shared.domain.status import EventStatus, OperationStatus
 from shared.rules import admission
@@ -41,10 +42,10 @@ async def admit(runtime: Runtime, record: OperationRecord, *, secret: bool, capa
     batch_id = admission.new_batch_id()
 
     def decide(target: TargetRecord) -> tuple[TargetRecord | None, admission.Admission]:
-        return admission.admit_request(target, owner=record.operation_id, keys=record.cooldown_keys,
-                                       options=record.options, secret=secret, capacity=capacity, target_id=target_id,
-                                       now=now, until=until, settings=runtime.settings, batch_id=batch_id,
-                                       symptom=symptom)
+        return admission.admit_request(target, owner=record.holder, operation_id=record.operation_id,
+                                       keys=record.cooldown_keys, options=record.options, secret=secret,
+                                       capacity=capacity, target_id=target_id, now=now, until=until,
+                                       settings=runtime.settings, batch_id=batch_id, symptom=symptom)
 
     decided = await runtime.ledger.change_target(record.lease_key, decide)
     if decided.suspension is not None:
@@ -61,9 +62,10 @@ async def release_lease(runtime: Runtime, record: OperationRecord, *, applied: b
     batch_id = admission.new_batch_id()
 
     def decide(target: TargetRecord) -> tuple[TargetRecord | None, admission.Handoff]:
-        return admission.release(target, record.operation_id, record.cooldown_keys, record.status, ended,
-                                 applied=applied, unhealthy=record.health == "Unhealthy", now=now, until=until,
-                                 settings=runtime.settings, next_batch_id=batch_id)
+        return admission.release(target, record.holder, record.cooldown_keys, record.status, ended, applied=applied,
+                                 unhealthy=record.health == Health.UNHEALTHY, now=now, until=until,
+                                 settings=runtime.settings, next_batch_id=batch_id,
+                                 operation_id=record.operation_id)
 
     return await runtime.ledger.change_target(record.lease_key, decide)
 
@@ -148,7 +150,8 @@ async def end_waiting(runtime: Runtime, waiting: list[QueueEntry] | list[str], c
     on meanwhile). Returns the records this call ended."""
     ended: list[OperationRecord] = []
     now = runtime.now()
-    for operation_id in [w if isinstance(w, str) else w.operation_id for w in waiting]:
+    for operation_id in [w for w in waiting if isinstance(w, str)] + admission.members_of(
+            [w for w in waiting if not isinstance(w, str)]):
         def canceled(r: OperationRecord) -> OperationRecord | None:
             if r.terminal or (only_if is not None and r.status != only_if):
                 return None
@@ -166,9 +169,10 @@ async def end_waiting(runtime: Runtime, waiting: list[QueueEntry] | list[str], c
 
 async def after_suspension(runtime: Runtime, lease_key: str, ended: list[QueueEntry]) -> None:
     target = await runtime.ledger.get_target(lease_key)
-    await end_waiting(runtime, ended, ErrorCode.TARGET_SUSPENDED, "The target was suspended while this request waited: "
-                      f"{(target.suspended or {}).get('reason', 'no reason given')}. An operator must resume it "
-                      "(POST /api/targets/resume) before it is reimaged again.")
+    reason = (target.suspended or {}).get("reason", "no reason given")
+    await end_waiting(runtime, ended, ErrorCode.TARGET_SUSPENDED, "The target was suspended while this request "
+                      f"waited: {reason}. An operator must resume it (POST /api/targets/resume) before it is "
+                      "reimaged again.")
     await announce_suspension(runtime, lease_key)
 
 

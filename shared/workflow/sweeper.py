@@ -2,7 +2,8 @@
 
 It walks the ledger's list of unsettled operations (an index partition, not a scan) and, for
 each one whose owner has gone quiet for longer than it may:
-- Claimed (no POST yet): frees the key and withdraws the lease; it reached nothing;
+- Claimed (no POST yet): ends it Failed/NotSubmitted with its event, releasing what its claim held (it reached
+  nothing; a same-key delivery may have been answered with it, so it does not just vanish);
 - Submitting (the POST may have gone out): ends it Failed/SubmissionLost, cooldown included;
 - Accepted/Running without a monitor: starts the monitor again;
 - terminal without its event: sends the event (same id; Service Bus drops a duplicate).
@@ -34,7 +35,6 @@ from shared.workflow.completion import (
     finish,
     finish_member,
     is_stale,
-    release_lease,
     send_completion,
 )
 from shared.workflow.orchestration import MonitorInput, start_batch, start_monitor
@@ -48,7 +48,6 @@ _ENDED = ("Failed", "Terminated", "Canceled")
 
 @dataclass
 class SweepReport:
-    freed: list[str] = field(default_factory=list)
     lost: list[str] = field(default_factory=list)
     restarted: list[str] = field(default_factory=list)
     resent: list[str] = field(default_factory=list)
@@ -131,7 +130,7 @@ async def _sweep_member(runtime: Runtime, record: OperationRecord, age: timedelt
     elif batch is None and age > quiet:
         target = await runtime.ledger.get_target(record.lease_key)
         riding = target.batch is not None and record.operation_id in target.batch.members
-        waiting = any(e.operation_id == record.operation_id for e in target.queue)
+        waiting = target.queued(record.operation_id) is not None
         if not riding and not waiting:
             await end_waiting(runtime, [record.operation_id], ErrorCode.BATCH_LOST, "The batch this request was "
                                          "part of was lost before it was sent; nothing was reimaged for it.")
@@ -177,6 +176,9 @@ async def _sweep_one(runtime: Runtime, client: Any, record: OperationRecord, age
         await _sweep_monitored(runtime, client, record, report)
     elif record.terminal:
         await _sweep_terminal(runtime, record, age, report)
+    elif record.status is OperationStatus.REFUSED:  # a refused POST's key: nothing to end
+        await runtime.ledger.settled(record.operation_id)
+        report.settled.append(record.operation_id)
     # Queued: swept per target (_sweep_target)
 
 
@@ -190,20 +192,18 @@ async def _sweep_approval(runtime: Runtime, record: OperationRecord, report: Swe
 
 
 async def _sweep_claimed(runtime: Runtime, client: Any, record: OperationRecord, report: SweepReport) -> None:
-    """Claimed and quiet: its owner died before the POST (it reached nothing)."""
+    """Claimed and quiet: its owner stopped before the POST (it reached nothing). It may have been answered 202
+    (a same-key delivery joined it), so it ends with its event rather than vanishing; what its claim attempt
+    held on the target is released first (finish releases it as not applied)."""
     target = await runtime.ledger.get_target(record.lease_key)
-    if any(e.operation_id == record.operation_id for e in target.queue):
+    if target.queued(record.operation_id) is not None:
         return  # it was queued and crashed before saying so: the queue carries it
-    if record.approved_by is not None:  # approved (answered 202 long ago), then its approver's call died
-        await finish(runtime, record.operation_id, OperationStatus.FAILED, {
-            "code": ErrorCode.NOT_SUBMITTED, "message": "It was approved, but the approval's call stopped before "
-            "the reimage was sent; nothing was reimaged. Ask again."}, applied=False, client=client)
-        report.lost.append(record.operation_id)
-        return
-    await release_lease(runtime, record, applied=False)
-    if await runtime.ledger.release_claim(record):
-        await runtime.ledger.settled(record.operation_id)
-        report.freed.append(record.operation_id)
+    why = ("It was approved, but the approval's call stopped before the reimage was sent" if record.approved_by
+           else "Its request stopped after claiming it, before the reimage was sent")
+    await finish(runtime, record.operation_id, OperationStatus.FAILED, {
+        "code": ErrorCode.NOT_SUBMITTED, "message": f"{why}; nothing was reimaged. Ask again."}, applied=False,
+        client=client)
+    report.lost.append(record.operation_id)
 
 
 async def _sweep_monitored(runtime: Runtime, client: Any, record: OperationRecord, report: SweepReport) -> None:

@@ -110,6 +110,8 @@ class OperationRecord(_Doc):
             doc["approvedByVerified"] = self.approved_by_verified
         if self.is_batch:
             doc["members"] = self.members
+        if self.reply:
+            doc["reply"] = {k: self.reply.get(k) for k in ("queue", "status", "attempts", "error") if k in self.reply}
         return doc
 
     @property

@@ -6,7 +6,8 @@ each one whose owner has gone quiet for longer than it may:
   nothing; a same-key delivery may have been answered with it, so it does not just vanish);
 - Submitting (the POST may have gone out): ends it Failed/SubmissionLost, cooldown included;
 - Accepted/Running without a monitor: starts the monitor again;
-- terminal without its event: sends the event (same id; Service Bus drops a duplicate).
+- terminal without its event: sends the event (same id; Service Bus drops a duplicate);
+- terminal with its ReplyTo copy owed: one more attempt (bounded; then recorded failed, with an event).
 
 And for queued work, per target: admits the queue when the target has no live lease (a crashed
 hand-off, an expired lease, a budget window that freed), ends requests queued longer than
@@ -31,10 +32,12 @@ from shared.workflow import batches
 from shared.workflow.completion import (
     SENDING,
     announce_suspension,
+    deliver_reply,
     end_waiting,
     finish,
     finish_member,
     is_stale,
+    reply_settled,
     send_completion,
 )
 from shared.workflow.orchestration import MonitorInput, start_batch, start_monitor
@@ -51,6 +54,7 @@ class SweepReport:
     lost: list[str] = field(default_factory=list)
     restarted: list[str] = field(default_factory=list)
     resent: list[str] = field(default_factory=list)
+    replied: list[str] = field(default_factory=list)  # ReplyTo copies attempted again
     settled: list[str] = field(default_factory=list)
     expired: list[str] = field(default_factory=list)
     admitted: list[str] = field(default_factory=list)  # batches formed from a queue
@@ -219,11 +223,19 @@ async def _sweep_monitored(runtime: Runtime, client: Any, record: OperationRecor
 
 
 async def _sweep_terminal(runtime: Runtime, record: OperationRecord, age: timedelta, report: SweepReport) -> None:
-    """Ended: its event must have been sent (a send that crashed is sent again, with the same id)."""
+    """Ended: its event must have been sent to the topic (a send that crashed is sent again, with the same id),
+    and its ReplyTo copy delivered or given up on (one more attempt per sweep; never the topic's copy again)."""
     if record.event_id is None or is_stale(record.event_id, runtime.now()):
         if age > MONITOR_GRACE:
             await send_completion(runtime, record, stale=True)
             report.resent.append(record.operation_id)
-    elif not record.event_id.startswith(SENDING):
+    elif record.event_id.startswith(SENDING):
+        return
+    elif not reply_settled(record):
+        done = await deliver_reply(runtime, record)
+        report.replied.append(record.operation_id)
+        if reply_settled(done):
+            await runtime.ledger.settled(record.operation_id)
+    else:
         await runtime.ledger.settled(record.operation_id)
         report.settled.append(record.operation_id)

@@ -55,7 +55,8 @@ async def test_topic_message_properties_and_reply_to() -> None:
     client = RecordingClient()
     pub = ServiceBusPublisher(settings(), client=client)  # type: ignore[arg-type]
     ev = event()
-    await pub.publish(ev, reply_to="caller-replies", reply_correlation_id="msg-42")
+    await pub.publish(ev)
+    await pub.reply(ev, "caller-replies", "msg-42")
     topic = client.senders[("topic", "reimage-events")].sent
     reply = client.senders[("queue", "caller-replies")].sent
     assert len(topic) == 1 and len(reply) == 1

@@ -59,6 +59,7 @@ class ErrorCode(StrEnum):
     APPROVAL_TIMED_OUT = "ApprovalTimedOut"
     CANCELED_BY_OPERATOR = "CanceledByOperator"
     QUEUE_EXPIRED = "QueueExpired"
+    QUEUE_LOST = "QueueLost"
     BATCH_LOST = "BatchLost"
     NOTHING_TO_SEND = "NothingToSend"
     NOT_SUBMITTED = "NotSubmitted"

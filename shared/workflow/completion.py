@@ -71,6 +71,22 @@ async def release_lease(runtime: Runtime, record: OperationRecord, *, applied: b
     return await runtime.ledger.change_target(record.lease_key, decide)
 
 
+async def release_holder(runtime: Runtime, lease_key: str, holder: str, operation_id: str) -> admission.Handoff:
+    """Release what a claim attempt that lost its key still holds on a target (its lease, provisional cooldowns,
+    budget entry), as not applied: it never reached ARM (a Submitting record's key is never taken over)."""
+    now = runtime.now()
+    until = lease_until(runtime.settings, now)
+    batch_id = admission.new_batch_id()
+
+    def decide(target: TargetRecord) -> tuple[TargetRecord | None, admission.Handoff]:
+        keys = list(target.batch.keys) if target.batch is not None and target.batch.holder == holder else []
+        return admission.release(target, holder, keys, OperationStatus.CANCELED, now, applied=False,
+                                 unhealthy=False, now=now, until=until, settings=runtime.settings,
+                                 next_batch_id=batch_id, operation_id=operation_id)
+
+    return await runtime.ledger.change_target(lease_key, decide)
+
+
 async def finish(runtime: Runtime, operation_id: str, status: OperationStatus, error: dict[str, Any] | None, *,
                  applied: bool, polls: int | None = None, arm_status: str | None = None,
                  health: str | None = None, health_detail: dict[str, str] | None = None,

@@ -37,6 +37,7 @@ from shared.workflow.completion import (
     finish,
     finish_member,
     is_stale,
+    release_holder,
     reply_settled,
     send_completion,
 )
@@ -58,7 +59,8 @@ class SweepReport:
     settled: list[str] = field(default_factory=list)
     expired: list[str] = field(default_factory=list)
     admitted: list[str] = field(default_factory=list)  # batches formed from a queue
-    ended: list[str] = field(default_factory=list)  # requests whose batch had ended
+    ended: list[str] = field(default_factory=list)  # requests whose batch had ended, or that left their queue
+    released: list[str] = field(default_factory=list)  # leases of claim attempts that were taken over
 
     def to_dict(self) -> dict[str, list[str]]:
         return {k: v for k, v in self.__dict__.items() if v}
@@ -68,7 +70,7 @@ async def sweep(runtime: Runtime, client: Any) -> SweepReport:
     report = SweepReport()
     ledger, now = runtime.ledger, runtime.now()
     quiet = timedelta(seconds=runtime.settings.submit_timeout_seconds)
-    targets: set[str] = set()
+    targets: dict[str, list[OperationRecord]] = {}  # targets with queued requests, and those requests
     for operation_id in await ledger.unsettled():
         record = await ledger.get(operation_id)
         if record is None:
@@ -78,18 +80,43 @@ async def sweep(runtime: Runtime, client: Any) -> SweepReport:
         age = now - record.last_updated_time
         try:
             if record.status == OperationStatus.QUEUED:
-                targets.add(record.lease_key)
+                targets.setdefault(record.lease_key, []).append(record)
             await _sweep_one(runtime, client, record, age, quiet, report)
         except Exception:  # one bad record must not stop the sweep of the others
             log.exception("sweeping %s failed", operation_id)
-    for lease_key in sorted(targets):
+    for lease_key, queued in sorted(targets.items()):
         try:
             await _sweep_target(runtime, client, lease_key, quiet, report)
+            await _sweep_strays(runtime, lease_key, queued, quiet, report)
         except Exception:
             log.exception("sweeping target %s failed", lease_key)
     if any(report.to_dict().values()):
         log.info("sweep: %s", report.to_dict())
     return report
+
+
+async def _sweep_strays(runtime: Runtime, lease_key: str, queued: list[OperationRecord], quiet: timedelta,
+                        report: SweepReport) -> None:
+    """Queued requests that are in neither the target's queue nor its batch (a decision that took them out and
+    never ended them: a crash, or a write whose outcome was lost) end with their event instead of waiting
+    forever. A lease held by a request's claim attempt that no longer holds its key is released."""
+    target = await runtime.ledger.get_target(lease_key)
+    now = runtime.now()
+    members = set(target.batch.members) if target.batch is not None else set()
+    strays = [r.operation_id for r in queued if now - r.last_updated_time > quiet
+              and target.queued(r.operation_id) is None and r.operation_id not in members]
+    if strays:
+        report.ended += [r.operation_id for r in await end_waiting(
+            runtime, strays, ErrorCode.QUEUE_LOST, "The request left its target's queue without being sent (a "
+            "crash, or a ledger write whose answer was lost); nothing was reimaged for it.",
+            only_if=OperationStatus.QUEUED)]
+    holder = target.lease_owner if target.lease_held(now) else None
+    if holder is not None and "@" in holder:
+        operation_id, attempt = holder.split("@", 1)
+        record = await runtime.ledger.get(operation_id)
+        if record is None or record.attempt != attempt:
+            await release_holder(runtime, lease_key, holder, operation_id)
+            report.released.append(holder)
 
 
 async def _sweep_target(runtime: Runtime, client: Any, lease_key: str, quiet: timedelta,

@@ -7,7 +7,8 @@
   tests/integration/adapters/test_ledger.py pins the real ledger's side of these semantics against Azurite;
   test_fakes.py pins this one's.
 - `FakeCompute`: the ARM client. Records every POST; answers 202 unless told otherwise (an answer, or one of
-  the typed errors of shared.domain.errors, per POST); `hold()` keeps the next POST in flight until released.
+  the typed errors of shared.domain.errors the real client raises: `arm_error`, `uncertain`, `unreachable`),
+  per POST; `hold()` keeps the next POSTs in flight until released.
 - `RecordingPublisher`: every event it was asked to send, in order; `fail_next` makes sends fail.
 - `FakeDurableClient`: `start_new` and `get_status` of the Durable Functions client.
 - `Clock`: a settable clock; `make_runtime` builds a real `shared.runtime.Runtime` around all of them.
@@ -22,11 +23,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from azure.durable_functions.models import DurableOrchestrationStatus, OrchestrationRuntimeStatus
+from azure.durable_functions.models.DurableOrchestrationStatus import DurableOrchestrationStatus
+from azure.durable_functions.models.OrchestrationRuntimeStatus import OrchestrationRuntimeStatus
 
 from shared.adapters.ledger import OPEN, LedgerConflict, Page, RecordChanged, inverted, target_partition
 from shared.domain.arm_call import ArmCall, Submission, TargetModel
-from shared.domain.errors import ComputeError, ComputeUnavailable, ErrorCode, SubmissionUncertain, TargetNotFound
+from shared.domain.errors import (
+    ComputeError,
+    ComputeThrottled,
+    ComputeUnavailable,
+    ErrorCode,
+    SubmissionUncertain,
+    TargetNotFound,
+)
 from shared.domain.events import CloudEvent, EventType
 from shared.domain.health import Health, InstanceHealth
 from shared.domain.records import OperationRecord, TargetRecord
@@ -221,12 +230,19 @@ def accepted_202(retry_after: float | None = None) -> Submission:
 
 
 def arm_error(status: int, code: str = "OperationNotAllowed", message: str = "ARM said no") -> ComputeError:
-    """What the ARM client raises for an answer of `status` to a POST."""
-    if status == 429 or status == 503:
-        return ComputeUnavailable(ErrorCode.COMPUTE_UNAVAILABLE, "ARM is throttling or unavailable",
-                                  arm_status=status, arm_code=code, arm_message=message, retry_after=30)
-    return ComputeError(ErrorCode.COMPUTE_ERROR, f"ARM answered {status}", arm_status=status, arm_code=code,
-                        arm_message=message)
+    """What the ARM client raises when ARM answers a POST with `status` (shared/adapters/arm/client.py)."""
+    kw: dict[str, Any] = {"arm_status": status, "arm_code": code, "arm_message": message}
+    if status == 429:  # past the client's own retries
+        return ComputeThrottled(ErrorCode.COMPUTE_UNAVAILABLE, "ARM is throttling", retry_after=30, **kw)
+    if status >= 500 or status == 408:
+        return ComputeUnavailable(ErrorCode.COMPUTE_UNAVAILABLE, f"ARM answered {status}", **kw)
+    return ComputeError(ErrorCode.COMPUTE_ERROR, f"ARM answered {status}", **kw)
+
+
+def unreachable() -> ComputeUnavailable:
+    """The client never connected: nothing was sent."""
+    return ComputeUnavailable(ErrorCode.COMPUTE_UNAVAILABLE, "could not connect to ARM", arm_status=0,
+                              arm_code="ConnectionFailed", arm_message="ServiceRequestError")
 
 
 def uncertain() -> SubmissionUncertain:

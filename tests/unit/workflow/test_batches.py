@@ -15,7 +15,7 @@ from shared.domain.status import OperationStatus
 from shared.domain.targets import parse_target
 from shared.workflow import batches
 from shared.workflow.intake import Intake
-from tests.unit.workflow.fakes import VMSS, World, arm_error, make_world
+from tests.unit.workflow.fakes import VMSS, World, arm_error, make_world, unreachable
 
 LOCK = parse_target(VMSS).lock_key
 
@@ -54,10 +54,12 @@ async def test_submit_seals_and_posts_the_union_once_even_when_run_twice(world: 
     assert len(world.publisher.of(EventType.ACCEPTED)) == 2
 
 
-async def test_an_unavailable_arm_requeues_the_members_and_gives_the_global_slot_back() -> None:
+@pytest.mark.parametrize("answer", [arm_error(429, "TooManyRequests", "throttled"), unreachable()],
+                         ids=["throttled", "unreachable"])
+async def test_an_unavailable_arm_requeues_the_members_and_gives_the_global_slot_back(answer: Exception) -> None:
     world = make_world(GLOBAL_MAX_REIMAGES_PER_HOUR="1")
     batch_id = await queue_two(world)
-    world.compute.answers.append(arm_error(429, "TooManyRequests", "throttled"))
+    world.compute.answers.append(answer)
     assert await batches.submit(world.runtime, world.durable, batch_id) == {"outcome": "requeued"}
     assert await world.ledger.global_slots_free(world.clock(), 1)  # nothing was sent: the slot serves another
     target = await world.ledger.get_target(LOCK)

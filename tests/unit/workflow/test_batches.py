@@ -4,6 +4,7 @@ activity runs; what ARM answers decides whether its requests go back to the queu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -98,3 +99,23 @@ async def test_a_second_run_while_the_first_is_submitting_raises_batch_being_sub
     release.set()
     assert (await first)["outcome"] == "submitted"
     assert len(world.compute.posts) == 1
+
+
+async def test_a_run_after_the_submitter_stopped_mid_post_ends_the_batch_lost_and_never_posts_again(
+        world: World) -> None:
+    batch_id = await queue_two(world)
+    world.compute.hold()  # never released: the submitter dies with its POST on the wire
+    first = asyncio.create_task(batches.submit(world.runtime, world.durable, batch_id))
+    await world.compute.posted.wait()
+    first.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await first
+    world.clock.advance(seconds=301)  # past SUBMIT_TIMEOUT_SECONDS
+    answer = await batches.submit(world.runtime, world.durable, batch_id)
+    assert answer == {"outcome": "ended", "status": OperationStatus.FAILED} and len(world.compute.posts) == 1
+    assert await statuses(world, "k1", "k2") == [OperationStatus.FAILED] * 2
+    for event in world.publisher.of(EventType.COMPLETED):
+        assert event.data.error is not None and event.data.error.code == ErrorCode.SUBMISSION_LOST
+    assert len(world.publisher.of(EventType.COMPLETED)) == 2
+    cooldowns = (await world.ledger.get_target(LOCK)).cooldowns  # ARM may be reimaging them: cooldown starts
+    assert sorted(cooldowns) == ["1", "2"] and {c.operation_id for c in cooldowns.values()} == {batch_id}

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 from azure.durable_functions.models.DurableOrchestrationStatus import DurableOrchestrationStatus
 from azure.durable_functions.models.OrchestrationRuntimeStatus import OrchestrationRuntimeStatus
 
-from shared.adapters.ledger import OPEN, LedgerConflict, Page, RecordChanged, inverted, target_partition
+from shared.adapters.ledger import OPEN, Ledger, LedgerConflict, Page, RecordChanged, inverted, target_partition
 from shared.domain.arm_call import ArmCall, Submission, TargetModel
 from shared.domain.errors import (
     ComputeError,
@@ -109,22 +109,8 @@ class FakeLedger:
         self.ops[record.operation_id] = (record.to_json(), record.etag)
         return record
 
-    async def update(self, operation_id: str,
-                     mutate: Callable[[OperationRecord], OperationRecord | None]) -> OperationRecord | None:
-        """Read, mutate, CAS, retried on conflict. `mutate` returns None to leave the record as it is."""
-        for _ in range(_CAS_ATTEMPTS):
-            current = await self.get(operation_id)
-            if current is None:
-                return None
-            changed = mutate(current.model_copy(deep=True))
-            if changed is None:
-                return current
-            changed.etag = current.etag
-            try:
-                return await self.replace(changed)
-            except RecordChanged:
-                continue
-        raise LedgerConflict(f"could not update {operation_id}")
+    # The real read-mutate-CAS loop (retried on RecordChanged, with its jitter), over this ledger's get/replace.
+    update = Ledger.update
 
     async def release_claim(self, record: OperationRecord) -> bool:
         """Free the key (CAS delete): only while the stored record still has `record.etag`."""

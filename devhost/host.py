@@ -124,7 +124,7 @@ class DevHost:
         self.function_key = secrets.token_urlsafe(24)
         self.overrides = dict(settings or {})
         self.seed = seed
-        self.durable_fidelity = durable_fidelity  # None: as hostile as Azure (devhost/durable.py)
+        self.durable_fidelity = durable_fidelity  # None: as hostile as Azure (devhost/durable/fidelity.py)
         self.servers: list[Served] = []
         self.engine: DurableEngine | None = None
         self.servicebus: ServiceBusQueues | None = None

@@ -8,10 +8,9 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from azure.core.exceptions import ResourceModifiedError
 from azure.data.tables.aio import TableServiceClient
 
-from shared.adapters.ledger import Ledger
+from shared.adapters.ledger import Ledger, RecordChanged
 from shared.domain.records import OperationRecord, TargetRecord
 from shared.rules import admission
 from shared.settings import load_settings
@@ -54,7 +53,7 @@ async def test_a_stale_etag_is_refused(ledger: Ledger) -> None:
     other.status = "Submitting"
     await ledger.replace(other)
     mine.status = "Failed"
-    with pytest.raises(ResourceModifiedError):
+    with pytest.raises(RecordChanged):
         await ledger.replace(mine)
     stored = await ledger.get("op-2")
     assert stored is not None and stored.status == "Submitting"

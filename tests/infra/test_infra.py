@@ -21,7 +21,8 @@ BICEP = sorted((ROOT / "infra").rglob("*.bicep"))
 # Names checked against the Azure RBAC provider operations list
 # (learn.microsoft.com/azure/role-based-access-control/permissions/compute, Microsoft.Compute).
 # The instance-view reads are health verification's (ComputeClient.instance_health):
-# integration/test_instance_health.py::test_every_health_read_is_granted_by_the_role_and_every_view_action_is_used
+# integration/adapters/test_instance_health.py::
+#   test_every_health_read_is_granted_by_the_role_and_every_view_action_is_used
 # runs those reads against the simulator and checks that they need exactly these.
 ROLE_ACTIONS = {
     "Microsoft.Compute/virtualMachines/read",

@@ -26,7 +26,8 @@ from typing import Any, TypeVar
 from azure.durable_functions.models.DurableOrchestrationStatus import DurableOrchestrationStatus
 from azure.durable_functions.models.OrchestrationRuntimeStatus import OrchestrationRuntimeStatus
 
-from shared.adapters.ledger import OPEN, Ledger, LedgerConflict, Page, RecordChanged, inverted, target_partition
+from shared.adapters.ledger import OPEN, Ledger, LedgerConflict, Page, RecordChanged, target_partition
+from shared.adapters.ledger.entities import inverted
 from shared.domain.arm_call import ArmCall, Submission, TargetModel
 from shared.domain.errors import (
     ComputeError,
@@ -67,7 +68,9 @@ class FakeLedger:
     def __init__(self) -> None:
         self._etags = itertools.count(1)
         self.ops: dict[str, tuple[str, str]] = {}  # operation id -> (JSON, ETag)
-        self.targets: dict[str, tuple[str, str]] = {}  # lease key -> (JSON, ETag)
+        # lease key -> (record, ETag); kept as a copy of the model, queue included (the real ledger stores the
+        # queue as rows of the target's partition, outside the target row's JSON)
+        self.targets: dict[str, tuple[TargetRecord, str]] = {}
         self.index_rows: dict[str, dict[str, tuple[str, datetime]]] = {}  # partition -> row -> (op, created)
         self.slots: dict[str, tuple[datetime, str]] = {}  # global-budget slot -> (taken at, owner)
         # Called with the operation id just before `replace` compares ETags: a test writes here to be the
@@ -161,7 +164,7 @@ class FakeLedger:
         stored = self.targets.get(lease_key)
         if stored is None:
             return TargetRecord(key=lease_key)
-        record = TargetRecord.model_validate_json(stored[0])
+        record = stored[0].model_copy(deep=True)
         record.etag = stored[1]
         return record
 
@@ -176,13 +179,13 @@ class FakeLedger:
             stored = self.targets.get(lease_key)
             if (stored is None) != (current.etag is None) or (stored is not None and stored[1] != current.etag):
                 continue  # insert of an existing one, or a stale ETag: read again and decide again
-            self.targets[lease_key] = (changed.to_json(), self._etag())
+            self.targets[lease_key] = (changed.model_copy(deep=True), self._etag())
             return result
         raise LedgerConflict(f"could not change target {lease_key}")
 
     def put_target(self, record: TargetRecord) -> None:
         """A concurrent writer's change (or a test's set-up): a new ETag, like any write."""
-        self.targets[record.key] = (record.to_json(), self._etag())
+        self.targets[record.key] = (record.model_copy(deep=True), self._etag())
 
     # ---- the global budget: `limit` slots, each serving one POST an hour -------------------------------
     async def take_global_slot(self, owner: str, now: datetime, limit: int) -> tuple[str | None, datetime | None]:

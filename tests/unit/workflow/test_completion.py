@@ -62,7 +62,9 @@ async def test_release_is_only_for_the_owner_and_hands_the_lease_to_the_next_bat
                         osProfile={"adminPassword": "Str0ng-Passw0rd!"})
     waiting = await submit(world, target=VMSS, instanceIds=["2"], requestId="waiting")
     target = await world.ledger.get_target(SET_LOCK)
-    assert target.lease_owner == lead and [e.operation_id for e in target.queue] == [waiting]
+    held = await world.ledger.get(lead)
+    assert held is not None and target.lease_owner == held.holder  # held by the lead's claim attempt
+    assert [e.operation_id for e in target.queue] == [waiting]
 
     await finish(world.runtime, lead, OperationStatus.SUCCEEDED, None, applied=True, client=world.durable)
     target = await world.ledger.get_target(SET_LOCK)

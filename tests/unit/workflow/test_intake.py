@@ -41,7 +41,8 @@ async def test_a_vm_lead_posts_once_and_starts_its_monitor(world: World) -> None
     stored = await world.ledger.get(operation_id("k1"))
     assert stored is not None and stored.status == OperationStatus.ACCEPTED and stored.applied
     assert stored.arm is not None and stored.arm["asyncOperationUrl"]
-    assert (await world.ledger.get_target(LOCK)).lease_owner == operation_id("k1")
+    lead = await world.ledger.get(operation_id("k1"))
+    assert lead is not None and (await world.ledger.get_target(LOCK)).lease_owner == lead.holder
     assert len(world.publisher.of(EventType.ACCEPTED)) == 1 and world.publisher.of(EventType.COMPLETED) == []
 
 
@@ -57,7 +58,9 @@ async def test_a_refused_post_frees_the_key_so_a_retry_posts_again(world: World)
     error = await refused(world, target=VM, requestId="k1")
     assert isinstance(error, ComputeError) and error.arm_status == 400
     assert error.error.details[0].code == "OperationNotAllowed"
-    assert await world.ledger.get(operation_id("k1")) is None  # the key is free
+    # The key keeps the refusal (deliveries that waited on it share it); it is no operation, and a retry takes it.
+    kept = await world.ledger.get(operation_id("k1"))
+    assert kept is not None and kept.status == OperationStatus.REFUSED and await world.ledger.unsettled() == []
     target = await world.ledger.get_target(LOCK)
     assert target.lease_owner is None and target.cooldowns == {}  # nothing was applied: no cooldown
     assert world.publisher.of(EventType.COMPLETED) == []

@@ -51,18 +51,23 @@ async def claimed_then_crashed(world: World, key: str) -> OperationRecord:
     return record
 
 
-async def test_a_stale_claimed_record_is_freed(world: World) -> None:
+async def test_a_stale_claimed_record_ends_not_submitted_with_its_event(world: World) -> None:
+    """Its owner stopped before the POST; a same-key delivery may have been answered with it, so it ends with
+    its one event (nothing was reimaged), rather than vanishing."""
     record = await claimed_then_crashed(world, "k1")
     world.clock.advance(seconds=QUIET - 1)
-    assert (await sweep(world.runtime, world.durable)).freed == []  # its owner may still be working
+    assert (await sweep(world.runtime, world.durable)).lost == []  # its owner may still be working
     assert await world.ledger.get(record.operation_id) is not None
     world.clock.advance(seconds=2)
     report = await sweep(world.runtime, world.durable)
-    assert report.freed == [record.operation_id]
-    assert await world.ledger.get(record.operation_id) is None and await world.ledger.unsettled() == []
-    assert world.publisher.events == [] and world.compute.posts == []  # it reached nothing: no event
-    await submit(world, target=VM, requestId="k1")  # the key may be asked again
-    assert len(world.compute.posts) == 1
+    assert report.lost == [record.operation_id]
+    ended = await world.ledger.get(record.operation_id)
+    assert ended is not None and ended.status == OperationStatus.FAILED and not ended.applied
+    assert ended.error is not None and ended.error["code"] == "NotSubmitted"
+    assert [e.data.operation_id for e in world.publisher.of(EventType.COMPLETED)] == [record.operation_id]
+    assert world.compute.posts == [] and await world.ledger.unsettled() == []
+    target = await world.ledger.get_target(LOCK)
+    assert target.lease_owner is None and target.cooldowns == {}  # nothing was applied: no cooldown
 
 
 async def test_a_stale_submitting_record_ends_failed_submission_lost_with_its_cooldown(world: World) -> None:

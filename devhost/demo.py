@@ -187,10 +187,10 @@ async def wait_for(host: DevHost, steps: list[Step], deadline: float) -> None:
                     st.batch_id = d.get("batchId")
                     if d.get("error"):
                         st.note = f"ARM error {d['error']['code']}"
-                    replies = [m for m in host.broker.replies() if m.message_id == e["id"]] if host.broker else []
-                    if replies or e.get("reimagerreplyto"):
-                        queue = replies[0].entity if replies else e["reimagerreplyto"]
-                        st.note = f"completion event also sent to the ReplyTo queue {queue}"
+                    broker = host.broker
+                    replies = [m.entity for m in broker.replies() if m.message_id == e["id"]] if broker else []
+                    if replies:
+                        st.note = f"completion event also sent to the ReplyTo queue {replies[0]}"
         if all(st.status != "-" for st in steps if st.expected in ("Succeeded", "Failed")):
             return
         await asyncio.sleep(0.25)

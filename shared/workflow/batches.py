@@ -107,11 +107,11 @@ async def submit(runtime: Runtime, client: Any, batch_id: str) -> dict[str, Any]
     outcome = await submission.submit(runtime, client, record, call)
     if isinstance(outcome, submission.Uncertain):  # ended Failed/SubmissionUncertain with the members' events
         return {"outcome": "ended", "status": OperationStatus.FAILED}
-    if isinstance(outcome, submission.NotApplied):
+    if isinstance(outcome, submission.NotApplied):  # nothing was applied: no budget spent
+        await runtime.ledger.give_back_global_slot(slot, batch_id)
         if outcome.unavailable:  # throttled, or never connected: the same POST may go later
-            await runtime.ledger.give_back_global_slot(slot, batch_id)
             return await _requeue(runtime, record)
-        # ARM refused it: nothing was applied; its requests end with ARM's answer
+        # ARM refused it: its requests end with ARM's answer
         await finish(runtime, batch_id, OperationStatus.FAILED, outcome.error.error_dict(), applied=False,
                      client=client)
         return {"outcome": "ended", "status": OperationStatus.FAILED}

@@ -1,16 +1,14 @@
 """devhost puts its stand-ins between the app and Azure's data services by default: the ledger reaches Azurite
 through the storage proxy, events leave through the Service Bus stand-in (and still appear at
-`GET /devhost/events`, in the JSON of the app's own EVENTS_FILE mode), and the switches reach them."""
+`GET /devhost/events`, in the JSON of the app's own EVENTS_FILE mode), and the switches reach them.
+(`new_host` is the shared devhost fixture, tests/devhost/conftest.py.)"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-import aiohttp
-import pytest
 from azure.servicebus import ServiceBusMessage
 
 from devhost.__main__ import hostile_options, parse_args
@@ -18,27 +16,7 @@ from devhost.broker import StandInServiceBusClient
 from devhost.outputs import DEMO_REPLY_QUEUE
 from shared.adapters.publishers import FilePublisher
 from shared.domain.events import CloudEvent
-from tests.conftest import ledger_settings
-from tests.integration.conftest import LINUX_VM, SETTING_NAMES, WINDOWS_VM, Host, make_host
-
-
-@pytest.fixture
-async def new_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                   azurite_storage: str) -> AsyncIterator[Callable[..., Any]]:
-    for name in SETTING_NAMES:
-        monkeypatch.delenv(name, raising=False)
-    made: list[Host] = []
-
-    async def factory(**kw: Any) -> Host:
-        kw["settings"] = {**ledger_settings(azurite_storage), **(kw.get("settings") or {})}
-        host = Host(await make_host(tmp_path / f"h{len(made)}", **kw), aiohttp.ClientSession())
-        made.append(host)
-        return host
-
-    yield factory
-    for host in made:
-        await host.http.close()
-        await host.dh.stop()
+from tests.integration.conftest import LINUX_VM, WINDOWS_VM, Host
 
 
 async def test_the_ledger_goes_through_the_storage_proxy_and_its_routes(new_host: Callable[..., Any],

@@ -24,7 +24,7 @@ from devhost.broker.entities import duration_seconds
 from devhost.clock import VirtualClock
 from shared.adapters.publishers import ServiceBusPublisher
 from shared.settings import Settings
-from tests.unit.test_servicebus_publisher import event
+from tests.unit.adapters.test_publishers import event
 
 ROOT = Path(__file__).resolve().parents[2]
 TOPIC, REQUESTS = "reimage-events", "reimage-requests"
@@ -45,9 +45,11 @@ def outcomes(broker: Broker) -> list[tuple[str, str]]:
 
 async def test_an_unknown_reply_to_raises_the_sdks_entity_not_found(broker: Broker) -> None:
     pub = publisher(broker)
+    ev = event()
+    await pub.publish(ev)
     with pytest.raises(MessagingEntityNotFoundError, match="could not be found"):
-        await pub.publish(event(), reply_to="no-such-queue", reply_correlation_id="m-1")
-    assert outcomes(broker) == [(TOPIC, "delivered")]  # the topic send before it went through
+        await pub.reply(ev, "no-such-queue", "m-1")
+    assert outcomes(broker) == [(TOPIC, "delivered")]
     await pub.close()
 
 
@@ -55,7 +57,7 @@ async def test_a_reply_to_without_the_send_claim_raises_the_sdks_authorization_e
     broker.create_queue("locked", send_allowed=False)
     pub = publisher(broker)
     with pytest.raises(ServiceBusAuthorizationError, match="'Send' claim"):
-        await pub.publish(event(), reply_to="locked", reply_correlation_id="m-1")
+        await pub.reply(event(), "locked", "m-1")
     await pub.close()
 
 
@@ -72,7 +74,7 @@ async def test_a_reply_reaches_an_existing_queue_with_the_requests_message_id_as
     broker.create_queue("caller-replies")
     pub = publisher(broker)
     ev = event()
-    await pub.publish(ev, reply_to="caller-replies", reply_correlation_id="m-42")
+    await pub.reply(ev, "caller-replies", "m-42")
     [reply] = broker.replies()
     assert (reply.entity, reply.message_id, reply.correlation_id, reply.subject) == (
         "caller-replies", ev.id, "m-42", "reimager.operation.completed")
@@ -121,7 +123,9 @@ async def test_an_accepted_send_that_timed_out_is_resent_by_the_sdk(broker: Brok
     broker.faults += [SendFault(entity=TOPIC, error="AcceptedThenTimeout"),
                       SendFault(entity="plain", error="AcceptedThenTimeout")]
     pub = publisher(broker, retry_backoff_factor=0.001)
-    await pub.publish(event(), reply_to="plain", reply_correlation_id="m-1")
+    ev = event()
+    await pub.publish(ev)
+    await pub.reply(ev, "plain", "m-1")
     assert outcomes(broker) == [(TOPIC, "delivered"), (TOPIC, "duplicate"),  # the topic drops the resend
                                 ("plain", "delivered"), ("plain", "delivered")]  # the plain queue does not
     await pub.close()

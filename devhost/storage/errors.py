@@ -21,6 +21,7 @@ MESSAGES = {
     "PropertyValueTooLarge": (400, "The property value is larger than the maximum size permitted."),
     "TooManyProperties": (400, "The entity contains more properties than allowed."),
     "PropertyNameTooLong": (400, "The property name exceeds the maximum allowed length."),
+    "InvalidInput": (400, "One of the request inputs is not valid."),
 }
 JSON_TYPE = "application/json;odata=minimalmetadata;streaming=true;charset=utf-8"
 

@@ -38,6 +38,8 @@ def upstream_query(query: Query, resumable: bool) -> tuple[MultiDict[str], list[
     upstream = [query[NEXT_PK], query.get(NEXT_RK, "")] if NEXT_PK in query else None
     if query.get(NEXT_PK, "").startswith(PREFIX):
         state = json.loads(base64.urlsafe_b64decode(query[NEXT_PK][len(PREFIX):].encode()))
+        if not isinstance(state, dict):
+            raise ValueError("not a continuation token devhost issued")
         upstream, after = state.get("u"), state.get("a")
         out.popall(NEXT_PK, None)
         out.popall(NEXT_RK, None)

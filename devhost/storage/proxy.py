@@ -150,7 +150,10 @@ class StorageProxy:
         after: list[str] | None = None
         added: list[str] = []
         if req.is_query:
-            query, upstream, after, added = paging.upstream_query(url.query, effect in ("emptyPage", "shortPage"))
+            try:
+                query, upstream, after, added = paging.upstream_query(url.query, effect in ("emptyPage", "shortPage"))
+            except ValueError:  # a continuation token that is not one the proxy issued
+                return errors.response("InvalidInput", version)
         target = url if query is url.query else url.with_query(query)
         try:
             status, headers, content = await self._forward(request, target, body)

@@ -123,6 +123,9 @@ async def test_busy_503_in_table_storages_error_shape(tables: Tables) -> None:
             assert r.status == 503 and r.headers["x-ms-error-code"] == "ServerBusy"
     assert set(body["odata.error"]) == {"code", "message"} and body["odata.error"]["code"] == "ServerBusy"
     assert body["odata.error"]["message"]["value"].startswith("The server is currently unable to receive requests")
+    async with aiohttp.ClientSession() as http:  # a continuation token the proxy never issued
+        async with http.get(f"{tables.proxy.url}/{tables.name}()?NextPartitionKey=dh!W10=&NextRowKey=dh!") as r:
+            assert r.status == 400 and r.headers["x-ms-error-code"] == "InvalidInput"
 
 
 async def test_delay_waits_then_forwards(tables: Tables) -> None:

@@ -74,9 +74,11 @@ class Targets(Tables):
         record.gone = [g for g in record.gone if g in present]
         return record
 
-    def _plan(self, current: TargetRecord, changed: TargetRecord, token: str) -> tuple[list[Operation], list[str]]:
-        """The transaction that turns `current` into `changed` (target row first), and the rows to delete after it
-        (recorded in the target row's `gone`) when they do not fit in it."""
+    def _plan(self, current: TargetRecord, changed: TargetRecord, token: str
+              ) -> tuple[list[Operation], list[Operation], list[str]]:
+        """The transaction that turns `current` into `changed` (the target row first), queue rows to create after it
+        when they do not fit in it (rare: a batch's requests put back), and rows to delete after it, recorded in
+        the target row's `gone` so readers ignore them at once."""
         pk = target_partition(current.key)
         before = {e.row: e for e in current.queue if e.row is not None}
         kept: set[str] = set()
@@ -91,20 +93,17 @@ class Targets(Tables):
                 if entry.to_json() != before[entry.row].to_json():
                     rows.append(("update", {"PartitionKey": pk, "RowKey": entry.row, **split(entry.to_json())},
                                  {"mode": "replace", **_cas(before[entry.row].etag)}))
-        removed = [row for row in before if row not in kept]
-        later: list[str] = []
-        room = TRANSACTION_MAX - 1 - len(rows)
-        for row in removed:
-            if room > 0:
-                rows.append(("delete", {"PartitionKey": pk, "RowKey": row}, _cas(before[row].etag)))
-                room -= 1
-            else:
-                later.append(row)
-        changed.gone = sorted(set(changed.gone) | set(later))
+        rows += [("delete", {"PartitionKey": pk, "RowKey": row}, _cas(before[row].etag))
+                 for row in before if row not in kept]
+        now, later = rows[:TRANSACTION_MAX - 1], rows[TRANSACTION_MAX - 1:]
+        # Written after the decision's transaction landed: upserts, so a retry of an applied one changes nothing.
+        creates: list[Operation] = [("upsert", op[1], {"mode": "replace"}) for op in later if op[0] != "delete"]
+        gone = [op[1]["RowKey"] for op in later if op[0] == "delete"]
+        changed.gone = sorted(set(changed.gone) | set(gone))
         main = {"PartitionKey": pk, "RowKey": "", WRITE: token, **split(changed.to_json())}
         first: Operation = ("create", main, {}) if current.etag is None else (
             "update", main, {"mode": "replace", **_cas(current.etag)})
-        return [first, *rows], later
+        return [first, *now], creates, gone
 
     async def _landed(self, lease_key: str, token: str) -> bool:
         """Whether the target row now holds the write carrying `token` (LedgerUnavailable when it cannot be read)."""
@@ -129,7 +128,7 @@ class Targets(Tables):
             if changed is None:
                 return result
             token = new_token()
-            operations, later = self._plan(current, changed, token)
+            operations, creates, later = self._plan(current, changed, token)
             try:
                 await table.submit_transaction(operations)
             except Exception as exc:
@@ -142,9 +141,17 @@ class Targets(Tables):
                             raise LedgerUnavailable("changing a target") from exc
                     await backoff(attempt)
                     continue
+            await self._create_later(creates)
             await self._delete_later(lease_key, later)
             return result
         raise LedgerConflict(f"could not change target {lease_key}")
+
+    async def _create_later(self, creates: list[Operation]) -> None:
+        """Queue rows that did not fit in the decision's transaction, a transaction at a time. Until they land,
+        those requests are not in the queue readers see (they are admitted later, or the sweeper ends them)."""
+        table = self._table(self.tables[2])
+        for i in range(0, len(creates), TRANSACTION_MAX):
+            await self._read("queueing requests", table.submit_transaction(creates[i:i + TRANSACTION_MAX]))
 
     async def _delete_later(self, lease_key: str, rows: list[str]) -> None:
         """Delete queue rows that a decision recorded as gone; best effort (readers already ignore them, and the

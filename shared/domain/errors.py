@@ -44,6 +44,7 @@ class ErrorCode(StrEnum):
     NOT_SUSPENDED = "NotSuspended"
     SELF_APPROVAL_NOT_ALLOWED = "SelfApprovalNotAllowed"
     APPROVER_NOT_VERIFIED = "ApproverNotVerified"
+    IDENTITIES_NOT_COMPARABLE = "IdentitiesNotComparable"
     # ARM refused, failed or could not be reached
     COMPUTE_ERROR = "ComputeError"
     COMPUTE_UNAVAILABLE = "ComputeUnavailable"

@@ -107,6 +107,7 @@ class Intake:
             cooldown_keys=cooldown_keys, options=call.options(), trigger=trigger,
             requested_by=verified.name if verified else request.requested_by,
             requested_by_verified=verified.verified if verified else "unverified",
+            requested_by_identity=verified.identity if verified else None,
             reason=request.reason, correlation_id=request.correlation_id, reply_to=reply_to,
             reply_correlation_id=reply_correlation_id, created_time=now, last_updated_time=now,
             attempt=uuid.uuid4().hex[:16], claimed_until=now + timedelta(seconds=self.settings.claim_seconds),

@@ -16,11 +16,12 @@ from typing import Any
 from shared.domain.arm_call import ArmCall
 from shared.domain.errors import ErrorCode, ReimagerError
 from shared.domain.events import EventType
-from shared.domain.principal import Principal
+from shared.domain.principal import Principal, Verification, entra
 from shared.domain.records import OperationRecord, TargetRecord
 from shared.domain.status import OperationStatus
 from shared.domain.targets import Target, parse_target
 from shared.rules import admission
+from shared.rules.four_eyes import second_person
 from shared.rules.policy import check_scope
 from shared.runtime import Runtime
 from shared.workflow import batches
@@ -49,14 +50,31 @@ def _not_waiting(record: OperationRecord) -> ReimagerError:
                          extra={"operationId": record.operation_id, "status": record.public_status})
 
 
-def _check_approver(runtime: Runtime, record: OperationRecord, who: Principal | None) -> Principal:
+def requester_of(record: OperationRecord) -> Principal:
+    """Who asked, as recorded. A record written before identities were recorded: a Slack name is its identity,
+    and a Teams name holds the Entra object id when it is a GUID (from.aadObjectId; from.id never is one)."""
+    name, verified = record.requested_by or "", record.requested_by_verified
+    identity = record.requested_by_identity
+    if identity is None and verified == "slack" and name.startswith("slack:"):
+        identity = name
+    elif identity is None and verified == "teams" and name.startswith("teams:"):
+        identity = entra(name.split(":", 1)[1]) or name
+    how: Verification = "unverified"
+    for known in ("easyauth", "slack", "teams"):
+        how = known if verified == known else how
+    return Principal(name, how, identity if how != "unverified" else None)
+
+
+def check_approver(runtime: Runtime, record: OperationRecord, who: Principal | None) -> Principal:
+    """The approver, if they are a verified second person (shared/rules/four_eyes.py); else the refusal, naming
+    the rule that refused."""
     if who is None or (not who.is_verified and not runtime.settings.approval_allow_unverified):
         raise ReimagerError(ErrorCode.APPROVER_NOT_VERIFIED, "An approval must come from a verified person (App "
                             "Service authentication, or a signed Slack or Teams request); "
-                            "APPROVAL_ALLOW_UNVERIFIED is off.", target="approvedBy")
-    if record.requested_by and who.name.casefold() == record.requested_by.casefold():
-        raise ReimagerError(ErrorCode.SELF_APPROVAL_NOT_ALLOWED, f"{who.name} asked for this reimage and cannot "
-                            "also approve it: a second person must.", target="approvedBy")
+                            "APPROVAL_ALLOW_UNVERIFIED is off.", target="approvedBy", extra={"rule": "verified"})
+    refusal = second_person(requester_of(record), who, runtime.settings.approver_aliases)
+    if refusal is not None:
+        raise refusal.error()
     return who
 
 
@@ -66,7 +84,7 @@ async def approve(runtime: Runtime, client: Any, operation_id: str, who: Princip
     record = await operation(runtime, operation_id)
     if record.status != _AWAITING:
         raise _not_waiting(record)
-    approver = _check_approver(runtime, record, who)
+    approver = check_approver(runtime, record, who)
     now = runtime.now()
 
     def approved(r: OperationRecord) -> OperationRecord | None:
@@ -75,6 +93,7 @@ async def approve(runtime: Runtime, client: Any, operation_id: str, who: Princip
         r.status, r.error, r.last_updated_time = OperationStatus.CLAIMED, None, now
         r.claimed_until = now + timedelta(seconds=runtime.settings.claim_seconds)
         r.approved_by, r.approved_by_verified = approver.name, approver.verified
+        r.approved_by_identity = approver.identity
         if reason:
             r.reason = f"{r.reason or ''} (approved: {reason})".strip()[:512]
         return r
@@ -104,7 +123,7 @@ async def reject(runtime: Runtime, operation_id: str, who: Principal | None, rea
     by = _label(who)
     message = f"Rejected by {by}" + (f": {reason}" if reason else ".")
     ended = await end_waiting(runtime, [operation_id], ErrorCode.APPROVAL_REJECTED, message, cancelled_by=by,
-                              only_if=_AWAITING)
+                              only_if=_AWAITING, by=who)
     if not ended:
         raise _not_waiting(await operation(runtime, operation_id))
     return Acted(ended[0], ended=True)
@@ -139,7 +158,7 @@ async def cancel(runtime: Runtime, operation_id: str, who: Principal | None, rea
     message = f"Canceled by {by}" + (f": {reason}" if reason else ".")
     if record.status == _AWAITING:
         ended = await end_waiting(runtime, [operation_id], ErrorCode.CANCELED_BY_OPERATOR, message,
-                                  cancelled_by=by, only_if=_AWAITING)
+                                  cancelled_by=by, only_if=_AWAITING, by=who)
         if not ended:
             raise _not_cancellable(await operation(runtime, operation_id))
         return Acted(ended[0], ended=True)
@@ -148,7 +167,7 @@ async def cancel(runtime: Runtime, operation_id: str, who: Principal | None, rea
     entry = await runtime.ledger.change_target(record.lease_key, lambda t: admission.withdraw(t, operation_id))
     if entry is None:  # a batch took it meanwhile
         raise _not_cancellable(await operation(runtime, operation_id))
-    await end_waiting(runtime, [entry], ErrorCode.CANCELED_BY_OPERATOR, message, cancelled_by=by)
+    await end_waiting(runtime, [entry], ErrorCode.CANCELED_BY_OPERATOR, message, cancelled_by=by, by=who)
     return Acted(await operation(runtime, operation_id), ended=True)
 
 

@@ -16,6 +16,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 
 from shared.domain.freeze import Window, parse_instant
+from shared.domain.records import ApprovalGroup
 
 
 @dataclass(frozen=True)
@@ -81,3 +82,10 @@ def active(windows: Sequence[Window], tags: Mapping[str, str] | None, tag_name: 
         return None
     far = datetime.max.replace(tzinfo=UTC)
     return max(found, key=lambda f: f.until or far)
+
+
+def held(approval: str | None, frozen: Freeze | None, group: ApprovalGroup | None) -> str | None:
+    """Why a request waits for a second person, or None: its width (policy.needs_approval), a freeze, the group it
+    is held in."""
+    reasons = [approval, frozen.reason if frozen else None, group.reason if group else None]
+    return "; ".join(r for r in reasons if r) or None

@@ -281,7 +281,8 @@ async def post_alert(body: bytes, client: Any, base_url: str) -> Outcome:
                 refused.append(entry)
             else:
                 out = answer(result, base_url).body
-                shown = ("operationId", "status", "statusUrl", "dryRun", "passed", "plan", "checks", "duplicate")
+                shown = ("operationId", "status", "statusUrl", "dryRun", "passed", "plan", "checks", "duplicate",
+                         *(("error", "freeze") if out.get("status") == "AwaitingApproval" else ()))
                 accepted.append({"target": target.target.id, **{k: out[k] for k in shown if k in out}})
         if transient is not None:
             raise transient

@@ -150,6 +150,8 @@ class AlertAccepted(_Body):
     target: str
     operation_id: str | None = None
     status: OperationStatus | None = None
+    error: ApiError | None = Field(None, description="AwaitingApproval: what it waits for, and why")
+    freeze: FreezeHold | None = Field(None, description="The freeze that holds it for approval")
     status_url: str | None = None
     dry_run: bool | None = None
     passed: bool | None = None

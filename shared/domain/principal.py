@@ -34,6 +34,14 @@ class Principal:
         return self.verified != "unverified"
 
 
+def as_verification(value: str | None) -> Verification:
+    """A recorded verification, as the type (anything unknown is unverified)."""
+    for known in ("easyauth", "slack", "teams"):
+        if value == known:
+            return known
+    return "unverified"
+
+
 def identity_system(identity: str) -> str:
     """The system an identity belongs to: `entra`, `slack`, `teams` or `easyauth-<provider>`."""
     return identity.split(":", 1)[0]

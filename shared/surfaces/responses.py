@@ -178,6 +178,9 @@ class AlertResult(_Body):
     accepted: list[AlertAccepted]
     refused: list[AlertRefused]
     ignored: list[AlertIgnored]
+    approval_group: ApprovalGroupView | None = Field(
+        None, description="More machines than MAX_TARGETS_PER_ALERT: every accepted target waits AwaitingApproval "
+        "in this group; approving or rejecting the group id (or any member) decides for all of them")
 
 
 class ActionRequest(BaseModel):

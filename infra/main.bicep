@@ -76,10 +76,6 @@ param submitTimeoutSeconds int = 300
 @maxValue(3600)
 param claimSeconds int = 30
 
-@minValue(0)
-@maxValue(3600)
-param refusalShareSeconds int = 10
-
 @minValue(2)
 @maxValue(1000)
 param pollsPerGeneration int = 10
@@ -293,7 +289,6 @@ module api 'app/api.bicep' = {
       OPERATION_TIMEOUT_MINUTES: string(operationTimeoutMinutes)
       SUBMIT_TIMEOUT_SECONDS: string(submitTimeoutSeconds)
       CLAIM_SECONDS: string(claimSeconds)
-      REFUSAL_SHARE_SECONDS: string(refusalShareSeconds)
       POLLS_PER_GENERATION: string(pollsPerGeneration)
       HEALTH_GRACE_MINUTES: string(healthGraceMinutes)
       MAX_BATCH_PERCENT: string(maxBatchPercent)

@@ -275,9 +275,10 @@ class Intake:
         await self.runtime.ledger.settled(record.operation_id)
 
     async def _refused(self, record: OperationRecord, error: ReimagerError) -> None:
-        """ARM certainly refused the POST. The key keeps the refusal for REFUSAL_SHARE_SECONDS, so concurrent
-        deliveries of the same request share it (one POST per key); a retry after that may try again. An
-        approved request was already answered 202, so it ends instead, with its one event carrying why."""
+        """ARM certainly refused the POST. The key keeps the refusal, so the deliveries of the same request that
+        were waiting on this attempt share it (one POST per key); a request that comes after it may try again
+        (it takes the key over). An approved request was already answered 202, so it ends instead, with its one
+        event carrying why."""
         if record.approved_by is not None:
             await self._free(record, error)
             return
@@ -304,8 +305,8 @@ class Intake:
             raise ReimagerError(ErrorCode.REQUEST_ID_CONFLICT, "This requestId was already used for another "
                                 "target; use a new requestId for a new request.", target="requestId",
                                 extra={"operationId": existing.operation_id})
-        if existing.status is OperationStatus.REFUSED and not self._share_refusal(existing):
-            return await self._take_over(existing, request, kw)  # a retry after the refusal was answered
+        if existing.status is OperationStatus.REFUSED:  # it came after the refusal: it may try again
+            return await self._take_over(existing, request, kw)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + _JOIN_WAIT_SECONDS
         record: OperationRecord | None = existing
@@ -315,7 +316,7 @@ class Intake:
             record = await self.runtime.ledger.get(existing.operation_id)
         if record is None:  # the first attempt reached nothing and freed the key: this one may try
             return await self.submit(request, **kw)
-        if record.status is OperationStatus.REFUSED:  # concurrent with the refused attempt: share its answer
+        if record.status is OperationStatus.REFUSED:  # it waited on the refused attempt: share its answer
             raise refusal(record)
         if record.status == OperationStatus.CLAIMED and self._claim_expired(record):
             return await self._take_over(record, request, kw)
@@ -323,9 +324,6 @@ class Intake:
         # Either way the operation ends with its one event: this request is answered with it.
         # Retry-After: the monitor's pace, from ARM's Retry-After on the 202 (as the first answer said).
         return Accepted(record, self.first_poll((record.arm or {}).get("retryAfter")), duplicate=True)
-
-    def _share_refusal(self, record: OperationRecord) -> bool:
-        return self.runtime.now() - record.last_updated_time < timedelta(seconds=self.settings.refusal_share_seconds)
 
     async def _take_over(self, record: OperationRecord, request: ReimageRequest, kw: dict[str, Any]) -> Result:
         """Free a key whose claim ran out (its owner stalled or died before the POST) or whose refusal is old, by

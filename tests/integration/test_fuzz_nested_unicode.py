@@ -33,7 +33,8 @@ FUZZ = settings(max_examples=120, deadline=None, derandomize=True, suppress_heal
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory, azurite_storage: str) -> Iterator[LiveHost]:
     settings = {"ALLOWED_SCOPES": SCOPE, "COOLDOWN_MINUTES": "0"}
-    with live_host(tmp_path_factory.mktemp("hardening-fuzz"), {**ledger_settings(azurite_storage), **settings}) as host:
+    state = tmp_path_factory.mktemp("fuzz-nested-unicode")
+    with live_host(state, {**ledger_settings(azurite_storage), **settings}) as host:
         yield host
 
 

@@ -1,4 +1,5 @@
-"""Defect 3 (poll errors): secrets are recognised in ARM's poll text by a fingerprint, never by holding them."""
+"""shared/domain/redaction.py, poll errors: secrets are recognised in ARM's poll text by a fingerprint, never by
+holding them."""
 
 from __future__ import annotations
 

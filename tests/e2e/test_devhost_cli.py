@@ -1,4 +1,4 @@
-"""Defect 14: `python -m devhost` as a person meets it: mistakes are one line and exit 2, --help shows the
+"""`python -m devhost` as a person meets it: mistakes are one line and exit 2, --help shows the
 defaults, and the terminal shows one line per request and per operation state change, with no secret."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Hardening of alert parsing: reimage Activity Log events never loop, and reimage options fail safe."""
+"""shared/surfaces/alerts.py, parsing alerts: reimage Activity Log events never loop, and reimage options fail safe."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def test_the_sample_restart_event_still_acts() -> None:
     assert len(parsed.accepted) == 1 and parsed.ignored == []
 
 
-# --- 1. loop guard: Activity Log reimage events --------------------------------------------------
+# --- loop guard: Activity Log reimage events --------------------------------------------------
 @pytest.mark.parametrize("operation", REIMAGE_OPERATIONS + [op.lower() for op in REIMAGE_OPERATIONS] +
                          [op.upper() for op in REIMAGE_OPERATIONS] +
                          ["MICROSOFT.COMPUTE/virtualmachines/Reimage/Action", " Microsoft.Compute/virtualMachines/"
@@ -116,7 +116,7 @@ def test_any_casing_of_a_reimage_operation_is_ignored(operation: str, rnd: Any) 
     assert parse_alert(alert(mixed)).accepted == []
 
 
-# --- 3. fail-safe options -------------------------------------------------------------------------
+# --- fail-safe options -------------------------------------------------------------------------
 @pytest.mark.parametrize("custom", ["reimage.dryRun=true", ["reimage.dryRun", "true"], 1, 0.5, True, "",
                                     '{"reimage.dryRun": "true"}'])
 def test_custom_properties_that_are_not_an_object_refuse_the_alert(custom: Any) -> None:

@@ -1,6 +1,6 @@
 """Orchestrators for the task-hub persistence tests, and an engine that runs in its own process.
 
-`python -m tests.integration.durable_crash_app STATE_DIR MARKER_DIR` starts two instances on a
+`python -m tests.devhost.durable_crash_app STATE_DIR MARKER_DIR` starts two instances on a
 real clock: `c-act` hangs in its first activity (so a kill finds it in flight) and `c-timer`
 finishes its activity and sleeps on a durable timer. The test kills it with SIGKILL and resumes
 the task hub in a new engine.

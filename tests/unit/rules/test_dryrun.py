@@ -1,4 +1,4 @@
-"""Defect 12: a dry run reports every check (it does not stop at the first), and agrees with the real path.
+"""shared/rules/dryrun.py: a dry run reports every check (it does not stop at the first), and agrees with the real path.
 
 The real path runs check_scope, check_model and the ledger's admission in order and raises at the first
 refusal; the dry run must report that same refusal among its failed checks, and report passed for all

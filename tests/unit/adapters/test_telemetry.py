@@ -31,7 +31,7 @@ from shared.domain.targets import parse_target
 from tests.conftest import StandIns
 from tests.helpers import SENTINEL_PASSWORD, SUB
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 VM = f"/subscriptions/{SUB}/resourceGroups/fleet/providers/Microsoft.Compute/virtualMachines/vm1"
 CUSTOM_DATA_SECRET = "custom-data-Sentinel-7c1e"
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from devhost.clock import Clock, VirtualClock
 from devhost.durable import TIMER_CREATED, TIMER_FIRED, DurableEngine, drive
-from tests.integration.durable_crash_app import build
+from tests.devhost.durable_crash_app import build
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -87,7 +87,7 @@ async def test_kill_dash_nine_then_resume(tmp_path: Path) -> None:
     state, marks = tmp_path / "hub", tmp_path / "marks"
     marks.mkdir()
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.integration.durable_crash_app", str(state), str(marks),
+        sys.executable, "-m", "tests.devhost.durable_crash_app", str(state), str(marks),
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60

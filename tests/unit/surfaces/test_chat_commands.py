@@ -1,18 +1,13 @@
-"""The chat command grammar (pure), the vendors' signature checks, and the Easy Auth principal header."""
+"""shared/surfaces/chat: the chat command grammar (pure) and the replies it makes for Slack and Teams."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
-from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.domain.principal import Principal
 from shared.domain.targets import TargetKind
 from shared.surfaces.chat.commands import (
     Act,
@@ -25,9 +20,6 @@ from shared.surfaces.chat.commands import (
     parse_command,
 )
 from shared.surfaces.chat.replies import Reply, slack_message, teams_message
-from shared.surfaces.chat.signatures import SignatureError, check_fresh, verify_slack, verify_teams
-from shared.surfaces.http import http_status
-from shared.surfaces.identity import easy_auth_principal, from_headers
 
 SUB = "7f6e5d4c-3b2a-4190-8f7e-6d5c4b3a2910"
 BASE = f"/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.Compute"
@@ -108,6 +100,8 @@ def test_clean_text_removes_mentions_and_markup() -> None:
 
 words = st.sampled_from(["reimage", "status", "list", "approve", "reject", "cancel", "help", "--", "all", "rg/vm",
                          "rg/ss/3", "rg/ss", "0", "07", OP, f"{BASE}/virtualMachines/v", "/", "`", "<at>x</at>"])
+
+
 texts = st.lists(words | st.text(max_size=20), max_size=8).map(" ".join) | st.text(max_size=300)
 
 
@@ -130,101 +124,3 @@ def test_replies_are_always_well_formed(text: str, public: bool) -> None:
     assert all(0 < len(b["text"]["text"]) <= 3000 for b in slack["blocks"]) and len(slack["blocks"]) <= 50
     assert "<" not in slack["text"] and "<" not in teams_message(Reply(text)).get("text", "")
     json.dumps(slack)
-
-
-# ---- signatures --------------------------------------------------------------------------------------------
-SLACK_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
-NOW = 1_767_225_600
-
-
-def slack_headers(body: bytes, ts: int, secret: str = SLACK_SECRET) -> dict[str, str]:
-    sig = "v0=" + hmac.new(secret.encode(), f"v0:{ts}:".encode() + body, hashlib.sha256).hexdigest()
-    return {"x-slack-request-timestamp": str(ts), "x-slack-signature": sig}
-
-
-def test_slack_signature_window_is_five_minutes_either_way() -> None:
-    body = b"text=help&user_id=U1"
-    for skew in (0, 300, -300):
-        verify_slack(SLACK_SECRET, slack_headers(body, NOW + skew), body, NOW)
-    for skew in (301, -301):
-        with pytest.raises(SignatureError, match="five minutes"):
-            verify_slack(SLACK_SECRET, slack_headers(body, NOW + skew), body, NOW)
-    with pytest.raises(SignatureError):
-        verify_slack(SLACK_SECRET, {**slack_headers(body, NOW), "x-slack-signature": "v0=é"}, body, NOW)
-    with pytest.raises(SignatureError, match="not configured"):
-        verify_slack(None, slack_headers(body, NOW), body, NOW)
-
-
-def test_teams_signature_uses_the_decoded_token() -> None:
-    token = base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
-    body = b'{"type":"message"}'
-    good = base64.b64encode(hmac.new(base64.b64decode(token), body, hashlib.sha256).digest()).decode()
-    verify_teams(token, {"authorization": f"HMAC {good}"}, body)
-    undecoded = base64.b64encode(hmac.new(token.encode(), body, hashlib.sha256).digest()).decode()
-    with pytest.raises(SignatureError):  # keyed with the token's text instead of its bytes: not Teams' algorithm
-        verify_teams(token, {"authorization": f"HMAC {undecoded}"}, body)
-    with pytest.raises(SignatureError):
-        verify_teams(token, {"authorization": f"HMAC {good}x"}, body)
-
-
-def test_teams_activity_timestamp_must_be_fresh() -> None:
-    now = datetime(2026, 1, 1, tzinfo=UTC)
-    check_fresh("2026-01-01T00:04:59.4371234Z", now)
-    for bad in ("2025-12-31T23:54:59Z", "2026-01-01T00:05:01Z", "2026-01-01T00:00:00", "soon", None, 3):
-        with pytest.raises(SignatureError):
-            check_fresh(bad, now)
-    check_fresh((now - timedelta(minutes=4)).isoformat(), now)
-
-
-# ---- Easy Auth ---------------------------------------------------------------------------------------------
-def principal(claims: list[dict[str, str]], name_typ: str | None = None) -> str:
-    doc = {"auth_typ": "aad", "claims": claims, "name_typ": name_typ, "role_typ": "roles"}
-    return base64.b64encode(json.dumps(doc).encode()).decode()
-
-
-def test_easy_auth_headers_count_only_when_enabled() -> None:
-    headers = {"X-MS-CLIENT-PRINCIPAL-NAME": "alice@contoso.com"}
-    assert from_headers(headers, easy_auth_enabled=False) is None
-    assert from_headers(headers, easy_auth_enabled=True) == Principal("alice@contoso.com", "easyauth")
-    assert from_headers({}, easy_auth_enabled=True) is None
-
-
-@pytest.mark.parametrize(("headers", "name"), [
-    ({"x-ms-client-principal": principal([{"typ": "name", "val": "Alice A"},
-                                          {"typ": "preferred_username", "val": "alice@contoso.com"}], "name")},
-     "alice@contoso.com"),
-    ({"x-ms-client-principal": principal([{"typ": "name", "val": "Alice A"}], "name")}, "Alice A"),
-    ({"x-ms-client-principal": principal([{"typ": "oid", "val": "0b2f"}])}, "0b2f"),
-    # a malformed principal header names nobody, whatever else is there (it is not one App Service wrote)
-    ({"x-ms-client-principal": "not base64 !!", "x-ms-client-principal-id": "id-1"}, None),
-    ({"x-ms-client-principal": base64.b64encode(b"[1,2]").decode()}, None),
-])
-def test_easy_auth_principal_names(headers: dict[str, str], name: str | None) -> None:
-    found = easy_auth_principal(headers)
-    assert (found.name if found else None) == name
-
-
-@settings(max_examples=200, deadline=None)
-@given(value=st.text(max_size=200) | st.binary(max_size=200).map(lambda b: base64.b64encode(b).decode()))
-def test_easy_auth_never_raises(value: str) -> None:
-    easy_auth_principal({"X-MS-CLIENT-PRINCIPAL": value})
-
-
-# ---- history query (pure) -----------------------------------------------------------------------------------
-@pytest.mark.parametrize("since", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-12:00", "2026-13-01", "now"])
-def test_history_since_out_of_range_is_a_400_naming_it(since: str) -> None:
-    from shared.domain.errors import ReimagerError
-    from shared.surfaces.history import parse_query
-
-    with pytest.raises(ReimagerError) as err:
-        parse_query({"since": since})
-    assert http_status(err.value) == 400 and err.value.error.target == "since"
-
-
-def test_history_since_forms() -> None:
-    from shared.surfaces.history import parse_query
-
-    assert parse_query({"since": "2026-11-25"}).since == datetime(2026, 11, 25, tzinfo=UTC)
-    # '+' of an unencoded offset arrives as a space
-    assert parse_query({"since": "2026-11-25T08:00:00 01:00"}).since == datetime(2026, 11, 25, 7, tzinfo=UTC)
-    assert parse_query({"status": "queued", "code": "key"}).status == "Queued"

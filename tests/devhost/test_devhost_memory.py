@@ -14,9 +14,9 @@ import pytest
 from devhost.clock import VirtualClock
 from devhost.compute import Operation
 from tests.conftest import start_standins
+from tests.devhost.test_simulator_scale import VM, get
 from tests.helpers import SUB
 from tests.integration.conftest import LINUX_VM, Host
-from tests.integration.test_simulator_scale import VM, get
 
 
 async def test_an_ended_monitor_releases_its_history_and_keeps_it_on_disk(host: Host) -> None:

@@ -15,7 +15,7 @@ from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 
 class ErrorCode(StrEnum):
@@ -109,6 +109,8 @@ class ApiError(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ApiError
+    rule: str | None = Field(None, description="An approval refused by four eyes: the rule that refused it "
+                             "(verified, sameName, sameIdentity, notComparable, mixedScript)")
 
 
 class ReimagerError(Exception):

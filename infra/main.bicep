@@ -132,6 +132,20 @@ param approvalAllowUnverified bool = false
 @description('EASY_AUTH_ENABLED: only with App Service authentication configured on the app')
 param easyAuthEnabled bool = false
 
+@description('APPROVER_IDENTITY_MAP: JSON {"slack:<team>/<user>": "entra:<object id>"}, who is who across identity systems')
+param approverIdentityMap string = ''
+
+@description('FREEZE_WINDOWS: "; "-separated cron + ISO 8601 duration, or ISO 8601 intervals, in UTC')
+param freezeWindows string = ''
+
+@description('FREEZE_TAG: the tag that freezes one target until the time in its value')
+param freezeTag string = 'reimager-freeze'
+
+@description('MAX_TARGETS_PER_ALERT: an alert naming more machines is held for approval as one decision')
+@minValue(1)
+@maxValue(1000)
+param maxTargetsPerAlert int = 10
+
 @secure()
 @description('SLACK_SIGNING_SECRET: stored in Key Vault; the app setting is a Key Vault reference')
 param slackSigningSecret string = ''
@@ -290,6 +304,10 @@ module api 'app/api.bicep' = {
       APPROVAL_TIMEOUT_MINUTES: string(approvalTimeoutMinutes)
       APPROVAL_ALLOW_UNVERIFIED: string(approvalAllowUnverified)
       EASY_AUTH_ENABLED: string(easyAuthEnabled)
+      APPROVER_IDENTITY_MAP: approverIdentityMap
+      FREEZE_WINDOWS: freezeWindows
+      FREEZE_TAG: freezeTag
+      MAX_TARGETS_PER_ALERT: string(maxTargetsPerAlert)
       SLACK_SIGNING_SECRET: keyVault.outputs.slackSigningSecretSetting
       TEAMS_WEBHOOK_SECRET: keyVault.outputs.teamsWebhookSecretSetting
       AzureWebJobsStorage__tableServiceUri: storage.outputs.tableEndpoint

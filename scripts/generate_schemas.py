@@ -116,7 +116,11 @@ failed (the status document's `reply`, a log line, and a `reimager.operation.rep
   `reimager.request.rejected` event with status `Rejected` and the error, so nothing is lost.
 - `reimager.operation.accepted` is informational: sent once the reimage was submitted to ARM.
   So are `reimager.operation.queued` (waiting for its scale set's batch or a budget) and
-  `reimager.operation.awaiting-approval` (waiting for a second person).
+  `reimager.operation.awaiting-approval` (waiting for a second person). A request held by a freeze
+  carries `freeze` (source, window, start, until) on every event; one held with others as one
+  decision (an alert naming more than `MAX_TARGETS_PER_ALERT` machines) carries `approvalGroup`.
+- Who asked, approved or canceled is recorded with how it was verified and, when verified, the
+  identity behind the name (`requestedByIdentity`, `approvedByIdentity`, `cancelledByIdentity`).
 - A request that rode a batch (one ARM POST for many requests) still gets its own completion
   event, naming the `batchId` and its own instances' `health` / `healthDetail`.
 - `reimager.target.suspended` is sent once per suspension, with the evidence; waiting requests
@@ -292,12 +296,14 @@ def routes() -> list[Route]:
               "End a Queued or AwaitingApproval operation Canceled (one event)", request=ActionRequest,
               responses={200: Response("Canceled", Operation)}, errors=(400, 401, 404, 409, 500)),
         Route("post", "/api/reimage/{operationId}/approve", "approveReimage",
-              "A second person's yes: the operation goes on to admission", request=ActionRequest,
+              "A second person's yes: the operation goes on to admission. For a member of an approval group "
+              "(approvalGroup), or the group's own id (g-...), every member of the group", request=ActionRequest,
               responses={202: Response("Approved: submitted, riding a batch or queued", Operation),
                          200: Response("Approved, but it could not be sent: it ended (see error)", Operation)},
               errors=(400, 401, 403, 404, 409, 500)),
         Route("post", "/api/reimage/{operationId}/reject", "rejectReimage",
-              "A second person's no: the operation ends Canceled (one event)", request=ActionRequest,
+              "A second person's no: the operation ends Canceled (one event). For a member of an approval group, "
+              "or the group's own id (g-...), every member still waiting (one event each)", request=ActionRequest,
               responses={200: Response("Rejected", Operation)}, errors=(400, 401, 404, 409, 500)),
         Route("get", "/api/targets", "getTarget", "A target's lease, batch, queue, cooldowns, budget and suspension",
               query=(Query("id", "ARM id of the VM or scale set", {"type": "string"}),),

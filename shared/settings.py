@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 from pydantic import AliasGenerator, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from shared.domain.freeze import Window, parse_windows
+from shared.domain.principal import parse_identity_map
 from shared.domain.targets import TargetError, parse_scope
 
 
@@ -139,6 +141,15 @@ class Settings(BaseSettings):
     approval_timeout_minutes: Minutes = 60
     approval_allow_unverified: bool = False
     easy_auth_enabled: bool = False
+    # JSON {"slack:<team>/<user>": "entra:<object id>"}: who is who across identity systems (shared/rules/four_eyes.py)
+    approver_identity_map: str = ""
+
+    # Freezes (shared/rules/freeze.py): windows in UTC, and the tag that freezes one target until a time
+    freeze_windows: str = ""
+    freeze_tag: str = Field("reimager-freeze", min_length=1)
+
+    # Alerts: more machines than this in one alert are held for approval as one decision
+    max_targets_per_alert: int = Field(10, ge=1, le=1000)
     slack_signing_secret: SecretStr | None = None
     teams_webhook_secret: SecretStr | None = None
 
@@ -185,6 +196,25 @@ class Settings(BaseSettings):
     def _tag(cls, value: str) -> str:
         if not re.match(r"^[^=<>%&\\?/]{1,512}(=[^=]{0,256})?$", value):
             raise ValueError("must be a tag name, or name=value")
+        return value
+
+    @field_validator("freeze_tag")
+    @classmethod
+    def _freeze_tag(cls, value: str) -> str:
+        if not re.match(r"^[^=<>%&\\?/]{1,512}$", value):
+            raise ValueError("must be a tag name")
+        return value
+
+    @field_validator("freeze_windows")
+    @classmethod
+    def _freeze_windows(cls, value: str) -> str:
+        parse_windows(value)
+        return value
+
+    @field_validator("approver_identity_map")
+    @classmethod
+    def _identity_map(cls, value: str) -> str:
+        parse_identity_map(value)
         return value
 
     @field_validator("sweep_schedule")
@@ -247,6 +277,14 @@ class Settings(BaseSettings):
                 "POLL_MIN_SECONDS <= POLL_DEFAULT_SECONDS <= POLL_MAX_SECONDS must hold"
             )
         return self
+
+    @property
+    def freeze_schedule(self) -> tuple[Window, ...]:
+        return parse_windows(self.freeze_windows)
+
+    @property
+    def approver_aliases(self) -> dict[str, frozenset[str]]:
+        return parse_identity_map(self.approver_identity_map)
 
     @property
     def protect_tag_name(self) -> str:

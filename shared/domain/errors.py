@@ -15,7 +15,7 @@ from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 
 class ErrorCode(StrEnum):
@@ -44,6 +44,7 @@ class ErrorCode(StrEnum):
     NOT_SUSPENDED = "NotSuspended"
     SELF_APPROVAL_NOT_ALLOWED = "SelfApprovalNotAllowed"
     APPROVER_NOT_VERIFIED = "ApproverNotVerified"
+    IDENTITIES_NOT_COMPARABLE = "IdentitiesNotComparable"
     # ARM refused, failed or could not be reached
     COMPUTE_ERROR = "ComputeError"
     COMPUTE_UNAVAILABLE = "ComputeUnavailable"
@@ -108,6 +109,8 @@ class ApiError(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ApiError
+    rule: str | None = Field(None, description="An approval refused by four eyes: the rule that refused it "
+                             "(verified, sameName, sameIdentity, notComparable, mixedScript)")
 
 
 class ReimagerError(Exception):

@@ -67,6 +67,17 @@ class EventData(BaseModel):
     queue_position: int | None = Field(None, description="Queued: requests ahead of this one, plus one.")
     cancelled_by: str | None = None
     approved_by: str | None = None
+    requested_by_identity: str | None = Field(
+        None, description="The verified identity behind requestedBy (entra:<object id>, slack:<team>/<user>, ...).")
+    approved_by_verified: str | None = Field(None, description="How approvedBy was verified.")
+    approved_by_identity: str | None = Field(None, description="The verified identity behind approvedBy.")
+    cancelled_by_verified: str | None = Field(None, description="How cancelledBy was verified.")
+    cancelled_by_identity: str | None = Field(None, description="The verified identity behind cancelledBy.")
+    freeze: dict[str, Any] | None = Field(
+        None, description="The freeze that held the request for approval: source (window or tag), window (as "
+        "written), start and until.")
+    approval_group: str | None = Field(
+        None, description="The approval group (g-...) the request was held in as one decision with others.")
     suspension: dict[str, Any] | None = Field(
         None, description="Target events: since, reason, by and the evidence (what tripped the breaker).")
     reply: dict[str, Any] | None = Field(

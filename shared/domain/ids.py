@@ -11,3 +11,8 @@ def _h(text: str) -> str:
 
 def operation_id(idempotency_key: str) -> str:
     return f"op-{_h(idempotency_key)}"
+
+
+def group_id(key: str) -> str:
+    """An approval group's id (an alert's: `alert|{alertId}`), `g-` so it is never taken for an operation."""
+    return f"g-{_h(key)}"

@@ -6,7 +6,7 @@ Schema and keys: docs/ledger.md.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -19,6 +19,37 @@ class _Doc(BaseModel):
 
     def to_json(self) -> str:
         return self.model_dump_json(by_alias=True)
+
+
+class GroupDecision(_Doc):
+    """An approval group's one decision, made by one compare-and-swap on its group record (first one wins)."""
+
+    action: Literal["approve", "reject", "expire"]
+    by: str | None = None
+    by_verified: str | None = None
+    by_identity: str | None = None
+    reason: str | None = None
+    at: datetime
+
+
+class ApprovalGroup(_Doc):
+    """Requests held as one decision (an alert naming more machines than MAX_TARGETS_PER_ALERT). Each member
+    carries the group id and size; the group record (`g-...`, never listed) also holds the members and the
+    decision."""
+
+    group_id: str
+    size: int
+    reason: str
+    members: list[str] | None = None  # the group record only
+    decision: GroupDecision | None = None  # the group record only
+
+    def view(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"groupId": self.group_id, "size": self.size, "reason": self.reason}
+        if self.members is not None:
+            doc["members"] = self.members
+        if self.decision is not None:
+            doc["decision"] = self.decision.model_dump(mode="json", by_alias=True, exclude_none=True)
+        return doc
 
 
 class OperationRecord(_Doc):
@@ -35,6 +66,7 @@ class OperationRecord(_Doc):
     trigger: str
     requested_by: str | None = None
     requested_by_verified: str = "unverified"
+    requested_by_identity: str | None = None  # the verified identity behind requestedBy (entra:..., slack:...)
     reason: str | None = None
     correlation_id: str | None = None
     reply_to: str | None = None
@@ -60,8 +92,13 @@ class OperationRecord(_Doc):
     health_detail: dict[str, str] | None = None  # instance ("" = the VM) -> Healthy/Unhealthy/Unknown: detail
     queue_position: int | None = None
     cancelled_by: str | None = None
+    cancelled_by_verified: str | None = None
+    cancelled_by_identity: str | None = None
     approved_by: str | None = None
     approved_by_verified: str | None = None
+    approved_by_identity: str | None = None
+    freeze: dict[str, Any] | None = None  # the freeze window that held it for approval (shared/rules/freeze.py)
+    approval_group: ApprovalGroup | None = None  # held with others as one decision (shared/workflow/approvals.py)
     event_id: str | None = None  # set once the terminal event is published (to the topic)
     reply: dict[str, Any] | None = None  # the ReplyTo copy's delivery: {status, attempts, error, at}
     # Not a secret: a salted fingerprint to recognise the request's secrets in ARM's poll text, kept until the
@@ -96,6 +133,8 @@ class OperationRecord(_Doc):
             "polls": self.polls, "armStatus": self.arm_status, "error": self.error,
         }
         # In the order of shared/responses.Operation, so a stored view and an answered one are the same JSON.
+        if self.requested_by_identity is not None:
+            doc["requestedByIdentity"] = self.requested_by_identity
         if self.terminal:
             doc["health"] = self.health
             doc["healthDetail"] = self.health_detail
@@ -105,9 +144,16 @@ class OperationRecord(_Doc):
             doc["queuePosition"] = self.queue_position
         if self.cancelled_by is not None:
             doc["cancelledBy"] = self.cancelled_by
+            doc.update(_set(cancelledByVerified=self.cancelled_by_verified,
+                            cancelledByIdentity=self.cancelled_by_identity))
         if self.approved_by is not None:
             doc["approvedBy"] = self.approved_by
             doc["approvedByVerified"] = self.approved_by_verified
+            doc.update(_set(approvedByIdentity=self.approved_by_identity))
+        if self.freeze is not None:
+            doc["freeze"] = self.freeze
+        if self.approval_group is not None:
+            doc["approvalGroup"] = self.approval_group.view()
         if self.is_batch:
             doc["members"] = self.members
         if self.reply:
@@ -118,6 +164,10 @@ class OperationRecord(_Doc):
     def public_status(self) -> OperationStatus:
         # Claimed/Submitting are internal steps of an accepted request, not states a caller acts on.
         return self.status.public
+
+
+def _set(**fields: Any) -> dict[str, Any]:
+    return {k: v for k, v in fields.items() if v is not None}
 
 
 class Cooldown(_Doc):

@@ -18,13 +18,14 @@ from shared.domain.errors import DetailCode, ErrorCode, ReimagerError
 from shared.domain.records import TargetRecord
 from shared.domain.request import ReimageRequest
 from shared.domain.targets import TargetKind
-from shared.rules import policy
+from shared.rules import freeze, policy
 from shared.rules.admission import suspended_error
 from shared.settings import Settings
 
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
 # The order the real path checks in; every dry run lists each of them once.
-CHECKS = ("scope", "targetExists", "protectTag", "instanceCount", "targetModel", "suspension", "cooldown")
+CHECKS = ("scope", "targetExists", "protectTag", "instanceCount", "targetModel", "suspension", "cooldown",
+          "freeze")
 _MODEL_OPTIONS = {"temp_disk": None, "force_update_os_disk_for_ephemeral": None, "os_profile": None}
 _NOT_READ = "not evaluated: the target's model was not read"
 
@@ -103,6 +104,22 @@ def _model_checks(request: ReimageRequest, model: TargetModel, settings: Setting
     return None, False, failed
 
 
+def _freeze_check(request: ReimageRequest, settings: Settings, model: TargetModel | None, now: datetime
+                  ) -> dict[str, Any]:
+    """A freeze holds the real request for a second person's approval (and refuses one carrying osProfile)."""
+    frozen = freeze.active(settings.freeze_schedule, model.tags if model else None, settings.freeze_tag, now)
+    if frozen is not None:
+        code = ErrorCode.INVALID_REQUEST if request.os_profile is not None else ErrorCode.APPROVAL_REQUIRED
+        then = ("refused: a request that waits may not carry osProfile secrets" if request.os_profile is not None
+                else "it would wait for a second person's approval (break-glass)")
+        return {"name": "freeze", "result": FAILED, "code": code, "message": f"{frozen.reason[0].upper()}"
+                f"{frozen.reason[1:]}: {then}.", **{k: v for k, v in frozen.doc().items() if v is not None}}
+    if model is None:
+        return {"name": "freeze", "result": SKIPPED, "message": "no FREEZE_WINDOWS window holds now; the target's "
+                f"{settings.freeze_tag} tag was not read"}
+    return {"name": "freeze", "result": PASSED}
+
+
 def evaluate(request: ReimageRequest, settings: Settings, *, model: TargetModel | None,
              not_found: ReimagerError | None, record: TargetRecord, now: datetime) -> DryRun:
     """Every check for this request. `model` is the preflight GET's result; `not_found` its TargetNotFound
@@ -145,6 +162,8 @@ def evaluate(request: ReimageRequest, settings: Settings, *, model: TargetModel 
         checks["cooldown"] = {"name": "cooldown", "result": PASSED}
     else:
         checks["cooldown"] = {"name": "cooldown", "result": SKIPPED, "message": _NOT_READ}
+
+    checks["freeze"] = _freeze_check(request, settings, model, now)
 
     plan = None
     if known and (target.kind is TargetKind.VM or instances):

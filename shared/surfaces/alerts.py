@@ -19,12 +19,16 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared import runtime
 from shared.domain.errors import DetailCode, ErrorCode, ErrorDetail, ReimagerError
+from shared.domain.ids import group_id, operation_id
+from shared.domain.records import ApprovalGroup
 from shared.domain.targets import Target, TargetError, TargetKind, parse_target
 from shared.surfaces import responses
 from shared.surfaces.http import Outcome, answer, guarded
 from shared.surfaces.json_body import parse_json
 from shared.surfaces.requests import submit_request
+from shared.workflow import approvals
 from shared.workflow.intake import Result
 
 SCHEMA_ID = "azureMonitorCommonAlertSchema"
@@ -252,21 +256,46 @@ def _reason(essentials: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
+async def open_group(parsed: ParsedAlert) -> ApprovalGroup | None:
+    """An alert that would reimage more than MAX_TARGETS_PER_ALERT machines is held for approval as one decision:
+    its group record first (a redelivery finds it), then every member names the group. A dry run reimages
+    nothing, so it is never held."""
+    rt = runtime.get()
+    limit = rt.settings.max_targets_per_alert
+    acting = [t for t in parsed.accepted if not t.request.get("dryRun")]
+    if len(acting) <= limit:
+        return None
+    group = ApprovalGroup(group_id=group_id(f"alert|{parsed.alert_id}"), size=len(acting), reason=(
+        f"the alert names {len(acting)} machines, more than MAX_TARGETS_PER_ALERT ({limit}); they are held as "
+        "one decision: one approval releases them all, one rejection ends them all"))
+    record = approvals.group_record(group, [operation_id(t.idempotency_key) for t in acting],
+                                    target=acting[0].target.id, requested_by=acting[0].request.get("requestedBy"),
+                                    runtime=rt)
+    stored = await approvals.open_group(rt, record)
+    return stored.approval_group or group
+
+
 async def post_alert(body: bytes, client: Any, base_url: str) -> Outcome:
     """Azure Monitor action group webhook: 202 when anything acted, 200 when all was ignored.
 
     A transient failure on any target answers 503, so the action group retries; targets that were
     already accepted are found again by their key and not submitted twice.
     """
+    group: ApprovalGroup | None = None
+
     async def one(target: Any) -> tuple[Any, Result | ReimagerError]:
+        held = group if group is not None and not target.request.get("dryRun") else None
         try:
             return target, await submit_request(target.request, client, trigger="alert",
-                                                default_key=target.idempotency_key)
+                                                default_key=target.idempotency_key,
+                                                group=held.model_copy(update={"members": None}) if held else None)
         except ReimagerError as exc:
             return target, exc
 
     async def work() -> Outcome:
+        nonlocal group
         parsed = parse_alert(parse_json(body))
+        group = await open_group(parsed)
         results = await asyncio.gather(*(one(t) for t in parsed.accepted))
         accepted: list[dict[str, Any]] = []
         refused: list[dict[str, Any]] = []
@@ -281,12 +310,16 @@ async def post_alert(body: bytes, client: Any, base_url: str) -> Outcome:
                 refused.append(entry)
             else:
                 out = answer(result, base_url).body
-                shown = ("operationId", "status", "statusUrl", "dryRun", "passed", "plan", "checks", "duplicate")
+                shown = ("operationId", "status", "statusUrl", "dryRun", "passed", "plan", "checks", "duplicate",
+                         *(("error", "freeze") if out.get("status") == "AwaitingApproval" else ()))
                 accepted.append({"target": target.target.id, **{k: out[k] for k in shown if k in out}})
         if transient is not None:
             raise transient
-        body_out = responses.AlertResult.model_validate(
-            {"alertId": parsed.alert_id, "accepted": accepted, "refused": refused, "ignored": parsed.ignored}).body()
+        doc: dict[str, Any] = {"alertId": parsed.alert_id, "accepted": accepted, "refused": refused,
+                               "ignored": parsed.ignored}
+        if group is not None:
+            doc["approvalGroup"] = group.view()
+        body_out = responses.AlertResult.model_validate(doc).body()
         return Outcome(202 if accepted else 200, body_out)
 
     return await guarded(work(), "alert")

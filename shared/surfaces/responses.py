@@ -36,6 +36,35 @@ class ReplyDelivery(_Body):
     error: str | None = Field(None, description="The last send's error, when it failed")
 
 
+class FreezeHold(_Body):
+    """The freeze that held a request for approval (FREEZE_WINDOWS, or the target's freeze tag)."""
+
+    source: Literal["window", "tag"] = Field(description="window: FREEZE_WINDOWS; tag: the target's FREEZE_TAG")
+    window: str = Field(description="The FREEZE_WINDOWS entry as written, or the tag and its value")
+    start: Timestamp | None = Field(None, description="When this occurrence of the window began (null for a tag)")
+    until: Timestamp | None = Field(None, description="When it ends (null: a tag value that is not a time, "
+                                    "treated as frozen until the tag is changed)")
+
+
+class GroupDecisionView(_Body):
+    action: Literal["approve", "reject", "expire"]
+    by: str | None = None
+    by_verified: str | None = None
+    by_identity: str | None = None
+    reason: str | None = None
+    at: Timestamp
+
+
+class ApprovalGroupView(_Body):
+    """Requests held as one decision: approving or rejecting any member (or the group id) acts on all of them."""
+
+    group_id: str = Field(description="g-...: POST /api/reimage/{groupId}/approve (or /reject) acts on the group")
+    size: int = Field(description="How many requests the group was formed for")
+    reason: str = Field(description="Why they are held together")
+    members: list[str] | None = Field(None, description="The group's operations (on the group itself)")
+    decision: GroupDecisionView | None = Field(None, description="The group's one decision, once made")
+
+
 class Operation(_Body):
     """An operation's status (GET /api/reimage/{operationId}) and the answer to an accepted request."""
 
@@ -48,6 +77,9 @@ class Operation(_Body):
     requested_by: str | None = None
     requested_by_verified: str | None = Field(
         None, description="How requestedBy was verified: easyauth, slack, teams or unverified")
+    requested_by_identity: str | None = Field(
+        None, description="The verified identity behind requestedBy: entra:<object id>, slack:<team>/<user>, "
+        "teams:<id> or easyauth-<provider>:<id> (absent when unverified)")
     reason: str | None = None
     correlation_id: str | None = None
     created_time: Timestamp | None = None
@@ -65,8 +97,14 @@ class Operation(_Body):
                                  "submitted on its own, a b-... batch when it was coalesced with others")
     queue_position: int | None = Field(None, description="Queued: its place in the target's queue (1 = next)")
     cancelled_by: str | None = Field(None, description="Canceled by an operator: who")
+    cancelled_by_verified: str | None = Field(None, description="How cancelledBy was verified")
+    cancelled_by_identity: str | None = Field(None, description="The verified identity behind cancelledBy")
     approved_by: str | None = Field(None, description="Who approved it (a second person; see requestedBy)")
     approved_by_verified: str | None = Field(None, description="How approvedBy was verified")
+    approved_by_identity: str | None = Field(None, description="The verified identity behind approvedBy")
+    freeze: FreezeHold | None = Field(None, description="The freeze that held it for approval")
+    approval_group: ApprovalGroupView | None = Field(None, description="Held with other requests as one "
+                                                     "decision (an alert naming more than MAX_TARGETS_PER_ALERT)")
     members: list[str] | None = Field(None, description="A batch (b-...): the operations it carries")
     reply: ReplyDelivery | None = Field(None, description="A queue message with ReplyTo: how the completion "
                                         "event's ReplyTo copy fared")
@@ -112,6 +150,8 @@ class AlertAccepted(_Body):
     target: str
     operation_id: str | None = None
     status: OperationStatus | None = None
+    error: ApiError | None = Field(None, description="AwaitingApproval: what it waits for, and why")
+    freeze: FreezeHold | None = Field(None, description="The freeze that holds it for approval")
     status_url: str | None = None
     dry_run: bool | None = None
     passed: bool | None = None
@@ -138,6 +178,9 @@ class AlertResult(_Body):
     accepted: list[AlertAccepted]
     refused: list[AlertRefused]
     ignored: list[AlertIgnored]
+    approval_group: ApprovalGroupView | None = Field(
+        None, description="More machines than MAX_TARGETS_PER_ALERT: every accepted target waits AwaitingApproval "
+        "in this group; approving or rejecting the group id (or any member) decides for all of them")
 
 
 class ActionRequest(BaseModel):

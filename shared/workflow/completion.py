@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
 from shared.domain.errors import ApiError, ErrorCode
 from shared.domain.events import CloudEvent, EventData, EventType, build_event
 from shared.domain.health import Health
+from shared.domain.principal import Principal
 from shared.domain.records import OperationRecord, QueueEntry, TargetRecord
 from shared.domain.status import EventStatus, OperationStatus
 from shared.rules import admission
@@ -160,21 +162,25 @@ async def finish_member(runtime: Runtime, operation_id: str, batch: OperationRec
 
 
 async def end_waiting(runtime: Runtime, waiting: list[QueueEntry] | list[str], code: ErrorCode, message: str, *,
-                      cancelled_by: str | None = None, only_if: OperationStatus | None = None
+                      cancelled_by: str | None = None, only_if: OperationStatus | None = None,
+                      by: Principal | None = None, when: Callable[[OperationRecord], bool] | None = None,
                       ) -> list[OperationRecord]:
     """End requests that waited and will not be reimaged (suspension, expiry, cancel, reject, cooldown) Canceled,
     each with its one event. `only_if`: end only a request still in that status (one that nothing else may move
-    on meanwhile). Returns the records this call ended."""
+    on meanwhile); `when`: and only one this says yes to. `by`: the operator who ended it (its verification and
+    identity are recorded with `cancelled_by`). Returns the records this call ended."""
     ended: list[OperationRecord] = []
     now = runtime.now()
     for operation_id in [w for w in waiting if isinstance(w, str)] + admission.members_of(
             [w for w in waiting if not isinstance(w, str)]):
         def canceled(r: OperationRecord) -> OperationRecord | None:
-            if r.terminal or (only_if is not None and r.status != only_if):
+            if r.terminal or (only_if is not None and r.status != only_if) or (when is not None and not when(r)):
                 return None
             r.status, r.completed_at, r.last_updated_time = OperationStatus.CANCELED, now, now
             r.error = {"code": code, "message": message}
             r.cancelled_by = cancelled_by
+            if by is not None:
+                r.cancelled_by_verified, r.cancelled_by_identity = by.verified, by.identity
             return r
 
         record = await runtime.ledger.update(operation_id, canceled)
@@ -359,4 +365,8 @@ def event_data(record: OperationRecord) -> EventData:
         health_detail=record.health_detail,
         queue_position=record.queue_position if record.status == OperationStatus.QUEUED else None,
         reply=record.reply if (record.reply or {}).get("status") == "failed" else None,
-        cancelled_by=record.cancelled_by, approved_by=record.approved_by)
+        cancelled_by=record.cancelled_by, approved_by=record.approved_by,
+        requested_by_identity=record.requested_by_identity, approved_by_verified=record.approved_by_verified,
+        approved_by_identity=record.approved_by_identity, cancelled_by_verified=record.cancelled_by_verified,
+        cancelled_by_identity=record.cancelled_by_identity, freeze=record.freeze,
+        approval_group=record.approval_group.group_id if record.approval_group else None)

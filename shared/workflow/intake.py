@@ -22,11 +22,11 @@ from shared.domain.errors import ApiError, ErrorCode, ReimagerError, TargetNotFo
 from shared.domain.events import EventType, Trigger
 from shared.domain.ids import operation_id
 from shared.domain.principal import Principal
-from shared.domain.records import OperationRecord, QueueEntry
+from shared.domain.records import ApprovalGroup, OperationRecord, QueueEntry
 from shared.domain.redaction import fingerprint, secrets_of_body
 from shared.domain.request import ReimageRequest
 from shared.domain.status import IN_PROGRESS, OperationStatus
-from shared.rules import admission, dryrun, policy
+from shared.rules import admission, dryrun, freeze, policy
 from shared.rules.policy import needs_approval
 from shared.rules.poll_schedule import next_poll_delay
 from shared.runtime import Runtime
@@ -70,7 +70,7 @@ class Intake:
 
     async def submit(self, request: ReimageRequest, *, trigger: Trigger, default_key: str | None = None,
                      reply_to: str | None = None, reply_correlation_id: str | None = None,
-                     principal: Principal | None = None) -> Result:
+                     principal: Principal | None = None, group: ApprovalGroup | None = None) -> Result:
         given = request.request_id or default_key
         key = given or f"auto:{uuid.uuid4()}"
         op_id = operation_id(key)
@@ -83,7 +83,7 @@ class Intake:
             if existing is not None:
                 return await self._joined(existing, request, trigger=trigger, default_key=default_key,
                                           reply_to=reply_to, reply_correlation_id=reply_correlation_id,
-                                          principal=principal)
+                                          principal=principal, group=group)
 
         if request.dry_run:  # every check reported, none raised; never a claim, so never an existing operation
             return await self._plan(request)
@@ -93,13 +93,15 @@ class Intake:
         call = request.arm_call(self.settings.compute_api_version, instance_ids=instances)
         cooldown_keys = policy.cooldown_keys(target, instances)
 
-        approval = needs_approval(request, instances, self.settings)
+        now = self.runtime.now()
+        # Held for a second person: too wide, a freeze (FREEZE_WINDOWS, the target's tag), or part of a group.
+        frozen = freeze.active(self.settings.freeze_schedule, model.tags, self.settings.freeze_tag, now)
+        approval = freeze.held(needs_approval(request, instances, self.settings), frozen, group)
         if approval and request.os_profile is not None:
             raise ReimagerError(ErrorCode.INVALID_REQUEST, "This request needs a second person's approval "
                                 f"({approval}), and a request that waits may not carry osProfile secrets: they are "
                                 "never stored. "
                                 "Reimage without osProfile, or name fewer instances.", target="osProfile")
-        now = self.runtime.now()
         # A verified caller (Easy Auth, a signed chat request) wins over the name the body gives.
         verified = principal if principal is not None and principal.is_verified else None
         record = OperationRecord(
@@ -107,15 +109,17 @@ class Intake:
             cooldown_keys=cooldown_keys, options=call.options(), trigger=trigger,
             requested_by=verified.name if verified else request.requested_by,
             requested_by_verified=verified.verified if verified else "unverified",
+            requested_by_identity=verified.identity if verified else None,
             reason=request.reason, correlation_id=request.correlation_id, reply_to=reply_to,
             reply_correlation_id=reply_correlation_id, created_time=now, last_updated_time=now,
             attempt=uuid.uuid4().hex[:16], claimed_until=now + timedelta(seconds=self.settings.claim_seconds),
-            secret_fingerprint=fingerprint(secrets_of_body(call.body)))
+            secret_fingerprint=fingerprint(secrets_of_body(call.body)),
+            freeze=frozen.doc() if frozen else None, approval_group=group)
         won, existing = await ledger.claim(record)
         if not won:
             return await self._joined(existing, request, trigger=trigger, default_key=default_key,
                                       reply_to=reply_to, reply_correlation_id=reply_correlation_id,
-                                      principal=principal)
+                                      principal=principal, group=group)
         if approval:
             await self._precheck(record)
             await ledger.index(record)

@@ -9,34 +9,23 @@ its way to ARM (NotCancellable).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
-from shared.domain.arm_call import ArmCall
 from shared.domain.errors import ErrorCode, ReimagerError
 from shared.domain.events import EventType
-from shared.domain.principal import Principal
-from shared.domain.records import OperationRecord, TargetRecord
+from shared.domain.principal import Principal, as_verification, entra
+from shared.domain.records import GroupDecision, OperationRecord, TargetRecord
 from shared.domain.status import OperationStatus
-from shared.domain.targets import Target, parse_target
+from shared.domain.targets import Target
 from shared.rules import admission
+from shared.rules.four_eyes import second_person
 from shared.rules.policy import check_scope
 from shared.runtime import Runtime
-from shared.workflow import batches
-from shared.workflow.completion import end_waiting, finish, publish_target_event
-from shared.workflow.intake import Intake
+from shared.workflow import approvals, batches
+from shared.workflow.approvals import Acted as Acted  # re-exported: chat and tests name it here
+from shared.workflow.completion import end_waiting, publish_target_event
 
 _AWAITING = OperationStatus.AWAITING_APPROVAL
-
-
-@dataclass(frozen=True)
-class Acted:
-    """The operation after an operator's action. `ended`: the action ended it (a rejection, a cancel, an approval
-    whose submission failed); otherwise it went on (an approval admitted it)."""
-
-    record: OperationRecord
-    ended: bool
 
 
 def _label(who: Principal | None) -> str:
@@ -49,72 +38,91 @@ def _not_waiting(record: OperationRecord) -> ReimagerError:
                          extra={"operationId": record.operation_id, "status": record.public_status})
 
 
-def _check_approver(runtime: Runtime, record: OperationRecord, who: Principal | None) -> Principal:
+def requester_of(record: OperationRecord) -> Principal:
+    """Who asked, as recorded. A record written before identities were recorded: a Slack name is its identity,
+    and a Teams name holds the Entra object id when it is a GUID (from.aadObjectId; from.id never is one)."""
+    name, verified = record.requested_by or "", record.requested_by_verified
+    identity = record.requested_by_identity
+    if identity is None and verified == "slack" and name.startswith("slack:"):
+        identity = name
+    elif identity is None and verified == "teams" and name.startswith("teams:"):
+        identity = entra(name.split(":", 1)[1]) or name
+    how = as_verification(verified)
+    return Principal(name, how, identity if how != "unverified" else None)
+
+
+def check_approver(runtime: Runtime, record: OperationRecord, who: Principal | None) -> Principal:
+    """The approver, if they are a verified second person (shared/rules/four_eyes.py); else the refusal, naming
+    the rule that refused."""
     if who is None or (not who.is_verified and not runtime.settings.approval_allow_unverified):
         raise ReimagerError(ErrorCode.APPROVER_NOT_VERIFIED, "An approval must come from a verified person (App "
                             "Service authentication, or a signed Slack or Teams request); "
-                            "APPROVAL_ALLOW_UNVERIFIED is off.", target="approvedBy")
-    if record.requested_by and who.name.casefold() == record.requested_by.casefold():
-        raise ReimagerError(ErrorCode.SELF_APPROVAL_NOT_ALLOWED, f"{who.name} asked for this reimage and cannot "
-                            "also approve it: a second person must.", target="approvedBy")
+                            "APPROVAL_ALLOW_UNVERIFIED is off.", target="approvedBy", extra={"rule": "verified"})
+    refusal = second_person(requester_of(record), who, runtime.settings.approver_aliases)
+    if refusal is not None:
+        raise refusal.error()
     return who
 
 
 async def approve(runtime: Runtime, client: Any, operation_id: str, who: Principal | None,
                   reason: str | None) -> Acted:
-    """A second person's yes: the request goes on to admission (it may lead, ride a batch or queue)."""
-    record = await operation(runtime, operation_id)
+    """A second person's yes: the request goes on to admission (it may lead, ride a batch or queue). For a member
+    of an approval group (or the group's id), the whole group."""
+    record = await operation(runtime, operation_id, groups_too=True)
     if record.status != _AWAITING:
         raise _not_waiting(record)
-    approver = _check_approver(runtime, record, who)
-    now = runtime.now()
+    approver = check_approver(runtime, record, who)
+    if record.approval_group is not None:
+        return await _decide_group(runtime, client, record, "approve", approver, reason)
+    acted = await approvals.admit_approved(runtime, client, record, approver, reason)
+    if acted is None:
+        raise _not_waiting(await operation(runtime, operation_id))
+    return acted
 
-    def approved(r: OperationRecord) -> OperationRecord | None:
-        if r.status != _AWAITING:
-            return None
-        r.status, r.error, r.last_updated_time = OperationStatus.CLAIMED, None, now
-        r.claimed_until = now + timedelta(seconds=runtime.settings.claim_seconds)
-        r.approved_by, r.approved_by_verified = approver.name, approver.verified
-        if reason:
-            r.reason = f"{r.reason or ''} (approved: {reason})".strip()[:512]
-        return r
 
-    claimed = await runtime.ledger.update(operation_id, approved)
-    if claimed is None or claimed.status != OperationStatus.CLAIMED or claimed.approved_by != approver.name:
-        raise _not_waiting(claimed or record)
-    try:
-        target = parse_target(claimed.target)
-        model = await runtime.compute.get_model(target)  # again: the set may have changed while it waited
-        capacity = len(model.instance_ids) if model.instance_ids is not None else 1
-        call = ArmCall.for_batch(target, claimed.options, claimed.cooldown_keys,
-                                 runtime.settings.compute_api_version)
-        result = await Intake(runtime, client).admit_and_submit(claimed, call, capacity=capacity,
-                                                                target_id=target.vm_id, secret=False, symptom=False)
-    except ReimagerError as exc:
-        if not exc.extra.get("completed"):  # approved, then refused: it ends with its one event, saying why
-            await finish(runtime, operation_id, OperationStatus.FAILED, exc.error_dict(), applied=False,
-                         client=client)
-        return Acted(await operation(runtime, operation_id), ended=True)
-    return Acted(result.record, ended=False)
+async def _decide_group(runtime: Runtime, client: Any, record: OperationRecord, action: Literal["approve", "reject"],
+                        who: Principal | None, reason: str | None) -> Acted:
+    """One decision for the group `record` is in (or is): made once, then carried out on every member."""
+    assert record.approval_group is not None
+    group_id = record.approval_group.group_id
+    decision = GroupDecision(action=action, by=_label(who), by_verified=who.verified if who else None,
+                             by_identity=who.identity if who else None, reason=reason, at=runtime.now())
+    group = await approvals.decide(runtime, group_id, decision)
+    held = approvals.decision_of(group)
+    if held is None or held.action != action:  # another decision came first (or it timed out): not this one
+        raise ReimagerError(ErrorCode.NOT_AWAITING_APPROVAL, f"Approval group {group_id} was already decided"
+                            + (f" ({held.action} by {held.by})" if held else " (it timed out)") + ".",
+                            target="operationId", extra={"operationId": record.operation_id, "groupId": group_id})
+    # The decision holds (this one, or the same one made first): carry it out; members done already are skipped.
+    done = await approvals.carry_out(runtime, client, group)
+    if record.operation_id == group_id:
+        return Acted(group, ended=action == "reject")
+    mine = done.get(record.operation_id)
+    return mine or Acted(await operation(runtime, record.operation_id), ended=action == "reject")
 
 
 async def reject(runtime: Runtime, operation_id: str, who: Principal | None, reason: str | None) -> Acted:
-    """A second person's no: the request ends Canceled (one event)."""
-    await operation(runtime, operation_id)  # OperationNotFound for no such operation
+    """A second person's no: the request ends Canceled (one event). For a member of an approval group (or the
+    group's id), every member still waiting in it."""
+    record = await operation(runtime, operation_id, groups_too=True)  # OperationNotFound for no such operation
+    if record.approval_group is not None and record.status == _AWAITING:
+        return await _decide_group(runtime, None, record, "reject", who, reason)
     by = _label(who)
     message = f"Rejected by {by}" + (f": {reason}" if reason else ".")
     ended = await end_waiting(runtime, [operation_id], ErrorCode.APPROVAL_REJECTED, message, cancelled_by=by,
-                              only_if=_AWAITING)
+                              only_if=_AWAITING, by=who)
     if not ended:
         raise _not_waiting(await operation(runtime, operation_id))
     return Acted(ended[0], ended=True)
 
 
-async def operation(runtime: Runtime, operation_id: str, *, batches_too: bool = False) -> OperationRecord:
-    """The request (or, with `batches_too`, the batch) with this id; OperationNotFound otherwise, and never a
-    ledger read for an id that cannot be one."""
+async def operation(runtime: Runtime, operation_id: str, *, batches_too: bool = False,
+                    groups_too: bool = False) -> OperationRecord:
+    """The request (or, with `batches_too`, the batch; with `groups_too`, the approval group) with this id;
+    OperationNotFound otherwise, and never a ledger read for an id that cannot be one."""
     record = None
-    if operation_id.startswith(("op-", "b-") if batches_too else "op-") and len(operation_id) <= 64:
+    prefixes = ("op-", *(("b-",) if batches_too else ()), *((approvals.GROUP_PREFIX,) if groups_too else ()))
+    if operation_id.startswith(prefixes) and len(operation_id) <= 64:
         record = await runtime.ledger.get(operation_id)
     if record is None or record.status is OperationStatus.REFUSED:  # a refused POST made no operation
         raise ReimagerError(ErrorCode.OPERATION_NOT_FOUND, "No such operation.", target="operationId")
@@ -139,7 +147,7 @@ async def cancel(runtime: Runtime, operation_id: str, who: Principal | None, rea
     message = f"Canceled by {by}" + (f": {reason}" if reason else ".")
     if record.status == _AWAITING:
         ended = await end_waiting(runtime, [operation_id], ErrorCode.CANCELED_BY_OPERATOR, message,
-                                  cancelled_by=by, only_if=_AWAITING)
+                                  cancelled_by=by, only_if=_AWAITING, by=who)
         if not ended:
             raise _not_cancellable(await operation(runtime, operation_id))
         return Acted(ended[0], ended=True)
@@ -148,7 +156,7 @@ async def cancel(runtime: Runtime, operation_id: str, who: Principal | None, rea
     entry = await runtime.ledger.change_target(record.lease_key, lambda t: admission.withdraw(t, operation_id))
     if entry is None:  # a batch took it meanwhile
         raise _not_cancellable(await operation(runtime, operation_id))
-    await end_waiting(runtime, [entry], ErrorCode.CANCELED_BY_OPERATOR, message, cancelled_by=by)
+    await end_waiting(runtime, [entry], ErrorCode.CANCELED_BY_OPERATOR, message, cancelled_by=by, by=who)
     return Acted(await operation(runtime, operation_id), ended=True)
 
 

@@ -28,7 +28,7 @@ from shared.domain.records import OperationRecord
 from shared.domain.status import IN_PROGRESS, SUBMITTED, OperationStatus
 from shared.rules import admission
 from shared.runtime import Runtime
-from shared.workflow import batches
+from shared.workflow import approvals, batches
 from shared.workflow.completion import (
     SENDING,
     announce_suspension,
@@ -61,6 +61,7 @@ class SweepReport:
     admitted: list[str] = field(default_factory=list)  # batches formed from a queue
     ended: list[str] = field(default_factory=list)  # requests whose batch had ended, or that left their queue
     released: list[str] = field(default_factory=list)  # leases of claim attempts that were taken over
+    grouped: list[str] = field(default_factory=list)  # approval-group members given their group's decision
 
     def to_dict(self) -> dict[str, list[str]]:
         return {k: v for k, v in self.__dict__.items() if v}
@@ -193,6 +194,9 @@ async def _sweep_one(runtime: Runtime, client: Any, record: OperationRecord, age
     elif (not record.terminal and not record.is_batch and record.batch_id is not None
           and record.batch_id != record.operation_id):
         await _sweep_member(runtime, record, age, quiet, report)
+    elif record.status == OperationStatus.AWAITING_APPROVAL and record.approval_group is not None:
+        if await approvals.sweep_member(runtime, client, record):  # its group's decision, or the group's timeout
+            report.grouped.append(record.operation_id)
     elif record.status == OperationStatus.AWAITING_APPROVAL:
         await _sweep_approval(runtime, record, report)
     elif record.status == OperationStatus.CLAIMED and age > quiet:

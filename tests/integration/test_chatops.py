@@ -364,7 +364,8 @@ async def test_slack_actions_are_dispatched_with_the_verified_principal(chat: Ho
                                             chat.url, actions=actions)
     assert outcome.status == 200
     assert_slack_message(outcome.body)
-    assert actions.calls == [(call[0], call[1], Principal("slack:T0001/U0BOB", "slack"), call[2])]
+    assert actions.calls == [(call[0], call[1], Principal("slack:T0001/U0BOB", "slack",
+                                                                      "slack:T0001/U0BOB"), call[2])]
     assert OP in outcome.body["text"] and outcome.body["response_type"] == "in_channel"
 
 
@@ -375,7 +376,7 @@ async def test_teams_actions_are_dispatched_and_refusals_are_replied(chat: Host)
     outcome = await chatops_http.post_teams(body, teams_headers(body), None, chat.url, actions=actions)
     assert outcome.status == 200
     assert_teams_message(outcome.body)
-    assert actions.calls == [("approve", OP, Principal("teams:aad-alice", "teams"), None)]
+    assert actions.calls == [("approve", OP, Principal("teams:aad-alice", "teams", "teams:aad-alice"), None)]
     assert "SelfApprovalNotAllowed" in outcome.body["text"]
 
 

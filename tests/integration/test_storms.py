@@ -124,8 +124,11 @@ def _key() -> str:
 async def test_global_budget_queues_the_rest_and_admits_as_the_window_frees(new_host: NewHost) -> None:
     """One alert naming 100 VMs with GLOBAL_MAX_REIMAGES_PER_HOUR=10: 10 POSTs now, the rest wait and are
     admitted as the hour's window frees; what waits past QUEUE_MAX_WAIT_MINUTES ends QueueExpired."""
+    # MAX_TARGETS_PER_ALERT above 100: this is about the global budget, not the fan-out bound that would hold
+    # the alert for approval (tests/integration/test_alert_groups.py)
     h: Host = await new_host(settings={"GLOBAL_MAX_REIMAGES_PER_HOUR": "10", "COOLDOWN_MINUTES": "0",
-                                       "QUEUE_MAX_WAIT_MINUTES": "150", "SWEEP_SCHEDULE": "0 */5 * * * *"})
+                                       "QUEUE_MAX_WAIT_MINUTES": "150", "SWEEP_SCHEDULE": "0 */5 * * * *",
+                                       "MAX_TARGETS_PER_ALERT": "1000"})
     vms = [LINUX_VM.replace("web-linux-01", f"fleet-{i:03d}") for i in range(100)]
     for vm in vms:
         h.dh.sim.upsert(vm, {"location": "westus", "properties": {"storageProfile": {"osDisk": {"osType": "Linux"}}}})

@@ -21,7 +21,7 @@ from urllib.parse import parse_qs
 from shared import runtime
 from shared.domain.errors import ErrorCode, ReimagerError
 from shared.domain.ids import operation_id
-from shared.domain.principal import Principal
+from shared.domain.principal import Principal, slack_principal, teams_principal
 from shared.surfaces.chat.commands import (
     USAGE,
     Command,
@@ -36,6 +36,7 @@ from shared.surfaces.chat.commands import (
 from shared.surfaces.chat.replies import Reply, describe, slack_message, teams_message
 from shared.surfaces.chat.signatures import SignatureError, check_fresh, verify_slack, verify_teams
 from shared.surfaces.http import Outcome, answer, guarded
+from shared.surfaces.identity import clean
 from shared.surfaces.json_body import MAX_BODY_BYTES, parse_json
 from shared.surfaces.requests import submit_request
 from shared.workflow import operators
@@ -202,9 +203,9 @@ async def post_slack(body: bytes, headers: Mapping[str, str], client: Any, base_
             raise _unauthorized(exc, "Slack") from None
         form = _form(body)
         user, team = form.get("user_id", "").strip(), form.get("team_id", "").strip()
-        if not user:
+        if not user or not clean(user + team):
             return Outcome(200, slack_message(Reply("The command carries no user_id; nothing was done.")))
-        principal = Principal(f"slack:{team}/{user}" if team else f"slack:{user}", "slack")
+        principal = slack_principal(team, user)
         trigger_id = form.get("trigger_id", "").strip()
         reply = await handle(clean_text(form.get("text", "")), principal, client=client, actions=actions,
                              idempotency_key=f"slack:{trigger_id}"[:128] if trigger_id else None, base_url=base_url,
@@ -235,10 +236,12 @@ async def post_teams(body: bytes, headers: Mapping[str, str], client: Any, base_
             raise _unauthorized(exc, "Teams") from None
         found = activity.get("from")
         sender: dict[str, Any] = found if isinstance(found, dict) else {}
-        who = sender.get("aadObjectId") or sender.get("id")
-        if not isinstance(who, str) or not who.strip():
+        aad, channel_id = sender.get("aadObjectId"), sender.get("id")
+        aad = aad.strip() if isinstance(aad, str) and clean(aad) else None
+        channel_id = channel_id.strip() if isinstance(channel_id, str) and clean(channel_id) else ""
+        if not aad and not channel_id:
             return Outcome(200, teams_message(Reply("The message carries no sender; nothing was done.")))
-        principal = Principal(f"teams:{who.strip()}"[:256], "teams")
+        principal = teams_principal(aad, channel_id)
         given = activity.get("text")
         text = given if isinstance(given, str) else ""
         activity_id = activity.get("id")

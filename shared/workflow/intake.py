@@ -311,6 +311,8 @@ class Intake:
         deadline = loop.time() + _JOIN_WAIT_SECONDS
         record: OperationRecord | None = existing
         while record is not None and record.status in IN_PROGRESS and loop.time() < deadline:
+            if record.status == OperationStatus.CLAIMED and self._claim_expired(record):
+                break  # its owner's claim ran out: waiting longer only helps a stalled owner
             # Real time, not the runtime's clock: this is a short wait for a concurrent request.
             await asyncio.sleep(0.05)
             record = await self.runtime.ledger.get(existing.operation_id)

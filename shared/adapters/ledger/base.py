@@ -93,6 +93,20 @@ class Tables:
                 raise LedgerUnavailable(what) from exc
             raise
 
+    async def _idempotent(self, what: str, write: Callable[[], Awaitable[Any]]) -> Any:
+        """A write that may be sent again whatever became of the last one (an upsert, a delete): sent again when
+        storage fails it, LedgerUnavailable when it keeps failing."""
+        for attempt in range(1, STORAGE_ATTEMPTS + 1):
+            try:
+                return await write()
+            except Exception as exc:
+                if not storage_failed(exc):
+                    raise
+                if attempt == STORAGE_ATTEMPTS:
+                    raise LedgerUnavailable(what) from exc
+                await backoff(attempt)
+        raise AssertionError("unreachable")
+
     async def close(self) -> None:
         await self._service.close()
         if self._on_close is not None:

@@ -167,19 +167,19 @@ class Operations(Tables):
         row = f"{inverted(record.created_time)}-{record.operation_id}"
         entries = [(target_partition(record.lease_key), row), ("all", row), (OPEN, record.operation_id)]
         # Three partitions cannot share a batch (a transaction is one partition); send them side by side.
-        await self._read("indexing", asyncio.gather(*(
+        await self._idempotent("indexing", lambda: asyncio.gather(*(
             ix.upsert_entity({"PartitionKey": partition, "RowKey": key, "op": record.operation_id,
                               "created": record.created_time}) for partition, key in entries)))
 
     async def watch(self, record: OperationRecord) -> None:
         """Only the sweeper's entry (an internal batch record is not listed)."""
-        await self._read("indexing", self._table(self.tables[1]).upsert_entity(
+        await self._idempotent("indexing", lambda: self._table(self.tables[1]).upsert_entity(
             {"PartitionKey": OPEN, "RowKey": record.operation_id, "op": record.operation_id,
              "created": record.created_time}))
 
     async def settled(self, operation_id: str) -> None:
         """The operation needs no more sweeping (terminal with its event published, or freed)."""
-        await self._read("settling", self._table(self.tables[1]).delete_entity(OPEN, operation_id))
+        await self._idempotent("settling", lambda: self._table(self.tables[1]).delete_entity(OPEN, operation_id))
 
     async def list_operations(self, *, lease_key: str | None = None, status: str | None = None,
                               since: datetime | None = None, top: int = 50,

@@ -14,6 +14,7 @@ landed decision keeps its result (the requests it took out of the queue are ende
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any, TypeVar
 
 from azure.core import MatchConditions
@@ -151,7 +152,8 @@ class Targets(Tables):
         those requests are not in the queue readers see (they are admitted later, or the sweeper ends them)."""
         table = self._table(self.tables[2])
         for i in range(0, len(creates), TRANSACTION_MAX):
-            await self._read("queueing requests", table.submit_transaction(creates[i:i + TRANSACTION_MAX]))
+            chunk = creates[i:i + TRANSACTION_MAX]
+            await self._idempotent("queueing requests", partial(table.submit_transaction, chunk))
 
     async def _delete_later(self, lease_key: str, rows: list[str]) -> None:
         """Delete queue rows that a decision recorded as gone; best effort (readers already ignore them, and the

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from devhost import azurite, bindings
 from devhost.clock import Clock, VirtualClock
-from devhost.compute import ComputeSimulator, Fault
+from devhost.compute import ArmLimits, ComputeSimulator, Fault
 from devhost.durable import DurableEngine, Fidelity, Instance
 from devhost.functions import FunctionEntry, FunctionIndex, index_app
 from devhost.identity import PATH as IDENTITY_PATH
@@ -114,13 +114,14 @@ class DevHost:
     def __init__(self, *, clock: Clock | None = None, host: str = "127.0.0.1", port: int = 0,
                  state_dir: Path | str = ".devhost", operation_seconds: float = 5.0, retry_after: int | None = None,
                  settings: dict[str, str] | None = None, seed: bool = True,
-                 durable_fidelity: Fidelity | None = None) -> None:
+                 durable_fidelity: Fidelity | None = None, arm_limits: ArmLimits | None = None) -> None:
         self.clock = clock or Clock()
         self.host, self.port = host, port
         self.state_dir = Path(state_dir)
         self.issuer = TokenIssuer()
         self.sim = ComputeSimulator(clock=self.clock, issuer=self.issuer, operation_seconds=operation_seconds,
-                                    retry_after=retry_after, state_dir=self.state_dir / "arm")
+                                    retry_after=retry_after, state_dir=self.state_dir / "arm",
+                                    arm_limits=arm_limits or ArmLimits.azure())
         self.function_key = secrets.token_urlsafe(24)
         self.overrides = dict(settings or {})
         self.seed = seed

@@ -33,6 +33,7 @@ from azure.core.pipeline.policies import (
 from azure.core.rest import HttpRequest
 
 from shared.adapters.arm.lro import interpret, location_failure, parse_retry_after
+from shared.adapters.arm.reads import SharedReads
 from shared.domain.arm_call import ArmCall, PollMode, PollResult, Submission, TargetModel
 from shared.domain.errors import (
     ComputeConflict,
@@ -183,6 +184,7 @@ class ComputeClient:
         self._retries = retries
         self._timeouts = {"connection_timeout": connect_timeout, "read_timeout": read_timeout}
         self._client: AsyncPipelineClient[HttpRequest, Any] | None = None
+        self.reads: SharedReads[TargetModel] = SharedReads(settings.preflight_cache_seconds, self._now)
 
     @property
     def origin(self) -> str:
@@ -229,7 +231,12 @@ class ComputeClient:
         return response.status_code, dict(response.headers), body
 
     async def get_model(self, target: Target) -> TargetModel:
-        """Preflight: one GET of the VM or scale set model."""
+        """Preflight: the VM's or scale set's model (and a set's instances), read once for every request that needs
+        it within PREFLIGHT_CACHE_SECONDS, and once for all that ask at the same time (shared/adapters/arm/reads.py)."""
+        return await self.reads.get(target.vm_id.lower(), lambda: self._read_model(target))
+
+    async def _read_model(self, target: Target) -> TargetModel:
+        """One GET of the VM or scale set model (and, for a set, the list of its instances)."""
         request = HttpRequest("GET", f"{self.origin}{target.vm_id}",
                               params={"api-version": self._settings.compute_api_version})
         status, headers, body = await self._guarded(request, "reading the target")

@@ -18,7 +18,7 @@ from typing import Any
 from shared.adapters.ledger import RecordChanged
 from shared.adapters.telemetry import bind
 from shared.domain.arm_call import ArmCall
-from shared.domain.errors import ErrorCode, ReimagerError, TargetNotFound
+from shared.domain.errors import ComputeThrottled, ErrorCode, ReimagerError, TargetNotFound
 from shared.domain.events import EventType, Trigger
 from shared.domain.ids import operation_id
 from shared.domain.principal import Principal
@@ -30,7 +30,7 @@ from shared.rules import admission, dryrun, policy
 from shared.rules.policy import needs_approval
 from shared.rules.poll_schedule import next_poll_delay
 from shared.runtime import Runtime
-from shared.workflow import submission
+from shared.workflow import submission, throttling
 from shared.workflow.completion import abandon, admit, finish, publish_info
 from shared.workflow.orchestration import start_batch, start_monitor
 
@@ -88,7 +88,19 @@ class Intake:
         if request.dry_run:  # every check reported, none raised; never a claim, so never an existing operation
             return await self._plan(request)
         policy.check_scope(target, self.settings)
-        model = await self.runtime.compute.get_model(target)
+        try:
+            model = await self.runtime.compute.get_model(target)
+        except ComputeThrottled as exc:  # ARM throttled the read: wait Queued rather than fail (or 503 + Retry-After)
+            if not throttling.deferrable(request, self.settings):
+                raise
+            won, deferred = await throttling.defer(self.runtime, request, exc, key=key, trigger=trigger,
+                                                   reply_to=reply_to, reply_correlation_id=reply_correlation_id,
+                                                   principal=principal)
+            if not won:
+                return await self._joined(deferred, request, trigger=trigger, default_key=default_key,
+                                          reply_to=reply_to, reply_correlation_id=reply_correlation_id,
+                                          principal=principal)
+            return Accepted(deferred, throttling.wait_of(exc))
         instances = policy.check_model(request, model, self.settings)
         call = request.arm_call(self.settings.compute_api_version, instance_ids=instances)
         cooldown_keys = policy.cooldown_keys(target, instances)
@@ -148,11 +160,11 @@ class Intake:
             lost = _claim_lost()
             await abandon(self.runtime, self.client, record, lost.error_dict())
             raise lost from None
-        _, frees = await self.runtime.ledger.take_global_slot(record.operation_id, self.runtime.now(),
-                                                              self.settings.global_max_reimages_per_hour)
+        slot, frees = await self.runtime.ledger.take_global_slot(record.operation_id, self.runtime.now(),
+                                                                 self.settings.global_max_reimages_per_hour)
         if frees is not None:
             return await self._over_global_budget(record, frees, secret)
-        return await self._submit(record, call)
+        return await self._submit(record, call, slot)
 
     async def _precheck(self, record: OperationRecord) -> None:
         """Before paging a human: refuse now what admission would refuse anyway (suspended, cooling down).
@@ -232,12 +244,17 @@ class Intake:
             t, record.operation_id, self.runtime.now(), [entry]))
         return await self._waiting(record, admission.Admission("queued", position=1))
 
-    async def _submit(self, record: OperationRecord, call: ArmCall) -> Accepted:
+    async def _submit(self, record: OperationRecord, call: ArmCall, slot: str | None = None) -> Accepted:
         """POST from here, with the request's secrets still in memory (shared/workflow/submission.py)."""
         outcome = await submission.submit(self.runtime, self.client, record, call)
         if isinstance(outcome, submission.Uncertain):  # ended Failed with its event; the answer says so
             outcome.error.extra.update(operationId=record.operation_id, completed=True)
             raise outcome.error
+        if isinstance(outcome, submission.NotApplied) and throttling.can_wait(outcome.error, record.options):
+            # ARM throttled the POST: wait in the queue for a batch to send it after Retry-After (same key)
+            queued = await throttling.wait_for_arm(self.runtime, self.client, record, outcome.error, slot)
+            if queued is not None:
+                return Accepted(queued, throttling.wait_of(outcome.error))
         if isinstance(outcome, submission.NotApplied):  # nothing was applied: free the key for a retry
             await abandon(self.runtime, self.client, record, outcome.error.error_dict())
             await self._free(record, outcome.error)
@@ -253,8 +270,9 @@ class Intake:
 
     async def _free(self, record: OperationRecord, error: ReimagerError | None) -> None:
         """Nothing was sent: free the key so the request may be asked again. An approved request was already
-        answered 202 (awaiting approval), so it ends instead, with its one event carrying why."""
-        if record.approved_by is not None:
+        answered 202 (awaiting approval, or queued after a throttled preflight), so it ends instead, with its one
+        event carrying why."""
+        if record.answered:
             why = error.error_dict() if error is not None else {"code": ErrorCode.INTERNAL_ERROR,
                                                                 "message": "not submitted"}
             await finish(self.runtime, record.operation_id, OperationStatus.FAILED, why, applied=False,
@@ -275,7 +293,7 @@ class Intake:
             # Real time, not the runtime's clock: this is a short wait for a concurrent request.
             await asyncio.sleep(0.05)
             record = await self.runtime.ledger.get(existing.operation_id)
-        if record is not None and record.status == OperationStatus.CLAIMED:
+        if record is not None and record.status == OperationStatus.CLAIMED and not record.answered:
             # Claimed for that long and never marked Submitting: its owner died before reaching ARM (a live
             # one takes milliseconds). Take it over by a compare-and-swap delete; if the owner was only slow,
             # its own CAS to Submitting now fails, so still only one POST.

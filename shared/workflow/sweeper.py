@@ -26,7 +26,7 @@ from shared.domain.records import OperationRecord
 from shared.domain.status import IN_PROGRESS, SUBMITTED, OperationStatus
 from shared.rules import admission
 from shared.runtime import Runtime
-from shared.workflow import batches
+from shared.workflow import batches, deferred
 from shared.workflow.completion import (
     SENDING,
     announce_suspension,
@@ -56,6 +56,7 @@ class SweepReport:
     expired: list[str] = field(default_factory=list)
     admitted: list[str] = field(default_factory=list)  # batches formed from a queue
     ended: list[str] = field(default_factory=list)  # requests whose batch had ended
+    resumed: list[str] = field(default_factory=list)  # requests read again after ARM throttled their preflight
 
     def to_dict(self) -> dict[str, list[str]]:
         return {k: v for k, v in self.__dict__.items() if v}
@@ -165,6 +166,9 @@ async def _sweep_one(runtime: Runtime, client: Any, record: OperationRecord, age
         await _sweep_member(runtime, record, age, quiet, report)
     elif record.status == OperationStatus.AWAITING_APPROVAL:
         await _sweep_approval(runtime, record, report)
+    elif record.deferred is not None and record.status == OperationStatus.QUEUED:
+        if await deferred.resume(runtime, client, record):  # its throttled preflight's Retry-After has passed
+            report.resumed.append(record.operation_id)
     elif record.status == OperationStatus.CLAIMED and age > quiet:
         await _sweep_claimed(runtime, client, record, report)
     elif record.status == OperationStatus.SUBMITTING and age > quiet:
@@ -194,10 +198,11 @@ async def _sweep_claimed(runtime: Runtime, client: Any, record: OperationRecord,
     target = await runtime.ledger.get_target(record.lease_key)
     if any(e.operation_id == record.operation_id for e in target.queue):
         return  # it was queued and crashed before saying so: the queue carries it
-    if record.approved_by is not None:  # approved (answered 202 long ago), then its approver's call died
+    if record.answered:  # approved or queued (answered 202 long ago), then the call admitting it died
         await finish(runtime, record.operation_id, OperationStatus.FAILED, {
-            "code": ErrorCode.NOT_SUBMITTED, "message": "It was approved, but the approval's call stopped before "
-            "the reimage was sent; nothing was reimaged. Ask again."}, applied=False, client=client)
+            "code": ErrorCode.NOT_SUBMITTED, "message": "It was accepted (approved, or queued while ARM throttled), "
+            "but the call admitting it stopped before the reimage was sent; nothing was reimaged. Ask again."},
+            applied=False, client=client)
         report.lost.append(record.operation_id)
         return
     await release_lease(runtime, record, applied=False)

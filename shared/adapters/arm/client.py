@@ -39,6 +39,7 @@ from shared.adapters.arm.views import InstanceViews
 from shared.adapters.telemetry import EVENT_ARM_THROTTLED, track_event
 from shared.domain.arm_call import ArmCall, PollMode, PollResult, Submission, TargetModel
 from shared.domain.errors import (
+    ComputeThrottled,
     ComputeUnavailable,
     DetailCode,
     ErrorCode,
@@ -226,6 +227,12 @@ class ComputeClient:
     async def get_model(self, target: Target) -> TargetModel:
         """Preflight: the VM's or scale set's model (and a set's instances), read once for every request that needs
         it within PREFLIGHT_CACHE_SECONDS, and once for all that ask at the same time (shared/adapters/arm/reads.py)."""
+        wait = self.quota.blocked_for(target.vm_id, ("model", "instances"))
+        if wait > 0:  # ARM throttled these reads and its Retry-After has not passed: asking again would be refused
+            raise ComputeThrottled(ErrorCode.COMPUTE_UNAVAILABLE, "reading the target: ARM is throttling reads of it; "
+                                   f"not asked again before its Retry-After ({wait:.0f} s left)", arm_status=429,
+                                   arm_code="TooManyRequests", arm_message="not sent: ARM's Retry-After has not passed",
+                                   retry_after=max(1, int(wait + 0.999)))
         return await self.reads.get(target.vm_id.lower(), lambda: self._read_model(target))
 
     async def _read_model(self, target: Target) -> TargetModel:

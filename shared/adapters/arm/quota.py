@@ -72,7 +72,19 @@ class QuotaTracker:
     low_water: int = 3
     resources: dict[tuple[str, str], Seen] = field(default_factory=dict)
     subscriptions: dict[tuple[str, str], Seen] = field(default_factory=dict)
+    blocked: dict[tuple[str, str], float] = field(default_factory=dict)  # (target, kind) -> until (ARM's 429)
     throttled: int = 0  # 429s seen
+
+    def block(self, resource: str | None, kind: str | None, retry_after: float | None) -> None:
+        """ARM answered 429: its buckets refuse every request until Retry-After (ARMT), so none is sent before."""
+        if resource and kind and retry_after:
+            key = (resource.lower(), kind)
+            self.blocked[key] = max(self.blocked.get(key, 0.0), self.clock() + retry_after)
+
+    def blocked_for(self, resource: str, kinds: Iterable[str]) -> float:
+        """Seconds left of ARM's Retry-After for these kinds of call on this target (0: none)."""
+        now = self.clock()
+        return max([0.0, *(self.blocked.get((resource.lower(), k), 0.0) - now for k in kinds)])
 
     def observe(self, path: str, method: str, headers: Any, *, resource: str | None, kind: str | None) -> None:
         now = self.clock()
@@ -89,8 +101,8 @@ class QuotaTracker:
     def delay(self, path: str, kind: str, resource: str | None = None) -> float:
         """Seconds a read of `kind` on this target should wait before it is sent (0: send it now)."""
         now = self.clock()
-        waits = [0.0]
         target = (resource or resource_of(path) or "").lower()
+        waits = [self.blocked_for(target, (kind,))]
         seen = self.resources.get((target, kind))
         if seen is not None and seen.lowest is not None and seen.lowest <= self.low_water:
             waits.append((self.low_water + 1 - seen.lowest) * COMPUTE_TOKEN_SECONDS - (now - seen.at))
@@ -143,4 +155,7 @@ class QuotaPolicy(SansIOHTTPPolicy[Any, Any]):
         self._tracker.observe(path, http_request.method, http.headers, resource=resource, kind=kind)
         if http.status_code == 429:
             self._tracker.throttled += 1
+            retry = http.headers.get("Retry-After")
+            seconds = float(retry) if retry and str(retry).strip().isdigit() else None
+            self._tracker.block(resource or resource_of(path), kind, seconds)
             self._on_throttled(resource or resource_of(path), kind, http.headers)

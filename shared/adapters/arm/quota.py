@@ -21,6 +21,7 @@ import math
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from azure.core.pipeline import PipelineRequest, PipelineResponse
@@ -114,14 +115,20 @@ class QuotaTracker:
         return max(0.0, math.ceil(max(waits) * 10) / 10)
 
     def view(self, resource: str) -> dict[str, Any]:
-        """What was last seen for a target: per kind of call, each policy's count and when; and its subscription's
-        ARM counts."""
-        key = resource.lower()
-        kinds = {kind: {"remaining": dict(seen.counts), "lowest": seen.lowest, "seenAt": seen.at}
+        """What this process last saw for a target (GET /api/targets `armQuota`): per kind of call, each policy's
+        remaining count and when it was seen; its subscription's ARM counts; and Retry-Afters not yet passed."""
+        key, now = resource.lower(), self.clock()
+        calls = {kind: {"remaining": dict(seen.counts), "lowest": seen.lowest, "seenAt": _iso(seen.at)}
                  for (target, kind), seen in self.resources.items() if target == key}
         m = _SUBSCRIPTION.match(key)
-        sub = {verb: seen.lowest for (s, verb), seen in self.subscriptions.items() if m and s == m.group(1).lower()}
-        return {"calls": kinds, "subscription": sub}
+        sub = {verb: seen.lowest for (s, verb), seen in self.subscriptions.items()
+               if m and s == m.group(1).lower() and seen.lowest is not None}
+        until = {kind: _iso(t) for (target, kind), t in self.blocked.items() if target == key and t > now}
+        return {"calls": calls, "subscription": sub, "throttledUntil": until}
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat()
 
 
 def _values(headers: Any, name: str) -> list[str]:

@@ -174,6 +174,9 @@ class ComputeClient:
         self._timeouts = {"connection_timeout": connect_timeout, "read_timeout": read_timeout}
         self._client: AsyncPipelineClient[HttpRequest, Any] | None = None
         self.reads: SharedReads[TargetModel] = SharedReads(settings.preflight_cache_seconds, self._now)
+        # The same poll or health read asked twice at once (an activity runs at least once, sometimes twice side by
+        # side): one GET, both answered. Nothing is kept.
+        self._same_read: SharedReads[Any] = SharedReads(0, self._now)
         self.quota = QuotaTracker(self._now, settings.arm_quota_low_water)
         self._views = InstanceViews(self.origin, settings.compute_api_version, self._guarded, self._now, same_origin)
 
@@ -288,7 +291,10 @@ class ComputeClient:
     async def instance_health_page(self, target: Target, instance_ids: Sequence[str] | None, page: str | None
                                    ) -> tuple[dict[str, InstanceHealth], str | None]:
         """One read: the asked instances on one page of the list (from `page`), and the next page's link."""
-        return await self._views.instance_health_page(target, instance_ids, page)
+        key = f"health|{target.id}|{page}|{','.join(instance_ids or ['*'])}".lower()
+        page_read: tuple[dict[str, InstanceHealth], str | None] = await self._same_read.get(
+            key, lambda: self._views.instance_health_page(target, instance_ids, page))
+        return page_read
 
     async def submit(self, call: ArmCall) -> Submission:
         """POST the reimage. Raises a typed ComputeError when ARM refuses it."""
@@ -324,9 +330,14 @@ class ComputeClient:
         the operation runs on (its Get Operation bucket; the URL does not name it)."""
         if not same_origin(url, self.origin):
             raise UntrustedOperationUrl(url)
-        status, headers, body = await self._guarded(HttpRequest("GET", url), "reading the operation status", "poll",
-                                                    resource, hold_throttled=False)
-        return interpret(mode, status, headers, body, self._now())
+
+        async def read() -> PollResult:
+            status, headers, body = await self._guarded(HttpRequest("GET", url), "reading the operation status",
+                                                        "poll", resource, hold_throttled=False)
+            return interpret(mode, status, headers, body, self._now())
+
+        result: PollResult = await self._same_read.get(f"poll|{mode}|{url}", read)
+        return result
 
     def read_delay(self, kind: str, resource: str) -> float:
         """Seconds a read of `kind` ("poll", "health") on `resource` should wait: its buckets run low

@@ -104,7 +104,7 @@ class Settings(BaseSettings):
     azure_client_id: str | None = None
     # A target's model and instance list are read once per this many seconds, shared by every request that
     # needs them (shared/adapters/arm/reads.py); 0: concurrent reads are still shared, nothing is kept.
-    preflight_cache_seconds: float = Field(5, ge=0, le=60)
+    preflight_cache_seconds: int = Field(5, ge=0, le=60)
     # Self-throttling: a poll or health read waits while a bucket it draws on has this many requests left or fewer
     # (ARM's read bucket: ten times this). shared/adapters/arm/quota.py
     arm_quota_low_water: int = Field(3, ge=0, le=100)

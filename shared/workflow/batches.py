@@ -159,8 +159,9 @@ async def _seal(runtime: Runtime, client: Any, batch: OperationRecord) -> Operat
     """Fix the batch's membership from the queue (one CAS on the target) and take the batch to Submitting under
     a token, so only this run POSTs. None: nothing to send (the batch ended quietly)."""
     now, batch_id = runtime.now(), batch.operation_id
+    settings = throttling.within_quota(runtime, batch.target)
     sealed = await runtime.ledger.change_target(batch.lease_key, lambda t: admission.seal(
-        t, batch_id, now, runtime.settings))
+        t, batch_id, now, settings))
     if sealed.ended:
         await end_waiting(runtime, sealed.ended, ErrorCode.COOLDOWN_ACTIVE, "An instance of this request was "
                           "reimaged while it waited; COOLDOWN_MINUTES refuses another reimage so soon.")

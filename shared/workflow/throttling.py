@@ -34,6 +34,7 @@ from shared.domain.targets import parse_target
 from shared.rules import admission, policy
 from shared.rules.admission import lease_until
 from shared.runtime import Runtime
+from shared.settings import Settings
 from shared.workflow.completion import publish_info
 from shared.workflow.orchestration import start_batch
 
@@ -58,7 +59,9 @@ def hold(kind: str, runtime: Runtime, target: str | None) -> dict[str, Any] | No
     delay = runtime.compute.read_delay(kind, target)
     if delay <= 0:
         return None
-    track_event(EVENT_ARM_HELD, target=target, arm_call=kind, retry_after_seconds=delay)
+    seen = runtime.compute.quota.resources.get((target.lower(), kind))
+    track_event(EVENT_ARM_HELD, target=target, arm_call=kind, retry_after_seconds=delay,
+                arm_remaining=seen.lowest if seen is not None else None)
     log.info("holding a %s read of %s for %.1f s: ARM's remaining requests run low", kind, target, delay)
     return {"state": OperationState.RUNNING, "done": False, "held": True, "retryAfter": delay}
 
@@ -71,6 +74,20 @@ def throttled(kind: str, target: str | None, retry_after: float | None) -> dict[
 
 
 # ---- a batch's POST ---------------------------------------------------------------------------------------
+def within_quota(runtime: Runtime, target: str) -> Settings:
+    """The settings a batch is sealed with: its cap shrunk to what the last POST on the target left in ARM's
+    buckets (a scale set's reimage is charged one token per instance), above ARM_QUOTA_LOW_WATER, when that was
+    seen within the last minute; else the settings as they are."""
+    settings = runtime.settings
+    room = runtime.compute.quota.room(parse_target(target).vm_id, "submit")
+    if room is None or room - settings.arm_quota_low_water >= settings.max_instances_per_request:
+        return settings
+    cap = max(1, room - settings.arm_quota_low_water)
+    log.info("sealing the next batch of %s at %d instances: ARM's buckets run low (%d left)", target, cap, room)
+    return settings.model_copy(update={"max_instances_per_request": cap})
+
+
+
 def not_before(batch: OperationRecord, now: datetime) -> float:
     """Seconds left before a throttled batch may be POSTed again (0: now)."""
     stamp = (batch.arm or {}).get("notBefore")

@@ -233,3 +233,21 @@ async def test_a_queue_message_whose_post_is_throttled_waits_and_is_sent_once_af
     _, dead = await h.get("/devhost/servicebus/deadletter")
     assert dead == [] and time.monotonic() - start < 60
     assert len(h.completed()) == 1
+
+
+async def test_a_low_write_bucket_shrinks_the_next_batch_instead_of_meeting_429(new_host: NewHost) -> None:
+    """The subscription's scale-set Update bucket (a set's reimage is charged one token per instance) is narrowed
+    to 30, refilled 6 a minute. The first batch of 20 leaves 10: the next batch is sealed smaller, to what is left
+    above ARM_QUOTA_LOW_WATER, rather than POSTing 20 into a 429."""
+    limits = ArmLimits.azure()
+    policies = {**limits.policies, "VMScaleSetUpdate": PolicyLimits(resource=(4, 12), subscription=(6, 30))}
+    h: Host = await new_host(settings=OPEN, operation_seconds=10.0, retry_after=None,
+                             arm_limits=limits.model_copy(update={"policies": policies}))
+    h.dh.sim.seed_scale_set(SET, 100)
+    await asyncio.gather(*(h.post("/api/alerts", alert(str(i), f"shrink-{i}")) for i in range(40)))
+    events = await h.until_completed(40)
+    assert {e["data"]["status"] for e in events} == {"Succeeded"}
+    posts = [p for p in h.reimage_posts() if "/storm/" in p["path"]]
+    assert [p["status"] for p in posts if p["status"] == 429] == []
+    sizes = [len(p["body"]["instanceIds"]) for p in posts]
+    assert sizes[0] == 20 and sizes[1] <= 10 - 3 and sum(sizes) == 40

@@ -205,10 +205,11 @@ class ComputeClient:
                 ArmHostGuardPolicy(self.origin),
                 ArmRetryPolicy(sleep=self._sleep, max_retry_after=self._max_retry_after,
                                retry_total=self._retries, retry_backoff_factor=0.5),
-                QuotaPolicy(self.quota, _throttled),  # inside the retry: every attempt's answer is read
                 AsyncBearerTokenCredentialPolicy(self._credential, scope),
                 logging_policy,
                 DistributedTracingPolicy(),
+                # innermost: every attempt's answer is read, and its counts land on its dependency span
+                QuotaPolicy(self.quota, _throttled),
             ]
             # use_env_settings=False: aiohttp would otherwise look up netrc and *_PROXY on a worker thread for
             # every request (two thread hops per ARM call); the app never runs behind an environment proxy.

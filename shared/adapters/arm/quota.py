@@ -25,7 +25,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from azure.core.pipeline import PipelineRequest, PipelineResponse
-from azure.core.pipeline.policies import SansIOHTTPPolicy
+from azure.core.pipeline.policies import DistributedTracingPolicy, SansIOHTTPPolicy
+
+from shared.adapters.telemetry import ARM_REMAINING
 
 COMPUTE_HEADER = "x-ms-ratelimit-remaining-resource"
 ARM_HEADERS = {"reads": "x-ms-ratelimit-remaining-subscription-reads",
@@ -114,6 +116,14 @@ class QuotaTracker:
             waits.append((arm_low + 1 - arm.lowest) * ARM_READ_TOKEN_SECONDS - (now - arm.at))
         return max(0.0, math.ceil(max(waits) * 10) / 10)
 
+    def room(self, resource: str, kind: str, max_age: float = 60.0) -> int | None:
+        """The lowest count the last answer to `kind` on this target showed, if seen within `max_age` seconds
+        (Compute's window: older counts have refilled since); None: nothing recent to go by."""
+        seen = self.resources.get((resource.lower(), kind))
+        if seen is None or seen.lowest is None or self.clock() - seen.at > max_age:
+            return None
+        return seen.lowest
+
     def view(self, resource: str) -> dict[str, Any]:
         """What this process last saw for a target (GET /api/targets `armQuota`): per kind of call, each policy's
         remaining count and when it was seen; its subscription's ARM counts; and Retry-Afters not yet passed."""
@@ -160,6 +170,12 @@ class QuotaPolicy(SansIOHTTPPolicy[Any, Any]):
         path = re.sub(r"^[a-z]+://[^/]+", "", http_request.url, flags=re.IGNORECASE)
         resource, kind = request.context.get("quota_resource"), request.context.get("quota_kind")
         self._tracker.observe(path, http_request.method, http.headers, resource=resource, kind=kind)
+        lowest = min(parse_remaining(_values(http.headers, COMPUTE_HEADER)).values(), default=None)
+        span = request.context.get(DistributedTracingPolicy.TRACING_CONTEXT)  # the ARM call's dependency span
+        if span is not None and lowest is not None:
+            setter = getattr(span, "set_attribute", None) or getattr(span, "add_attribute", None)
+            if setter is not None:
+                setter(ARM_REMAINING, lowest)
         if http.status_code == 429:
             self._tracker.throttled += 1
             retry = http.headers.get("Retry-After")

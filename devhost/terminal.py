@@ -68,9 +68,11 @@ class TerminalPublisher:
     def __init__(self, inner: Publisher) -> None:
         self.inner = inner
 
-    async def publish(self, event: CloudEvent, *, reply_to: str | None = None,
-                      reply_correlation_id: str | None = None) -> None:
-        await self.inner.publish(event, reply_to=reply_to, reply_correlation_id=reply_correlation_id)
+    async def reply(self, event: CloudEvent, queue: str, correlation_id: str | None) -> None:
+        await self.inner.reply(event, queue, correlation_id)
+
+    async def publish(self, event: CloudEvent) -> None:
+        await self.inner.publish(event)
         try:
             log.info("%s", event_line(event))
         except Exception:  # a terminal line is never worth failing a publish for

@@ -17,6 +17,7 @@ sys.path.insert(0, str(ROOT))
 from shared.domain.errors import ErrorResponse  # noqa: E402
 from shared.domain.events import EventData, EventType, build_event, data_schema  # noqa: E402
 from shared.domain.request import ReimageRequest  # noqa: E402
+from shared.workflow.completion import REPLY_ATTEMPTS  # noqa: E402
 
 
 def request_schema() -> dict[str, Any]:
@@ -64,6 +65,12 @@ def events_doc() -> str:
                       durationSeconds=190.0, polls=7,
                       error={"code": "OperationPreempted", "message": "Operation execution has been preempted "
                              "by a more recent operation."})
+    reply_failed = _example(EventType.REPLY_FAILED, status="Succeeded", submittedAt=_T0,
+                            completedAt="2026-01-01T00:03:10Z", durationSeconds=190.0, polls=7, trigger="queue",
+                            health="Healthy", reply={"queue": "patcher-replies", "status": "failed", "attempts": 5,
+                                                     "error": "MessagingEntityNotFoundError: The messaging entity "
+                                                     "'patcher-replies' could not be found.",
+                                                     "at": "2026-01-01T00:08:10+00:00"})
     rejected = _example(EventType.REJECTED, operationId=None, status="Rejected", trigger="queue", instanceIds=None,
                         error={"code": "ScopeNotAllowed", "message": "The target is not under any scope in "
                                "ALLOWED_SCOPES; reimager acts only inside scopes it was explicitly given."})
@@ -79,7 +86,7 @@ type `application/cloudevents+json; charset=utf-8`. With no Service Bus namespac
 
 | attribute | value |
 |---|---|
-| `type` | `reimager.operation.accepted`, `.completed`, `.queued`, `.awaiting-approval`; \
+| `type` | `reimager.operation.accepted`, `.completed`, `.queued`, `.awaiting-approval`, `.reply-failed`; \
 `reimager.request.rejected`; `reimager.target.suspended`, `.resumed` |
 | `source` | `/reimager` |
 | `subject` | the normalised ARM id of the target |
@@ -94,7 +101,12 @@ Service Bus message properties:
 - application properties `status` and `target`.
 
 A request that came from a queue message with `ReplyTo` also gets its completion (or rejection)
-event on that queue, with `CorrelationId` set to the request message's `MessageId`.
+event on that queue, with `CorrelationId` set to the request message's `MessageId`. `ReplyTo` must
+name a queue of reimager's own namespace (a name, or `sb://<namespace>/<name>`), never the requests
+queue; otherwise the message is rejected (`InvalidRequest` on `replyTo`). The ReplyTo copy is sent
+apart from the topic's: the topic's copy is sent once, whatever happens to the ReplyTo queue; the
+ReplyTo copy is tried once at once and once per sweep, {REPLY_ATTEMPTS} times in all, then recorded
+failed (the status document's `reply`, a log line, and a `reimager.operation.reply-failed` event).
 
 ## Guarantees
 
@@ -143,6 +155,15 @@ at another host), `NoOperationUrl`, `ComputeUnavailable` / `ComputeError` /
 
 ```json
 {rejected}
+```
+
+## reimager.operation.reply-failed
+
+The completion event reached the topic, and its ReplyTo copy could not be delivered after
+{REPLY_ATTEMPTS} attempts; `reply` says where, how often, and the last error.
+
+```json
+{reply_failed}
 ```
 
 ## reimager.operation.queued

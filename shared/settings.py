@@ -124,6 +124,8 @@ class Settings(BaseSettings):
     poll_default_seconds: int = Field(15, ge=1)
     operation_timeout_minutes: Minutes = 120
     submit_timeout_seconds: int = Field(300, ge=1, le=3600)
+    # A claim's owner moves it to Submitting within this; after it, a same-key request may take the key over.
+    claim_seconds: int = Field(30, ge=5, le=3600)
     polls_per_generation: int = Field(10, ge=2, le=1000)  # short histories: replay parses every event
     health_grace_minutes: int = Field(10, ge=0, le=10080)  # 0: no health verification
 

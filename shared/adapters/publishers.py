@@ -17,22 +17,26 @@ if TYPE_CHECKING:
 
 
 class FilePublisher:
-    """Local mode: one JSON line per event in EVENTS_FILE (ReplyTo is recorded alongside)."""
+    """Local mode: one JSON line per event in EVENTS_FILE; ReplyTo copies in the file beside it
+    (`<name>.replies.jsonl`), each with the CloudEvents extension attributes naming the queue."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.replies = path.with_name(f"{path.stem}.replies.jsonl")
         self._lock = asyncio.Lock()
 
-    async def publish(self, event: CloudEvent, *, reply_to: str | None = None,
-                      reply_correlation_id: str | None = None) -> None:
-        line = event.to_dict()
-        if reply_to:
-            line["reimagerreplyto"] = reply_to  # CloudEvents extension attribute: the reply queue
-            line["reimagerreplycorrelationid"] = reply_correlation_id
+    async def _append(self, path: Path, line: dict[str, Any]) -> None:
         async with self._lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a", encoding="utf-8") as fh:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a", encoding="utf-8") as fh:
                 fh.write(json.dumps(line, separators=(",", ":")) + "\n")
+
+    async def publish(self, event: CloudEvent) -> None:
+        await self._append(self.path, event.to_dict())
+
+    async def reply(self, event: CloudEvent, queue: str, correlation_id: str | None) -> None:
+        await self._append(self.replies, {**event.to_dict(), "reimagerreplyto": queue,
+                                          "reimagerreplycorrelationid": correlation_id})
 
     async def close(self) -> None:
         return None
@@ -81,12 +85,12 @@ class ServiceBusPublisher:
             application_properties={"status": event.data.status, "target": event.data.target or ""},
         )
 
-    async def publish(self, event: CloudEvent, *, reply_to: str | None = None,
-                      reply_correlation_id: str | None = None) -> None:
+    async def publish(self, event: CloudEvent) -> None:
         correlation = event.data.correlation_id or event.data.request_id
         await self._sender("topic", self._settings.events_topic).send_messages(self.message(event, correlation))
-        if reply_to:
-            await self._sender("queue", reply_to).send_messages(self.message(event, reply_correlation_id))
+
+    async def reply(self, event: CloudEvent, queue: str, correlation_id: str | None) -> None:
+        await self._sender("queue", queue).send_messages(self.message(event, correlation_id))
 
     async def close(self) -> None:
         for sender in self._senders.values():

@@ -216,9 +216,11 @@ class TrackedPublisher:
     def __init__(self, inner: Publisher) -> None:
         self.inner = inner
 
-    async def publish(self, event: CloudEvent, *, reply_to: str | None = None,
-                      reply_correlation_id: str | None = None) -> None:
-        await self.inner.publish(event, reply_to=reply_to, reply_correlation_id=reply_correlation_id)
+    async def reply(self, event: CloudEvent, queue: str, correlation_id: str | None) -> None:
+        await self.inner.reply(event, queue, correlation_id)
+
+    async def publish(self, event: CloudEvent) -> None:
+        await self.inner.publish(event)
         if event.type in EVENTS:
             try:
                 track_event(event.type, **event_attributes(event))

@@ -51,6 +51,7 @@ class ErrorCode(StrEnum):
     UNTRUSTED_OPERATION_URL = "UntrustedOperationUrl"
     # Ours, transient or unexpected
     CLAIM_LOST = "ClaimLost"
+    STORAGE_UNAVAILABLE = "StorageUnavailable"
     INTERNAL_ERROR = "InternalError"
     # On waiting or terminal operations (the `error` of a status document or completion event)
     APPROVAL_REQUIRED = "ApprovalRequired"
@@ -58,6 +59,7 @@ class ErrorCode(StrEnum):
     APPROVAL_TIMED_OUT = "ApprovalTimedOut"
     CANCELED_BY_OPERATOR = "CanceledByOperator"
     QUEUE_EXPIRED = "QueueExpired"
+    QUEUE_LOST = "QueueLost"
     BATCH_LOST = "BatchLost"
     NOTHING_TO_SEND = "NothingToSend"
     NOT_SUBMITTED = "NotSubmitted"
@@ -82,8 +84,9 @@ class DetailCode(StrEnum):
     UNREADABLE_STATUS = "UnreadableStatus"
 
 
-# A retry later may succeed: ARM throttled or unreachable, or a same-key request took the claim over.
-TRANSIENT = frozenset({ErrorCode.COMPUTE_UNAVAILABLE, ErrorCode.CLAIM_LOST})
+# A retry later may succeed: ARM throttled or unreachable, the ledger's storage failing, or a same-key request
+# took the claim over.
+TRANSIENT = frozenset({ErrorCode.COMPUTE_UNAVAILABLE, ErrorCode.CLAIM_LOST, ErrorCode.STORAGE_UNAVAILABLE})
 
 
 class ErrorDetail(BaseModel):

@@ -29,6 +29,7 @@ class EventType(StrEnum):
     AWAITING_APPROVAL = "reimager.operation.awaiting-approval"
     SUSPENDED = "reimager.target.suspended"
     RESUMED = "reimager.target.resumed"
+    REPLY_FAILED = "reimager.operation.reply-failed"
 
 
 CONTENT_TYPE = "application/cloudevents+json; charset=utf-8"
@@ -68,6 +69,9 @@ class EventData(BaseModel):
     approved_by: str | None = None
     suspension: dict[str, Any] | None = Field(
         None, description="Target events: since, reason, by and the evidence (what tripped the breaker).")
+    reply: dict[str, Any] | None = Field(
+        None, description="reimager.operation.reply-failed: the ReplyTo queue, the attempts made and the last "
+        "error (the completion event reached the topic; its ReplyTo copy could not be delivered).")
 
 
 class CloudEvent(BaseModel):
@@ -103,8 +107,12 @@ def build_event(event_type: EventType, data: EventData, *, time: datetime | None
 
 
 class Publisher(Protocol):
-    async def publish(self, event: CloudEvent, *, reply_to: str | None = None,
-                      reply_correlation_id: str | None = None) -> None: ...
+    """Where events go: the events topic (`publish`), and a request's ReplyTo queue (`reply`), each on its own,
+    so a ReplyTo that cannot be reached never makes the topic's copy be sent again."""
+
+    async def publish(self, event: CloudEvent) -> None: ...
+
+    async def reply(self, event: CloudEvent, queue: str, correlation_id: str | None) -> None: ...
 
     async def close(self) -> None: ...
 

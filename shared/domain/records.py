@@ -40,6 +40,10 @@ class OperationRecord(_Doc):
     reply_to: str | None = None
     reply_correlation_id: str | None = None
     status: OperationStatus = OperationStatus.CLAIMED
+    # The claim attempt that holds this key (random, per claim): what the target's lease, provisional cooldowns
+    # and budget entries are held by, so a request that took a stalled claim over is never freed by the staller.
+    attempt: str = ""
+    claimed_until: datetime | None = None  # a Claimed record's owner moves it on before this, or may be taken over
     error: dict[str, Any] | None = None
     arm: dict[str, Any] | None = None
     arm_status: str | None = None
@@ -58,7 +62,8 @@ class OperationRecord(_Doc):
     cancelled_by: str | None = None
     approved_by: str | None = None
     approved_by_verified: str | None = None
-    event_id: str | None = None  # set once the terminal event is published
+    event_id: str | None = None  # set once the terminal event is published (to the topic)
+    reply: dict[str, Any] | None = None  # the ReplyTo copy's delivery: {status, attempts, error, at}
     # Not a secret: a salted fingerprint to recognise the request's secrets in ARM's poll text, kept until the
     # operation is settled (shared/domain/redaction.py fingerprint; docs/operations.md "Secrets").
     secret_fingerprint: dict[str, Any] | None = None
@@ -76,6 +81,11 @@ class OperationRecord(_Doc):
         """Its caller was answered 202 before it was admitted (approved later, or queued while ARM throttled its
         preflight): it ends with its one event, never by freeing its key quietly."""
         return self.approved_by is not None or self.deferred is not None
+
+    @property
+    def holder(self) -> str:
+        """Who holds the target for this operation: the claim attempt of a request, a batch's own id."""
+        return f"{self.operation_id}@{self.attempt}" if self.attempt else self.operation_id
 
     @property
     def is_batch(self) -> bool:
@@ -109,6 +119,8 @@ class OperationRecord(_Doc):
             doc["approvedByVerified"] = self.approved_by_verified
         if self.is_batch:
             doc["members"] = self.members
+        if self.reply:
+            doc["reply"] = {k: self.reply.get(k) for k in ("queue", "status", "attempts", "error") if k in self.reply}
         return doc
 
     @property
@@ -120,27 +132,45 @@ class OperationRecord(_Doc):
 class Cooldown(_Doc):
     until: datetime
     operation_id: str
+    owner: str | None = None  # the holder whose reimage started it (None: written before holders existed)
+
+    @property
+    def holder(self) -> str:
+        return self.owner or self.operation_id
 
 
 class QueueEntry(_Doc):
-    """A request waiting for its target: admitted into a later batch, in arrival order."""
+    """Requests waiting for their target, admitted into a later batch in arrival order. Requests for the same
+    instances with the same options share one entry (`riders` after the first): one row in the ledger."""
 
     operation_id: str
     keys: list[str]  # "" for a VM, else instance ids
     options: dict[str, Any]
     queued_at: datetime
+    riders: list[str] = Field(default_factory=list)
+    row: str | None = Field(None, exclude=True)  # its row in the target's partition (None: not stored yet)
+    etag: str | None = Field(None, exclude=True)
+
+    @property
+    def members(self) -> list[str]:
+        return [self.operation_id, *self.riders]
 
 
 class BatchEntry(_Doc):
     """The batch holding a target's lease: one ARM POST for the union of its members' instances."""
 
     batch_id: str  # the lead request's operation id, or b-... for a batch formed from the queue
+    owner: str | None = None  # the lease holder it runs under (None: written before holders existed: batch_id)
     members: list[str]
     keys: list[str]
     options: dict[str, Any]
     started: datetime
     formed: bool = False  # formed from the queue: a batch record and its orchestration carry it
     handed_from: str | None = None
+
+    @property
+    def holder(self) -> str:
+        return self.owner or self.batch_id
 
 
 class BudgetEntry(_Doc):
@@ -155,10 +185,14 @@ class TargetRecord(_Doc):
     key: str
     target_id: str | None = None  # the VM or scale set id, as the caller cased it (for batch POSTs)
     capacity: int = 1
-    lease_owner: str | None = None
+    lease_owner: str | None = None  # a holder: an operation's claim attempt, or a batch id
     lease_until: datetime | None = None
     batch: BatchEntry | None = None
-    queue: list[QueueEntry] = Field(default_factory=list)
+    # Rows of their own in the target's partition (the ledger loads and stores them), so a record stays under
+    # Azure's entity limit at any queue length.
+    queue: list[QueueEntry] = Field(default_factory=list, exclude=True)
+    queue_seq: int = 0  # the last queue row number given (rows sort in arrival order)
+    gone: list[str] = Field(default_factory=list)  # queue rows removed by a decision, not deleted yet
     cooldowns: dict[str, Cooldown] = Field(default_factory=dict)  # "" = the VM itself; else instance id
     window: list[BudgetEntry] = Field(default_factory=list)  # instances reimaged in FLEET_WINDOW_MINUTES
     requested: dict[str, datetime] = Field(default_factory=dict)  # instance -> first request in the window
@@ -171,3 +205,10 @@ class TargetRecord(_Doc):
 
     def prune(self, now: datetime) -> None:
         self.cooldowns = {k: c for k, c in self.cooldowns.items() if c.until > now}
+
+    def queued(self, operation_id: str) -> tuple[int, QueueEntry] | None:
+        """The queue position (1 = next) and entry that holds this request, if it waits here."""
+        for position, entry in enumerate(self.queue, 1):
+            if operation_id in entry.members:
+                return position, entry
+        return None

@@ -24,6 +24,10 @@ class OperationStatus(StrEnum):
     FAILED = "Failed"
     CANCELED = "Canceled"
     TIMED_OUT = "TimedOut"
+    # Internal: ARM certainly refused the POST, and nothing was applied. The record only holds the key for a
+    # moment so that concurrent deliveries of the request share that answer (one POST per key); it is never
+    # shown, and a later retry of the request takes the key over.
+    REFUSED = "Refused"
 
     @property
     def terminal(self) -> bool:
@@ -42,7 +46,7 @@ SUBMITTED = frozenset({OperationStatus.ACCEPTED, OperationStatus.RUNNING, Operat
 # Outcomes that count toward the breaker's failure streak (an Unhealthy success counts too).
 FAILED_OUTCOMES = frozenset({OperationStatus.FAILED, OperationStatus.TIMED_OUT})
 # The statuses a caller can see, in the order an operation passes through them (history's filter).
-PUBLIC = tuple(s for s in OperationStatus if s not in IN_PROGRESS)
+PUBLIC = tuple(s for s in OperationStatus if s not in IN_PROGRESS and s is not OperationStatus.REFUSED)
 
 
 class EventStatus(StrEnum):

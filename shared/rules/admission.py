@@ -104,39 +104,50 @@ class Admission:
     ended: list[QueueEntry] = field(default_factory=list)  # queue entries the caller must end Canceled
 
 
-def _lead(record: TargetRecord, owner: str, keys: list[str], options: dict[str, Any], now: datetime,
-          until: datetime, settings: Settings) -> None:
+def members_of(entries: list[QueueEntry]) -> list[str]:
+    """Every request waiting in these entries (an entry's first request and the ones that rode it)."""
+    return [member for entry in entries for member in entry.members]
+
+
+def _lead(record: TargetRecord, owner: str, operation_id: str, keys: list[str], options: dict[str, Any],
+          now: datetime, until: datetime, settings: Settings) -> None:
     record.lease_owner, record.lease_until = owner, until
-    record.batch = BatchEntry(batch_id=owner, members=[owner], keys=list(keys), options=options, started=now)
-    _provisional(record, owner, keys, until, settings)
+    record.batch = BatchEntry(batch_id=operation_id, owner=owner, members=[operation_id], keys=list(keys),
+                              options=options, started=now)
+    _provisional(record, owner, operation_id, keys, until, settings)
     if is_scale_set(record):
         record.window.append(BudgetEntry(owner=owner, count=len(keys), at=now))
 
 
-def _provisional(record: TargetRecord, owner: str, keys: list[str], until: datetime, settings: Settings) -> None:
+def _provisional(record: TargetRecord, owner: str, operation_id: str, keys: list[str], until: datetime,
+                 settings: Settings) -> None:
     # Written with the lease, so a lease that outlives its holder still keeps the target from a second reimage.
     if settings.cooldown_minutes > 0:
         for key in keys:
             record.cooldowns[key] = Cooldown(until=until + timedelta(minutes=settings.cooldown_minutes),
-                                             operation_id=owner)
+                                             operation_id=operation_id, owner=owner)
 
 
 def admit_request(record: TargetRecord, *, owner: str, keys: list[str], options: dict[str, Any], secret: bool,
                   capacity: int, target_id: str, now: datetime, until: datetime, settings: Settings,
-                  batch_id: str | None = None, symptom: bool = True) -> tuple[TargetRecord | None, Admission]:
+                  batch_id: str | None = None, symptom: bool = True, operation_id: str | None = None
+                  ) -> tuple[TargetRecord | None, Admission]:
     """Lead (submit now, from the caller, with its secrets in memory), join the running batch, queue, or refuse.
 
     A scale-set request with no secrets always queues, even on an idle set: the batch formed for it
     gathers the requests that arrive with it (an alert storm) into one POST. `symptom` is False for a
     deliberate whole-set request (allInstances): the breaker counts instances asked for one by one, as
-    symptoms, not a deliberate decision to reimage them all.
+    symptoms, not a deliberate decision to reimage them all. `owner` is the request's holder (its claim
+    attempt), which the lease, provisional cooldowns and budget entry are held by; `operation_id` names the
+    request in the queue and the batch (default: the owner, for a holder that is an operation id).
     """
+    operation_id = operation_id or owner
     write = False
     if record.capacity != capacity or record.target_id != target_id:
         record.capacity, record.target_id, write = capacity, target_id, True
     if record.suspended:
         return None, Admission("refused", suspended_error(record))
-    again = _decided_before(record, owner, now)
+    again = _decided_before(record, owner, operation_id, now)
     if again is not None:
         return None, again
     prune(record, now, settings)
@@ -149,7 +160,7 @@ def admit_request(record: TargetRecord, *, owner: str, keys: list[str], options:
     running = record.batch if record.lease_held(now) else None
     if (running is not None and running.members and not secret and running.options == options
             and set(keys) <= set(running.keys)):
-        running.members.append(owner)  # its instances are being reimaged with these options now: no second POST
+        running.members.append(operation_id)  # its instances are being reimaged with these options: no second POST
         return record, Admission("joined", batch_id=running.batch_id)
     # Busy before cooling: the running batch's provisional cooldowns are not a cooldown yet.
     hit = cooling(record, keys, now, record.lease_owner if running is not None else None)
@@ -159,24 +170,36 @@ def admit_request(record: TargetRecord, *, owner: str, keys: list[str], options:
     if refusal is not None:
         return (record if write else None), Admission("refused", refusal)
     if not busy and (secret or not scale_set):
-        _lead(record, owner, keys, options, now, until, settings)
-        return record, Admission("lead", batch_id=owner)
-    record.queue.append(QueueEntry(operation_id=owner, keys=list(keys), options=options, queued_at=now))
-    admission = Admission("queued", position=len(record.queue))
+        _lead(record, owner, operation_id, keys, options, now, until, settings)
+        return record, Admission("lead", batch_id=operation_id)
+    admission = Admission("queued", position=_enqueue(record, operation_id, keys, options, now))
     admission.formed = form_batch(record, now, until, settings, batch_id)
     return record, admission
 
 
-def _decided_before(record: TargetRecord, owner: str, now: datetime) -> Admission | None:
+def _decided_before(record: TargetRecord, owner: str, operation_id: str, now: datetime) -> Admission | None:
     """What an earlier run of this same request was admitted as (a retried step), if anything."""
     if owner == record.lease_owner and record.lease_held(now):
-        return Admission("lead", batch_id=owner)
-    if record.batch is not None and owner in record.batch.members:
+        return Admission("lead", batch_id=operation_id)
+    if record.batch is not None and operation_id in record.batch.members:
         return Admission("joined", batch_id=record.batch.batch_id)
+    found = record.queued(operation_id)
+    return Admission("queued", position=found[0]) if found is not None else None
+
+
+MAX_RIDERS = 500  # requests sharing one queue entry (row); more start a new one
+
+
+def _enqueue(record: TargetRecord, operation_id: str, keys: list[str], options: dict[str, Any],
+             now: datetime) -> int:
+    """Queue the request: onto the entry that already waits for the same instances with the same options (one
+    row, one place in line), else a new entry at the back. Its position (1 = next)."""
     for position, entry in enumerate(record.queue, 1):
-        if entry.operation_id == owner:
-            return Admission("queued", position=position)
-    return None
+        if entry.keys == list(keys) and entry.options == options and len(entry.riders) < MAX_RIDERS:
+            entry.riders.append(operation_id)
+            return position
+    record.queue.append(QueueEntry(operation_id=operation_id, keys=list(keys), options=options, queued_at=now))
+    return len(record.queue)
 
 
 def _count_requested(record: TargetRecord, keys: list[str], capacity: int, now: datetime, settings: Settings
@@ -263,7 +286,7 @@ def form_batch(record: TargetRecord, now: datetime, until: datetime, settings: S
         return None
     owner = batch_id or new_batch_id()
     record.lease_owner, record.lease_until = owner, until
-    record.batch = BatchEntry(batch_id=owner, members=[], keys=[], options={}, started=now, formed=True)
+    record.batch = BatchEntry(batch_id=owner, owner=owner, members=[], keys=[], options={}, started=now, formed=True)
     return owner
 
 
@@ -286,17 +309,17 @@ def seal(record: TargetRecord, batch_id: str, now: datetime, settings: Settings)
         return None, Sealed(list(batch.members), list(batch.keys), dict(batch.options))
     prune(record, now, settings)
     chosen, cooled = _selection(record, now, settings)
-    ended_ids = {e.operation_id for e in chosen} | {e.operation_id for e in cooled}
-    record.queue = [e for e in record.queue if e.operation_id not in ended_ids]
+    taken = {id(e) for e in (*chosen, *cooled)}
+    record.queue = [e for e in record.queue if id(e) not in taken]
     if not chosen:
         record.lease_owner = record.lease_until = None
         record.batch = None
         return record, Sealed([], [], {}, ended=cooled)
     keys = sorted({k for e in chosen for k in e.keys}, key=lambda k: (len(k), k))
-    batch.members = [e.operation_id for e in chosen]
+    batch.members = members_of(chosen)
     batch.keys, batch.options = keys, chosen[0].options
     assert record.lease_until is not None
-    _provisional(record, batch_id, keys, record.lease_until, settings)
+    _provisional(record, batch_id, batch_id, keys, record.lease_until, settings)
     if is_scale_set(record):
         record.window.append(BudgetEntry(owner=batch_id, count=len(keys), at=now))
     return record, Sealed(list(batch.members), keys, dict(batch.options), ended=cooled)
@@ -314,13 +337,16 @@ class Handoff:
 
 def release(record: TargetRecord, owner: str, keys: list[str], status: str, ended: datetime, *,
             applied: bool, unhealthy: bool, now: datetime, until: datetime, settings: Settings,
-            next_batch_id: str | None = None) -> tuple[TargetRecord | None, Handoff]:
+            next_batch_id: str | None = None, operation_id: str | None = None) -> tuple[TargetRecord | None, Handoff]:
     """End `owner`'s hold on the target: cooldowns from its end (when it may have been applied), provisional
     ones withdrawn (when it certainly was not), the failure streak and the breaker, and the lease, only if
-    `owner` still holds it, handed straight to the next batch of queued work (no gap for a newcomer)."""
-    if record.batch is not None and record.batch.batch_id == owner:
+    `owner` still holds it, handed straight to the next batch of queued work (no gap for a newcomer).
+    `owner` is the holder (a request's claim attempt, or a batch); `operation_id` names it in cooldowns."""
+    operation_id = operation_id or owner
+    if record.batch is not None and record.batch.holder == owner:
         keys = sorted(set(keys) | set(record.batch.keys))
-    changed = _end_cooldowns(record, owner, keys, ended, settings.cooldown_minutes if applied else 0)
+    changed = _end_cooldowns(record, owner, operation_id, keys, ended,
+                             settings.cooldown_minutes if applied else 0)
     handoff = Handoff()
     if not applied:
         kept = [e for e in record.window if e.owner != owner]
@@ -328,45 +354,46 @@ def release(record: TargetRecord, owner: str, keys: list[str], status: str, ende
         record.window = kept
     if record.lease_owner != owner:
         return (record if changed else None), handoff
-    if record.batch is not None and record.batch.batch_id == owner:
+    if record.batch is not None and record.batch.holder == owner:
         handoff.members = list(record.batch.members)
     record.lease_owner = record.lease_until = None
     record.batch = None
     if applied:  # the outcome counts toward the failure streak
-        _count_outcome(record, owner, status, unhealthy, now, settings, handoff)
+        _count_outcome(record, operation_id, status, unhealthy, now, settings, handoff)
     prune(record, now, settings)
     handoff.formed = form_batch(record, now, until, settings, next_batch_id)
     if handoff.formed is not None:
         assert record.batch is not None
-        record.batch.handed_from = owner
+        record.batch.handed_from = operation_id
     return record, handoff
 
 
-def _end_cooldowns(record: TargetRecord, owner: str, keys: list[str], ended: datetime, minutes: int) -> bool:
+def _end_cooldowns(record: TargetRecord, owner: str, operation_id: str, keys: list[str], ended: datetime,
+                   minutes: int) -> bool:
     """Cooldowns run `minutes` from the end (0: the reimage certainly did not happen, or there is no cooldown:
     `owner`'s provisional ones are withdrawn). Whether anything changed."""
     changed = False
     for key in keys:
         c = record.cooldowns.get(key)
         if minutes <= 0:
-            if c is not None and c.operation_id == owner:
+            if c is not None and c.holder == owner:
                 del record.cooldowns[key]
                 changed = True
             continue
-        want = Cooldown(until=ended + timedelta(minutes=minutes), operation_id=owner)
-        if (c is None or c.operation_id == owner or c.until < want.until) and c != want:
+        want = Cooldown(until=ended + timedelta(minutes=minutes), operation_id=operation_id, owner=owner)
+        if (c is None or c.holder == owner or c.until < want.until) and c != want:
             record.cooldowns[key] = want
             changed = True
     return changed
 
 
-def _count_outcome(record: TargetRecord, owner: str, status: str, unhealthy: bool, now: datetime,
+def _count_outcome(record: TargetRecord, operation_id: str, status: str, unhealthy: bool, now: datetime,
                    settings: Settings, handoff: Handoff) -> None:
     """The failure streak, and the breaker when it reaches BREAKER_FAILURES."""
     bad = status in FAILED_OUTCOMES or unhealthy
     record.consecutive_failures = record.consecutive_failures + 1 if bad else 0
     if bad and record.consecutive_failures >= settings.breaker_failures and not record.suspended:
-        evidence = {"consecutiveFailures": record.consecutive_failures, "lastOperation": owner,
+        evidence = {"consecutiveFailures": record.consecutive_failures, "lastOperation": operation_id,
                     "lastStatus": "Unhealthy" if unhealthy and status == OperationStatus.SUCCEEDED else status}
         handoff.ended = suspend(record, now, f"{record.consecutive_failures} reimages in a row ended Failed, "
                                 "TimedOut or Unhealthy (BREAKER_FAILURES)", evidence)
@@ -381,28 +408,39 @@ def requeue(record: TargetRecord, owner: str, now: datetime, entries: list[Queue
         return None, False
     record.lease_owner = record.lease_until = None
     record.batch = None
-    record.cooldowns = {k: c for k, c in record.cooldowns.items() if c.operation_id != owner}
+    record.cooldowns = {k: c for k, c in record.cooldowns.items() if c.holder != owner}
     record.window = [e for e in record.window if e.owner != owner]
-    waiting = {e.operation_id for e in record.queue}
+    waiting = set(members_of(record.queue))
     record.queue = [e for e in entries if e.operation_id not in waiting] + record.queue
     return record, True
 
 
+def _take_out(record: TargetRecord, operation_id: str) -> QueueEntry | None:
+    """Remove one request from the queue: its own entry, or its place on a shared one (the next rider takes the
+    entry over). The request's entry as it waited, without the others."""
+    found = record.queued(operation_id)
+    if found is None:
+        return None
+    _, entry = found
+    alone = entry.model_copy(update={"operation_id": operation_id, "riders": [], "row": None, "etag": None})
+    if entry.operation_id == operation_id and not entry.riders:
+        record.queue = [e for e in record.queue if e is not entry]
+    elif entry.operation_id == operation_id:
+        entry.operation_id = entry.riders.pop(0)
+    else:
+        entry.riders.remove(operation_id)
+    return alone
+
+
 def withdraw(record: TargetRecord, operation_id: str) -> tuple[TargetRecord | None, QueueEntry | None]:
     """Take a waiting request out of the queue (cancel, expiry); None if it is not waiting any more."""
-    for entry in record.queue:
-        if entry.operation_id == operation_id:
-            record.queue = [e for e in record.queue if e.operation_id != operation_id]
-            return record, entry
-    return None, None
+    entry = _take_out(record, operation_id)
+    return (record if entry is not None else None), entry
 
 
 def forget(record: TargetRecord, operation_id: str) -> tuple[TargetRecord | None, bool]:
-    """Undo a request's place in the queue or in a running batch (its claim was taken over)."""
-    changed = False
-    if any(e.operation_id == operation_id for e in record.queue):
-        record.queue = [e for e in record.queue if e.operation_id != operation_id]
-        changed = True
+    """Undo a request's place in the queue or in a running batch (its record is gone: the sweeper freed it)."""
+    changed = _take_out(record, operation_id) is not None
     if record.batch is not None and record.batch.batch_id != operation_id and operation_id in record.batch.members:
         record.batch.members = [m for m in record.batch.members if m != operation_id]
         changed = True

@@ -73,7 +73,7 @@ def cooling(record: TargetRecord, keys: list[str], now: datetime, owner: str | N
             ) -> tuple[str, Cooldown] | None:
     for key in keys:
         c = record.cooldowns.get(key)
-        if c is not None and c.until > now and c.operation_id != owner:
+        if c is not None and c.until > now and c.holder != owner:
             return key, c
     return None
 

@@ -36,10 +36,11 @@ HTTP_STATUS: Mapping[ErrorCode, int] = {
     ErrorCode.NOT_SUSPENDED: 409, ErrorCode.PAYLOAD_TOO_LARGE: 413, ErrorCode.COOLDOWN_ACTIVE: 429,
     ErrorCode.FLEET_BUDGET_EXHAUSTED: 429, ErrorCode.GLOBAL_BUDGET_EXHAUSTED: 429, ErrorCode.INTERNAL_ERROR: 500,
     ErrorCode.COMPUTE_ERROR: 502, ErrorCode.SUBMISSION_UNCERTAIN: 502, ErrorCode.UNTRUSTED_OPERATION_URL: 502,
-    ErrorCode.COMPUTE_UNAVAILABLE: 503, ErrorCode.CLAIM_LOST: 503,
+    ErrorCode.COMPUTE_UNAVAILABLE: 503, ErrorCode.CLAIM_LOST: 503, ErrorCode.STORAGE_UNAVAILABLE: 503,
     # on operations only
     ErrorCode.APPROVAL_REQUIRED: 202, ErrorCode.APPROVAL_REJECTED: 409, ErrorCode.APPROVAL_TIMED_OUT: 409,
-    ErrorCode.CANCELED_BY_OPERATOR: 409, ErrorCode.QUEUE_EXPIRED: 409, ErrorCode.BATCH_LOST: 500,
+    ErrorCode.CANCELED_BY_OPERATOR: 409, ErrorCode.QUEUE_EXPIRED: 409, ErrorCode.QUEUE_LOST: 500,
+    ErrorCode.BATCH_LOST: 500,
     ErrorCode.NOTHING_TO_SEND: 409, ErrorCode.NOT_SUBMITTED: 500, ErrorCode.SUBMISSION_LOST: 502,
     ErrorCode.NO_OPERATION_URL: 502, ErrorCode.OPERATION_FAILED: 502, ErrorCode.OPERATION_CANCELED: 409,
     ErrorCode.TIMED_OUT: 504,
@@ -119,7 +120,7 @@ async def get_reimage(operation_id: str) -> Outcome:
         record = None
         if (operation_id.startswith("op-") or operation_id.startswith("b-")) and len(operation_id) <= 64:
             record = await ledger.get(operation_id)
-        if record is None:
+        if record is None or record.status is OperationStatus.REFUSED:  # a refused POST made no operation
             raise ReimagerError(ErrorCode.OPERATION_NOT_FOUND, "No such operation.", target="operationId")
         view = record.view()
         if not record.terminal and record.batch_id not in (None, record.operation_id):

@@ -94,9 +94,9 @@ def target_view(record: TargetRecord, target_id: str) -> dict[str, Any]:
     return responses.TargetState.model_validate({
         "target": record.target_id or target_id, "capacity": record.capacity if scale_set else None,
         "lease": lease, "batch": batch,
-        "queue": [{"operationId": e.operation_id, "instanceIds": [k for k in e.keys if k] or None,
+        "queue": [{"operationId": member, "instanceIds": [k for k in e.keys if k] or None,
                    "options": e.options, "queuedAt": e.queued_at.isoformat(), "position": i}
-                  for i, e in enumerate(record.queue, 1)],
+                  for i, e in enumerate(record.queue, 1) for member in e.members],
         "cooldowns": {(k or "vm"): {"until": c.until.isoformat(), "operationId": c.operation_id}
                       for k, c in record.cooldowns.items()},
         "budget": {"used": admission.budget_used(record), "limit": admission.fleet_budget(record.capacity, s),

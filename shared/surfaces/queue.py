@@ -70,6 +70,8 @@ async def handle_message(body: bytes, *, message_id: str | None, correlation_id:
         data = parse_json(body)  # bounds the nesting before parsing: no RecursionError, ever
         if isinstance(data, dict) and correlation_id and "correlationId" not in data:
             data = {**data, "correlationId": correlation_id}
+        if reply_to is not None and (why := reply_queue(reply_to, runtime.get().settings)) is not None:
+            raise ReimagerError(ErrorCode.INVALID_REQUEST, why, target="replyTo")
         if default_key is None and not (isinstance(data, dict) and data.get("requestId")):
             raise ReimagerError(ErrorCode.MISSING_IDEMPOTENCY_KEY,
                                 "The message has no requestId, no MessageId and no SequenceNumber: without a key "
@@ -117,6 +119,35 @@ async def _reject(data: Any, exc: ReimagerError, message_id: str | None, key: st
         status=EventStatus.REJECTED, error=_scrubbed_error(exc.error), trigger="queue",
         requested_by=safe_text(fields.get("requestedBy")), reason=safe_text(fields.get("reason"))),
         unique=f"msg:{key}" if key else None)
-    await runtime.get().publisher.publish(event, reply_to=safe_text(reply_to, 260),
-                                      reply_correlation_id=safe_text(message_id))
+    publisher = runtime.get().publisher
+    await publisher.publish(event)
     log.info("rejected message %s: %s", key, exc.code)
+    if reply_to is not None and reply_queue(reply_to, runtime.get().settings) is None:
+        try:  # the topic has it; the ReplyTo copy is a courtesy that cannot be retried (no operation holds it)
+            await publisher.reply(event, reply_to, safe_text(message_id))
+        except Exception as send_error:
+            log.warning("could not deliver the rejection of message %s to its ReplyTo queue: %s", key,
+                        type(send_error).__name__)
+
+
+# Service Bus entity names: letters, digits, '.', '-', '_' and '/', starting and ending with a letter or digit.
+_QUEUE_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._/-]{0,258}[A-Za-z0-9])?")
+
+
+def reply_queue(reply_to: str, settings: Any) -> str | None:
+    """Why a message's ReplyTo is not a queue of this namespace that reimager may answer to, or None when it is.
+    A name, or `sb://<this namespace>/<name>`; never the requests queue itself (an answer would come back in as a
+    request)."""
+    name = reply_to
+    if "://" in reply_to:
+        scheme, _, rest = reply_to.partition("://")
+        host, _, name = rest.partition("/")
+        namespace = (settings.service_bus_namespace or "").lower()
+        if scheme.lower() != "sb" or not namespace or host.lower() != namespace:
+            return "ReplyTo names another Service Bus namespace; reimager answers only to queues of its own"
+    if not _QUEUE_NAME.fullmatch(name):
+        return ("ReplyTo is not a queue name: 1-260 letters, digits, '.', '-', '_' or '/', starting and ending "
+                "with a letter or digit")
+    if name.lower() == settings.requests_queue.lower():
+        return "ReplyTo is the requests queue itself: a completion event would come back in as a request"
+    return None

@@ -29,6 +29,13 @@ class _Body(BaseModel):
         return self.model_dump(mode="json", by_alias=True, exclude_unset=True)
 
 
+class ReplyDelivery(_Body):
+    queue: str
+    status: Literal["sending", "pending", "sent", "failed"]
+    attempts: int = Field(description="Sends tried so far (one at once, then one per sweep; at most 5)")
+    error: str | None = Field(None, description="The last send's error, when it failed")
+
+
 class Operation(_Body):
     """An operation's status (GET /api/reimage/{operationId}) and the answer to an accepted request."""
 
@@ -61,6 +68,8 @@ class Operation(_Body):
     approved_by: str | None = Field(None, description="Who approved it (a second person; see requestedBy)")
     approved_by_verified: str | None = Field(None, description="How approvedBy was verified")
     members: list[str] | None = Field(None, description="A batch (b-...): the operations it carries")
+    reply: ReplyDelivery | None = Field(None, description="A queue message with ReplyTo: how the completion "
+                                        "event's ReplyTo copy fared")
     status_url: str | None = Field(None, description="Where to poll this operation (also the Location header)")
     duplicate: bool | None = Field(None, description="true: this answers an earlier request with the same "
                                    "idempotency key; nothing new was submitted")

@@ -132,13 +132,13 @@ async def _decided_before(runtime: Runtime, client: Any, batch: OperationRecord)
 
 async def _not_applied(runtime: Runtime, client: Any, record: OperationRecord, slot: str,
                        outcome: submission.NotApplied) -> dict[str, Any]:
-    """ARM certainly did not apply the POST."""
+    """ARM certainly did not apply the POST: no budget spent."""
+    await runtime.ledger.give_back_global_slot(slot, record.operation_id)
     if outcome.unavailable:  # throttled, or never connected: the same POST may go later
-        await runtime.ledger.give_back_global_slot(slot, record.operation_id)
         if throttling.can_wait(outcome.error, record.options):  # after ARM's Retry-After, the same requests
             return await throttling.hold_batch(runtime, record, outcome.error)
         return await _requeue(runtime, record)
-    # ARM refused it: nothing was applied; its requests end with ARM's answer
+    # ARM refused it: its requests end with ARM's answer
     await finish(runtime, record.operation_id, OperationStatus.FAILED, outcome.error.error_dict(), applied=False,
                  client=client)
     return {"outcome": "ended", "status": OperationStatus.FAILED}

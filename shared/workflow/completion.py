@@ -16,7 +16,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from shared.domain.errors import ApiError, ErrorCode
-from shared.domain.events import EventData, EventType, build_event
+from shared.domain.events import CloudEvent, EventData, EventType, build_event
+from shared.domain.health import Health
 from shared.domain.records import OperationRecord, QueueEntry, TargetRecord
 from shared.domain.status import EventStatus, OperationStatus
 from shared.rules import admission
@@ -28,6 +29,7 @@ from shared.workflow.orchestration import start_batch
 log = logging.getLogger("reimager.completion")
 SENDING = "sending:"
 STALE_SEND = timedelta(minutes=5)
+REPLY_ATTEMPTS = 5  # sends of a ReplyTo copy (one now, then one per sweep) before it is recorded failed
 
 
 async def admit(runtime: Runtime, record: OperationRecord, *, secret: bool, capacity: int,
@@ -41,10 +43,10 @@ async def admit(runtime: Runtime, record: OperationRecord, *, secret: bool, capa
     batch_id = admission.new_batch_id()
 
     def decide(target: TargetRecord) -> tuple[TargetRecord | None, admission.Admission]:
-        return admission.admit_request(target, owner=record.operation_id, keys=record.cooldown_keys,
-                                       options=record.options, secret=secret, capacity=capacity, target_id=target_id,
-                                       now=now, until=until, settings=runtime.settings, batch_id=batch_id,
-                                       symptom=symptom)
+        return admission.admit_request(target, owner=record.holder, operation_id=record.operation_id,
+                                       keys=record.cooldown_keys, options=record.options, secret=secret,
+                                       capacity=capacity, target_id=target_id, now=now, until=until,
+                                       settings=runtime.settings, batch_id=batch_id, symptom=symptom)
 
     decided = await runtime.ledger.change_target(record.lease_key, decide)
     if decided.suspension is not None:
@@ -61,11 +63,28 @@ async def release_lease(runtime: Runtime, record: OperationRecord, *, applied: b
     batch_id = admission.new_batch_id()
 
     def decide(target: TargetRecord) -> tuple[TargetRecord | None, admission.Handoff]:
-        return admission.release(target, record.operation_id, record.cooldown_keys, record.status, ended,
-                                 applied=applied, unhealthy=record.health == "Unhealthy", now=now, until=until,
-                                 settings=runtime.settings, next_batch_id=batch_id)
+        return admission.release(target, record.holder, record.cooldown_keys, record.status, ended, applied=applied,
+                                 unhealthy=record.health == Health.UNHEALTHY, now=now, until=until,
+                                 settings=runtime.settings, next_batch_id=batch_id,
+                                 operation_id=record.operation_id)
 
     return await runtime.ledger.change_target(record.lease_key, decide)
+
+
+async def release_holder(runtime: Runtime, lease_key: str, holder: str, operation_id: str) -> admission.Handoff:
+    """Release what a claim attempt that lost its key still holds on a target (its lease, provisional cooldowns,
+    budget entry), as not applied: it never reached ARM (a Submitting record's key is never taken over)."""
+    now = runtime.now()
+    until = lease_until(runtime.settings, now)
+    batch_id = admission.new_batch_id()
+
+    def decide(target: TargetRecord) -> tuple[TargetRecord | None, admission.Handoff]:
+        keys = list(target.batch.keys) if target.batch is not None and target.batch.holder == holder else []
+        return admission.release(target, holder, keys, OperationStatus.CANCELED, now, applied=False,
+                                 unhealthy=False, now=now, until=until, settings=runtime.settings,
+                                 next_batch_id=batch_id, operation_id=operation_id)
+
+    return await runtime.ledger.change_target(lease_key, decide)
 
 
 async def finish(runtime: Runtime, operation_id: str, status: OperationStatus, error: dict[str, Any] | None, *,
@@ -148,7 +167,8 @@ async def end_waiting(runtime: Runtime, waiting: list[QueueEntry] | list[str], c
     on meanwhile). Returns the records this call ended."""
     ended: list[OperationRecord] = []
     now = runtime.now()
-    for operation_id in [w if isinstance(w, str) else w.operation_id for w in waiting]:
+    for operation_id in [w for w in waiting if isinstance(w, str)] + admission.members_of(
+            [w for w in waiting if not isinstance(w, str)]):
         def canceled(r: OperationRecord) -> OperationRecord | None:
             if r.terminal or (only_if is not None and r.status != only_if):
                 return None
@@ -166,9 +186,10 @@ async def end_waiting(runtime: Runtime, waiting: list[QueueEntry] | list[str], c
 
 async def after_suspension(runtime: Runtime, lease_key: str, ended: list[QueueEntry]) -> None:
     target = await runtime.ledger.get_target(lease_key)
-    await end_waiting(runtime, ended, ErrorCode.TARGET_SUSPENDED, "The target was suspended while this request waited: "
-                      f"{(target.suspended or {}).get('reason', 'no reason given')}. An operator must resume it "
-                      "(POST /api/targets/resume) before it is reimaged again.")
+    reason = (target.suspended or {}).get("reason", "no reason given")
+    await end_waiting(runtime, ended, ErrorCode.TARGET_SUSPENDED, "The target was suspended while this request "
+                      f"waited: {reason}. An operator must resume it (POST /api/targets/resume) before it is "
+                      "reimaged again.")
     await announce_suspension(runtime, lease_key)
 
 
@@ -194,7 +215,19 @@ async def publish_target_event(runtime: Runtime, kind: EventType, target: Target
 
 
 async def send_completion(runtime: Runtime, record: OperationRecord, *, stale: bool = False) -> OperationRecord:
-    """Send the terminal event once: mark 'sending' by CAS, send, then record the event id."""
+    """Send the terminal event once to the topic (mark 'sending' by CAS, send, record its id), then its ReplyTo
+    copy apart (`deliver_reply`): a ReplyTo that cannot be reached never makes the topic's copy be sent again.
+    The operation is settled (off the sweeper's list) when both are done."""
+    done = await _send_topic(runtime, record, stale=stale)
+    if done.event_id is None or done.event_id.startswith(SENDING):
+        return done  # being sent by someone else
+    done = await deliver_reply(runtime, done)
+    if reply_settled(done):
+        await runtime.ledger.settled(record.operation_id)
+    return done
+
+
+async def _send_topic(runtime: Runtime, record: OperationRecord, *, stale: bool) -> OperationRecord:
     token = f"{SENDING}{uuid.uuid4().hex}@{runtime.now().isoformat()}"
 
     def mark(r: OperationRecord) -> OperationRecord | None:
@@ -206,10 +239,9 @@ async def send_completion(runtime: Runtime, record: OperationRecord, *, stale: b
     marked = await runtime.ledger.update(record.operation_id, mark)
     if marked is None or marked.event_id != token:
         return marked or record  # sent, or being sent, by someone else
-    event = build_event(EventType.COMPLETED, event_data(marked), time=marked.completed_at or runtime.now())
+    event = completion_event(marked)
     try:
-        await runtime.publisher.publish(event, reply_to=marked.reply_to,
-                                        reply_correlation_id=marked.reply_correlation_id)
+        await runtime.publisher.publish(event)
     except BaseException:
         await runtime.ledger.update(record.operation_id, lambda r: _unmark(r, token))
         raise
@@ -219,9 +251,70 @@ async def send_completion(runtime: Runtime, record: OperationRecord, *, stale: b
         r.event_id = event.id
         return r
 
-    done = await runtime.ledger.update(record.operation_id, sent)
-    await runtime.ledger.settled(record.operation_id)
-    return done or marked
+    return await runtime.ledger.update(record.operation_id, sent) or marked
+
+
+def completion_event(record: OperationRecord) -> CloudEvent:
+    """The one completion event of a terminal operation (the same id however often it is built)."""
+    return build_event(EventType.COMPLETED, event_data(record), time=record.completed_at or record.last_updated_time)
+
+
+def reply_settled(record: OperationRecord) -> bool:
+    """No ReplyTo copy is owed: none was asked for, or it was delivered, or it failed for good."""
+    return not record.reply_to or (record.reply or {}).get("status") in ("sent", "failed")
+
+
+async def deliver_reply(runtime: Runtime, record: OperationRecord) -> OperationRecord:
+    """One attempt to send the completion event's copy to the request's ReplyTo queue, recorded in the operation
+    apart from the topic's; after REPLY_ATTEMPTS failures it is recorded failed, with a log line and a
+    reimager.operation.reply-failed event on the topic."""
+    if reply_settled(record) or record.reply_to is None:
+        return record
+    now = runtime.now()
+    token = uuid.uuid4().hex
+
+    def claim(r: OperationRecord) -> OperationRecord | None:
+        reply = r.reply or {}
+        if reply_settled(r) or (reply.get("status") == "sending" and not _stale_reply(reply, now)):
+            return None
+        r.reply = {**reply, "status": "sending", "token": token, "since": now.isoformat(),
+                   "attempts": int(reply.get("attempts", 0)) + 1}
+        return r
+
+    claimed = await runtime.ledger.update(record.operation_id, claim)
+    if claimed is None or (claimed.reply or {}).get("token") != token:
+        return claimed or record  # delivered, failed, or being delivered by someone else
+    assert claimed.reply_to is not None
+    attempts = int((claimed.reply or {})["attempts"])
+    error: str | None = None
+    try:
+        await runtime.publisher.reply(completion_event(claimed), claimed.reply_to, claimed.reply_correlation_id)
+        outcome = "sent"
+    except Exception as exc:  # the SDK's own retries are spent: count the attempt, try again on a later sweep
+        error = f"{type(exc).__name__}: {exc}"[:512]
+        outcome = "failed" if attempts >= REPLY_ATTEMPTS else "pending"
+    reply = {"queue": claimed.reply_to, "status": outcome, "attempts": attempts, "error": error,
+             "at": runtime.now().isoformat()}
+
+    def recorded(r: OperationRecord) -> OperationRecord | None:
+        if (r.reply or {}).get("token") != token:
+            return None
+        r.reply = reply
+        return r
+
+    done = await runtime.ledger.update(record.operation_id, recorded) or claimed
+    if outcome == "failed":
+        log.warning("could not deliver the completion of %s to its ReplyTo queue %s after %d attempts: %s",
+                    record.operation_id, claimed.reply_to, attempts, error)
+        await publish_info(runtime, EventType.REPLY_FAILED, done.model_copy(update={"reply": reply}))
+    return done
+
+
+def _stale_reply(reply: dict[str, Any], now: datetime) -> bool:
+    try:
+        return now - datetime.fromisoformat(str(reply.get("since"))) > STALE_SEND
+    except ValueError:
+        return True
 
 
 async def publish_info(runtime: Runtime, kind: EventType, record: OperationRecord) -> None:
@@ -265,4 +358,5 @@ def event_data(record: OperationRecord) -> EventData:
         duration_seconds=duration, polls=record.polls, batch_id=record.batch_id, health=record.health,
         health_detail=record.health_detail,
         queue_position=record.queue_position if record.status == OperationStatus.QUEUED else None,
+        reply=record.reply if (record.reply or {}).get("status") == "failed" else None,
         cancelled_by=record.cancelled_by, approved_by=record.approved_by)

@@ -65,6 +65,9 @@ async def _take(runtime: Runtime, record: OperationRecord, now: datetime) -> Ope
         if not due(r, now):
             return None
         r.status, r.last_updated_time = OperationStatus.CLAIMED, now
+        # a claim attempt of its own, as a fresh claim has: what it holds on the target, and until when a same-key
+        # request must leave it be (shared/workflow/intake.py)
+        r.attempt, r.claimed_until = token[:16], now + timedelta(seconds=runtime.settings.claim_seconds)
         r.deferred = {**(r.deferred or {}), "resumedBy": token}
         return r
 

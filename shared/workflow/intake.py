@@ -12,13 +12,13 @@ import asyncio
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from shared.adapters.ledger import RecordChanged
+from shared.adapters.ledger import LedgerUnavailable, RecordChanged
 from shared.adapters.telemetry import bind
 from shared.domain.arm_call import ArmCall
-from shared.domain.errors import ComputeThrottled, ErrorCode, ReimagerError, TargetNotFound
+from shared.domain.errors import ApiError, ComputeThrottled, ErrorCode, ReimagerError, TargetNotFound
 from shared.domain.events import EventType, Trigger
 from shared.domain.ids import operation_id
 from shared.domain.principal import Principal
@@ -31,7 +31,7 @@ from shared.rules.policy import needs_approval
 from shared.rules.poll_schedule import next_poll_delay
 from shared.runtime import Runtime
 from shared.workflow import submission, throttling
-from shared.workflow.completion import abandon, admit, finish, publish_info
+from shared.workflow.completion import abandon, admit, finish, publish_info, release_lease
 from shared.workflow.orchestration import start_batch, start_monitor
 
 log = logging.getLogger("reimager.intake")
@@ -121,6 +121,7 @@ class Intake:
             requested_by_verified=verified.verified if verified else "unverified",
             reason=request.reason, correlation_id=request.correlation_id, reply_to=reply_to,
             reply_correlation_id=reply_correlation_id, created_time=now, last_updated_time=now,
+            attempt=uuid.uuid4().hex[:16], claimed_until=now + timedelta(seconds=self.settings.claim_seconds),
             secret_fingerprint=fingerprint(secrets_of_body(call.body)))
         won, existing = await ledger.claim(record)
         if not won:
@@ -143,6 +144,8 @@ class Intake:
         try:
             decided = await admit(self.runtime, record, secret=secret, capacity=capacity, target_id=target_id,
                                   symptom=symptom)
+        except LedgerUnavailable:
+            raise  # the decision may have landed and hold the target: keep the claim (its holder is known)
         except BaseException:
             await self._free(record, None)
             raise
@@ -162,7 +165,8 @@ class Intake:
             raise lost from None
         slot, frees = await self.runtime.ledger.take_global_slot(record.operation_id, self.runtime.now(),
                                                                  self.settings.global_max_reimages_per_hour)
-        if frees is not None:
+        if slot is None:
+            assert frees is not None
             return await self._over_global_budget(record, frees, secret)
         return await self._submit(record, call, slot)
 
@@ -241,10 +245,10 @@ class Intake:
         entry = QueueEntry(operation_id=record.operation_id, keys=record.cooldown_keys, options=record.options,
                            queued_at=self.runtime.now())
         await self.runtime.ledger.change_target(record.lease_key, lambda t: admission.requeue(
-            t, record.operation_id, self.runtime.now(), [entry]))
+            t, record.holder, self.runtime.now(), [entry]))
         return await self._waiting(record, admission.Admission("queued", position=1))
 
-    async def _submit(self, record: OperationRecord, call: ArmCall, slot: str | None = None) -> Accepted:
+    async def _submit(self, record: OperationRecord, call: ArmCall, slot: str) -> Accepted:
         """POST from here, with the request's secrets still in memory (shared/workflow/submission.py)."""
         outcome = await submission.submit(self.runtime, self.client, record, call)
         if isinstance(outcome, submission.Uncertain):  # ended Failed with its event; the answer says so
@@ -255,9 +259,10 @@ class Intake:
             queued = await throttling.wait_for_arm(self.runtime, self.client, record, outcome.error, slot)
             if queued is not None:
                 return Accepted(queued, throttling.wait_of(outcome.error))
-        if isinstance(outcome, submission.NotApplied):  # nothing was applied: free the key for a retry
+        if isinstance(outcome, submission.NotApplied):  # nothing was applied: no budget spent, the key shared
+            await self.runtime.ledger.give_back_global_slot(slot, record.operation_id)
             await abandon(self.runtime, self.client, record, outcome.error.error_dict())
-            await self._free(record, outcome.error)
+            await self._refused(record, outcome.error)
             raise outcome.error
         if not outcome.finished:
             await start_monitor(self.client, self.runtime, outcome.record)
@@ -283,9 +288,39 @@ class Intake:
         await self.runtime.ledger.release_claim(record)
         await self.runtime.ledger.settled(record.operation_id)
 
+    async def _refused(self, record: OperationRecord, error: ReimagerError) -> None:
+        """ARM certainly refused the POST. The key keeps the refusal, so the deliveries of the same request that
+        were waiting on this attempt share it (one POST per key); a request that comes after it may try again
+        (it takes the key over). An approved request was already answered 202, so it ends instead, with its one
+        event carrying why (so has one queued while ARM throttled its preflight)."""
+        if record.answered:
+            await self._free(record, error)
+            return
+        now = self.runtime.now()
+
+        def refused(r: OperationRecord) -> OperationRecord | None:
+            if r.holder != record.holder or r.terminal:
+                return None
+            r.status, r.error, r.last_updated_time = OperationStatus.REFUSED, error.error_dict(), now
+            return r
+
+        await self.runtime.ledger.update(record.operation_id, refused)
+        await self.runtime.ledger.settled(record.operation_id)
+
+    def _claim_expired(self, record: OperationRecord) -> bool:
+        """The ledger's proof that a Claimed record's owner is gone: its claim ran out without it moving on."""
+        return record.claimed_until is None or self.runtime.now() >= record.claimed_until
+
     async def _joined(self, existing: OperationRecord, request: ReimageRequest, **kw: Any) -> Result:
-        """Another request holds this key. Wait briefly while it is being submitted, then answer with it."""
+        """Another request holds this key. Wait briefly while it is being submitted, then answer with it: its
+        operation, its refusal, or (when the ledger proves its owner gone, or a refusal is old) take it over."""
         target = request.resolved_target
+        if existing.lease_key != target.lock_key or existing.target.lower() != target.id.lower():
+            raise ReimagerError(ErrorCode.REQUEST_ID_CONFLICT, "This requestId was already used for another "
+                                "target; use a new requestId for a new request.", target="requestId",
+                                extra={"operationId": existing.operation_id})
+        if existing.status is OperationStatus.REFUSED:  # it came after the refusal: it may try again
+            return await self._take_over(existing, request, kw)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + _JOIN_WAIT_SECONDS
         record: OperationRecord | None = existing
@@ -293,23 +328,26 @@ class Intake:
             # Real time, not the runtime's clock: this is a short wait for a concurrent request.
             await asyncio.sleep(0.05)
             record = await self.runtime.ledger.get(existing.operation_id)
-        if record is not None and record.status == OperationStatus.CLAIMED and not record.answered:
-            # Claimed for that long and never marked Submitting: its owner died before reaching ARM (a live
-            # one takes milliseconds). Take it over by a compare-and-swap delete; if the owner was only slow,
-            # its own CAS to Submitting now fails, so still only one POST.
-            if await self.runtime.ledger.release_claim(record):
-                log.warning("took over %s, claimed but never submitted", record.operation_id)
-            record = None
         if record is None:  # the first attempt reached nothing and freed the key: this one may try
             return await self.submit(request, **kw)
-        if record.lease_key != target.lock_key or record.target.lower() != target.id.lower():
-            raise ReimagerError(ErrorCode.REQUEST_ID_CONFLICT, "This requestId was already used for another "
-                                "target; use a new requestId for a new request.", target="requestId",
-                                extra={"operationId": record.operation_id})
+        if record.status is OperationStatus.REFUSED:  # it waited on the refused attempt: share its answer
+            raise refusal(record)
+        if record.status == OperationStatus.CLAIMED and self._claim_expired(record):
+            return await self._take_over(record, request, kw)
         # Submitting: the POST is under way (or its owner died; the sweeper then ends it SubmissionLost).
         # Either way the operation ends with its one event: this request is answered with it.
         # Retry-After: the monitor's pace, from ARM's Retry-After on the 202 (as the first answer said).
         return Accepted(record, self.first_poll((record.arm or {}).get("retryAfter")), duplicate=True)
+
+    async def _take_over(self, record: OperationRecord, request: ReimageRequest, kw: dict[str, Any]) -> Result:
+        """Free a key whose claim ran out (its owner stalled or died before the POST) or whose refusal is old, by
+        a compare-and-swap delete, and ask again. A stalled owner's own compare-and-swap then fails, and it frees
+        only what its own claim attempt holds; this frees what that attempt held, never anything newer."""
+        if await self.runtime.ledger.release_claim(record):
+            if record.status == OperationStatus.CLAIMED:
+                await release_lease(self.runtime, record, applied=False)
+                log.warning("took over %s: its claim ran out before it was submitted", record.operation_id)
+        return await self.submit(request, **kw)
 
     async def _plan(self, request: ReimageRequest) -> Planned:
         # The reads are the shell; shared/rules/dryrun.py decides. Outside the scopes nothing is read from ARM.
@@ -324,6 +362,13 @@ class Intake:
                                  now=self.runtime.now())
         return Planned(target.id, result.plan, result.checks)
 
+
+
+def refusal(record: OperationRecord) -> ReimagerError:
+    """The refusal a refused attempt answered, for a concurrent delivery of the same request."""
+    error = ApiError.model_validate(record.error or {"code": ErrorCode.COMPUTE_ERROR, "message": "ARM refused it"})
+    return ReimagerError(ErrorCode(error.code), error.message, target=error.target, details=error.details,
+                         extra={"operationId": record.operation_id})
 
 
 def _claim_lost() -> ReimagerError:

@@ -10,6 +10,7 @@ its way to ARM (NotCancellable).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from shared.domain.arm_call import ArmCall
@@ -72,6 +73,7 @@ async def approve(runtime: Runtime, client: Any, operation_id: str, who: Princip
         if r.status != _AWAITING:
             return None
         r.status, r.error, r.last_updated_time = OperationStatus.CLAIMED, None, now
+        r.claimed_until = now + timedelta(seconds=runtime.settings.claim_seconds)
         r.approved_by, r.approved_by_verified = approver.name, approver.verified
         if reason:
             r.reason = f"{r.reason or ''} (approved: {reason})".strip()[:512]
@@ -114,7 +116,7 @@ async def operation(runtime: Runtime, operation_id: str, *, batches_too: bool = 
     record = None
     if operation_id.startswith(("op-", "b-") if batches_too else "op-") and len(operation_id) <= 64:
         record = await runtime.ledger.get(operation_id)
-    if record is None:
+    if record is None or record.status is OperationStatus.REFUSED:  # a refused POST made no operation
         raise ReimagerError(ErrorCode.OPERATION_NOT_FOUND, "No such operation.", target="operationId")
     return record
 

@@ -2,10 +2,12 @@
 
 It walks the ledger's list of unsettled operations (an index partition, not a scan) and, for
 each one whose owner has gone quiet for longer than it may:
-- Claimed (no POST yet): frees the key and withdraws the lease; it reached nothing;
+- Claimed (no POST yet): ends it Failed/NotSubmitted with its event, releasing what its claim held (it reached
+  nothing; a same-key delivery may have been answered with it, so it does not just vanish);
 - Submitting (the POST may have gone out): ends it Failed/SubmissionLost, cooldown included;
 - Accepted/Running without a monitor: starts the monitor again;
-- terminal without its event: sends the event (same id; Service Bus drops a duplicate).
+- terminal without its event: sends the event (same id; Service Bus drops a duplicate);
+- terminal with its ReplyTo copy owed: one more attempt (bounded; then recorded failed, with an event).
 
 And for queued work, per target: admits the queue when the target has no live lease (a crashed
 hand-off, an expired lease, a budget window that freed), ends requests queued longer than
@@ -30,11 +32,13 @@ from shared.workflow import batches, deferred
 from shared.workflow.completion import (
     SENDING,
     announce_suspension,
+    deliver_reply,
     end_waiting,
     finish,
     finish_member,
     is_stale,
-    release_lease,
+    release_holder,
+    reply_settled,
     send_completion,
 )
 from shared.workflow.orchestration import MonitorInput, start_batch, start_monitor
@@ -48,14 +52,15 @@ _ENDED = ("Failed", "Terminated", "Canceled")
 
 @dataclass
 class SweepReport:
-    freed: list[str] = field(default_factory=list)
     lost: list[str] = field(default_factory=list)
     restarted: list[str] = field(default_factory=list)
     resent: list[str] = field(default_factory=list)
+    replied: list[str] = field(default_factory=list)  # ReplyTo copies attempted again
     settled: list[str] = field(default_factory=list)
     expired: list[str] = field(default_factory=list)
     admitted: list[str] = field(default_factory=list)  # batches formed from a queue
-    ended: list[str] = field(default_factory=list)  # requests whose batch had ended
+    ended: list[str] = field(default_factory=list)  # requests whose batch had ended, or that left their queue
+    released: list[str] = field(default_factory=list)  # leases of claim attempts that were taken over
     resumed: list[str] = field(default_factory=list)  # requests read again after ARM throttled their preflight
 
     def to_dict(self) -> dict[str, list[str]]:
@@ -66,7 +71,7 @@ async def sweep(runtime: Runtime, client: Any) -> SweepReport:
     report = SweepReport()
     ledger, now = runtime.ledger, runtime.now()
     quiet = timedelta(seconds=runtime.settings.submit_timeout_seconds)
-    targets: set[str] = set()
+    targets: dict[str, list[OperationRecord]] = {}  # targets with queued requests, and those requests
     for operation_id in await ledger.unsettled():
         record = await ledger.get(operation_id)
         if record is None:
@@ -75,19 +80,44 @@ async def sweep(runtime: Runtime, client: Any) -> SweepReport:
             continue
         age = now - record.last_updated_time
         try:
-            if record.status == OperationStatus.QUEUED:
-                targets.add(record.lease_key)
+            if record.status == OperationStatus.QUEUED and record.deferred is None:  # (deferred: waits for ARM)
+                targets.setdefault(record.lease_key, []).append(record)
             await _sweep_one(runtime, client, record, age, quiet, report)
         except Exception:  # one bad record must not stop the sweep of the others
             log.exception("sweeping %s failed", operation_id)
-    for lease_key in sorted(targets):
+    for lease_key, queued in sorted(targets.items()):
         try:
             await _sweep_target(runtime, client, lease_key, quiet, report)
+            await _sweep_strays(runtime, lease_key, queued, quiet, report)
         except Exception:
             log.exception("sweeping target %s failed", lease_key)
     if any(report.to_dict().values()):
         log.info("sweep: %s", report.to_dict())
     return report
+
+
+async def _sweep_strays(runtime: Runtime, lease_key: str, queued: list[OperationRecord], quiet: timedelta,
+                        report: SweepReport) -> None:
+    """Queued requests that are in neither the target's queue nor its batch (a decision that took them out and
+    never ended them: a crash, or a write whose outcome was lost) end with their event instead of waiting
+    forever. A lease held by a request's claim attempt that no longer holds its key is released."""
+    target = await runtime.ledger.get_target(lease_key)
+    now = runtime.now()
+    members = set(target.batch.members) if target.batch is not None else set()
+    strays = [r.operation_id for r in queued if now - r.last_updated_time > quiet
+              and target.queued(r.operation_id) is None and r.operation_id not in members]
+    if strays:
+        report.ended += [r.operation_id for r in await end_waiting(
+            runtime, strays, ErrorCode.QUEUE_LOST, "The request left its target's queue without being sent (a "
+            "crash, or a ledger write whose answer was lost); nothing was reimaged for it.",
+            only_if=OperationStatus.QUEUED)]
+    holder = target.lease_owner if target.lease_held(now) else None
+    if holder is not None and "@" in holder:
+        operation_id, attempt = holder.split("@", 1)
+        record = await runtime.ledger.get(operation_id)
+        if record is None or record.attempt != attempt:
+            await release_holder(runtime, lease_key, holder, operation_id)
+            report.released.append(holder)
 
 
 async def _sweep_target(runtime: Runtime, client: Any, lease_key: str, quiet: timedelta,
@@ -132,7 +162,7 @@ async def _sweep_member(runtime: Runtime, record: OperationRecord, age: timedelt
     elif batch is None and age > quiet:
         target = await runtime.ledger.get_target(record.lease_key)
         riding = target.batch is not None and record.operation_id in target.batch.members
-        waiting = any(e.operation_id == record.operation_id for e in target.queue)
+        waiting = target.queued(record.operation_id) is not None
         if not riding and not waiting:
             await end_waiting(runtime, [record.operation_id], ErrorCode.BATCH_LOST, "The batch this request was "
                                          "part of was lost before it was sent; nothing was reimaged for it.")
@@ -181,6 +211,9 @@ async def _sweep_one(runtime: Runtime, client: Any, record: OperationRecord, age
         await _sweep_monitored(runtime, client, record, report)
     elif record.terminal:
         await _sweep_terminal(runtime, record, age, report)
+    elif record.status is OperationStatus.REFUSED:  # a refused POST's key: nothing to end
+        await runtime.ledger.settled(record.operation_id)
+        report.settled.append(record.operation_id)
     # Queued: swept per target (_sweep_target)
 
 
@@ -194,21 +227,18 @@ async def _sweep_approval(runtime: Runtime, record: OperationRecord, report: Swe
 
 
 async def _sweep_claimed(runtime: Runtime, client: Any, record: OperationRecord, report: SweepReport) -> None:
-    """Claimed and quiet: its owner died before the POST (it reached nothing)."""
+    """Claimed and quiet: its owner stopped before the POST (it reached nothing). It may have been answered 202
+    (a same-key delivery joined it), so it ends with its event rather than vanishing; what its claim attempt
+    held on the target is released first (finish releases it as not applied)."""
     target = await runtime.ledger.get_target(record.lease_key)
-    if any(e.operation_id == record.operation_id for e in target.queue):
+    if target.queued(record.operation_id) is not None:
         return  # it was queued and crashed before saying so: the queue carries it
-    if record.answered:  # approved or queued (answered 202 long ago), then the call admitting it died
-        await finish(runtime, record.operation_id, OperationStatus.FAILED, {
-            "code": ErrorCode.NOT_SUBMITTED, "message": "It was accepted (approved, or queued while ARM throttled), "
-            "but the call admitting it stopped before the reimage was sent; nothing was reimaged. Ask again."},
-            applied=False, client=client)
-        report.lost.append(record.operation_id)
-        return
-    await release_lease(runtime, record, applied=False)
-    if await runtime.ledger.release_claim(record):
-        await runtime.ledger.settled(record.operation_id)
-        report.freed.append(record.operation_id)
+    why = ("It was approved, but the approval's call stopped before the reimage was sent" if record.approved_by
+           else "Its request stopped after claiming it, before the reimage was sent")
+    await finish(runtime, record.operation_id, OperationStatus.FAILED, {
+        "code": ErrorCode.NOT_SUBMITTED, "message": f"{why}; nothing was reimaged. Ask again."}, applied=False,
+        client=client)
+    report.lost.append(record.operation_id)
 
 
 async def _sweep_monitored(runtime: Runtime, client: Any, record: OperationRecord, report: SweepReport) -> None:
@@ -224,11 +254,19 @@ async def _sweep_monitored(runtime: Runtime, client: Any, record: OperationRecor
 
 
 async def _sweep_terminal(runtime: Runtime, record: OperationRecord, age: timedelta, report: SweepReport) -> None:
-    """Ended: its event must have been sent (a send that crashed is sent again, with the same id)."""
+    """Ended: its event must have been sent to the topic (a send that crashed is sent again, with the same id),
+    and its ReplyTo copy delivered or given up on (one more attempt per sweep; never the topic's copy again)."""
     if record.event_id is None or is_stale(record.event_id, runtime.now()):
         if age > MONITOR_GRACE:
             await send_completion(runtime, record, stale=True)
             report.resent.append(record.operation_id)
-    elif not record.event_id.startswith(SENDING):
+    elif record.event_id.startswith(SENDING):
+        return
+    elif not reply_settled(record):
+        done = await deliver_reply(runtime, record)
+        report.replied.append(record.operation_id)
+        if reply_settled(done):
+            await runtime.ledger.settled(record.operation_id)
+    else:
         await runtime.ledger.settled(record.operation_id)
         report.settled.append(record.operation_id)

@@ -146,7 +146,7 @@ async def wait_for_arm(runtime: Runtime, client: Any, record: OperationRecord, e
     batch_id, until = admission.new_batch_id(), lease_until(runtime.settings, now)
 
     def requeued(t: Any) -> tuple[Any, tuple[bool, str | None]]:
-        changed, ok = admission.requeue(t, record.operation_id, now, entries)
+        changed, ok = admission.requeue(t, record.holder, now, entries)
         if changed is None:
             return None, (ok, None)
         return t, (ok, admission.form_batch(t, now, until, runtime.settings, batch_id))

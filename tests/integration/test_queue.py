@@ -13,7 +13,7 @@ import pytest
 from devhost.compute import Fault
 from shared.adapters.publishers import ServiceBusPublisher
 from tests.integration.conftest import LINUX_VM, VMSS, Host
-from tests.unit.test_servicebus_publisher import RecordingClient
+from tests.unit.adapters.test_publishers import RecordingClient
 
 
 async def test_valid_message_is_reimaged(host: Host) -> None:

@@ -19,7 +19,7 @@ from shared.adapters import telemetry
 from shared.domain.events import EventType
 from tests.helpers import SENTINEL_PASSWORD
 from tests.integration.conftest import LINUX_VM, PROTECTED_VM, VMSS, WINDOWS_VM, Host
-from tests.unit.test_telemetry import logs, spans  # noqa: F401 (fixtures)
+from tests.unit.adapters.test_telemetry import logs, spans  # noqa: F401 (fixtures)
 from tests.unit.test_telemetry_workbook import workbook_names
 
 CUSTOM_DATA = base64.b64encode(b"#cloud-config custom-data-Sentinel-51d2").decode()

@@ -6,7 +6,6 @@ Real loopback HTTP on a virtual clock: buckets refill as virtual time passes.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -15,19 +14,11 @@ import pytest
 from devhost.clock import VirtualClock
 from devhost.compute import ArmLimits
 from tests.conftest import start_standins
+from tests.devhost import test_simulator_arm
 from tests.devhost.test_simulator_arm import API, BASE, SS, VM, Arm
 from tests.helpers import SUB
 
-
-@pytest.fixture
-async def arm(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Arm]:
-    s = await start_standins(monkeypatch, VirtualClock(), operation_seconds=60.0)  # limits: azure (the default)
-    s.sim.upsert(VM, {"location": "westus", "properties": {"storageProfile": {"osDisk": {"osType": "Linux"}}}})
-    s.sim.seed_scale_set(SS, 4)
-    async with aiohttp.ClientSession() as http:
-        yield Arm(s, http)
-    for server in s.servers:
-        await server.close()
+arm = test_simulator_arm.arm  # the same fixture: Azure's limits are the simulator's default
 
 
 def remaining(headers: dict[str, str]) -> dict[str, int]:

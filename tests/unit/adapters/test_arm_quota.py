@@ -64,19 +64,26 @@ def test_arms_own_read_count_holds_every_read_briefly_and_a_429_blocks_until_ret
     assert tracker.blocked_for(SET, ("model",)) == 0
 
 
+class Loads:
+    """A read that takes a moment, counting how often it reached 'ARM'; `fail`: it raises instead."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.calls, self.fail = 0, fail
+
+    async def __call__(self) -> int:
+        self.calls += 1
+        await asyncio.sleep(0.01)
+        if self.fail:
+            raise RuntimeError("429")
+        return self.calls
+
+
 async def test_concurrent_reads_are_one_and_results_are_kept_only_their_age_bound() -> None:
     clock = Clock()
     reads: SharedReads[int] = SharedReads(5, clock)
-    calls = 0
-
-    async def load() -> int:
-        nonlocal calls
-        calls += 1
-        await asyncio.sleep(0.01)
-        return calls
-
+    load = Loads()
     assert await asyncio.gather(*(reads.get("k", load) for _ in range(50))) == [1] * 50
-    assert calls == 1 and reads.loads == 1 and reads.shared == 49
+    assert load.calls == 1 and reads.loads == 1 and reads.shared == 49
     clock.now += 5
     assert await reads.get("k", load) == 1  # exactly the bound: still served
     clock.now += 0.5
@@ -84,18 +91,10 @@ async def test_concurrent_reads_are_one_and_results_are_kept_only_their_age_boun
 
 
 async def test_an_error_is_shared_by_those_waiting_but_never_kept() -> None:
-    clock = Clock()
-    reads: SharedReads[int] = SharedReads(5, clock)
-    calls = 0
-
-    async def fails() -> int:
-        nonlocal calls
-        calls += 1
-        await asyncio.sleep(0.01)
-        raise RuntimeError("429")
-
+    reads: SharedReads[int] = SharedReads(5, Clock())
+    fails = Loads(fail=True)
     results = await asyncio.gather(*(reads.get("k", fails) for _ in range(10)), return_exceptions=True)
-    assert calls == 1 and all(isinstance(r, RuntimeError) for r in results)
+    assert fails.calls == 1 and all(isinstance(r, RuntimeError) for r in results)
     with pytest.raises(RuntimeError):
         await reads.get("k", fails)
-    assert calls == 2
+    assert fails.calls == 2

@@ -79,6 +79,12 @@ class Side:
         return sum(1 for r in self.dh.sim.requests[self.first_request:] if r["method"] == "GET" and (
             f"/{self.name}" in r["path"].lower() or r["path"].rsplit("/", 1)[-1] in op_ids))
 
+    def throttled(self) -> int:
+        """Requests of this side ARM answered 429 (the simulator throttles as Compute and ARM do: --arm-limits)."""
+        op_ids = {o.id for o in self.ops()}
+        return sum(1 for r in self.dh.sim.requests[self.first_request:] if r["status"] == 429 and (
+            f"/{self.name}" in r["path"].lower() or r["path"].rsplit("/", 1)[-1] in op_ids))
+
     def reimaged(self, instances: list[str]) -> tuple[dict[str, int], float | None]:
         """Successful reimages per alerted instance, and when the last of them first got one (ARM time)."""
         now = self.dh.clock.now()
@@ -168,13 +174,13 @@ async def storm(dh: Any, n: int) -> dict[str, Any]:
         statuses[e["data"]["status"]] = statuses.get(e["data"]["status"], 0) + 1
     cap = max(1, min(CAPACITY * int(SETTINGS["MAX_BATCH_PERCENT"]) // 100, int(SETTINGS["MAX_INSTANCES_PER_REQUEST"])))
     return {
-        "n": n, "posts": ours.writes(), "reads": ours.reads(), "dropped": len(dropped),
+        "n": n, "posts": ours.writes(), "reads": ours.reads(), "throttled": ours.throttled(), "dropped": len(dropped),
         "drop_reasons": drop_reasons(dropped),
         "twice": sum(1 for c in counts.values() if c > 1), "reimaged": sum(1 for c in counts.values() if c),
         "all_reimaged_s": (ours_last - start) if ours_last else None,
         "healthy_s": (healthy_at - start) if healthy_at and ours_last else None, "max_batch": max(batches, default=0),
         "batch_cap": cap, "goal_posts": math.ceil(n / cap), "completions": statuses,
-        "peer_posts": theirs.writes(), "peer_reads": theirs.reads(),
+        "peer_posts": theirs.writes(), "peer_reads": theirs.reads(), "peer_throttled": theirs.throttled(),
         "peer_preempted": sum(1 for o in peer_outcomes if o != "Succeeded"),
         "peer_twice": sum(1 for c in peer_counts.values() if c > 1),
         "peer_reimaged": sum(1 for c in peer_counts.values() if c),
@@ -200,6 +206,7 @@ def main() -> None:
     from devhost.durable import Fidelity
 
     results = []
+    # ARM's published limits stay on (the simulator's default): the storm's reads and 429s are what this compares.
     with ThreadedDevhost(operation_seconds=OPERATION_SECONDS, retry_after=1, settings=SETTINGS,
                          durable_fidelity=Fidelity.without("duplicate_activities")) as dh:
         os.environ["IDENTITY_ENDPOINT"], os.environ["IDENTITY_HEADER"] = dh.identity_url, dh.issuer.header_secret
@@ -207,19 +214,22 @@ def main() -> None:
             results.append(asyncio.run(storm(dh, n)))
     print(f"scale-set storm: N alerts on N instances of a {CAPACITY}-instance set, {OPERATION_SECONDS:.0f} s "
           "operations, ARM Retry-After 1 s; reimager and the peer side by side on two sets of one simulator")
-    print(f"{'N':>4} {'side':<9} {'writes':>6} {'reads':>6} {'dropped/preempted':>17} {'twice':>5} "
+    print(f"{'N':>4} {'side':<9} {'writes':>6} {'reads':>6} {'429s':>5} {'dropped/preempted':>17} {'twice':>5} "
           f"{'reimaged':>8} {'all reimaged s':>14} {'healthy s':>9}  notes")
     for r in results:
-        print(f"{r['n']:>4} {'reimager':<9} {r['posts']:>6} {r['reads']:>6} {r['dropped']:>17} {r['twice']:>5} "
+        print(f"{r['n']:>4} {'reimager':<9} {r['posts']:>6} {r['reads']:>6} {r['throttled']:>5} {r['dropped']:>17} "
+              f"{r['twice']:>5} "
               f"{r['reimaged']:>8} {fmt(r['all_reimaged_s']):>14} {fmt(r['healthy_s']):>9}  max batch "
               f"{r['max_batch']} (cap {r['batch_cap']}; goal <= {r['goal_posts']} writes); completions "
               f"{r['completions']}; refusals {r['drop_reasons']}")
-        print(f"{r['n']:>4} {'peer':<9} {r['peer_posts']:>6} {r['peer_reads']:>6} {r['peer_preempted']:>17} "
+        print(f"{r['n']:>4} {'peer':<9} {r['peer_posts']:>6} {r['peer_reads']:>6} {r['peer_throttled']:>5} "
+              f"{r['peer_preempted']:>17} "
               f"{r['peer_twice']:>5} {r['peer_reimaged']:>8} {fmt(r['peer_all_reimaged_s']):>14} {'-':>9}  "
               "one runbook per alert")
     r = results[-1]
     print(f"RESULT storm_vmss alerts={r['n']} posts={r['posts']} peer_posts={r['peer_posts']} dropped={r['dropped']} "
           f"twice={r['twice']} max_batch={r['max_batch']} peer_preempted={r['peer_preempted']} reads={r['reads']} "
+          f"throttled={r['throttled']} peer_throttled={r['peer_throttled']} "
           f"peer_reads={r['peer_reads']} reimaged={r['reimaged']} peer_reimaged={r['peer_reimaged']} "
           f"all_reimaged_s={fmt(r['all_reimaged_s'])} peer_all_reimaged_s={fmt(r['peer_all_reimaged_s'])}")
 

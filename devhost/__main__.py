@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from devhost.compute import ArmLimits
 from devhost.durable import Fidelity
 from devhost.host import DEMO_GROUP, DEMO_SUBSCRIPTION, DevHost
 from devhost.storage import Chaos
@@ -39,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--operation-seconds", type=float, default=5.0, help="how long a simulated reimage runs")
     p.add_argument("--retry-after", type=int, default=None,
                    help="a Retry-After the simulator sends, in seconds; None sends none, as ARM does")
+    p.add_argument("--arm-limits", default="azure", metavar="azure|off|FILE",
+                   help="the ARM simulator's throttling: Compute's and ARM's published limits (azure), none (off), "
+                        "or a JSON file of overrides on the Azure limits (devhost/compute/limits.py)")
     p.add_argument("--settings", action="append", default=[], metavar="KEY=VALUE",
                    help="override an app setting, e.g. COOLDOWN_MINUTES=0 (repeatable; an unknown KEY is an error)")
     p.add_argument("--kind", action="append", default=[], metavar="SWITCH", choices=Fidelity.switches(),
@@ -75,6 +79,13 @@ def settings_from(pairs: list[str]) -> dict[str, str]:
     except SettingsError as exc:
         raise UsageError(f"--settings: {exc}") from None
     return out
+
+
+def arm_limits_from(spec: str) -> ArmLimits:
+    try:
+        return ArmLimits.load(spec)
+    except ValueError as exc:
+        raise UsageError(f"--arm-limits: {exc}") from None
 
 
 def curl_examples(host: DevHost) -> str:
@@ -140,7 +151,8 @@ def hostile_options(args: argparse.Namespace) -> dict[str, Any]:
 async def serve_forever(args: argparse.Namespace) -> int:
     host = DevHost(host=args.host, port=args.port, state_dir=Path(args.state_dir),
                    operation_seconds=args.operation_seconds, retry_after=args.retry_after,
-                   settings=settings_from(args.settings), **hostile_options(args))
+                   settings=settings_from(args.settings), **hostile_options(args),
+                   arm_limits=arm_limits_from(args.arm_limits))
     await start(host)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -171,7 +183,8 @@ async def demo(args: argparse.Namespace) -> int:
     port = args.port if args.port != 7071 else 0
     host = DevHost(host=args.host, port=port, state_dir=Path(args.state_dir),
                    operation_seconds=min(args.operation_seconds, 3.0), retry_after=args.retry_after,
-                   settings=overrides, **hostile_options(args))
+                   settings=overrides, **hostile_options(args),
+                   arm_limits=arm_limits_from(args.arm_limits))
     await start(host)
     try:
         print(f"devhost up at {host.functions_url}; running the demo scenario...", flush=True)

@@ -23,7 +23,7 @@ from aiohttp import web
 from devhost import azurite, bindings
 from devhost.broker import Broker, StandInServiceBusClient
 from devhost.clock import Clock, VirtualClock
-from devhost.compute import ComputeSimulator, Fault
+from devhost.compute import ArmLimits, ComputeSimulator, Fault
 from devhost.durable import DurableEngine, Fidelity, Instance
 from devhost.functions import FunctionEntry, FunctionIndex, index_app
 from devhost.identity import PATH as IDENTITY_PATH
@@ -119,16 +119,18 @@ class DevHost:
                  state_dir: Path | str = ".devhost", operation_seconds: float = 5.0, retry_after: int | None = None,
                  settings: dict[str, str] | None = None, seed: bool = True,
                  durable_fidelity: Fidelity | None = None, storage_chaos: Chaos | None = None,
-                 timer_overlap: bool = False, servicebus_stand_in: bool = True) -> None:
+                 timer_overlap: bool = False, servicebus_stand_in: bool = True,
+                 arm_limits: ArmLimits | None = None) -> None:
         """`storage_chaos`: random Table Storage faults; `timer_overlap`: a timer run that outlives its lease is
         run again while it goes on; `servicebus_stand_in=False`: events go to EVENTS_FILE (the app's own local
-        mode) instead of through the Service Bus stand-in."""
+        mode) instead of through the Service Bus stand-in; `arm_limits`: ARM's request quotas (throttling)."""
         self.clock = clock or Clock()
         self.host, self.port = host, port
         self.state_dir = Path(state_dir)
         self.issuer = TokenIssuer()
         self.sim = ComputeSimulator(clock=self.clock, issuer=self.issuer, operation_seconds=operation_seconds,
-                                    retry_after=retry_after, state_dir=self.state_dir / "arm")
+                                    retry_after=retry_after, state_dir=self.state_dir / "arm",
+                                    arm_limits=arm_limits or ArmLimits.azure())
         self.function_key = secrets.token_urlsafe(24)
         self.overrides = dict(settings or {})
         self.seed = seed

@@ -11,6 +11,7 @@ import time
 from aiohttp import web
 
 PATH = "/msi/token"
+DEFAULT_CLIENT_ID = "00000000-0000-0000-0000-0000000000aa"
 
 
 class TokenIssuer:
@@ -18,14 +19,20 @@ class TokenIssuer:
         self.header_secret = secrets.token_urlsafe(16)
         self.lifetime = lifetime_seconds
         self._tokens: dict[str, float] = {}
+        self._principals: dict[str, str] = {}
         self.issued = 0
 
-    def issue(self) -> tuple[str, int]:
+    def issue(self, client_id: str = DEFAULT_CLIENT_ID) -> tuple[str, int]:
         token = "devhost." + secrets.token_urlsafe(24)
         expires_on = int(time.time()) + self.lifetime
         self._tokens[token] = expires_on
+        self._principals[token] = client_id
         self.issued += 1
         return token, expires_on
+
+    def principal(self, token: str) -> str:
+        """The identity a token was issued to (ARM throttles per subscription and principal)."""
+        return self._principals.get(token, DEFAULT_CLIENT_ID)
 
     def valid(self, token: str) -> bool:
         expiry = self._tokens.get(token)
@@ -44,11 +51,12 @@ class TokenIssuer:
         if request.query.get("api-version") != "2019-08-01" or not resource:
             return web.json_response({"error": "invalid_request", "error_description": "need api-version, resource"},
                                      status=400)
-        token, expires_on = self.issue()
+        client_id = request.query.get("client_id", DEFAULT_CLIENT_ID)
+        token, expires_on = self.issue(client_id)
         return web.json_response({
             "access_token": token,
             "expires_on": str(expires_on),
             "resource": resource,
             "token_type": "Bearer",
-            "client_id": request.query.get("client_id", "00000000-0000-0000-0000-0000000000aa"),
+            "client_id": client_id,
         })

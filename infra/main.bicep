@@ -40,6 +40,16 @@ param computeApiVersion string = '2024-07-01'
 @maxValue(300)
 param armTimeoutSeconds int = 30
 
+@description('PREFLIGHT_CACHE_SECONDS: a target read is shared this many seconds by every request that needs it')
+@minValue(0)
+@maxValue(60)
+param preflightCacheSeconds int = 5
+
+@description('ARM_QUOTA_LOW_WATER: polls and health reads wait while an ARM bucket has this many requests left or fewer')
+@minValue(0)
+@maxValue(100)
+param armQuotaLowWater int = 3
+
 @description('DEFAULT_SUBSCRIPTION_ID: empty means this subscription')
 param defaultSubscriptionId string = ''
 
@@ -278,6 +288,8 @@ module api 'app/api.bicep' = {
       COMPUTE_API_VERSION: computeApiVersion
       ARM_TIMEOUT_SECONDS: string(armTimeoutSeconds)
       AZURE_CLIENT_ID: identity.outputs.clientId
+      PREFLIGHT_CACHE_SECONDS: string(preflightCacheSeconds)
+      ARM_QUOTA_LOW_WATER: string(armQuotaLowWater)
       DEFAULT_SUBSCRIPTION_ID: empty(defaultSubscriptionId) ? subscription().subscriptionId : defaultSubscriptionId
       ALLOWED_SCOPES: join(allowedScopes, ',')
       PROTECT_TAG: protectTag

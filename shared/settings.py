@@ -104,6 +104,12 @@ class Settings(BaseSettings):
     compute_api_version: str = Field("2024-07-01", pattern=r"^\d{4}-\d{2}-\d{2}(-preview)?$")
     arm_timeout_seconds: float = Field(30, gt=0, le=300)
     azure_client_id: str | None = None
+    # A target's model and instance list are read once per this many seconds, shared by every request that
+    # needs them (shared/adapters/arm/reads.py); 0: concurrent reads are still shared, nothing is kept.
+    preflight_cache_seconds: int = Field(5, ge=0, le=60)
+    # Self-throttling: a poll or health read waits while a bucket it draws on has this many requests left or fewer
+    # (ARM's read bucket: ten times this). shared/adapters/arm/quota.py
+    arm_quota_low_water: int = Field(3, ge=0, le=100)
     default_subscription_id: str | None = Field(
         None, pattern=r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$"
     )

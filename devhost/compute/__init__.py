@@ -20,7 +20,8 @@ operation URLs handed out earlier stay valid.
 
 The parts, each a module of this package:
 - `app`: `ComputeSimulator`, the switches and state, the aiohttp app and the routing of each request;
-- `arm`: paths, resource ids, the api-version rule, CloudError bodies, quota headers;
+- `arm`: paths, resource ids, the api-version rule, CloudError bodies;
+- `limits`, `throttle`: Compute's and ARM's throttling (token buckets, 429s, remaining-count headers);
 - `resources`: the VM / scale set / instance models (PUT/PATCH semantics, sizing, seeding) and each
   machine's power and health state;
 - `operations`: the reimage LROs, preemption, the end-time heap, the async-operation and Location answers;
@@ -32,6 +33,7 @@ The parts, each a module of this package:
 
 from devhost.compute.app import ComputeSimulator
 from devhost.compute.faults import Fault
+from devhost.compute.limits import ArmLimits
 from devhost.compute.operations import Operation
 
-__all__ = ["ComputeSimulator", "Fault", "Operation"]
+__all__ = ["ArmLimits", "ComputeSimulator", "Fault", "Operation"]

@@ -20,15 +20,16 @@ from devhost.compute.arm import (
     RESOURCE_PATH,
     HealthState,
     Parsed,
-    Quota,
     api_version_error,
     cloud_error,
 )
 from devhost.compute.faults import Fault, injected_answer, take_fault
+from devhost.compute.limits import ArmLimits
 from devhost.compute.operations import Operation, Operations
 from devhost.compute.persistence import Store
 from devhost.compute.resource_api import ResourceApi
 from devhost.compute.resources import Inventory
+from devhost.compute.throttle import Throttle
 from devhost.compute.views import InstanceViews, SettleHealth, health_extension
 from devhost.identity import TokenIssuer
 from devhost.serving import Served, serve
@@ -57,16 +58,19 @@ class ComputeSimulator:
     list_page_size: int | None = None  # page scale-set VM lists with nextLink (None: one page)
     next_link_origin: str | None = None  # set to hand out list nextLinks on another host
     request_log_limit: int = 100_000
+    # Compute's and ARM's throttling (devhost/compute/throttle.py), on by default as in Azure. Swap the object to
+    # change it (every bucket starts full again): ArmLimits.off(), ArmLimits().lifted(10), ArmLimits.load(FILE).
+    arm_limits: ArmLimits = field(default_factory=ArmLimits.azure)
 
     def __post_init__(self) -> None:
         # The parts share this object's dicts, and read its switches (fields above) at each request.
         self._store = Store(Path(self.state_dir)) if self.state_dir is not None else None
         self._meta: dict[str, Any] = {}
-        quota = Quota()
         self._inventory = Inventory(self.resources, self.instances, self._store)
-        self._operations = Operations(self.clock, self, self._inventory, quota, self.operations, self._store)
+        self._operations = Operations(self.clock, self, self._inventory, self.operations, self._store)
         views = InstanceViews(self, self._inventory, self._operations)
-        self._resource_api = ResourceApi(self.clock, self, self._inventory, self._operations, views, quota)
+        self._resource_api = ResourceApi(self.clock, self, self._inventory, self._operations, views)
+        self.throttle = Throttle(self)
         if self._store is not None:
             self._meta = self._store.read_meta()
             self._inventory.load()
@@ -97,6 +101,18 @@ class ComputeSimulator:
     def busy(self, lock_key: str) -> Operation | None:
         """The operation running on a VM or scale set (by lower-cased id), if any."""
         return self._operations.busy(lock_key)
+
+    def operation_key(self, operation_id: str) -> str | None:
+        """The resource an operation runs on (its Get Operation bucket), if the simulator knows the operation."""
+        op = self.operations.get(operation_id)
+        return op.lock_key if op is not None else None
+
+    def instance_count(self, key: str) -> int:
+        return len(self.instances.get(key, {}))
+
+    def throttled(self) -> list[dict[str, Any]]:
+        """The requests answered 429 (by the throttle, or by a fault)."""
+        return [r for r in self.requests if r["status"] == 429]
 
     def reimage_posts(self) -> list[dict[str, Any]]:
         return [r for r in self.requests if r["method"] == "POST" and re.search(r"/reimage(all)?$", r["path"], re.I)]
@@ -182,6 +198,13 @@ class ComputeSimulator:
             injected = await injected_answer(fault, request)
             if injected is not None:
                 return injected
+        verdict = self.throttle.check(self.arm_limits, request.method, request.path, body,
+                                      self.issuer.principal(auth[7:]), self.clock.now())
+        if verdict.refused is not None:
+            return verdict.refused
+        return verdict.apply(self._checked(request, body, raw, fault))
+
+    def _checked(self, request: web.Request, body: Any, raw: bytes, fault: Fault | None) -> web.StreamResponse:
         version = request.query.get("api-version")
         refused = api_version_error(version)
         if refused is not None:

@@ -1,5 +1,5 @@
 """What every ARM Compute answer shares: the paths and resource ids, the api-version rule, the CloudError
-body, timestamps, and the remaining-quota headers."""
+body and timestamps."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from aiohttp import web
 
 # The reimage operations exist from 2017-03-30 on (spec version list); newer SDKs send newer versions.
 FIRST_API_VERSION = "2017-03-30"
+# Compute's throttling message (TTE; it says "subscription" whichever bucket ran out).
+COMPUTE_MESSAGE = "The server rejected the request because too many requests have been received for this subscription."
 _API_VERSION = re.compile(r"^\d{4}-\d{2}-\d{2}(-preview)?$")
 HealthState = Literal["healthy", "unhealthy", "unknown", "initializing"]
 
@@ -81,30 +83,3 @@ class Parsed:
     def resource_id(self) -> str:
         seg = "virtualMachines" if self.rtype == "virtualmachines" else "virtualMachineScaleSets"
         return f"{self.rg_id}/providers/Microsoft.Compute/{seg}/{self.name}"
-
-
-class Quota:
-    """The x-ms-ratelimit-remaining-* numbers: counters that count down and start over."""
-
-    def __init__(self) -> None:
-        self.writes_left = 1200
-        self.reads_left = 12000
-
-    def write(self) -> int:
-        self.writes_left = max(0, self.writes_left - 1) or 1200
-        return self.writes_left
-
-    def read(self) -> int:
-        self.reads_left = max(0, self.reads_left - 1) or 12000
-        return self.reads_left
-
-    def write_quota(self, is_vm: bool) -> str:
-        n = self.writes_left
-        if is_vm:
-            return f"Microsoft.Compute/UpdateVM3Min;{n % 240},Microsoft.Compute/UpdateVM30Min;{n}"
-        return (f"Microsoft.Compute/VMScaleSetActions3Min;{n % 240},Microsoft.Compute/VMScaleSetActions30Min;{n},"
-                f"Microsoft.Compute/VMScaleSetBatchedVMRequests5Min;{n * 3},Microsoft.Compute/VmssQueuedVMOperations;0")
-
-    def operation_quota(self) -> str:
-        return (f"Microsoft.Compute/GetOperation3Min;{self.read() % 15000},"
-                f"Microsoft.Compute/GetOperation30Min;{self.reads_left % 30000}")

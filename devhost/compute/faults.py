@@ -9,7 +9,7 @@ from typing import Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
-from devhost.compute.arm import HealthState, cloud_error
+from devhost.compute.arm import COMPUTE_MESSAGE, HealthState, cloud_error
 
 
 class Fault(BaseModel):
@@ -122,6 +122,11 @@ async def injected_answer(fault: Fault, request: web.Request) -> web.Response | 
         return web.Response(status=599)
     if fault.status is not None:
         headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
+        if fault.status == 429 and fault.code is None:  # Compute's own throttling answer (devhost/compute/throttle.py)
+            return web.json_response({"error": {
+                "code": "OperationNotAllowed", "message": fault.message or COMPUTE_MESSAGE,
+                "details": [{"code": "TooManyRequests", "target": "InjectedFault", "message": "{}"}],
+                "innererror": {"internalErrorCode": "TooManyRequestsReceived"}}}, status=429, headers=headers)
         code = fault.code or {404: "NotFound", 409: "Conflict", 429: "TooManyRequests",
                               503: "ServiceUnavailable", 504: "GatewayTimeout"}.get(
             fault.status, "InternalServerError")

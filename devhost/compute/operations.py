@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from devhost.clock import Clock
-from devhost.compute.arm import Parsed, Quota, cloud_error, iso, lock_key
+from devhost.compute.arm import Parsed, cloud_error, iso, lock_key
 from devhost.compute.faults import Fault
 from devhost.compute.persistence import Store
 from devhost.compute.resources import Inventory, model_version
@@ -99,7 +99,6 @@ class Operations:
     clock: Clock
     settings: LroSettings
     inventory: Inventory
-    quota: Quota
     by_id: dict[str, Operation]
     store: Store | None
     active: dict[str, str] = field(default_factory=dict)  # lock key -> id of the operation not yet settled
@@ -232,8 +231,6 @@ class Operations:
         base = f"{origin}/subscriptions/{p.sub}/providers/Microsoft.Compute/locations/{op.location}/operations/{op.id}"
         headers = {
             "Location": f"{base}?monitor=true&api-version={version}",
-            "x-ms-ratelimit-remaining-resource": self.quota.write_quota(is_vm),
-            "x-ms-ratelimit-remaining-subscription-writes": str(self.quota.write()),
             "x-ms-request-id": op.id,
         }
         if settings.async_operation_header:
@@ -301,7 +298,7 @@ class Operations:
         now = self.clock.now()
         self.settle(op, now)
         status = op.status(now)
-        headers = {"x-ms-ratelimit-remaining-resource": self.quota.operation_quota()}
+        headers: dict[str, str] = {}
         retry_after = self._retry_after(fault)
         if status == "InProgress" and retry_after is not None:
             headers["Retry-After"] = str(retry_after)

@@ -10,7 +10,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from devhost.clock import Clock
-from devhost.compute.arm import Parsed, Quota, cloud_error, lock_key
+from devhost.compute.arm import Parsed, cloud_error, lock_key
 from devhost.compute.faults import Fault, per_instance_faults
 from devhost.compute.operations import Operations
 from devhost.compute.resources import Inventory
@@ -32,7 +32,6 @@ class ResourceApi:
     inventory: Inventory
     operations: Operations
     views: InstanceViews
-    quota: Quota
 
     def get(self, request: web.Request, p: Parsed, fault: Fault | None, view_only: bool = False) -> web.Response:
         now = self.clock.now()
@@ -47,7 +46,7 @@ class ResourceApi:
             kind = "virtualMachines" if p.rtype == "virtualmachines" else "virtualMachineScaleSets"
             return cloud_error(404, "ResourceNotFound", f"The Resource 'Microsoft.Compute/{kind}/{p.name}' under "
                                f"resource group '{p.rg}' was not found.")
-        headers = {"x-ms-ratelimit-remaining-subscription-reads": str(self.quota.read())}
+        headers: dict[str, str] = {}
         expand = request.query.get("$expand", "").lower() == "instanceview"
         ext = health_extension(res)
         if p.is_list:

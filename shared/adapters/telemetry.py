@@ -68,17 +68,25 @@ BATCH_SIZE = "reimager.batch_size"
 # A queued request's place in its target's queue when it was queued (1 = next): the depth then.
 QUEUE_POSITION = "reimager.queue_position"
 SUSPENSION_REASON = "reimager.suspension_reason"
+# ARM's quota: which call ("model", "instances", "poll", "health", "submit"), the Retry-After or hold in seconds, and
+# the lowest remaining count of the buckets that call draws on (shared/adapters/arm/quota.py).
+ARM_CALL = "reimager.arm_call"
+RETRY_AFTER_SECONDS = "reimager.retry_after_seconds"
+ARM_REMAINING = "reimager.arm_remaining"
 # Set by azure-core on every ARM dependency span, from the response's x-ms-request-id.
 ARM_REQUEST_ID = "az.service_request_id"
 
 OPERATION_ATTRIBUTES = (OPERATION_ID, TARGET, TRIGGER)
 ATTRIBUTES = frozenset({*OPERATION_ATTRIBUTES, STATUS, ERROR_CODE, HEALTH, DURATION_SECONDS, POLLS,
-                        INSTANCE_COUNT, BATCH_ID, BATCH_SIZE, QUEUE_POSITION, SUSPENSION_REASON, ARM_REQUEST_ID})
+                        INSTANCE_COUNT, BATCH_ID, BATCH_SIZE, QUEUE_POSITION, SUSPENSION_REASON, ARM_REQUEST_ID,
+                        ARM_CALL, RETRY_AFTER_SECONDS, ARM_REMAINING})
 
 # Custom events (customEvents.name): every CloudEvents type (shared/domain/events.py EventType; a refusal from any
 # entry surface is `reimager.request.rejected` with its error code), and one of telemetry's own:
 EVENT_BATCH_SUBMITTED = "reimager.batch.submitted"  # one ARM reimage POST for a batch
-EVENTS = frozenset({*EventType, EVENT_BATCH_SUBMITTED})
+EVENT_ARM_THROTTLED = "reimager.arm.throttled"  # ARM answered 429 (arm_call says which call, retry_after_seconds)
+EVENT_ARM_HELD = "reimager.arm.held"  # a read held back because a bucket ran low (arm_remaining, retry_after_seconds)
+EVENTS = frozenset({*EventType, EVENT_BATCH_SUBMITTED, EVENT_ARM_THROTTLED, EVENT_ARM_HELD})
 
 # Span names reimager starts itself (azure-core names the ARM dependency spans after the method).
 SPAN_OPERATION = "reimager.operation"  # a step of an operation, when no more specific name fits

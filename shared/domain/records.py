@@ -104,11 +104,20 @@ class OperationRecord(_Doc):
     # Not a secret: a salted fingerprint to recognise the request's secrets in ARM's poll text, kept until the
     # operation is settled (shared/domain/redaction.py fingerprint; docs/operations.md "Secrets").
     secret_fingerprint: dict[str, Any] | None = None
+    # A request whose preflight read ARM throttled (shared/workflow/throttling.py defer): what it asked (never
+    # secrets), when to read the target again, and ARM's answer; the sweeper resumes it (shared/workflow/deferred.py).
+    deferred: dict[str, Any] | None = None
     etag: str | None = Field(None, exclude=True)
 
     @property
     def terminal(self) -> bool:
         return self.status.terminal
+
+    @property
+    def answered(self) -> bool:
+        """Its caller was answered 202 before it was admitted (approved later, or queued while ARM throttled its
+        preflight): it ends with its one event, never by freeing its key quietly."""
+        return self.approved_by is not None or self.deferred is not None
 
     @property
     def holder(self) -> str:

@@ -1,7 +1,7 @@
 """The one health verdict: the instance views of a reimaged VM or batch (classified one by one in
 shared/domain/health.py) combined into its health, and a request's share of a batch's health.
 
-Pure: the views are read by the caller (shared/workflow/batches.py read_health)."""
+Pure: the views are read by the caller (shared/workflow/verify.py read_health)."""
 
 from __future__ import annotations
 

@@ -242,6 +242,24 @@ class Breaker(_Body):
     breaker_failures: int
 
 
+class ArmCallQuota(_Body):
+    remaining: dict[str, int] = Field(description="Each policy's remaining requests, as ARM's last answer to this "
+                                      "kind of call on this target named them (x-ms-ratelimit-remaining-resource)")
+    lowest: int | None
+    seen_at: Timestamp
+
+
+class ArmQuota(_Body):
+    """What this app instance last saw of ARM's throttling for the target (shared/adapters/arm/quota.py)."""
+
+    calls: dict[str, ArmCallQuota] = Field(description='Per kind of call: "model", "instances", "poll", "health", '
+                                           '"submit"')
+    subscription: dict[str, int] = Field(description="ARM's remaining reads and writes for the subscription and this "
+                                         "app's identity (x-ms-ratelimit-remaining-subscription-reads/writes)")
+    throttled_until: dict[str, Timestamp] = Field(description="Per kind of call: ARM answered 429 and its Retry-After "
+                                                  "has not passed; nothing of that kind is sent before")
+
+
 class TargetState(_Body):
     """GET /api/targets?id=: what holds a target, what waits for it, and what limits it."""
 
@@ -255,3 +273,5 @@ class TargetState(_Body):
     breaker: Breaker
     suspended: dict[str, Any] | None = Field(description="since, reason, by, evidence (and, once lifted, who and "
                                              "why)")
+    arm_quota: ArmQuota = Field(description="ARM's remaining requests for this target as this app instance last saw "
+                                "them; reimager slows down before they run out (docs/operations.md)")

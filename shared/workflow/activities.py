@@ -14,7 +14,7 @@ from shared.domain.records import OperationRecord
 from shared.domain.redaction import scrub_poll
 from shared.domain.status import OperationStatus
 from shared.runtime import Runtime
-from shared.workflow import batches
+from shared.workflow import batches, throttling, verify
 from shared.workflow.completion import finish
 
 
@@ -23,12 +23,21 @@ class TransientReadError(RuntimeError):
 
 
 async def poll_operation(runtime: Runtime, payload: dict[str, Any]) -> dict[str, Any]:
-    """One read of the ARM operation's status; the record counts the poll and says Running."""
+    """One read of the ARM operation's status; the record counts the poll and says Running.
+
+    Not sent while a bucket it draws on runs low (`held`), and a 429 is not a failed read (`throttled`): either
+    way the monitor waits `retryAfter` on a timer, then polls again (shared/workflow/throttling.py)."""
+    target = payload.get("target")
+    held = throttling.hold("poll", runtime, target)
+    if held is not None:
+        return held
     try:
-        result = await runtime.compute.poll(payload["url"], payload["mode"])
+        result = await runtime.compute.poll(payload["url"], payload["mode"], target)
     except UntrustedOperationUrl as exc:
         return {"state": OperationState.FAILED, "untrusted": True, "errorCode": exc.code,
                 "errorMessage": exc.error.message}
+    if result.read_failed and result.status_code == 429:
+        return throttling.throttled("poll", target, result.retry_after)
     if result.read_failed:
         raise TransientReadError(f"operation status read failed: HTTP {result.status_code} {result.error_code or ''}")
     polls, arm_status, now = int(payload.get("polls") or 0), result.state.value, runtime.now()
@@ -61,4 +70,5 @@ async def submit_batch(runtime: Runtime, payload: dict[str, Any], client: Any = 
 
 
 async def read_health(runtime: Runtime, payload: dict[str, Any]) -> dict[str, Any]:
-    return await batches.read_health(runtime, payload["operationId"], final=bool(payload.get("final")))
+    return await verify.read_health(runtime, payload["operationId"], final=bool(payload.get("final")),
+                                    page=payload.get("page"), seen=payload.get("seen"))

@@ -16,17 +16,15 @@ from typing import Any
 
 from shared.adapters.telemetry import EVENT_BATCH_SUBMITTED, track_event
 from shared.domain.arm_call import ArmCall
-from shared.domain.errors import ComputeError, ErrorCode
+from shared.domain.errors import ErrorCode
 from shared.domain.events import EventType
-from shared.domain.health import Health, InstanceHealth
 from shared.domain.records import OperationRecord, QueueEntry, TargetRecord
 from shared.domain.status import SUBMITTED, OperationStatus
 from shared.domain.targets import TargetKind, parse_target
 from shared.rules import admission
 from shared.rules.admission import lease_until
-from shared.rules.health import summarize
 from shared.runtime import Runtime
-from shared.workflow import submission
+from shared.workflow import submission, throttling
 from shared.workflow.completion import end_waiting, finish, publish_info
 from shared.workflow.orchestration import start_batch
 from shared.workflow.submission import lost_error, with_uncertain
@@ -88,12 +86,9 @@ async def submit(runtime: Runtime, client: Any, batch_id: str) -> dict[str, Any]
     batch = await runtime.ledger.get(batch_id)
     if batch is None:
         return {"outcome": "lost"}
-    if batch.terminal:
-        return {"outcome": "ended", "status": batch.status}
-    if batch.status in SUBMITTED:
-        return _submitted(batch)  # a first run POSTed it and recorded the answer
-    if batch.status == OperationStatus.SUBMITTING:
-        return await _being_submitted(runtime, client, batch)
+    before = await _decided_before(runtime, client, batch)
+    if before is not None:
+        return before
     record = await _seal(runtime, client, batch)
     if record is None:
         return {"outcome": "empty"}
@@ -107,14 +102,8 @@ async def submit(runtime: Runtime, client: Any, batch_id: str) -> dict[str, Any]
     outcome = await submission.submit(runtime, client, record, call)
     if isinstance(outcome, submission.Uncertain):  # ended Failed/SubmissionUncertain with the members' events
         return {"outcome": "ended", "status": OperationStatus.FAILED}
-    if isinstance(outcome, submission.NotApplied):  # nothing was applied: no budget spent
-        await runtime.ledger.give_back_global_slot(slot, batch_id)
-        if outcome.unavailable:  # throttled, or never connected: the same POST may go later
-            return await _requeue(runtime, record)
-        # ARM refused it: its requests end with ARM's answer
-        await finish(runtime, batch_id, OperationStatus.FAILED, outcome.error.error_dict(), applied=False,
-                     client=client)
-        return {"outcome": "ended", "status": OperationStatus.FAILED}
+    if isinstance(outcome, submission.NotApplied):
+        return await _not_applied(runtime, client, record, slot, outcome)
     stored = outcome.record
     track_event(EVENT_BATCH_SUBMITTED, batch_id=batch_id, batch_size=len(stored.cooldown_keys),
                 target=stored.target, instance_count=len(stored.members or []))
@@ -125,6 +114,34 @@ async def submit(runtime: Runtime, client: Any, batch_id: str) -> dict[str, Any]
     for member in await _mark_members(runtime, stored, OperationStatus.ACCEPTED, submitted=True):
         await publish_info(runtime, EventType.ACCEPTED, member)
     return _submitted(stored)
+
+
+async def _decided_before(runtime: Runtime, client: Any, batch: OperationRecord) -> dict[str, Any] | None:
+    """The answer when an earlier run (or ARM's throttling) already decided this batch's step; None: seal and POST."""
+    if batch.terminal:
+        return {"outcome": "ended", "status": batch.status}
+    if batch.status in SUBMITTED:
+        return _submitted(batch)  # a first run POSTed it and recorded the answer
+    if batch.status == OperationStatus.SUBMITTING:
+        return await _being_submitted(runtime, client, batch)
+    wait = throttling.not_before(batch, runtime.now())
+    if wait > 0:  # ARM throttled it (or its lead): not before its Retry-After
+        return {"outcome": "throttled", "retryAfter": wait}
+    return None
+
+
+async def _not_applied(runtime: Runtime, client: Any, record: OperationRecord, slot: str,
+                       outcome: submission.NotApplied) -> dict[str, Any]:
+    """ARM certainly did not apply the POST: no budget spent."""
+    await runtime.ledger.give_back_global_slot(slot, record.operation_id)
+    if outcome.unavailable:  # throttled, or never connected: the same POST may go later
+        if throttling.can_wait(outcome.error, record.options):  # after ARM's Retry-After, the same requests
+            return await throttling.hold_batch(runtime, record, outcome.error)
+        return await _requeue(runtime, record)
+    # ARM refused it: its requests end with ARM's answer
+    await finish(runtime, record.operation_id, OperationStatus.FAILED, outcome.error.error_dict(), applied=False,
+                 client=client)
+    return {"outcome": "ended", "status": OperationStatus.FAILED}
 
 
 async def _being_submitted(runtime: Runtime, client: Any, batch: OperationRecord) -> dict[str, Any]:
@@ -142,8 +159,9 @@ async def _seal(runtime: Runtime, client: Any, batch: OperationRecord) -> Operat
     """Fix the batch's membership from the queue (one CAS on the target) and take the batch to Submitting under
     a token, so only this run POSTs. None: nothing to send (the batch ended quietly)."""
     now, batch_id = runtime.now(), batch.operation_id
+    settings = throttling.within_quota(runtime, batch.target)
     sealed = await runtime.ledger.change_target(batch.lease_key, lambda t: admission.seal(
-        t, batch_id, now, runtime.settings))
+        t, batch_id, now, settings))
     if sealed.ended:
         await end_waiting(runtime, sealed.ended, ErrorCode.COOLDOWN_ACTIVE, "An instance of this request was "
                           "reimaged while it waited; COOLDOWN_MINUTES refuses another reimage so soon.")
@@ -213,32 +231,3 @@ async def _requeue(runtime: Runtime, batch: OperationRecord) -> dict[str, Any]:
         await runtime.ledger.update(entry.operation_id, back)
     await _end_quietly(runtime, batch.operation_id)
     return {"outcome": "requeued"}
-
-
-async def read_health(runtime: Runtime, operation_id: str, *, final: bool) -> dict[str, Any]:
-    """One read of the instance views (one list call for a scale set), judged by shared/rules/health.py.
-    done=True when every machine is healthy, or on the final read (then what is not healthy is Unhealthy, and
-    an unreadable view Unknown)."""
-    now = runtime.now()
-
-    def verifying(r: OperationRecord) -> OperationRecord | None:
-        if r.terminal or r.status == OperationStatus.VERIFYING:
-            return None
-        r.status, r.last_updated_time = OperationStatus.VERIFYING, now
-        return r
-
-    record = await runtime.ledger.update(operation_id, verifying)
-    if record is None:
-        return {"done": True, "health": Health.UNKNOWN.value, "detail": None}
-    target = parse_target(parse_target(record.target).vm_id)
-    keys = record.cooldown_keys or [""]
-    try:
-        views = await runtime.compute.instance_health(target, None if target.kind is TargetKind.VM else keys)
-    except ComputeError as exc:
-        if not final:
-            raise
-        views = {k: InstanceHealth(Health.UNKNOWN, exc.error.message) for k in keys}
-    verdict = summarize(views, keys, final=final)
-    if not verdict.done:
-        return {"done": False}
-    return {"done": True, "health": verdict.health.value, "detail": verdict.per_instance()}

@@ -18,7 +18,7 @@ from typing import Any
 from shared.adapters.ledger import LedgerUnavailable, RecordChanged
 from shared.adapters.telemetry import bind
 from shared.domain.arm_call import ArmCall
-from shared.domain.errors import ApiError, ErrorCode, ReimagerError, TargetNotFound
+from shared.domain.errors import ApiError, ComputeThrottled, ErrorCode, ReimagerError, TargetNotFound
 from shared.domain.events import EventType, Trigger
 from shared.domain.ids import operation_id
 from shared.domain.principal import Principal
@@ -30,7 +30,7 @@ from shared.rules import admission, dryrun, freeze, policy
 from shared.rules.policy import needs_approval
 from shared.rules.poll_schedule import next_poll_delay
 from shared.runtime import Runtime
-from shared.workflow import submission
+from shared.workflow import submission, throttling
 from shared.workflow.completion import abandon, admit, finish, publish_info, release_lease
 from shared.workflow.orchestration import start_batch, start_monitor
 
@@ -88,7 +88,19 @@ class Intake:
         if request.dry_run:  # every check reported, none raised; never a claim, so never an existing operation
             return await self._plan(request)
         policy.check_scope(target, self.settings)
-        model = await self.runtime.compute.get_model(target)
+        try:
+            model = await self.runtime.compute.get_model(target)
+        except ComputeThrottled as exc:  # ARM throttled the read: wait Queued rather than fail (or 503 + Retry-After)
+            if not throttling.deferrable(request, self.settings):
+                raise
+            won, deferred = await throttling.defer(self.runtime, request, exc, key=key, trigger=trigger,
+                                                   reply_to=reply_to, reply_correlation_id=reply_correlation_id,
+                                                   principal=principal)
+            if not won:
+                return await self._joined(deferred, request, trigger=trigger, default_key=default_key,
+                                          reply_to=reply_to, reply_correlation_id=reply_correlation_id,
+                                          principal=principal)
+            return Accepted(deferred, throttling.wait_of(exc))
         instances = policy.check_model(request, model, self.settings)
         call = request.arm_call(self.settings.compute_api_version, instance_ids=instances)
         cooldown_keys = policy.cooldown_keys(target, instances)
@@ -246,6 +258,11 @@ class Intake:
         if isinstance(outcome, submission.Uncertain):  # ended Failed with its event; the answer says so
             outcome.error.extra.update(operationId=record.operation_id, completed=True)
             raise outcome.error
+        if isinstance(outcome, submission.NotApplied) and throttling.can_wait(outcome.error, record.options):
+            # ARM throttled the POST: wait in the queue for a batch to send it after Retry-After (same key)
+            queued = await throttling.wait_for_arm(self.runtime, self.client, record, outcome.error, slot)
+            if queued is not None:
+                return Accepted(queued, throttling.wait_of(outcome.error))
         if isinstance(outcome, submission.NotApplied):  # nothing was applied: no budget spent, the key shared
             await self.runtime.ledger.give_back_global_slot(slot, record.operation_id)
             await abandon(self.runtime, self.client, record, outcome.error.error_dict())
@@ -262,8 +279,9 @@ class Intake:
 
     async def _free(self, record: OperationRecord, error: ReimagerError | None) -> None:
         """Nothing was sent: free the key so the request may be asked again. An approved request was already
-        answered 202 (awaiting approval), so it ends instead, with its one event carrying why."""
-        if record.approved_by is not None:
+        answered 202 (awaiting approval, or queued after a throttled preflight), so it ends instead, with its one
+        event carrying why."""
+        if record.answered:
             why = error.error_dict() if error is not None else {"code": ErrorCode.INTERNAL_ERROR,
                                                                 "message": "not submitted"}
             await finish(self.runtime, record.operation_id, OperationStatus.FAILED, why, applied=False,
@@ -278,8 +296,8 @@ class Intake:
         """ARM certainly refused the POST. The key keeps the refusal, so the deliveries of the same request that
         were waiting on this attempt share it (one POST per key); a request that comes after it may try again
         (it takes the key over). An approved request was already answered 202, so it ends instead, with its one
-        event carrying why."""
-        if record.approved_by is not None:
+        event carrying why (so has one queued while ARM throttled its preflight)."""
+        if record.answered:
             await self._free(record, error)
             return
         now = self.runtime.now()

@@ -153,6 +153,11 @@ async def cancel(runtime: Runtime, operation_id: str, who: Principal | None, rea
         return Acted(ended[0], ended=True)
     if record.status not in (OperationStatus.QUEUED, OperationStatus.CLAIMED):
         raise _not_cancellable(record)
+    if record.deferred is not None and record.status == OperationStatus.QUEUED:  # waiting for ARM, not in a queue
+        ended = await end_waiting(runtime, [operation_id], ErrorCode.CANCELED_BY_OPERATOR, message, cancelled_by=by,
+                                  only_if=OperationStatus.QUEUED)
+        if ended:
+            return Acted(ended[0], ended=True)
     entry = await runtime.ledger.change_target(record.lease_key, lambda t: admission.withdraw(t, operation_id))
     if entry is None:  # a batch took it meanwhile
         raise _not_cancellable(await operation(runtime, operation_id))

@@ -56,6 +56,17 @@ class MonitorInput(BaseModel):
     health_since: datetime | None = None  # ARM said Succeeded: reading instance views until healthy or grace
     # Learned at acceptance from the target's past operations (shared.rules.poll_schedule.expected_duration).
     expected_seconds: float | None = None
+    # ARM's quota (docs/operations.md "When ARM throttles"): the VM or scale set the operation runs on (its polls
+    # and health reads are charged to it); the time spent waiting on ARM's Retry-After or on a low bucket, which
+    # moves the deadline (or the health grace) by as much, so throttling never ends an operation TimedOut; and a
+    # poll owed at once after such a wait.
+    target: str | None = None
+    throttled_seconds: float = 0.0
+    health_held_seconds: float = 0.0
+    poll_now: bool = False
+    # Health of a batch on a paged list: one page per read; the next page, and the instances already seen healthy.
+    health_page: str | None = None
+    health_seen: dict[str, str] = {}
 
     @classmethod
     def for_record(cls, record: OperationRecord, settings: Settings,
@@ -70,7 +81,8 @@ class MonitorInput(BaseModel):
                    poll_max_seconds=settings.poll_max_seconds, poll_default_seconds=settings.poll_default_seconds,
                    operation_timeout_minutes=settings.operation_timeout_minutes,
                    polls_per_generation=settings.polls_per_generation,
-                   health_grace_minutes=settings.health_grace_minutes, expected_seconds=expected_seconds)
+                   health_grace_minutes=settings.health_grace_minutes, expected_seconds=expected_seconds,
+                   target=parse_target(record.target).vm_id)
 
     @classmethod
     def for_batch(cls, record: OperationRecord, settings: Settings) -> MonitorInput:
@@ -79,7 +91,7 @@ class MonitorInput(BaseModel):
                    poll_max_seconds=settings.poll_max_seconds, poll_default_seconds=settings.poll_default_seconds,
                    operation_timeout_minutes=settings.operation_timeout_minutes,
                    polls_per_generation=settings.polls_per_generation,
-                   health_grace_minutes=settings.health_grace_minutes)
+                   health_grace_minutes=settings.health_grace_minutes, target=parse_target(record.target).vm_id)
 
     def dump(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True)

@@ -28,7 +28,7 @@ from shared.domain.records import OperationRecord
 from shared.domain.status import IN_PROGRESS, SUBMITTED, OperationStatus
 from shared.rules import admission
 from shared.runtime import Runtime
-from shared.workflow import approvals, batches
+from shared.workflow import approvals, batches, deferred
 from shared.workflow.completion import (
     SENDING,
     announce_suspension,
@@ -62,6 +62,7 @@ class SweepReport:
     ended: list[str] = field(default_factory=list)  # requests whose batch had ended, or that left their queue
     released: list[str] = field(default_factory=list)  # leases of claim attempts that were taken over
     grouped: list[str] = field(default_factory=list)  # approval-group members given their group's decision
+    resumed: list[str] = field(default_factory=list)  # requests read again after ARM throttled their preflight
 
     def to_dict(self) -> dict[str, list[str]]:
         return {k: v for k, v in self.__dict__.items() if v}
@@ -80,7 +81,7 @@ async def sweep(runtime: Runtime, client: Any) -> SweepReport:
             continue
         age = now - record.last_updated_time
         try:
-            if record.status == OperationStatus.QUEUED:
+            if record.status == OperationStatus.QUEUED and record.deferred is None:  # (deferred: waits for ARM)
                 targets.setdefault(record.lease_key, []).append(record)
             await _sweep_one(runtime, client, record, age, quiet, report)
         except Exception:  # one bad record must not stop the sweep of the others
@@ -194,11 +195,9 @@ async def _sweep_one(runtime: Runtime, client: Any, record: OperationRecord, age
     elif (not record.terminal and not record.is_batch and record.batch_id is not None
           and record.batch_id != record.operation_id):
         await _sweep_member(runtime, record, age, quiet, report)
-    elif record.status == OperationStatus.AWAITING_APPROVAL and record.approval_group is not None:
-        if await approvals.sweep_member(runtime, client, record):  # its group's decision, or the group's timeout
-            report.grouped.append(record.operation_id)
-    elif record.status == OperationStatus.AWAITING_APPROVAL:
-        await _sweep_approval(runtime, record, report)
+    elif record.status == OperationStatus.AWAITING_APPROVAL or (
+            record.deferred is not None and record.status == OperationStatus.QUEUED):
+        await _sweep_waiting(runtime, client, record, report)
     elif record.status == OperationStatus.CLAIMED and age > quiet:
         await _sweep_claimed(runtime, client, record, report)
     elif record.status == OperationStatus.SUBMITTING and age > quiet:
@@ -215,6 +214,18 @@ async def _sweep_one(runtime: Runtime, client: Any, record: OperationRecord, age
         await runtime.ledger.settled(record.operation_id)
         report.settled.append(record.operation_id)
     # Queued: swept per target (_sweep_target)
+
+
+async def _sweep_waiting(runtime: Runtime, client: Any, record: OperationRecord, report: SweepReport) -> None:
+    """Waiting for a person (approval) or for ARM (a throttled preflight)."""
+    if record.status == OperationStatus.QUEUED:
+        if await deferred.resume(runtime, client, record):  # its throttled preflight's Retry-After has passed
+            report.resumed.append(record.operation_id)
+    elif record.approval_group is not None:
+        if await approvals.sweep_member(runtime, client, record):  # its group's decision, or the group's timeout
+            report.grouped.append(record.operation_id)
+    else:
+        await _sweep_approval(runtime, record, report)
 
 
 async def _sweep_approval(runtime: Runtime, record: OperationRecord, report: SweepReport) -> None:

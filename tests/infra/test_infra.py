@@ -190,7 +190,7 @@ def test_parameter_bounds_match_the_settings() -> None:
         le = next((m.le for m in info.metadata if hasattr(m, "le")), None)
         assert (bounds.get("min_value"), bounds.get("max_value")) == (ge, le), field
         checked += 1
-    assert checked == 21  # every integer setting
+    assert checked == 23  # every integer setting
 
 
 def test_chatops_secrets_are_key_vault_references() -> None:

@@ -162,8 +162,12 @@ def test_the_unperturbed_alert_does_act(live: LiveHost) -> None:
 
 def test_an_unperturbed_request_does_reach_arm(live: LiveHost) -> None:
     """The control for the reimage bodies: the same host and scope let a valid request through to ARM."""
+    # A VM no other test reads: a target read in the last PREFLIGHT_CACHE_SECONDS is answered without ARM.
+    control = LINUX_VM.replace("web-linux-01", "fuzz-control")
+    linux = {"storageProfile": {"osDisk": {"osType": "Linux"}}}
+    live.dh.sim.upsert(control, {"location": "westus", "properties": linux})
     before = live.arm_requests()
-    r = live.post("/api/reimage", json.dumps({"target": LINUX_VM, "dryRun": True}).encode())
+    r = live.post("/api/reimage", json.dumps({"target": control, "dryRun": True}).encode())
     assert r.status_code == 200 and r.json()["dryRun"] is True, r.text
     assert live.arm_requests() > before
 

@@ -91,13 +91,18 @@ async def test_arm_unavailable_is_redelivered_and_succeeds_on_the_second_deliver
     assert host.completed()[0]["data"]["requestId"] == "m-503"
 
 
-async def test_throttled_preflight_is_redelivered_and_succeeds_on_the_second_delivery(host: Host) -> None:
-    # 429 with a Retry-After longer than the client waits for: transient, so the message is abandoned
-    host.dh.sim.faults.append(Fault(match="get", status=429, retry_after=3600, times=1))
+async def test_throttled_preflight_waits_queued_and_is_reimaged_after_retry_after(host: Host) -> None:
+    # 429 with a Retry-After longer than a delivery may wait: the request waits Queued in the ledger and the message
+    # is completed (Service Bus would redeliver an abandoned one at once, and dead-letter it after 5 deliveries)
+    host.dh.sim.faults.append(Fault(match="get", status=429, retry_after=120, times=1))
     s, out = await host.queue({"target": LINUX_VM}, messageId="m-429")
-    assert s == 202 and (out["settlement"], out["deliveryCount"]) == ("completed", 2)
+    assert s == 202 and (out["settlement"], out["deliveryCount"]) == ("completed", 1)
+    assert [e["data"]["status"] for e in host.events("reimager.operation.queued")] == ["Queued"]
+    start = host.dh.clock.now()
     await host.until_completed()
-    assert len(host.reimage_posts()) == 1 and host.events("reimager.request.rejected") == []
+    [post] = host.reimage_posts()
+    assert post["at"] - start >= 120  # read again, and sent, only after ARM's Retry-After
+    assert host.events("reimager.request.rejected") == []
     assert [e["data"]["status"] for e in host.completed()] == ["Succeeded"]
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from devhost.compute import Fault
+from tests.helpers import SENTINEL_PASSWORD
 from tests.integration.conftest import LINUX_VM, VMSS, WINDOWS_VM, Host
 
 NewHost = Any
@@ -120,11 +121,26 @@ async def test_all_instances_names_the_instances_seen_at_preflight(new_host: New
 
 
 async def test_a_throttled_submission_does_not_burn_the_key(new_host: NewHost) -> None:
+    """ARM throttles the POST past the client's retries: nothing was applied, so the request waits Queued (same
+    key) and a batch sends it after Retry-After; asking again is a duplicate, never a second POST."""
     h: Host = await new_host()
     h.dh.sim.faults.append(Fault.model_validate({"match": "reimage", "status": 429, "retryAfter": 1, "times": 4}))
     s, body, _ = await h.reimage({"target": LINUX_VM, "requestId": "throttled"})
-    assert s == 503 and body["error"]["code"] == "ComputeUnavailable"
-    s, body, _ = await h.reimage({"target": LINUX_VM, "requestId": "throttled"})
+    assert s == 202 and body["status"] == "Queued"
+    s, again, _ = await h.reimage({"target": LINUX_VM, "requestId": "throttled"})
+    assert s == 202 and again["operationId"] == body["operationId"] and again["duplicate"] is True
+    [event] = await h.until_completed()
+    assert event["data"]["status"] == "Succeeded" and len(applied_posts(h)) == 1
+
+
+async def test_a_throttled_submission_with_secrets_is_503_and_frees_the_key(new_host: NewHost) -> None:
+    """Secrets are never stored, so a request carrying them cannot wait for ARM: 503 with Retry-After, key free."""
+    h: Host = await new_host()
+    h.dh.sim.faults.append(Fault.model_validate({"match": "reimage", "status": 429, "retryAfter": 1, "times": 4}))
+    request = {"target": LINUX_VM, "requestId": "throttled-secret", "osProfile": {"adminPassword": SENTINEL_PASSWORD}}
+    s, body, headers = await h.reimage(request)
+    assert s == 503 and body["error"]["code"] == "ComputeUnavailable" and headers["Retry-After"] == "1"
+    s, body, _ = await h.reimage(request)
     assert s == 202 and body["status"] == "Accepted"
     assert len(applied_posts(h)) == 1
     await h.until_completed()

@@ -32,22 +32,22 @@ from azure.core.pipeline.policies import (
 )
 from azure.core.rest import HttpRequest
 
-from shared.adapters.arm.lro import interpret, location_failure, parse_retry_after
+from shared.adapters.arm.lro import error_from_response, interpret, location_failure, parse_retry_after
+from shared.adapters.arm.quota import QuotaPolicy, QuotaTracker
+from shared.adapters.arm.reads import SharedReads
+from shared.adapters.arm.views import InstanceViews
+from shared.adapters.telemetry import EVENT_ARM_THROTTLED, track_event
 from shared.domain.arm_call import ArmCall, PollMode, PollResult, Submission, TargetModel
 from shared.domain.errors import (
-    ComputeConflict,
-    ComputeError,
     ComputeThrottled,
     ComputeUnavailable,
     DetailCode,
     ErrorCode,
-    InstanceViewUnavailable,
     ReimagerError,
     SubmissionUncertain,
-    TargetNotFound,
     UntrustedOperationUrl,
 )
-from shared.domain.health import Health, InstanceHealth, classify, classify_listed
+from shared.domain.health import InstanceHealth
 from shared.domain.redaction import redact_response_body, secrets_of_body
 from shared.domain.targets import Target, TargetKind
 from shared.settings import Settings
@@ -60,32 +60,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("reimager.compute")
 USER_AGENT = "reimager/0.1.0"
 Sleeper = Callable[[float], Awaitable[None]]
-
-
-def _error_from_response(status: int, headers: dict[str, str], body: bytes, what: str, now: float) -> ComputeError:
-    code = message = target = None
-    try:
-        doc = json.loads(body) if body else {}
-        err = doc.get("error") if isinstance(doc, dict) else None
-        if isinstance(err, dict):
-            code, message, target = err.get("code"), err.get("message"), err.get("target")
-    except ValueError:
-        pass
-    retry = parse_retry_after(headers.get("Retry-After") or headers.get("retry-after"), now)
-    retry_after = int(retry + 0.999) if retry is not None else None
-    kw: dict[str, Any] = {"arm_status": status, "arm_code": code, "arm_message": message, "arm_target": target,
-                          "retry_after": retry_after}
-    said = f"ARM answered {status} {code or ''}: {message or 'no message'}".strip()
-    if status == 404:
-        return TargetNotFound(ErrorCode.TARGET_NOT_FOUND, f"{what}: {said}", **kw)
-    if status == 409:
-        return ComputeConflict(ErrorCode.OPERATION_IN_PROGRESS, f"{what}: {said}", **kw)
-    if status == 429:
-        return ComputeThrottled(ErrorCode.COMPUTE_UNAVAILABLE, f"{what}: ARM is throttling ({said})",
-                                **kw)
-    if status >= 500 or status == 408:
-        return ComputeUnavailable(ErrorCode.COMPUTE_UNAVAILABLE, f"{what}: {said}", **kw)
-    return ComputeError(ErrorCode.COMPUTE_ERROR, f"{what}: {said}", **kw)
 
 
 def _never_connected(error: BaseException) -> bool:
@@ -108,8 +82,16 @@ class ArmRetryPolicy(AsyncRetryPolicy[Any, Any]):
         self._sleeper = sleep
         self._max_retry_after = max_retry_after
 
+    def configure_retries(self, options: dict[str, Any]) -> dict[str, Any]:
+        settings = super().configure_retries(options)
+        # False: a 429 goes back to the caller at once, which waits its Retry-After elsewhere (a durable timer)
+        settings["hold_throttled"] = options.pop("hold_throttled", True)
+        return settings
+
     def is_retry(self, settings: dict[str, Any], response: PipelineResponse[Any, Any]) -> bool:
         status = response.http_response.status_code
+        if status == 429 and not settings.get("hold_throttled", True):
+            return False
         if response.http_request.method.upper() == "POST" and status != 429:
             return False
         if _is_location_failure(response):
@@ -150,6 +132,14 @@ def _is_location_failure(response: PipelineResponse[Any, Any]) -> bool:
     return location_failure(http.status_code, doc if isinstance(doc, dict) else None) is not None
 
 
+def _throttled(resource: str | None, kind: str | None, headers: Any) -> None:
+    """ARM answered 429: one custom event (shared/adapters/telemetry.py), whoever asked."""
+    retry = headers.get("Retry-After") if hasattr(headers, "get") else None
+    track_event(EVENT_ARM_THROTTLED, target=resource, arm_call=kind,
+                retry_after_seconds=int(retry) if retry and str(retry).isdigit() else None)
+    logger.warning("ARM throttled a %s call on %s (Retry-After %s)", kind, resource, retry)
+
+
 class ArmHostGuardPolicy(SansIOHTTPPolicy[HttpRequest, Any]):
     """Refuses, before any byte is sent or token fetched, a URL that is not on the ARM origin."""
 
@@ -183,6 +173,12 @@ class ComputeClient:
         self._retries = retries
         self._timeouts = {"connection_timeout": connect_timeout, "read_timeout": read_timeout}
         self._client: AsyncPipelineClient[HttpRequest, Any] | None = None
+        self.reads: SharedReads[TargetModel] = SharedReads(settings.preflight_cache_seconds, self._now)
+        # The same poll or health read asked twice at once (an activity runs at least once, sometimes twice side by
+        # side): one GET, both answered. Nothing is kept.
+        self._same_read: SharedReads[Any] = SharedReads(0, self._now)
+        self.quota = QuotaTracker(self._now, settings.arm_quota_low_water)
+        self._views = InstanceViews(self.origin, settings.compute_api_version, self._guarded, self._now, same_origin)
 
     @property
     def origin(self) -> str:
@@ -212,6 +208,8 @@ class ComputeClient:
                 AsyncBearerTokenCredentialPolicy(self._credential, scope),
                 logging_policy,
                 DistributedTracingPolicy(),
+                # innermost: every attempt's answer is read, and its counts land on its dependency span
+                QuotaPolicy(self.quota, _throttled),
             ]
             # use_env_settings=False: aiohttp would otherwise look up netrc and *_PROXY on a worker thread for
             # every request (two thread hops per ARM call); the app never runs behind an environment proxy.
@@ -219,22 +217,35 @@ class ComputeClient:
                                                use_env_settings=False)
         return self._client
 
-    async def _send(self, request: HttpRequest) -> tuple[int, dict[str, str], bytes]:
+    async def _send(self, request: HttpRequest, kind: str, resource: str | None = None, *,
+                    hold_throttled: bool = True) -> tuple[int, dict[str, str], bytes]:
         response = await self._pipeline().send_request(
             request, connection_timeout=self._timeouts["connection_timeout"],
-            read_timeout=self._timeouts["read_timeout"],
+            read_timeout=self._timeouts["read_timeout"], quota_kind=kind, quota_resource=resource,
+            hold_throttled=hold_throttled,
             # Plain http is only ever a loopback stand-in: settings refuse it for any other host.
             enforce_https=urlsplit(self.origin).scheme == "https")
         body = response.content  # send_request has already read it (stream=False)
         return response.status_code, dict(response.headers), body
 
     async def get_model(self, target: Target) -> TargetModel:
-        """Preflight: one GET of the VM or scale set model."""
+        """Preflight: the VM's or scale set's model (and a set's instances), read once for every request that needs
+        it within PREFLIGHT_CACHE_SECONDS, and once for all that ask at the same time (shared/adapters/arm/reads.py)."""
+        wait = self.quota.blocked_for(target.vm_id, ("model", "instances"))
+        if wait > 0:  # ARM throttled these reads and its Retry-After has not passed: asking again would be refused
+            raise ComputeThrottled(ErrorCode.COMPUTE_UNAVAILABLE, "reading the target: ARM is throttling reads of it; "
+                                   f"not asked again before its Retry-After ({wait:.0f} s left)", arm_status=429,
+                                   arm_code="TooManyRequests", arm_message="not sent: ARM's Retry-After has not passed",
+                                   retry_after=max(1, int(wait + 0.999)))
+        return await self.reads.get(target.vm_id.lower(), lambda: self._read_model(target))
+
+    async def _read_model(self, target: Target) -> TargetModel:
+        """One GET of the VM or scale set model (and, for a set, the list of its instances)."""
         request = HttpRequest("GET", f"{self.origin}{target.vm_id}",
                               params={"api-version": self._settings.compute_api_version})
-        status, headers, body = await self._guarded(request, "reading the target")
+        status, headers, body = await self._guarded(request, "reading the target", "model", target.vm_id)
         if status != 200:
-            raise _error_from_response(status, headers, body, "reading the target", self._now())
+            raise error_from_response(status, headers, body, "reading the target", self._now())
         doc = json.loads(body)
         props = doc.get("properties") or {}
         profile = props if target.kind is TargetKind.VM else (props.get("virtualMachineProfile") or {})
@@ -259,9 +270,10 @@ class ComputeClient:
                                                   "$select": "instanceId"})
         ids: list[str] = []
         for _ in range(1000):  # a page holds many instances; this bounds a server that loops
-            status, headers, body = await self._guarded(request, "listing the scale set's instances")
+            status, headers, body = await self._guarded(request, "listing the scale set's instances", "instances",
+                                                        target.vm_id)
             if status != 200:
-                raise _error_from_response(status, headers, body, "listing the scale set's instances", self._now())
+                raise error_from_response(status, headers, body, "listing the scale set's instances", self._now())
             doc = json.loads(body)
             ids += [str(v["instanceId"]) for v in doc.get("value") or [] if v.get("instanceId") is not None]
             link = doc.get("nextLink")
@@ -274,86 +286,16 @@ class ComputeClient:
 
     async def instance_health(self, target: Target, instance_ids: Sequence[str] | None = None
                               ) -> dict[str, InstanceHealth]:
-        """Classify the instance views of a VM or of scale-set instances (see shared/domain/health.py).
+        """Every asked instance's health, following the list's pages (shared/adapters/arm/views.py)."""
+        return await self._views.instance_health(target, instance_ids)
 
-        - a VM: one GET of `.../virtualMachines/{vm}/instanceView`; the result has one entry, key "";
-        - one scale-set instance (a VMSS-instance target, or one id asked): one GET of
-          `.../virtualMachines/{id}/instanceView`; Compute's own advice is to read the one machine
-          needed rather than list them all (troubleshooting-throttling-errors.md, "Best practices");
-        - several instances, or all (`instance_ids` None on a scale-set target): ONE list read,
-          `.../virtualMachines?$expand=instanceView`, following nextLink (same origin only) and
-          stopping as soon as every asked id has been seen. An asked id the set no longer has is
-          Unknown ("not in the scale set").
-
-        `instance_ids` is ignored for a VM. Raises InstanceViewUnavailable when a read fails; the caller
-        counts that read as Unknown.
-        """
-        if target.kind is TargetKind.VM:
-            view = await self._read_view(f"{self.origin}{target.vm_id}/instanceView")
-            return {"": classify(view)}
-        if instance_ids is not None:
-            ids: list[str] | None = list(dict.fromkeys(str(i) for i in instance_ids))
-        else:
-            ids = [target.instance_id] if target.instance_id is not None else None
-        if ids is not None and not ids:
-            return {}  # nothing asked: nothing to read
-        if ids is not None and len(ids) == 1:
-            view = await self._read_view(f"{self.origin}{target.vm_id}/virtualMachines/{ids[0]}/instanceView")
-            return {ids[0]: classify(view)}
-        return await self._list_health(target, ids)
-
-    async def _read_view(self, url: str) -> Any:
-        what = "reading the instance view"
-        request = HttpRequest("GET", url, params={"api-version": self._settings.compute_api_version})
-        try:
-            status, headers, body = await self._guarded(request, what)
-        except ReimagerError as exc:
-            raise InstanceViewUnavailable.from_error(exc, what) from exc
-        if status != 200:
-            raise InstanceViewUnavailable.from_error(_error_from_response(status, headers, body, what, self._now()),
-                                                     what)
-        return self._json_object(body, what)
-
-    async def _list_health(self, target: Target, ids: list[str] | None) -> dict[str, InstanceHealth]:
-        what = "listing the scale set's instance views"
-        request = HttpRequest("GET", f"{self.origin}{target.vm_id}/virtualMachines",
-                              params={"api-version": self._settings.compute_api_version, "$expand": "instanceView"})
-        wanted = set(ids) if ids is not None else None
-        found: dict[str, InstanceHealth] = {}
-        for _ in range(1000):  # a page holds many instances; this bounds a server that loops
-            try:
-                status, headers, body = await self._guarded(request, what)
-            except ReimagerError as exc:
-                raise InstanceViewUnavailable.from_error(exc, what) from exc
-            if status != 200:
-                raise InstanceViewUnavailable.from_error(
-                    _error_from_response(status, headers, body, what, self._now()), what)
-            doc = self._json_object(body, what)
-            items = doc.get("value")
-            page = classify_listed(items if isinstance(items, list) else [])
-            found.update(page if wanted is None else {i: h for i, h in page.items() if i in wanted})
-            link = doc.get("nextLink")
-            if not link or (wanted is not None and wanted <= found.keys()):
-                break  # every asked instance seen: the rest of the set is not needed
-            if not isinstance(link, str) or not same_origin(link, self.origin):
-                raise InstanceViewUnavailable.from_error(UntrustedOperationUrl(str(link)), what)
-            request = HttpRequest("GET", link)
-        if ids is None:
-            return found
-        missing = InstanceHealth(Health.UNKNOWN, "not in the scale set")
-        return {i: found.get(i, missing) for i in ids}
-
-    @staticmethod
-    def _json_object(body: bytes, what: str) -> dict[str, Any]:
-        try:
-            doc = json.loads(body)
-        except ValueError:
-            doc = None
-        if not isinstance(doc, dict):
-            raise InstanceViewUnavailable(ErrorCode.COMPUTE_ERROR, f"{what}: ARM answered 200 with a body that is not "
-                                          "a JSON object", arm_status=200, arm_code=DetailCode.INVALID_RESPONSE,
-                                          arm_message=None)
-        return doc
+    async def instance_health_page(self, target: Target, instance_ids: Sequence[str] | None, page: str | None
+                                   ) -> tuple[dict[str, InstanceHealth], str | None]:
+        """One read: the asked instances on one page of the list (from `page`), and the next page's link."""
+        key = f"health|{target.id}|{page}|{','.join(instance_ids or ['*'])}".lower()
+        page_read: tuple[dict[str, InstanceHealth], str | None] = await self._same_read.get(
+            key, lambda: self._views.instance_health_page(target, instance_ids, page))
+        return page_read
 
     async def submit(self, call: ArmCall) -> Submission:
         """POST the reimage. Raises a typed ComputeError when ARM refuses it."""
@@ -363,7 +305,7 @@ class ComputeClient:
         if body is None:
             request.headers["Content-Length"] = "0"
         try:
-            status, headers, raw = await self._send(request)
+            status, headers, raw = await self._send(request, "submit", call.target.vm_id)
         except ReimagerError:
             raise
         except AzureError as exc:
@@ -377,22 +319,36 @@ class ComputeClient:
                                       arm_code=DetailCode.NO_RESPONSE, arm_message=type(exc).__name__) from None
         if status not in (200, 202):  # ARM may echo what it was sent: redact the secrets before reading it
             raw = redact_response_body(raw, secrets_of_body(call.body))
-            raise _error_from_response(status, headers, raw, "submitting the reimage", self._now())
+            raise error_from_response(status, headers, raw, "submitting the reimage", self._now())
         lower = {k.lower(): v for k, v in headers.items()}
         return Submission(status, lower.get("azure-asyncoperation"), lower.get("location"),
                           parse_retry_after(lower.get("retry-after"), self._now()),
                           lower.get("x-ms-request-id"))
 
-    async def poll(self, url: str, mode: PollMode) -> PollResult:
-        """One status read. A failed read is reported as such (read_failed), never as a failed operation."""
+    async def poll(self, url: str, mode: PollMode, resource: str | None = None) -> PollResult:
+        """One status read. A failed read is reported as such (read_failed), never as a failed operation. A 429
+        comes back at once (the monitor waits its Retry-After on a durable timer). `resource`: the VM or scale set
+        the operation runs on (its Get Operation bucket; the URL does not name it)."""
         if not same_origin(url, self.origin):
             raise UntrustedOperationUrl(url)
-        status, headers, body = await self._guarded(HttpRequest("GET", url), "reading the operation status")
-        return interpret(mode, status, headers, body, self._now())
 
-    async def _guarded(self, request: HttpRequest, what: str) -> tuple[int, dict[str, str], bytes]:
+        async def read() -> PollResult:
+            status, headers, body = await self._guarded(HttpRequest("GET", url), "reading the operation status",
+                                                        "poll", resource, hold_throttled=False)
+            return interpret(mode, status, headers, body, self._now())
+
+        result: PollResult = await self._same_read.get(f"poll|{mode}|{url}", read)
+        return result
+
+    def read_delay(self, kind: str, resource: str) -> float:
+        """Seconds a read of `kind` ("poll", "health") on `resource` should wait: its buckets run low
+        (shared/adapters/arm/quota.py). 0: read now."""
+        return self.quota.delay(resource, kind, resource)
+
+    async def _guarded(self, request: HttpRequest, what: str, kind: str, resource: str | None = None, *,
+                       hold_throttled: bool = True) -> tuple[int, dict[str, str], bytes]:
         try:
-            return await self._send(request)
+            return await self._send(request, kind, resource, hold_throttled=hold_throttled)
         except ReimagerError:
             raise
         except AzureError as exc:

@@ -8,7 +8,15 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 from shared.domain.arm_call import OperationState, PollMode, PollResult
-from shared.domain.errors import DetailCode, ErrorCode
+from shared.domain.errors import (
+    ComputeConflict,
+    ComputeError,
+    ComputeThrottled,
+    ComputeUnavailable,
+    DetailCode,
+    ErrorCode,
+    TargetNotFound,
+)
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
@@ -115,3 +123,29 @@ def arm_duration(doc: dict[str, Any]) -> float | None:
     except (KeyError, TypeError, ValueError):
         return None
     return seconds if seconds >= 0 else None
+
+
+def error_from_response(status: int, headers: dict[str, str], body: bytes, what: str, now: float) -> ComputeError:
+    code = message = target = None
+    try:
+        doc = json.loads(body) if body else {}
+        err = doc.get("error") if isinstance(doc, dict) else None
+        if isinstance(err, dict):
+            code, message, target = err.get("code"), err.get("message"), err.get("target")
+    except ValueError:
+        pass
+    retry = parse_retry_after(headers.get("Retry-After") or headers.get("retry-after"), now)
+    retry_after = int(retry + 0.999) if retry is not None else None
+    kw: dict[str, Any] = {"arm_status": status, "arm_code": code, "arm_message": message, "arm_target": target,
+                          "retry_after": retry_after}
+    said = f"ARM answered {status} {code or ''}: {message or 'no message'}".strip()
+    if status == 404:
+        return TargetNotFound(ErrorCode.TARGET_NOT_FOUND, f"{what}: {said}", **kw)
+    if status == 409:
+        return ComputeConflict(ErrorCode.OPERATION_IN_PROGRESS, f"{what}: {said}", **kw)
+    if status == 429:
+        return ComputeThrottled(ErrorCode.COMPUTE_UNAVAILABLE, f"{what}: ARM is throttling ({said})",
+                                **kw)
+    if status >= 500 or status == 408:
+        return ComputeUnavailable(ErrorCode.COMPUTE_UNAVAILABLE, f"{what}: {said}", **kw)
+    return ComputeError(ErrorCode.COMPUTE_ERROR, f"{what}: {said}", **kw)

@@ -91,7 +91,7 @@ async def compute(standins: StandIns) -> AsyncIterator[ComputeClient]:
     standins.sim.upsert(VM, {"location": "westus", "properties": {"storageProfile": {
         "imageReference": {"publisher": "Canonical", "version": "1.2.3"},
         "osDisk": {"osType": "Linux", "createOption": "FromImage"}}}})
-    client = ComputeClient(standins.settings())
+    client = ComputeClient(standins.settings(PREFLIGHT_CACHE_SECONDS="0"))  # every get_model reaches ARM
     yield client
     await client.close()
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -26,6 +27,7 @@ from typing import Any, TypeVar
 from azure.durable_functions.models.DurableOrchestrationStatus import DurableOrchestrationStatus
 from azure.durable_functions.models.OrchestrationRuntimeStatus import OrchestrationRuntimeStatus
 
+from shared.adapters.arm.quota import QuotaTracker
 from shared.adapters.ledger import OPEN, Ledger, LedgerConflict, Page, RecordChanged, target_partition
 from shared.adapters.ledger.entities import inverted
 from shared.domain.arm_call import ArmCall, Submission, TargetModel
@@ -247,6 +249,8 @@ class FakeCompute:
     posts: list[ArmCall] = field(default_factory=list)
     _held: asyncio.Event | None = None
     posted: asyncio.Event = field(default_factory=asyncio.Event)
+    # ARM's remaining counts as the real client keeps them (nothing seen: nothing slows down)
+    quota: QuotaTracker = field(default_factory=lambda: QuotaTracker(time.time))
 
     async def get_model(self, target: Target) -> TargetModel:
         model = self.models.get(target.vm_id.lower())
@@ -274,6 +278,13 @@ class FakeCompute:
                               ) -> dict[str, InstanceHealth]:
         keys = [""] if target.kind is TargetKind.VM else list(instance_ids or [])
         return {k: InstanceHealth(Health.HEALTHY, "ok") for k in keys}
+
+    async def instance_health_page(self, target: Target, instance_ids: list[str] | None, page: str | None
+                                   ) -> tuple[dict[str, InstanceHealth], str | None]:
+        return await self.instance_health(target, instance_ids), None
+
+    def read_delay(self, kind: str, resource: str) -> float:
+        return self.quota.delay(resource, kind, resource)
 
     async def close(self) -> None:
         return None

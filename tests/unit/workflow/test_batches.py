@@ -55,12 +55,32 @@ async def test_submit_seals_and_posts_the_union_once_even_when_run_twice(world: 
     assert len(world.publisher.of(EventType.ACCEPTED)) == 2
 
 
-@pytest.mark.parametrize("answer", [arm_error(429, "TooManyRequests", "throttled"), unreachable()],
-                         ids=["throttled", "unreachable"])
-async def test_an_unavailable_arm_requeues_the_members_and_gives_the_global_slot_back(answer: Exception) -> None:
+async def test_a_throttled_post_keeps_the_batch_and_sends_it_again_after_retry_after() -> None:
+    """ARM answered 429 (Retry-After 30): nothing was applied. The batch keeps its members and its lease and waits
+    Retry-After (the orchestrator's timer); asked again sooner, it says how long is left and sends nothing; then
+    the same requests go in one POST. The global slot is given back meanwhile (one slot for one POST)."""
     world = make_world(GLOBAL_MAX_REIMAGES_PER_HOUR="1")
     batch_id = await queue_two(world)
-    world.compute.answers.append(answer)
+    world.compute.answers.append(arm_error(429, "TooManyRequests", "throttled"))
+    assert await batches.submit(world.runtime, world.durable, batch_id) == {"outcome": "throttled", "retryAfter": 30}
+    assert await world.ledger.global_slots_free(world.clock(), 1)
+    assert await statuses(world, "k1", "k2") == [OperationStatus.QUEUED] * 2
+    batch = await world.ledger.get(batch_id)
+    assert batch is not None and batch.status == OperationStatus.CLAIMED and batch.members == [
+        operation_id("k1"), operation_id("k2")]
+    world.clock.advance(seconds=10)
+    assert await batches.submit(world.runtime, world.durable, batch_id) == {"outcome": "throttled", "retryAfter": 20}
+    assert len(world.compute.posts) == 1
+    world.clock.advance(seconds=20)
+    assert (await batches.submit(world.runtime, world.durable, batch_id))["outcome"] == "submitted"
+    assert world.compute.bodies() == [{"instanceIds": ["1", "2"]}] * 2
+    assert await statuses(world, "k1", "k2") == [OperationStatus.ACCEPTED] * 2
+
+
+async def test_an_unreachable_arm_requeues_the_members_and_gives_the_global_slot_back() -> None:
+    world = make_world(GLOBAL_MAX_REIMAGES_PER_HOUR="1")
+    batch_id = await queue_two(world)
+    world.compute.answers.append(unreachable())
     assert await batches.submit(world.runtime, world.durable, batch_id) == {"outcome": "requeued"}
     assert await world.ledger.global_slots_free(world.clock(), 1)  # nothing was sent: the slot serves another
     target = await world.ledger.get_target(LOCK)

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from shared.settings import Settings
 
 log = logging.getLogger("devhost")
+monitor_log = logging.getLogger("devhost.monitor")  # detail: `python -m devhost -v` shows it
 DEMO_SUBSCRIPTION = "7f6e5d4c-3b2a-4190-8f7e-6d5c4b3a2910"
 DEMO_GROUP = "reimager-demo"
 _INDEX: FunctionIndex | None = None
@@ -385,11 +386,14 @@ class DevHost:
                                                                    if k != "resources"}})
 
     def _on_change(self, inst: Instance) -> None:
+        """One line per change of a monitor's status (not per poll; `-v` shows them). The engine reports an
+        ended instance more than once (when it ends and when it is released): only the first one is logged."""
         if inst.name != "reimage_monitor":
             return
-        # one line per change of the monitor's status (not per poll)
-        if self._last_progress.get(inst.id) != inst.status:
+        if inst.status in ("Pending", "Running"):
+            if self._last_progress.get(inst.id) == inst.status:
+                return
             self._last_progress[inst.id] = inst.status
-            log.info("%s monitor %s after %.1fs", inst.id, inst.status, self.clock.now() - inst.created)
-        if inst.status not in ("Pending", "Running"):
-            self._last_progress.pop(inst.id, None)  # an ended monitor logs no more: keep nothing for it
+        elif self._last_progress.pop(inst.id, None) is None:
+            return  # already logged as ended (or never seen live): an ended monitor keeps nothing here
+        monitor_log.info("%s monitor %s after %.1fs", inst.id, inst.status, self.clock.now() - inst.created)

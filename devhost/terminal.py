@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from shared.events import CloudEvent, Publisher
 
 log = logging.getLogger("devhost.terminal")
+request_log = logging.getLogger("devhost.requests")  # its own logger: the demo shows these only with -v
 _LOGGED_PREFIXES = ("/api/", "/admin/")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -37,7 +38,7 @@ async def request_lines(request: web.Request, handler: Handler) -> web.StreamRes
         raise
     finally:
         elapsed = (time.perf_counter() - started) * 1000
-        log.info("%s %s %d %.0fms", request.method, request.path[:200], status, elapsed)
+        request_log.info("%s %s %d %.0fms", request.method, request.path[:200], status, elapsed)
 
 
 def short_target(target: str | None) -> str:

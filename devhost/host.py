@@ -8,6 +8,7 @@ are invoked with `POST /admin/functions/{name}`.
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import json
 import logging
@@ -326,8 +327,11 @@ class DevHost:
             if not self._authorised(request, entry):
                 return web.json_response({"error": {"code": "Unauthorized", "message": "A function key is "
                                                     "required (?code= or x-functions-key)."}}, status=401)
-            datum = bindings.http_datum(method=request.method, url=str(request.url),
-                                        headers=bindings.joined(request.headers, ", "),
+            headers = self._easy_auth(bindings.joined(request.headers, ", "))
+            if headers is None:
+                return web.json_response({"error": {"code": "Unauthorized", "message": "The bearer token is not "
+                                                    "valid (App Service authentication)."}}, status=401)
+            datum = bindings.http_datum(method=request.method, url=str(request.url), headers=headers,
                                         query=bindings.joined(request.query, ","),
                                         route_params=m.groupdict(), body=await request.read())
             try:
@@ -338,6 +342,24 @@ class DevHost:
             status, headers, body = bindings.http_response_parts(out)
             return web.Response(status=status, body=body, headers=headers)
         return web.json_response({"error": {"code": "NotFound", "message": "No such route."}}, status=404)
+
+    def _easy_auth(self, headers: dict[str, str]) -> dict[str, str] | None:
+        """App Service authentication's stand-in, on only with EASY_AUTH_ENABLED=true: a request with a bearer
+        token from devhost's identity endpoint (its Entra) gets the principal headers the platform adds for
+        that identity, replacing any the client sent; a bearer token it did not issue is refused (None).
+        Requests without a bearer token pass as they are (App Service's "allow unauthenticated requests")."""
+        auth = next((v for k, v in headers.items() if k.lower() == "authorization"), "")
+        if self.settings is None or not self.settings.easy_auth_enabled or not auth.startswith("Bearer "):
+            return headers
+        client_id = self.issuer.client_of(auth[7:])
+        if client_id is None:
+            return None
+        principal = {"auth_typ": "aad", "name_typ": "name", "role_typ": "roles", "claims": [
+            {"typ": "appid", "val": client_id},
+            {"typ": "http://schemas.microsoft.com/identity/claims/objectidentifier", "val": client_id}]}
+        kept = {k: v for k, v in headers.items() if not k.lower().startswith("x-ms-client-principal")}
+        return {**kept, "X-MS-CLIENT-PRINCIPAL": base64.b64encode(json.dumps(principal).encode()).decode(),
+                "X-MS-CLIENT-PRINCIPAL-ID": client_id, "X-MS-CLIENT-PRINCIPAL-IDP": "aad"}
 
     async def _admin_invoke(self, request: web.Request) -> web.Response:
         """The host's admin API for non-HTTP triggers. For Service Bus the message goes through devhost's

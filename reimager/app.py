@@ -32,6 +32,7 @@ from reimager.exits import TERMINAL, Exit, ending
 
 DEFAULT_INTERVAL = 2.0  # seconds between status reads when the API sends no Retry-After
 MAX_INTERVAL = 60.0
+PIPED_WIDTH = 160
 PASSWORD_ENV = "REIMAGER_ADMIN_PASSWORD"  # noqa: S105 (the name of the variable)
 
 
@@ -99,7 +100,15 @@ def options(ctx: click.Context) -> Options:
 def consoles(opts: Options) -> tuple[Console, Console]:
     """(what the command answers, what a person reads besides): with --json the second is stderr."""
     err = Console(stderr=True, highlight=False, soft_wrap=True)
-    return (err if opts.json else Console(highlight=False)), err
+    return (err if opts.json else console()), err
+
+
+def console() -> Console:
+    """stdout; piped to a file or a log, 160 columns rather than rich's 80 (COLUMNS still decides)."""
+    out = Console(highlight=False)
+    if not out.is_terminal and "COLUMNS" not in os.environ:
+        out.width = PIPED_WIDTH
+    return out
 
 
 def emit_json(doc: Any) -> None:
@@ -235,7 +244,7 @@ def follow(client: Client, doc: dict[str, Any], retry_after: float | None, opts:
     DEFAULT_INTERVAL); live on a terminal, one line per status otherwise. The exit code says how it ended."""
     timeline = render.Timeline(clock())
     op = str(doc.get("operationId"))
-    display = err if opts.json else Console(highlight=False)
+    display = err if opts.json else console()
     live = Live(timeline.renderable(None), console=display, transient=False, auto_refresh=True,
                 refresh_per_second=8) if display.is_terminal else None
 

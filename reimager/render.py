@@ -191,7 +191,7 @@ def unwrapped(text: str) -> Text:
 def history(items: Iterable[Mapping[str, Any]]) -> Table:
     table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
     for name in ("created", "operation", "status", "target", "instances", "trigger", "requested by", "outcome"):
-        table.add_column(name, overflow="fold")
+        table.add_column(name, overflow="fold", no_wrap=name in ("created", "operation", "status"))
     for doc in items:
         outcome = (f"health {doc['health']}" if doc.get("health") else
                    str((doc.get("error") or {}).get("code") or "-"))

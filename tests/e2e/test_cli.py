@@ -211,3 +211,9 @@ def test_failures_are_one_line_with_their_exit_code(devhost: dict[str, Any], tmp
     wrong_key = cli(devhost, "list", "--url", devhost["functions"], "--key", "not-the-key")
     assert wrong_key.returncode == 6 and "Unauthorized" in one_line(wrong_key.stderr)
     assert "not-the-key" not in wrong_key.stderr
+
+
+def test_devhosts_app_service_authentication_refuses_a_token_it_did_not_issue(devhost: dict[str, Any]) -> None:
+    headers = {"x-functions-key": devhost["functionKey"], "Authorization": "Bearer not-from-devhost"}
+    r = requests.get(f"{devhost['functions']}/api/reimage", headers=headers, timeout=10)
+    assert r.status_code == 401 and r.json()["error"]["code"] == "Unauthorized"

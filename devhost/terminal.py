@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from reimager.names import short_target  # one way to name a target for operators (the CLI's too)
+
 if TYPE_CHECKING:
     from shared.events import CloudEvent, Publisher
 
@@ -39,14 +41,6 @@ async def request_lines(request: web.Request, handler: Handler) -> web.StreamRes
     finally:
         elapsed = (time.perf_counter() - started) * 1000
         request_log.info("%s %s %d %.0fms", request.method, request.path[:200], status, elapsed)
-
-
-def short_target(target: str | None) -> str:
-    """`web-linux-01`, or `workers/3` for a scale set instance."""
-    parts = (target or "-").rstrip("/").split("/")
-    if len(parts) >= 4 and parts[-2].lower() == "virtualmachines" and parts[-4].lower() == "virtualmachinescalesets":
-        return f"{parts[-3]}/{parts[-1]}"
-    return parts[-1]
 
 
 def event_line(event: CloudEvent) -> str:

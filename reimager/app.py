@@ -356,31 +356,24 @@ def act(ctx: click.Context, operation_id: str, verb: str, reason: str | None, by
         show_one(opts.client().act(operation_id, verb, reason, by).body, opts, out)
 
 
-@command()
-@operation_argument
-@reason_option
-@by_option
-def approve(ctx: click.Context, operation_id: str, reason: str | None, by: str | None) -> None:
-    """A second person's yes for an operation AwaitingApproval (it is then sent, queued or refused)."""
-    act(ctx, operation_id, "approve", reason, by)
+ACTIONS = {
+    "approve": "A second person's yes for an operation AwaitingApproval (it is then sent, queued or refused).",
+    "reject": "A second person's no: the operation ends Canceled (ApprovalRejected).",
+    "cancel": "End a Queued or AwaitingApproval operation (one already sent to ARM cannot be stopped: "
+              "NotCancellable).",
+}
 
 
-@command()
-@operation_argument
-@reason_option
-@by_option
-def reject(ctx: click.Context, operation_id: str, reason: str | None, by: str | None) -> None:
-    """A second person's no: the operation ends Canceled (ApprovalRejected)."""
-    act(ctx, operation_id, "reject", reason, by)
+def action(verb: str, doc: str) -> click.Command:
+    """`reimager approve|reject|cancel ID [--reason] [--by]`: POST /api/reimage/{id}/{verb}."""
+    def run(ctx: click.Context, operation_id: str, reason: str | None, by: str | None) -> None:
+        act(ctx, operation_id, verb, reason, by)
+
+    run.__doc__ = doc
+    return command(verb)(operation_argument(reason_option(by_option(run))))
 
 
-@command()
-@operation_argument
-@reason_option
-@by_option
-def cancel(ctx: click.Context, operation_id: str, reason: str | None, by: str | None) -> None:
-    """End a Queued or AwaitingApproval operation (one already sent to ARM cannot be stopped: NotCancellable)."""
-    act(ctx, operation_id, "cancel", reason, by)
+approve, reject, cancel = (action(verb, doc) for verb, doc in ACTIONS.items())
 
 
 # ---- targets, resume -------------------------------------------------------------------------------------

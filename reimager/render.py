@@ -15,20 +15,13 @@ from rich.text import Text
 
 from reimager.client import error_line
 from reimager.exits import TERMINAL
+from reimager.names import short_target as short
 
 STYLE = {"Succeeded": "bold green", "Failed": "bold red", "TimedOut": "bold red", "Canceled": "bold yellow",
          "AwaitingApproval": "bold magenta", "Queued": "cyan", "Accepted": "cyan", "Running": "blue",
          "Verifying": "blue", "Healthy": "green", "Unhealthy": "red", "Unknown": "yellow",
          "passed": "green", "failed": "bold red", "skipped": "yellow"}
 MARK = {"passed": "✓", "failed": "✗", "skipped": "-"}
-
-
-def short(target: str | None) -> str:
-    """`web-linux-01` for a VM, `workers` for a scale set, `workers/2` for one of its instances."""
-    parts = (target or "-").rstrip("/").split("/")
-    if len(parts) >= 4 and parts[-2].lower() == "virtualmachines" and parts[-4].lower() == "virtualmachinescalesets":
-        return f"{parts[-3]}/{parts[-1]}"
-    return parts[-1]
 
 
 def styled(value: object) -> Text:

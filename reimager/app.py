@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.live import Live
 
 from reimager import render
-from reimager.client import Answer, Client, CliError, UsageProblem, connect
+from reimager.client import Answer, Client, CliError, Unreachable, UsageProblem, connect
 from reimager.exits import TERMINAL, Exit, ending
 
 DEFAULT_INTERVAL = 2.0  # seconds between status reads when the API sends no Retry-After
@@ -153,8 +153,15 @@ def reimage(ctx: click.Context, target: str, instances: tuple[str, ...], all_ins
         if not dry_run:
             generated = "" if request_id else " (generated; send it again with --request-id to retry safely)"
             err.print(f"request id: {body['requestId']}{generated}", highlight=False, markup=False)
-        answer = client.submit(body)
-        body.pop("osProfile", None)  # the secrets are sent: keep them nowhere
+        try:
+            answer = client.submit(body)
+        except Unreachable as exc:
+            if dry_run or not exc.maybe_sent:
+                raise
+            raise Unreachable(f"{exc.line()}; it may have arrived: send it again with --request-id "
+                              f"{body['requestId']} (the same operation, never a second reimage)") from None
+        finally:
+            body.pop("osProfile", None)  # sent or not: the secrets are kept nowhere
         if dry_run:
             done(dry_run_result(answer, opts, out))
         doc = answer.body

@@ -39,6 +39,10 @@ class UsageProblem(CliError):
 class Unreachable(CliError):
     exit_code = Exit.UNREACHABLE
 
+    def __init__(self, message: str, *, maybe_sent: bool = False) -> None:
+        super().__init__(message)
+        self.maybe_sent = maybe_sent  # the request may have reached the app (no answer after it was sent)
+
 
 class ApiError(CliError):
     """An error answer of the API: ARM's shape, `{"error": {"code", "message", "target", "details"}}`."""
@@ -213,10 +217,15 @@ class Client:
         try:
             r = self.session.request(method, url, json=json_body, params=params, timeout=self.timeout,
                                      headers=self.connection.headers, allow_redirects=False)
+        except requests.ConnectTimeout:
+            raise Unreachable(f"cannot reach {self.connection.url} within {self.timeout:.0f} s") from None
         except requests.Timeout:
-            raise Unreachable(f"no answer from {self.connection.url} within {self.timeout:.0f} s") from None
+            raise Unreachable(f"no answer from {self.connection.url} within {self.timeout:.0f} s",
+                              maybe_sent=True) from None
         except requests.RequestException as exc:
-            raise Unreachable(f"cannot reach {self.connection.url}: {reason(exc)}") from None
+            text = reason(exc)
+            raise Unreachable(f"cannot reach {self.connection.url}: {text}",
+                              maybe_sent=not text.startswith("connection refused")) from None
         body = decode(r)
         if r.status_code >= 400:
             error = body.get("error") if isinstance(body, dict) else None

@@ -156,3 +156,26 @@ def test_usage_errors_are_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 3 and all(line.startswith("reimager: ") for line in lines)
     assert main(["--help"]) == 0
+
+
+def test_a_request_that_got_no_answer_says_to_retry_with_its_request_id(capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+
+    def hang_up() -> None:  # reads the request, then closes without an answer
+        conn, _ = server.accept()
+        conn.recv(65536)
+        conn.close()
+
+    threading.Thread(target=hang_up, daemon=True).start()
+    url = f"http://127.0.0.1:{server.getsockname()[1]}"
+    assert main(["reimage", "/t", "--url", url, "--request-id", "chg-1"]) == Exit.UNREACHABLE
+    server.close()
+    err = capsys.readouterr().err
+    assert "send it again with --request-id chg-1" in err and "Traceback" not in err
+    assert main(["reimage", "/t", "--url", "http://127.0.0.1:1", "--request-id", "chg-2"]) == Exit.UNREACHABLE
+    assert "--request-id chg-2 (the same" not in capsys.readouterr().err  # refused: it never arrived

@@ -62,9 +62,13 @@ $(INFRA_STAMP): requirements-infra.txt
 lint-infra: $(INFRA_STAMP)
 	$(INFRA)/bin/checkov --framework bicep --skip-download -d infra --compact --quiet
 
+# ruff (with a complexity bound), mypy --strict, the import rule (import-linter contracts in pyproject.toml),
+# and no function-local import of a shared module without a cold-start reason.
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy --strict shared/ handlers/ devhost/ function_app.py reimager/
+	$(BIN)/lint-imports --no-logo
+	$(BIN)/python scripts/check_local_imports.py
 
 # The demo runs first so that pytest's summary is the closing line.
 test: lint lint-infra $(AZURITE_STAMP)

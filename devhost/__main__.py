@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override an app setting, e.g. COOLDOWN_MINUTES=0 (repeatable; an unknown KEY is an error)")
     p.add_argument("--kind", action="append", default=[], metavar="SWITCH", choices=Fidelity.switches(),
                    help="turn off one of the durable stand-in's Azure-hostile behaviours (repeatable; "
-                        f"one of {', '.join(Fidelity.switches())}; see devhost/durable.py Fidelity)")
+                        f"one of {', '.join(Fidelity.switches())}; see devhost/durable/fidelity.py)")
     p.add_argument("--demo", action="store_true", help="run the scripted demo and exit 0 only if it all worked")
     p.add_argument("--otel-console", action="store_true",
                    help="print every OpenTelemetry span (trigger, activities, ARM calls) to stderr, one line each")
@@ -223,7 +223,7 @@ def console_tracing() -> None:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
 
-    from shared import telemetry
+    from shared.adapters import telemetry
 
     provider = TracerProvider()
     provider.add_span_processor(telemetry.span_processor())

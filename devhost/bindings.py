@@ -15,15 +15,42 @@ import asyncio
 import functools
 import inspect
 import json
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from azure.functions import get_binding_registry
 from azure.functions.meta import Datum
 
-if TYPE_CHECKING:
-    from devhost.functions import FunctionEntry
+
+@dataclass(frozen=True)
+class BindingInfo:
+    name: str
+    type: str
+    direction: str  # "in" | "out"
+    data_type: str | None = None
+
+
+class Invocable(Protocol):
+    """What invoking a function needs of it (`devhost.functions.FunctionEntry`, as indexed, is one)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def user(self) -> Callable[..., Any]: ...
+
+    @property
+    def bindings(self) -> Sequence[BindingInfo]: ...
+
+    @property
+    def return_binding(self) -> str | None: ...
+
+    @property
+    def return_pytype(self) -> type | None: ...
+
+    def inputs(self, trigger: Datum | None, client_binding: str | None = None) -> dict[str, Datum | None]: ...
 
 
 class _GenericBinding:
@@ -199,7 +226,7 @@ def worker_message(exc: BaseException) -> str:
         return "Unhandled exception in function. Could not serialize original exception message."
 
 
-async def invoke(entry: FunctionEntry, inputs: Mapping[str, Datum | None],
+async def invoke(entry: Invocable, inputs: Mapping[str, Datum | None],
                  trigger_metadata: Mapping[str, Datum] | None = None) -> Datum | None:
     """One invocation as `Dispatcher._handle__invocation_request` runs it.
 
@@ -218,14 +245,14 @@ async def invoke(entry: FunctionEntry, inputs: Mapping[str, Datum | None],
     return _output(entry, result)
 
 
-def invoke_sync(entry: FunctionEntry, inputs: Mapping[str, Datum | None],
+def invoke_sync(entry: Invocable, inputs: Mapping[str, Datum | None],
                 trigger_metadata: Mapping[str, Datum] | None = None) -> Datum | None:
     """For callers that must stay synchronous (the durable engine's orchestrator episodes)."""
     args = _arguments(entry, inputs, trigger_metadata)
     return _output(entry, entry.user(**args))
 
 
-def _arguments(entry: FunctionEntry, inputs: Mapping[str, Datum | None],
+def _arguments(entry: Invocable, inputs: Mapping[str, Datum | None],
                trigger_metadata: Mapping[str, Datum] | None) -> dict[str, Any]:
     args: dict[str, Any] = {}
     for binding in entry.bindings:
@@ -236,14 +263,14 @@ def _arguments(entry: FunctionEntry, inputs: Mapping[str, Datum | None],
     return args
 
 
-def _output(entry: FunctionEntry, result: Any) -> Datum | None:
+def _output(entry: Invocable, result: Any) -> Datum | None:
     if result is not None and entry.return_binding is None:
         # the worker's message, missing space included
         raise RuntimeError(f"function {entry.name!r} without a $return bindingreturned a non-None value")
     return None if entry.return_binding is None else encode(entry.return_binding, result, entry.return_pytype)
 
 
-def activity_function(entry: FunctionEntry, client_binding: Callable[[], str]) -> Callable[[Any], Awaitable[Any]]:
+def activity_function(entry: Invocable, client_binding: Callable[[], str]) -> Callable[[Any], Awaitable[Any]]:
     """An activity for the durable engine: the input as the extension sends it (JSON text), the result
     through ActivityTriggerConverter.encode, so a value the worker cannot encode (a set, a pydantic
     model) fails the activity with the worker's ValueError, as in Azure."""
@@ -254,7 +281,7 @@ def activity_function(entry: FunctionEntry, client_binding: Callable[[], str]) -
     return run
 
 
-def orchestrator_function(entry: FunctionEntry) -> Callable[[str], str]:
+def orchestrator_function(entry: Invocable) -> Callable[[str], str]:
     """An orchestrator for the durable engine: the context JSON in through OrchestrationTriggerConverter,
     the SDK's state JSON out through its encode."""
     def run(context_json: str) -> str:

@@ -11,13 +11,7 @@ from typing import Any
 
 from azure.functions.meta import Datum
 
-
-@dataclass(frozen=True)
-class BindingInfo:
-    name: str
-    type: str
-    direction: str  # "in" | "out"
-    data_type: str | None = None
+from devhost.bindings import BindingInfo, has_implicit_output, invoke
 
 
 @dataclass
@@ -51,9 +45,7 @@ class FunctionEntry:
 
     async def invoke(self, trigger: Datum | None, *, metadata: Mapping[str, Datum] | None = None,
                      client_binding: str | None = None) -> Datum | None:
-        from devhost import bindings
-
-        return await bindings.invoke(self, self.inputs(trigger, client_binding), metadata)
+        return await invoke(self, self.inputs(trigger, client_binding), metadata)  # devhost.bindings.invoke
 
 
 @dataclass
@@ -82,8 +74,6 @@ def _data_type(binding: Any) -> str | None:
 def _return_binding(bindings: list[BindingInfo]) -> str | None:
     """worker `functions.py:get_return_binding`: an explicit `$return` wins, else a binding with
     implicit output (activity and orchestration triggers)."""
-    from devhost.bindings import has_implicit_output
-
     explicit = next((b.type for b in bindings if b.name == "$return"), None)
     if explicit is not None:
         return explicit

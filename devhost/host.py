@@ -126,7 +126,7 @@ class DevHost:
         self.function_key = secrets.token_urlsafe(24)
         self.overrides = dict(settings or {})
         self.seed = seed
-        self.durable_fidelity = durable_fidelity  # None: as hostile as Azure (devhost/durable.py)
+        self.durable_fidelity = durable_fidelity  # None: as hostile as Azure (devhost/durable/fidelity.py)
         self.servers: list[Served] = []
         self.engine: DurableEngine | None = None
         self.servicebus: ServiceBusQueues | None = None
@@ -158,7 +158,7 @@ class DevHost:
             self.azurite = await azurite.start(self.state_dir)
             settings = load_settings(**values, AzureWebJobsStorage=self.azurite.connection_string)
         self.settings = settings
-        from shared.events import make_publisher
+        from shared.adapters.publishers import make_publisher
 
         self.runtime = runtime.Runtime(settings, clock=self.clock.utcnow, sleep=self._wait,
                                        credential_factory=self._credential,

@@ -16,7 +16,7 @@ from aiohttp import web
 from reimager.names import short_target  # one way to name a target for operators (the CLI's too)
 
 if TYPE_CHECKING:
-    from shared.events import CloudEvent, Publisher
+    from shared.domain.events import CloudEvent, Publisher
 
 log = logging.getLogger("devhost.terminal")
 request_log = logging.getLogger("devhost.requests")  # its own logger: the demo shows these only with -v
@@ -63,9 +63,11 @@ class TerminalPublisher:
     def __init__(self, inner: Publisher) -> None:
         self.inner = inner
 
-    async def publish(self, event: CloudEvent, *, reply_to: str | None = None,
-                      reply_correlation_id: str | None = None) -> None:
-        await self.inner.publish(event, reply_to=reply_to, reply_correlation_id=reply_correlation_id)
+    async def reply(self, event: CloudEvent, queue: str, correlation_id: str | None) -> None:
+        await self.inner.reply(event, queue, correlation_id)
+
+    async def publish(self, event: CloudEvent) -> None:
+        await self.inner.publish(event)
         try:
             log.info("%s", event_line(event))
         except Exception:  # a terminal line is never worth failing a publish for

@@ -13,6 +13,6 @@ bp = df.Blueprint()
 @bp.route(route="alerts", methods=["POST"])
 @bp.durable_client_input(client_name="client")
 async def reimage_alert(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
-    from shared import api  # lazily: cold start
+    from shared.surfaces.alerts import post_alert  # on first use: cold start
 
-    return to_response(await api.post_alert(req.get_body(), client, base_url(req)))
+    return to_response(await post_alert(req.get_body(), client, base_url(req)))

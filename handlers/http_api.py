@@ -13,7 +13,7 @@ import azure.durable_functions as df
 import azure.functions as func
 
 if TYPE_CHECKING:
-    from shared.api import Outcome
+    from shared.surfaces.http import Outcome
 
 bp = df.Blueprint()
 
@@ -32,13 +32,13 @@ def base_url(req: func.HttpRequest) -> str:
 @bp.route(route="reimage", methods=["POST"])
 @bp.durable_client_input(client_name="client")
 async def reimage_submit(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
-    from shared import api
+    from shared.surfaces import http  # on first use: cold start
 
-    return to_response(await api.post_reimage(req.get_body(), client, base_url(req), dict(req.headers)))
+    return to_response(await http.post_reimage(req.get_body(), client, base_url(req), dict(req.headers)))
 
 
 @bp.route(route="reimage/{operationId}", methods=["GET"])
 async def reimage_status(req: func.HttpRequest) -> func.HttpResponse:
-    from shared import api
+    from shared.surfaces import http  # on first use: cold start
 
-    return to_response(await api.get_reimage(req.route_params.get("operationId", "")))
+    return to_response(await http.get_reimage(req.route_params.get("operationId", "")))

@@ -11,7 +11,7 @@ bp = df.Blueprint()
 @bp.service_bus_queue_trigger(arg_name="msg", queue_name="%REQUESTS_QUEUE%", connection="ServiceBusConnection")
 @bp.durable_client_input(client_name="client")
 async def reimage_queue(msg: func.ServiceBusMessage, client: df.DurableOrchestrationClient) -> None:
-    from shared import messages  # lazily: cold start
+    from shared.surfaces import queue as messages  # lazily: cold start
 
     await messages.handle_message(msg.get_body(), message_id=msg.message_id, correlation_id=msg.correlation_id,
                                   reply_to=msg.reply_to, sequence_number=msg.sequence_number, client=client)

@@ -72,6 +72,10 @@ param operationTimeoutMinutes int = 120
 @maxValue(3600)
 param submitTimeoutSeconds int = 300
 
+@minValue(5)
+@maxValue(3600)
+param claimSeconds int = 30
+
 @minValue(2)
 @maxValue(1000)
 param pollsPerGeneration int = 10
@@ -270,6 +274,7 @@ module api 'app/api.bicep' = {
       POLL_DEFAULT_SECONDS: string(pollDefaultSeconds)
       OPERATION_TIMEOUT_MINUTES: string(operationTimeoutMinutes)
       SUBMIT_TIMEOUT_SECONDS: string(submitTimeoutSeconds)
+      CLAIM_SECONDS: string(claimSeconds)
       POLLS_PER_GENERATION: string(pollsPerGeneration)
       HEALTH_GRACE_MINUTES: string(healthGraceMinutes)
       MAX_BATCH_PERCENT: string(maxBatchPercent)

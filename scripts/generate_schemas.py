@@ -14,19 +14,10 @@ from pydantic import BaseModel
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from shared.errors import ErrorResponse  # noqa: E402
-from shared.events import (  # noqa: E402
-    ACCEPTED,
-    AWAITING_APPROVAL,
-    COMPLETED,
-    QUEUED,
-    REJECTED,
-    SUSPENDED,
-    EventData,
-    build_event,
-    data_schema,
-)
-from shared.models import ReimageRequest  # noqa: E402
+from shared.domain.errors import ErrorResponse  # noqa: E402
+from shared.domain.events import EventData, EventType, build_event, data_schema  # noqa: E402
+from shared.domain.request import ReimageRequest  # noqa: E402
+from shared.workflow.completion import REPLY_ATTEMPTS  # noqa: E402
 
 
 def request_schema() -> dict[str, Any]:
@@ -54,27 +45,33 @@ def _example(event_type: str, **data: Any) -> str:
 
 def events_doc() -> str:
     schema = json.dumps(data_schema(), indent=2)
-    accepted = _example(ACCEPTED, status="Accepted", submittedAt=_T0)
-    completed = _example(COMPLETED, status="Succeeded", submittedAt=_T0, completedAt="2026-01-01T00:03:10Z",
+    accepted = _example(EventType.ACCEPTED, status="Accepted", submittedAt=_T0)
+    completed = _example(EventType.COMPLETED, status="Succeeded", submittedAt=_T0, completedAt="2026-01-01T00:03:10Z",
                          durationSeconds=190.0, polls=7, batchId="b-4f0c2a9e7d3b4c1a8e6f5d4c3b2a1908",
                          health="Healthy", healthDetail={"0": "Healthy: running, provisioning succeeded, "
                                                          "application health: healthy"})
-    queued = _example(QUEUED, status="Queued", queuePosition=3)
-    awaiting = _example(AWAITING_APPROVAL, status="AwaitingApproval", instanceIds=["0", "1", "2", "3"],
+    queued = _example(EventType.QUEUED, status="Queued", queuePosition=3)
+    awaiting = _example(EventType.AWAITING_APPROVAL, status="AwaitingApproval", instanceIds=["0", "1", "2", "3"],
                         error={"code": "ApprovalRequired", "message": "Waiting for a second person's approval: it "
                                "reimages every instance of the scale set (allInstances)."})
-    suspended = _example(SUSPENDED, operationId=None, requestId=None, instanceIds=None, status="Suspended",
+    suspended = _example(EventType.SUSPENDED, operationId=None, requestId=None, instanceIds=None, status="Suspended",
                          trigger="breaker", requestedBy=None, reason=None, correlationId=None,
                          suspension={"since": "2026-01-01T00:03:10+00:00", "reason": "11 of 20 instances were asked "
                                      "to be reimaged within 60 minutes, more than BREAKER_PERCENT 50%: a systemic "
                                      "failure that reimaging will not cure", "by": "breaker",
                                      "evidence": {"distinctInstancesRequested": 11, "capacity": 20,
                                                   "breakerPercent": 50, "windowMinutes": 60}})
-    failed = _example(COMPLETED, status="Failed", submittedAt=_T0, completedAt="2026-01-01T00:03:10Z",
+    failed = _example(EventType.COMPLETED, status="Failed", submittedAt=_T0, completedAt="2026-01-01T00:03:10Z",
                       durationSeconds=190.0, polls=7,
                       error={"code": "OperationPreempted", "message": "Operation execution has been preempted "
                              "by a more recent operation."})
-    rejected = _example(REJECTED, operationId=None, status="Rejected", trigger="queue", instanceIds=None,
+    reply_failed = _example(EventType.REPLY_FAILED, status="Succeeded", submittedAt=_T0,
+                            completedAt="2026-01-01T00:03:10Z", durationSeconds=190.0, polls=7, trigger="queue",
+                            health="Healthy", reply={"queue": "patcher-replies", "status": "failed", "attempts": 5,
+                                                     "error": "MessagingEntityNotFoundError: The messaging entity "
+                                                     "'patcher-replies' could not be found.",
+                                                     "at": "2026-01-01T00:08:10+00:00"})
+    rejected = _example(EventType.REJECTED, operationId=None, status="Rejected", trigger="queue", instanceIds=None,
                         error={"code": "ScopeNotAllowed", "message": "The target is not under any scope in "
                                "ALLOWED_SCOPES; reimager acts only inside scopes it was explicitly given."})
     return f"""# reimager events
@@ -89,7 +86,7 @@ type `application/cloudevents+json; charset=utf-8`. With no Service Bus namespac
 
 | attribute | value |
 |---|---|
-| `type` | `reimager.operation.accepted`, `.completed`, `.queued`, `.awaiting-approval`; \
+| `type` | `reimager.operation.accepted`, `.completed`, `.queued`, `.awaiting-approval`, `.reply-failed`; \
 `reimager.request.rejected`; `reimager.target.suspended`, `.resumed` |
 | `source` | `/reimager` |
 | `subject` | the normalised ARM id of the target |
@@ -104,7 +101,12 @@ Service Bus message properties:
 - application properties `status` and `target`.
 
 A request that came from a queue message with `ReplyTo` also gets its completion (or rejection)
-event on that queue, with `CorrelationId` set to the request message's `MessageId`.
+event on that queue, with `CorrelationId` set to the request message's `MessageId`. `ReplyTo` must
+name a queue of reimager's own namespace (a name, or `sb://<namespace>/<name>`), never the requests
+queue; otherwise the message is rejected (`InvalidRequest` on `replyTo`). The ReplyTo copy is sent
+apart from the topic's: the topic's copy is sent once, whatever happens to the ReplyTo queue; the
+ReplyTo copy is tried once at once and once per sweep, {REPLY_ATTEMPTS} times in all, then recorded
+failed (the status document's `reply`, a log line, and a `reimager.operation.reply-failed` event).
 
 ## Guarantees
 
@@ -155,6 +157,15 @@ at another host), `NoOperationUrl`, `ComputeUnavailable` / `ComputeError` /
 {rejected}
 ```
 
+## reimager.operation.reply-failed
+
+The completion event reached the topic, and its ReplyTo copy could not be delivered after
+{REPLY_ATTEMPTS} attempts; `reply` says where, how often, and the last error.
+
+```json
+{reply_failed}
+```
+
 ## reimager.operation.queued
 
 ```json
@@ -188,8 +199,8 @@ at another host), `NoOperationUrl`, `ComputeUnavailable` / `ComputeError` /
 # To document a new route, add one Route to ROUTES: its request model (or a raw schema's name in
 # RAW_SCHEMAS), its responses (a model, a tuple of models for oneOf, or None for no body) and the
 # error codes it can answer. Path parameters come from the path itself; query parameters are listed.
-# Then `make schemas`. The models live in shared/responses.py (responses) and shared/models.py
-# (requests); shared/api.py must build the body through the same model, so the two cannot drift.
+# Then `make schemas`. The models live in shared/surfaces/responses.py (responses) and shared/models.py
+# (requests); shared/surfaces/http.py must build the body through the same model, so the two cannot drift.
 
 Body = type[BaseModel] | tuple[type[BaseModel], ...] | None
 
@@ -259,8 +270,8 @@ RAW_SCHEMAS: dict[str, dict[str, Any]] = {
 
 
 def routes() -> list[Route]:
-    from shared.models import ReimageRequest
-    from shared.responses import ActionRequest, AlertResult, DryRun, Operation, ResumeRequest, TargetState
+    from shared.domain.request import ReimageRequest
+    from shared.surfaces.responses import ActionRequest, AlertResult, DryRun, Operation, ResumeRequest, TargetState
 
     return [
         Route("post", "/api/reimage", "submitReimage", "Request a reimage (or a dry run)", request=ReimageRequest,
@@ -342,7 +353,7 @@ def _errors(*codes: int) -> dict[str, Any]:
 
 def operators_openapi() -> tuple[dict[str, Any], dict[str, Any]]:
     """History (GET /api/reimage) and the chat routes: their paths, and the schemas only they use."""
-    from shared.history import MAX_TOP, STATUSES
+    from shared.workflow.history import MAX_TOP, STATUSES
 
     def query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
         return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}

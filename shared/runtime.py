@@ -14,11 +14,15 @@ from datetime import UTC, datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+from shared.adapters.credentials import app_credential
+from shared.adapters.telemetry import TrackedPublisher, configure
+from shared.domain.events import Publisher
+from shared.settings import Settings, load_settings
+
 if TYPE_CHECKING:
-    from shared.compute import ComputeClient
-    from shared.events import Publisher
-    from shared.ledger import Ledger
-    from shared.settings import Settings
+    from shared.adapters.arm.client import ComputeClient
+    from shared.adapters.ledger import Ledger
+
 
 Clock = Callable[[], datetime]
 Sleep = Callable[[float], Awaitable[None]]
@@ -42,9 +46,11 @@ class Runtime:
     def now(self) -> datetime:
         return self.clock()
 
+    # The clients' modules load on first use: azure-core's pipeline, aiohttp, azure-data-tables and
+    # azure-servicebus cost cold start, and a call that needs none of them should not pay for them.
     @cached_property
     def compute(self) -> ComputeClient:
-        from shared.compute import ComputeClient
+        from shared.adapters.arm.client import ComputeClient  # heavy: azure-core pipeline, aiohttp
 
         credential = self._credential_factory() if self._credential_factory else None
         return ComputeClient(self.settings, credential=credential, sleep=self.sleep,
@@ -53,7 +59,7 @@ class Runtime:
 
     @cached_property
     def ledger(self) -> Ledger:
-        from shared.ledger import make_ledger
+        from shared.adapters.ledger import make_ledger  # heavy: azure-data-tables
 
         return make_ledger(self.settings, self._credential_factory)
 
@@ -61,11 +67,9 @@ class Runtime:
     def publisher(self) -> Publisher:
         """The publisher, recording each event it sends as telemetry too (a no-op while telemetry is off)."""
         if self._publisher is None:
-            from shared.events import make_publisher
+            from shared.adapters.publishers import make_publisher  # heavy when used: azure-servicebus
 
             self._publisher = make_publisher(self.settings, credential_factory=self._credential_factory)
-        from shared.telemetry import TrackedPublisher
-
         return TrackedPublisher(self._publisher)
 
     async def close(self) -> None:
@@ -85,10 +89,6 @@ def get() -> Runtime:
     """The installed runtime, or one built from the environment's settings on first use."""
     global _installed
     if _installed is None:
-        from shared.credentials import app_credential
-        from shared.settings import load_settings
-        from shared.telemetry import configure
-
         settings = load_settings()
         configure(settings)  # OpenTelemetry to Application Insights, only when a connection string is set
         _installed = Runtime(settings, credential_factory=functools.partial(app_credential, settings))

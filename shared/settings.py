@@ -14,17 +14,10 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import (
-    AliasGenerator,
-    Field,
-    SecretStr,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import AliasGenerator, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from shared.targets import TargetError, parse_scope
+from shared.domain.targets import TargetError, parse_scope
 
 
 class SettingsError(RuntimeError):
@@ -125,6 +118,8 @@ class Settings(BaseSettings):
     poll_default_seconds: int = Field(15, ge=1)
     operation_timeout_minutes: Minutes = 120
     submit_timeout_seconds: int = Field(300, ge=1, le=3600)
+    # A claim's owner moves it to Submitting within this; after it, a same-key request may take the key over.
+    claim_seconds: int = Field(30, ge=5, le=3600)
     polls_per_generation: int = Field(10, ge=2, le=1000)  # short histories: replay parses every event
     health_grace_minutes: int = Field(10, ge=0, le=10080)  # 0: no health verification
 
@@ -281,4 +276,3 @@ def load_settings(**overrides: Any) -> Settings:
             name = ".".join(str(p) for p in err["loc"]) or "settings"
             problems.append(f"{name}: {err['msg']}")
         raise SettingsError("invalid app settings: " + "; ".join(problems)) from None
-

@@ -39,7 +39,7 @@ var hostSettings = {
   APPLICATIONINSIGHTS_CONNECTION_STRING: appInsightsConnectionString
   APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identityClientId};Authorization=AAD'
   // The worker continues the host's trace context (host.json telemetryMode: OpenTelemetry);
-  // shared/telemetry.py configures the exporter itself.
+  // shared/adapters/telemetry.py configures the exporter itself.
   PYTHON_ENABLE_OPENTELEMETRY: 'true'
 }
 

@@ -98,7 +98,7 @@ resource userStorage 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for
   }
 }]
 
-// ...and telemetry from such a run (Application Insights has local auth off; shared/telemetry.py).
+// ...and telemetry from such a run (Application Insights has local auth off; shared/adapters/telemetry.py).
 resource userTelemetry 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(userPrincipalId)) {
   name: guid(appInsights.id, userPrincipalId, monitoringMetricsPublisher)
   scope: appInsights

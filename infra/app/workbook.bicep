@@ -1,6 +1,6 @@
 // The reimager workbook: operations, outcomes, durations, health, queue depth, batches, breaker
 // suspensions and refusals, read from Application Insights. The queries live in workbook.json and
-// use only the telemetry names in shared/telemetry.py (tests/unit/test_telemetry_workbook.py checks).
+// use only the telemetry names in shared/adapters/telemetry.py (tests/unit/test_telemetry_workbook.py checks).
 param location string
 param tags object = {}
 

@@ -5,7 +5,7 @@
 // (learn.microsoft.com/azure/role-based-access-control/permissions/compute; MicrosoftDocs/azure-docs
 // articles/role-based-access-control/permissions/compute.md). ARM authorizes a request by its path:
 // GET .../{type}/{name}/{child} needs "{type}/{child}/read", a list needs the child type's "read".
-// Health verification (shared/compute.py ComputeClient.instance_health) makes three reads:
+// Health verification (shared/adapters/arm/client.py ComputeClient.instance_health) makes three reads:
 //   GET .../virtualMachines/{vm}/instanceView                      virtualMachines/instanceView/read
 //   GET .../virtualMachineScaleSets/{set}/virtualMachines/{id}/instanceView (one instance)
 //                                                                  virtualMachineScaleSets/virtualMachines/instanceView/read

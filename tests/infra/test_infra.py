@@ -21,7 +21,8 @@ BICEP = sorted((ROOT / "infra").rglob("*.bicep"))
 # Names checked against the Azure RBAC provider operations list
 # (learn.microsoft.com/azure/role-based-access-control/permissions/compute, Microsoft.Compute).
 # The instance-view reads are health verification's (ComputeClient.instance_health):
-# integration/test_instance_health.py::test_every_health_read_is_granted_by_the_role_and_every_view_action_is_used
+# integration/adapters/test_instance_health.py::
+#   test_every_health_read_is_granted_by_the_role_and_every_view_action_is_used
 # runs those reads against the simulator and checks that they need exactly these.
 ROLE_ACTIONS = {
     "Microsoft.Compute/virtualMachines/read",
@@ -189,7 +190,7 @@ def test_parameter_bounds_match_the_settings() -> None:
         le = next((m.le for m in info.metadata if hasattr(m, "le")), None)
         assert (bounds.get("min_value"), bounds.get("max_value")) == (ge, le), field
         checked += 1
-    assert checked == 19  # every integer setting
+    assert checked == 20  # every integer setting
 
 
 def test_chatops_secrets_are_key_vault_references() -> None:

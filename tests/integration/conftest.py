@@ -23,6 +23,19 @@ PROTECTED_VM = f"{BASE}/virtualMachines/db-linux-01"
 VMSS = f"{BASE}/virtualMachineScaleSets/workers"
 
 
+NewHost = Callable[..., Any]  # the `new_host` fixture: `await new_host(settings={...}, ...)` gives a Host
+
+
+def checks(answer: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A dry run's checks by name."""
+    return {c["name"]: c for c in answer["checks"]}
+
+
+def failed(answer: dict[str, Any]) -> list[str]:
+    """The names of a dry run's failed checks, in the order it reports them."""
+    return [c["name"] for c in answer["checks"] if c["result"] == "failed"]
+
+
 @dataclass
 class Host:
     dh: DevHost

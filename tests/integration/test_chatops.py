@@ -22,10 +22,12 @@ from hypothesis import strategies as st
 
 from devhost.clock import VirtualClock
 from devhost.compute import Fault
-from shared import chatops_http
-from shared.api import Outcome
-from shared.identity import Principal
-from shared.ids import operation_id
+from shared.domain.errors import ErrorCode, ReimagerError
+from shared.domain.ids import operation_id
+from shared.domain.principal import Principal
+from shared.domain.records import OperationRecord
+from shared.surfaces.chat import endpoints as chatops_http
+from shared.workflow.operators import Acted
 from tests.conftest import ledger_settings
 from tests.integration.conftest import LINUX_VM, PROTECTED_VM, Host
 from tests.integration.live import LiveHost, live_host
@@ -318,26 +320,34 @@ async def test_teams_sender_without_aad_object_id_uses_the_channel_id(chat: Host
 
 # ---- approve / reject / cancel: parse and dispatch (the actions themselves are the operator module's) -----
 class RecordingActions:
-    def __init__(self, outcome: Outcome) -> None:
+    def __init__(self, result: Acted | ReimagerError) -> None:
         self.calls: list[tuple[str, str, Principal, str | None]] = []
-        self.outcome = outcome
+        self.result = result
 
-    async def cancel(self, operation_id: str, principal: Principal, reason: str | None) -> Outcome:
-        self.calls.append(("cancel", operation_id, principal, reason))
-        return self.outcome
+    async def _record(self, action: str, operation_id: str, principal: Principal, reason: str | None) -> Acted:
+        self.calls.append((action, operation_id, principal, reason))
+        if isinstance(self.result, ReimagerError):
+            raise self.result
+        return self.result
 
-    async def approve(self, operation_id: str, principal: Principal, reason: str | None) -> Outcome:
-        self.calls.append(("approve", operation_id, principal, reason))
-        return self.outcome
+    async def cancel(self, operation_id: str, principal: Principal, reason: str | None) -> Acted:
+        return await self._record("cancel", operation_id, principal, reason)
 
-    async def reject(self, operation_id: str, principal: Principal, reason: str | None) -> Outcome:
-        self.calls.append(("reject", operation_id, principal, reason))
-        return self.outcome
+    async def approve(self, operation_id: str, principal: Principal, reason: str | None) -> Acted:
+        return await self._record("approve", operation_id, principal, reason)
+
+    async def reject(self, operation_id: str, principal: Principal, reason: str | None) -> Acted:
+        return await self._record("reject", operation_id, principal, reason)
 
 
 OP = "op-" + "ab" * 16
 DOC = {"operationId": OP, "status": "Canceled", "target": LINUX_VM, "requestedBy": "slack:T0001/U1",
        "requestedByVerified": "slack"}
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+RECORD = OperationRecord(operation_id=OP, request_id="r", target=LINUX_VM, lease_key="k", trigger="chatops",
+                         status="Canceled", requested_by="slack:T0001/U1", requested_by_verified="slack",
+                         created_time=T0, last_updated_time=T0)
+DONE = Acted(RECORD, ended=True)
 
 
 @pytest.mark.parametrize(("text", "call"), [
@@ -348,7 +358,7 @@ DOC = {"operationId": OP, "status": "Canceled", "target": LINUX_VM, "requestedBy
 ])
 async def test_slack_actions_are_dispatched_with_the_verified_principal(chat: Host, text: str,
                                                                         call: tuple[str, str, str | None]) -> None:
-    actions = RecordingActions(Outcome(200, DOC))
+    actions = RecordingActions(DONE)
     body = slack_form(text, user="U0BOB")
     outcome = await chatops_http.post_slack(body, slack_headers(body, int(now(chat).timestamp())), None,
                                             chat.url, actions=actions)
@@ -359,7 +369,7 @@ async def test_slack_actions_are_dispatched_with_the_verified_principal(chat: Ho
 
 
 async def test_teams_actions_are_dispatched_and_refusals_are_replied(chat: Host) -> None:
-    refusal = Outcome(403, {"error": {"code": "SelfApprovalNotAllowed", "message": "Another person must approve."}})
+    refusal = ReimagerError(ErrorCode.SELF_APPROVAL_NOT_ALLOWED, "Another person must approve.")
     actions = RecordingActions(refusal)
     body = activity(f"approve {OP}", now(chat), aad="aad-alice")
     outcome = await chatops_http.post_teams(body, teams_headers(body), None, chat.url, actions=actions)
@@ -370,7 +380,7 @@ async def test_teams_actions_are_dispatched_and_refusals_are_replied(chat: Host)
 
 
 async def test_a_bad_signature_never_reaches_the_actions(chat: Host) -> None:
-    actions = RecordingActions(Outcome(200, DOC))
+    actions = RecordingActions(DONE)
     body = slack_form(f"cancel {OP}")
     headers = slack_headers(body, int(now(chat).timestamp()), secret="wrong")
     outcome = await chatops_http.post_slack(body, headers, None, chat.url, actions=actions)
@@ -380,27 +390,13 @@ async def test_a_bad_signature_never_reaches_the_actions(chat: Host) -> None:
     assert outcome.status == 401 and actions.calls == []
 
 
-async def test_module_actions_call_the_operator_module_with_its_arguments(
-        chat: Host, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Production wiring: shared.operator_actions.<action>(operation_id, principal, reason, client)."""
-    import types
-
-    calls: list[tuple[Any, ...]] = []
-
-    async def approve(operation_id: str, principal: Principal, reason: str | None, client: Any) -> Outcome:
-        calls.append((operation_id, principal, reason, client))
-        return Outcome(200, DOC)
-
-    module = types.ModuleType("tests_operator_actions")
-    module.approve = approve  # type: ignore[attr-defined]
-    monkeypatch.setitem(__import__("sys").modules, "tests_operator_actions", module)
-    client = object()
-    outcome = await chatops_http.ModuleActions(client, module="tests_operator_actions").approve(
-        OP, Principal("alice", "easyauth"), "ok")
-    assert outcome.status == 200 and calls == [(OP, Principal("alice", "easyauth"), "ok", client)]
-    missing = await chatops_http.ModuleActions(client, module="shared.no_such_operator_module").cancel(
-        OP, Principal("alice", "easyauth"), None)
-    assert missing.status == 501 and missing.body["error"]["code"] == "NotAvailable"
+async def test_the_production_actions_are_the_operator_use_cases(chat: Host) -> None:
+    """Production wiring: with no actions given, a chat action runs shared/workflow/operators.py (here: no such
+    operation, as the HTTP route would answer)."""
+    body = slack_form(f"cancel {OP}", user="U0BOB")
+    outcome = await chatops_http.post_slack(body, slack_headers(body, int(now(chat).timestamp())), None, chat.url)
+    assert outcome.status == 200 and "OperationNotFound" in outcome.body["text"]
+    assert outcome.body["response_type"] == "ephemeral"
 
 
 # ---- fuzz: signed requests with any text never answer anything but a 200 reply in the platform's format --

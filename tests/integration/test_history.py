@@ -13,9 +13,9 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from devhost.host import DEMO_GROUP, DEMO_SUBSCRIPTION
-from shared.ids import operation_id
-from shared.ledger import OperationRecord
-from shared.targets import TargetKind, parse_target
+from shared.domain.ids import operation_id
+from shared.domain.records import OperationRecord
+from shared.domain.targets import TargetKind, parse_target
 from tests.integration.conftest import LINUX_VM, VMSS, WINDOWS_VM, Host
 
 NewHost = Callable[..., Any]

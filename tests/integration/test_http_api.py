@@ -12,7 +12,7 @@ import pytest
 
 from devhost.compute import Fault
 from devhost.host import DEMO_SUBSCRIPTION
-from shared.targets import parse_target
+from shared.domain.targets import parse_target
 from tests.helpers import SENTINEL_PASSWORD
 from tests.integration.conftest import LINUX_VM, PROTECTED_VM, VMSS, WINDOWS_VM, Host
 

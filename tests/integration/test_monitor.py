@@ -15,7 +15,7 @@ from aiohttp import web
 
 from devhost.compute import Fault
 from devhost.serving import serve
-from shared.ids import operation_id
+from shared.domain.ids import operation_id
 from tests.helpers import SENTINEL_PASSWORD
 from tests.integration.conftest import LINUX_VM, VMSS, Host
 
@@ -103,8 +103,8 @@ async def test_submission_lost_after_a_crash_between_claim_and_submit(host: Host
     not have gone out. The sweeper ends it Failed/SubmissionLost with one event, and starts the cooldown."""
     from datetime import timedelta
 
-    from shared import completion
-    from shared.ledger import OperationRecord
+    from shared.domain.records import OperationRecord
+    from shared.workflow import completion
 
     rt = host.dh.runtime
     assert rt is not None

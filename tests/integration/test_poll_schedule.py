@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from tests.integration.conftest import LINUX_VM, Host
 
 NewHost = Callable[..., Any]
@@ -59,3 +61,23 @@ async def test_without_retry_after_the_first_poll_waits_for_the_learned_duration
     # learned: ARM reported 100 s (startTime -> endTime); the first poll waits exactly that and finds it done
     assert poll_offsets(h) == [100.0], poll_offsets(h)
     assert second["polls"] == 1
+
+
+# --- Retry-After on a 202 is the app's real next poll ---------------------------------------------------
+@pytest.mark.parametrize(("arm_retry_after", "settings", "expected"), [
+    (None, {"POLL_DEFAULT_SECONDS": "25"}, 25),
+    (1, {"POLL_MIN_SECONDS": "15"}, 15),
+    (600, {"POLL_MAX_SECONDS": "20"}, 20),
+    (10, {}, 10),
+])
+async def test_retry_after_on_a_202_is_the_next_poll_and_duplicates_say_the_same(
+        new_host: NewHost, arm_retry_after: int | None, settings: dict[str, str], expected: int) -> None:
+    h: Host = await new_host(retry_after=arm_retry_after, settings=settings)
+    s, first, headers = await h.reimage({"target": LINUX_VM, "requestId": "ra-1"})
+    assert s == 202 and int(headers["Retry-After"]) == expected, headers
+    s, again, headers = await h.reimage({"target": LINUX_VM, "requestId": "ra-1"})
+    assert s == 202 and again["duplicate"] is True and int(headers["Retry-After"]) == expected, headers
+    # the orchestration really polls at that pace
+    await h.settle(lambda: any("/operations/" in r["path"] for r in h.dh.sim.requests), max_virtual_seconds=600)
+    polls = [r for r in h.dh.sim.requests if "/operations/" in r["path"]]
+    assert polls

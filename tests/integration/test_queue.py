@@ -11,9 +11,9 @@ import azure.durable_functions as df
 import pytest
 
 from devhost.compute import Fault
-from shared.events import ServiceBusPublisher
+from shared.adapters.publishers import ServiceBusPublisher
 from tests.integration.conftest import LINUX_VM, VMSS, Host
-from tests.unit.test_servicebus_publisher import RecordingClient
+from tests.unit.adapters.test_publishers import RecordingClient
 
 
 async def test_valid_message_is_reimaged(host: Host) -> None:
@@ -133,11 +133,11 @@ async def test_message_without_message_id_is_keyed_by_sequence_number(host: Host
 
 
 async def test_message_with_no_key_at_all_is_rejected_not_submitted(host: Host) -> None:
-    from shared import messages
+    from shared.surfaces import queue as messages
 
     out = await messages.handle_message(json.dumps({"target": LINUX_VM}).encode(), message_id=None,
                                         sequence_number=None, correlation_id="c-nokey", reply_to=None, client=None)
-    assert out["status"] == 400 and out["error"]["code"] == "MissingIdempotencyKey"
+    assert out.outcome == "rejected" and out.error is not None and out.error.code == "MissingIdempotencyKey"
     rejected = host.events("reimager.request.rejected")
     assert [e["data"]["error"]["code"] for e in rejected] == ["MissingIdempotencyKey"]
     assert rejected[0]["data"]["correlationId"] == "c-nokey" and host.reimage_posts() == []
@@ -146,7 +146,7 @@ async def test_message_with_no_key_at_all_is_rejected_not_submitted(host: Host) 
     out = await messages.handle_message(json.dumps({"target": LINUX_VM, "requestId": "r-1"}).encode(),
                                         message_id=None, sequence_number=None, correlation_id=None,
                                         reply_to=None, client=client)
-    assert out["operationId"] and len(host.reimage_posts()) == 1
+    assert out.operation_id and len(host.reimage_posts()) == 1
 
 
 POISON = [

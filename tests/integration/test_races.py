@@ -190,3 +190,42 @@ async def test_fresh_keys_racing_through_a_stalled_admission_reimage_once(new_ho
     assert len({e["data"]["operationId"] for e in events}) == 20
     assert len({e["data"]["batchId"] for e in events}) == 1
     assert len(h.reimage_posts()) == 1
+
+
+# --- allInstances never reimages wider than checked ------------------------------------------------------
+async def test_all_instances_on_a_set_that_grows_after_preflight_posts_only_the_checked_ids(
+        new_host: NewHost, monkeypatch: pytest.MonkeyPatch) -> None:
+    h: Host = await new_host(settings={"MAX_INSTANCES_PER_REQUEST": "10", "APPROVAL_ALLOW_UNVERIFIED": "true"})
+    rt = h.dh.runtime
+    assert rt is not None
+    compute = rt.compute
+    real_submit = compute.submit
+    grown = h.dh.sim.seed_scale_set(VMSS.replace("workers", "growing"), 4)
+
+    async def grow_then_submit(call: Any) -> Any:
+        doc = {**grown, "sku": {**grown["sku"], "capacity": 40}}
+        h.dh.sim.upsert(grown["id"], {k: v for k, v in doc.items() if k in ("location", "sku", "properties")})
+        return await real_submit(call)
+
+    monkeypatch.setattr(compute, "submit", grow_then_submit)
+    s, answer, _ = await h.reimage({"target": grown["id"], "allInstances": True, "requestedBy": "alice"})
+    assert s == 202 and answer["status"] == "AwaitingApproval", answer
+    s, approved, _ = await h.post(f"/api/reimage/{answer['operationId']}/approve", {"by": "bob"})
+    assert s == 202, approved
+    await h.settle(lambda: len(h.reimage_posts()) >= 1)
+    [post] = h.reimage_posts()
+    assert post["body"] == {"instanceIds": ["0", "1", "2", "3"]} == {"instanceIds": answer["instanceIds"]}
+    s, doc = await h.get(f"/api/reimage/{answer['operationId']}")
+    assert doc["instanceIds"] == ["0", "1", "2", "3"]
+
+
+# --- one requestId on two targets at once --------------------------------------------------------------
+async def test_one_request_id_on_two_targets_concurrently_gives_409_not_503(host: Host) -> None:
+    bodies = [{"target": t, "requestId": "shared-key"} for t in (LINUX_VM, WINDOWS_VM) * 10]
+    results = await asyncio.gather(*(host.reimage(b) for b in bodies))
+    codes = sorted({(s, json.dumps(a)[:300]) for s, a, _ in results})
+    assert {s for s, _, _ in results} <= {202, 409}, codes
+    winners = {a["target"] for s, a, _ in results if s == 202}
+    assert len(winners) == 1, codes
+    assert {a["error"]["code"] for s, a, _ in results if s == 409} == {"RequestIdConflict"}
+    assert len(host.reimage_posts()) == 1

@@ -110,13 +110,13 @@ async def test_request_with_secrets_for_a_busy_set_is_409_and_nothing_is_stored(
     record = await h.dh.runtime.ledger.get_target(_key())  # type: ignore[union-attr]
     assert [e.operation_id for e in record.queue] == [queued["accepted"][0]["operationId"]]
     assert SENTINEL_PASSWORD not in record.to_json()
-    from shared.ids import operation_id
+    from shared.domain.ids import operation_id
 
     assert await h.dh.runtime.ledger.get(operation_id("with-secret")) is None  # type: ignore[union-attr]
 
 
 def _key() -> str:
-    from shared.targets import parse_target
+    from shared.domain.targets import parse_target
 
     return parse_target(SET).lock_key
 

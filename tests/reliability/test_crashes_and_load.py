@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from shared.ids import operation_id
+from shared.domain.ids import operation_id
 from tests.helpers import SENTINEL_PASSWORD
 from tests.integration.conftest import BASE, LINUX_VM, VMSS, Host
 
@@ -21,8 +21,8 @@ NewHost = Callable[..., Any]
 
 async def _crashed_claim(host: Host, key: str, status: str) -> str:
     """What a trigger that died leaves in the ledger: the claim, the lease, and maybe `Submitting`."""
-    from shared import completion
-    from shared.ledger import OperationRecord
+    from shared.domain.records import OperationRecord
+    from shared.workflow import completion
 
     rt = host.dh.runtime
     assert rt is not None
@@ -34,7 +34,7 @@ async def _crashed_claim(host: Host, key: str, status: str) -> str:
     await completion.admit(rt, record, secret=False, capacity=1, target_id=LINUX_VM)
     if status == "Submitting":
         await rt.ledger.update(op, lambda r: setattr(r, "status", "Submitting") or r)
-        from shared.models import parse_request
+        from shared.domain.request import parse_request
 
         await rt.compute.submit(parse_request({"target": LINUX_VM}).arm_call(rt.settings.compute_api_version))
     return op
@@ -111,7 +111,7 @@ async def test_500_mixed_concurrent_requests(new_host: NewHost, caplog: pytest.L
 async def test_crash_after_completion_before_the_event(host: Host) -> None:
     """The operation ended in the ledger, then the process died before its event went out: the sweeper
     sends it, once."""
-    from shared import completion
+    from shared.workflow import completion
 
     op = await _crashed_claim(host, "crash-c", "Claimed")
     rt = host.dh.runtime

@@ -23,7 +23,8 @@ def _stager() -> object:
     return module
 
 
-_INDEX = ("import json, function_app, shared.api, shared.compute, shared.ledger, shared.monitor, shared.telemetry; "
+_INDEX = ("import json, function_app, shared.surfaces.http, shared.adapters.arm.client, shared.adapters.ledger, "
+          "shared.workflow.activities, shared.adapters.telemetry; "
           "print(json.dumps(sorted(f.get_function_name() for f in function_app.app.get_functions())))")
 
 
@@ -43,8 +44,8 @@ def test_the_deploy_root_holds_only_what_runs_and_runs(tmp_path: Path) -> None:
     assert not any("__pycache__" in p.parts or p.suffix == ".pyc" for p in staged)
     # Every module of the two packages is there, and nothing from tests/, devhost/, bench/, docs/, infra/.
     for package in ("handlers", "shared"):
-        assert {p.name for p in (ROOT / package).glob("*.py")} == {
-            p.name for p in staged if p.parts[0] == package and p.suffix == ".py"}
+        assert {p.relative_to(ROOT) for p in (ROOT / package).rglob("*.py")} == {
+            p for p in staged if p.parts[0] == package and p.suffix == ".py"}
     assert _functions(tmp_path / "api") == _functions(ROOT)
 
 

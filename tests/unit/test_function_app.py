@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 from devhost.host import function_index
-from shared import monitor
+from shared.workflow import orchestration as monitor
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,6 +36,7 @@ def test_functions_and_names() -> None:
 
 def test_cold_import_loads_no_network_client_or_heavy_module() -> None:
     code = ("import sys, function_app; heavy = [m for m in ('azure.identity', 'azure.servicebus', 'azure.core', "
-            "'pydantic_settings', 'azure.mgmt.compute', 'shared.compute') if m in sys.modules]; print(heavy)")
+            "'pydantic_settings', 'azure.mgmt.compute', 'shared.adapters.arm.client') if m in sys.modules]; "
+            "print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout

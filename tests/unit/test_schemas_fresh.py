@@ -1,5 +1,5 @@
 """Generated docs match the models: regenerate with `make schemas`. docs/openapi.yaml is built from the
-response models (shared/responses.py) that shared/api.py shapes every answer with."""
+response models (shared/surfaces/responses.py) that shared/surfaces/http.py shapes every answer with."""
 
 import importlib.util
 import sys
@@ -47,7 +47,7 @@ def test_a_body_the_models_do_not_know_is_refused() -> None:
     import pytest
     from pydantic import ValidationError
 
-    from shared.responses import Operation
+    from shared.surfaces.responses import Operation
 
     doc = {"operationId": "op-1", "status": "Accepted", "target": "/subscriptions/x", "trigger": "http"}
     assert Operation.model_validate(doc).body() == doc  # only what was set, as set

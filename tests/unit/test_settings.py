@@ -15,7 +15,8 @@ EXPECTED_NAMES = [
     "ARM_ENDPOINT", "COMPUTE_API_VERSION", "ARM_TIMEOUT_SECONDS", "AZURE_CLIENT_ID", "DEFAULT_SUBSCRIPTION_ID",
     "ALLOWED_SCOPES", "PROTECT_TAG", "MAX_INSTANCES_PER_REQUEST", "COOLDOWN_MINUTES",
     "POLL_MIN_SECONDS", "POLL_MAX_SECONDS", "POLL_DEFAULT_SECONDS", "OPERATION_TIMEOUT_MINUTES",
-    "SUBMIT_TIMEOUT_SECONDS", "POLLS_PER_GENERATION", "HEALTH_GRACE_MINUTES",
+    "SUBMIT_TIMEOUT_SECONDS", "CLAIM_SECONDS", "POLLS_PER_GENERATION",
+    "HEALTH_GRACE_MINUTES",
     "MAX_BATCH_PERCENT", "BATCH_GATHER_SECONDS", "FLEET_BUDGET_PERCENT", "FLEET_WINDOW_MINUTES",
     "GLOBAL_MAX_REIMAGES_PER_HOUR",
     "BREAKER_PERCENT", "BREAKER_FAILURES", "QUEUE_MAX_WAIT_MINUTES", "SWEEP_SCHEDULE",
@@ -118,6 +119,7 @@ def test_scopes_are_split_and_normalised(monkeypatch: pytest.MonkeyPatch) -> Non
         ("AzureWebJobsStorage__tableServiceUri", "https://acct.table.core.windows.net?sig=x"),
         ("APPLICATIONINSIGHTS_CONNECTION_STRING", "IngestionEndpoint=https://x"),
         ("SUBMIT_TIMEOUT_SECONDS", "0"),
+        ("CLAIM_SECONDS", "4"),
     ],
 )
 def test_bad_values_name_the_setting(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:

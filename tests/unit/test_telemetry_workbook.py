@@ -1,5 +1,5 @@
 """The workbook reads only what the app emits: every table, column, event name and custom dimension
-in infra/app/workbook.json is in shared/telemetry.py's lists, and it covers the panels the design
+in infra/app/workbook.json is in shared/adapters/telemetry.py's lists, and it covers the panels the design
 asks for."""
 
 from __future__ import annotations
@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 from pycep import BicepParser
 
-from shared import telemetry
+from shared.adapters import telemetry
+from shared.domain.events import EventType
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKBOOK = ROOT / "infra/app/workbook.json"
-# Columns of Application Insights tables (any table). A query may use one only if shared/telemetry.py
+# Columns of Application Insights tables (any table). A query may use one only if shared/adapters/telemetry.py
 # lists it for the table the query reads; aliases a query defines itself are not columns.
 KNOWN_COLUMNS = frozenset({
     "timestamp", "name", "itemCount", "customDimensions", "customMeasurements", "operation_Id", "operation_Name",
@@ -96,13 +97,13 @@ def test_the_workbook_covers_the_panels_the_design_asks_for() -> None:
     assert doc["version"] == "Notebook/1.0"
     queries = _queries(doc)
     wanted = {
-        "operations-by-outcome": (telemetry.EVENT_COMPLETED, telemetry.STATUS),
-        "duration-percentiles": (telemetry.EVENT_COMPLETED, telemetry.DURATION_SECONDS),
-        "health-after-reimage": (telemetry.EVENT_COMPLETED, telemetry.HEALTH),
-        "queue-depth": (telemetry.EVENT_QUEUED, telemetry.QUEUE_POSITION),
+        "operations-by-outcome": (EventType.COMPLETED, telemetry.STATUS),
+        "duration-percentiles": (EventType.COMPLETED, telemetry.DURATION_SECONDS),
+        "health-after-reimage": (EventType.COMPLETED, telemetry.HEALTH),
+        "queue-depth": (EventType.QUEUED, telemetry.QUEUE_POSITION),
         "batches": (telemetry.EVENT_BATCH_SUBMITTED, telemetry.BATCH_SIZE),
-        "suspensions": (telemetry.EVENT_SUSPENDED, telemetry.SUSPENSION_REASON),
-        "refusals-by-code": (telemetry.EVENT_REJECTED, telemetry.ERROR_CODE),
+        "suspensions": (EventType.SUSPENDED, telemetry.SUSPENSION_REASON),
+        "refusals-by-code": (EventType.REJECTED, telemetry.ERROR_CODE),
     }
     for name, names in wanted.items():
         assert all(n in queries[name] for n in names), name

@@ -1,0 +1,215 @@
+"""The simulator as one aiohttp app: `ComputeSimulator` holds the switches and the state, wires the parts
+together, and routes each request (log, auth, faults, api-version, then the resource or operation
+endpoint). It is the one object devhost and the tests hold; its methods are the simulator's public API."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from devhost.clock import Clock
+from devhost.compute.arm import (
+    OPERATION_PATH,
+    RESOURCE_PATH,
+    HealthState,
+    Parsed,
+    Quota,
+    api_version_error,
+    cloud_error,
+)
+from devhost.compute.faults import Fault, injected_answer, take_fault
+from devhost.compute.operations import Operation, Operations
+from devhost.compute.persistence import Store
+from devhost.compute.resource_api import ResourceApi
+from devhost.compute.resources import Inventory
+from devhost.compute.views import InstanceViews, SettleHealth, health_extension
+from devhost.identity import TokenIssuer
+from devhost.serving import Served, serve
+
+log = logging.getLogger("devhost.compute")
+
+
+@dataclass
+class ComputeSimulator:
+    clock: Clock
+    issuer: TokenIssuer
+    operation_seconds: float = 5.0
+    retry_after: int | None = None  # ARM sends none on compute reimage (recorded exchange); opt in here
+    location: str = "westus"
+    resources: dict[str, dict[str, Any]] = field(default_factory=dict)
+    instances: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    operations: dict[str, Operation] = field(default_factory=dict)
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    faults: list[Fault] = field(default_factory=list)
+    durations: dict[str, float] = field(default_factory=dict)  # per resource name (lower case), seconds
+    async_operation_header: bool = True  # False: answer in the Location style only
+    operation_origin: str | None = None  # set to hand out operation URLs on another host
+    state_dir: Path | None = None
+    health_settle_seconds: float = 0.0  # after a reimage, the health extension settles this long...
+    settle_health: SettleHealth = "initializing"  # ...reporting this meanwhile ("absent": no vmHealth yet)
+    list_page_size: int | None = None  # page scale-set VM lists with nextLink (None: one page)
+    next_link_origin: str | None = None  # set to hand out list nextLinks on another host
+    request_log_limit: int = 100_000
+
+    def __post_init__(self) -> None:
+        # The parts share this object's dicts, and read its switches (fields above) at each request.
+        self._store = Store(Path(self.state_dir)) if self.state_dir is not None else None
+        self._meta: dict[str, Any] = {}
+        quota = Quota()
+        self._inventory = Inventory(self.resources, self.instances, self._store)
+        self._operations = Operations(self.clock, self, self._inventory, quota, self.operations, self._store)
+        views = InstanceViews(self, self._inventory, self._operations)
+        self._resource_api = ResourceApi(self.clock, self, self._inventory, self._operations, views, quota)
+        if self._store is not None:
+            self._meta = self._store.read_meta()
+            self._inventory.load()
+            self._operations.load()
+            self.requests.extend(self._store.read_requests(self.request_log_limit))
+
+    # ---- the public API: seeding, per-machine state, introspection ------------------------------
+    def upsert(self, resource_id: str, body: dict[str, Any], patch: bool = False) -> dict[str, Any]:
+        """Create or update a VM or scale set (also used to seed devhost). sku.capacity sizes a scale set."""
+        return self._inventory.upsert(resource_id, body, patch)
+
+    def seed_scale_set(self, resource_id: str, capacity: int, *, location: str = "westus",
+                       health_extension: bool = True, ephemeral: bool = True) -> dict[str, Any]:
+        """A Linux scale set of `capacity` instances (for scale tests): one PUT's worth of model."""
+        return self._inventory.seed_scale_set(resource_id, capacity, location=location,
+                                              health_extension=health_extension, ephemeral=ephemeral)
+
+    def set_power_state(self, resource_id: str, state: str) -> None:
+        """For example "deallocated": a reimage of a deallocated VM or instance is refused (409)."""
+        self._inventory.set_power_state(resource_id, state)
+
+    def set_health(self, resource_id: str, state: HealthState) -> None:
+        """What the application health extension reports for a VM or instance until changed."""
+        self._inventory.set_health(resource_id, state)
+
+    health_extension = staticmethod(health_extension)
+
+    def busy(self, lock_key: str) -> Operation | None:
+        """The operation running on a VM or scale set (by lower-cased id), if any."""
+        return self._operations.busy(lock_key)
+
+    def reimage_posts(self) -> list[dict[str, Any]]:
+        return [r for r in self.requests if r["method"] == "POST" and re.search(r"/reimage(all)?$", r["path"], re.I)]
+
+    # ---- the operation index (tests register and settle operations directly) -------------------
+    @property
+    def _active(self) -> dict[str, str]:
+        return self._operations.active
+
+    def _register(self, op: Operation) -> None:
+        self._operations.register(op)
+
+    def _settle_due(self) -> None:
+        self._operations.settle_due()
+
+    def _operation_status(self, request: web.Request, op_id: str, sub: str, fault: Fault | None) -> web.Response:
+        return self._operations.status(request, op_id, sub, fault)
+
+    # ---- serving --------------------------------------------------------------------------------
+    @property
+    def preferred_port(self) -> int | None:
+        """The port this state directory's simulator was bound to before (operation URLs name it)."""
+        port = self._meta.get("port")
+        return int(port) if port else None
+
+    async def serve(self, host: str = "127.0.0.1", port: int = 0) -> Served:
+        """Serve on `port`; with port 0, on the recorded port when there is one (else any free port)."""
+        served: Served | None = None
+        if port == 0 and self.preferred_port:
+            try:
+                served = await serve(self.app(), host, self.preferred_port)
+            except OSError as exc:  # taken: URLs handed out before will not answer; say so
+                log.warning("ARM simulator: recorded port %s is not free (%s); operation URLs handed out "
+                            "before this restart will not answer", self.preferred_port, exc)
+        if served is None:
+            served = await serve(self.app(), host, port)
+        self._meta["port"] = int(served.url.rsplit(":", 1)[1])
+        if self._store is not None:
+            self._store.write(self._store.meta, self._meta)
+        return served
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=4 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", self._entry)
+        return app
+
+    # ---- entry: log, auth, api-version, faults, dispatch --------------------------------------
+    async def _entry(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        body: Any = None
+        if raw:
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                body = raw.decode("utf-8", "replace")
+        entry = {"method": request.method, "path": request.path, "query": dict(request.query),
+                 "body": body, "status": 0, "at": self.clock.now()}
+        self._log_request(entry)
+        try:
+            response = await self._respond(request, body, raw)
+        finally:
+            self._operations.settle_due()
+        # ARM RPC: every response carries the service's x-ms-request-id (the id support asks for).
+        response.headers.setdefault("x-ms-request-id", str(uuid.uuid4()))
+        entry["status"] = response.status
+        if self._store is not None:
+            self._store.append_request(entry)
+        return response
+
+    def _log_request(self, entry: dict[str, Any]) -> None:
+        self.requests.append(entry)
+        if len(self.requests) > self.request_log_limit:  # amortised: trim a quarter at a time
+            del self.requests[: self.request_log_limit // 4]
+
+    async def _respond(self, request: web.Request, body: Any, raw: bytes) -> web.StreamResponse:
+        auth = request.headers.get("Authorization", "")
+        if not auth.startswith("Bearer ") or not self.issuer.valid(auth[7:]):
+            code = "AuthenticationFailed" if not auth else "InvalidAuthenticationToken"
+            return cloud_error(401, code, "Authentication failed. The access token is missing or invalid.",
+                               headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        fault = take_fault(self.faults, request.method, request.path, dict(request.query))
+        if fault is not None:
+            injected = await injected_answer(fault, request)
+            if injected is not None:
+                return injected
+        version = request.query.get("api-version")
+        refused = api_version_error(version)
+        if refused is not None:
+            return refused
+        assert version is not None
+        if raw and not isinstance(body, dict):
+            return cloud_error(400, "InvalidRequestContent", "The request content was invalid and could not be "
+                               "deserialized.")
+        return self._route(request, body, version, fault)
+
+    def _route(self, request: web.Request, body: Any, version: str, fault: Fault | None) -> web.StreamResponse:
+        path = request.path
+        if m := OPERATION_PATH.match(path):
+            return self._operation_status(request, m["id"], m["sub"], fault)
+        m = RESOURCE_PATH.match(path)
+        if m is None:
+            return cloud_error(404, "NotFound", f"The requested resource path '{path}' was not found.")
+        p = Parsed.of(m)
+        if p.action == "instanceview":
+            if request.method != "GET" or p.is_list:
+                return cloud_error(405, "MethodNotAllowed", "Use GET.")
+            return self._resource_api.get(request, p, fault, view_only=True)
+        if p.action:
+            if request.method != "POST":
+                return cloud_error(405, "MethodNotAllowed", "Use POST.")
+            return self._operations.reimage(request, p, body or {}, version, fault)
+        if request.method == "GET":
+            return self._resource_api.get(request, p, fault)
+        if request.method in ("PUT", "PATCH") and p.inst is None and not p.is_list:
+            return self._resource_api.put(p, body or {}, patch=request.method == "PATCH")
+        return cloud_error(405, "MethodNotAllowed", f"{request.method} is not supported here.")

@@ -1,0 +1,205 @@
+"""What the ledger stores: one record per operation (or batch) and one per target. No secrets.
+
+Schema and keys: docs/ledger.md.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from shared.domain.status import OperationStatus
+
+
+class _Doc(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    def to_json(self) -> str:
+        return self.model_dump_json(by_alias=True)
+
+
+class OperationRecord(_Doc):
+    """One reimage operation. Holds no secrets: it is stored, listed and answered."""
+
+    operation_id: str
+    request_id: str
+    target: str
+    lease_key: str
+    instance_ids: list[str] | None = None
+    cooldown_keys: list[str] = Field(default_factory=list)
+    options: dict[str, Any] = Field(default_factory=dict)
+    dry_run: bool = False
+    trigger: str
+    requested_by: str | None = None
+    requested_by_verified: str = "unverified"
+    reason: str | None = None
+    correlation_id: str | None = None
+    reply_to: str | None = None
+    reply_correlation_id: str | None = None
+    status: OperationStatus = OperationStatus.CLAIMED
+    # The claim attempt that holds this key (random, per claim): what the target's lease, provisional cooldowns
+    # and budget entries are held by, so a request that took a stalled claim over is never freed by the staller.
+    attempt: str = ""
+    claimed_until: datetime | None = None  # a Claimed record's owner moves it on before this, or may be taken over
+    error: dict[str, Any] | None = None
+    arm: dict[str, Any] | None = None
+    arm_status: str | None = None
+    polls: int = 0
+    applied: bool = False  # the POST may have reached ARM: cooldown applies even on failure
+    created_time: datetime
+    last_updated_time: datetime
+    submitted_at: datetime | None = None
+    completed_at: datetime | None = None
+    arm_seconds: float | None = None  # ARM's startTime -> endTime, for the learned poll schedule
+    health: str | None = None
+    batch_id: str | None = None  # the ARM operation this request rides: itself, a joined one, or a b-... batch
+    members: list[str] | None = None  # a b-... batch record: the requests it carries
+    health_detail: dict[str, str] | None = None  # instance ("" = the VM) -> Healthy/Unhealthy/Unknown: detail
+    queue_position: int | None = None
+    cancelled_by: str | None = None
+    approved_by: str | None = None
+    approved_by_verified: str | None = None
+    event_id: str | None = None  # set once the terminal event is published (to the topic)
+    reply: dict[str, Any] | None = None  # the ReplyTo copy's delivery: {status, attempts, error, at}
+    # Not a secret: a salted fingerprint to recognise the request's secrets in ARM's poll text, kept until the
+    # operation is settled (shared/domain/redaction.py fingerprint; docs/operations.md "Secrets").
+    secret_fingerprint: dict[str, Any] | None = None
+    etag: str | None = Field(None, exclude=True)
+
+    @property
+    def terminal(self) -> bool:
+        return self.status.terminal
+
+    @property
+    def holder(self) -> str:
+        """Who holds the target for this operation: the claim attempt of a request, a batch's own id."""
+        return f"{self.operation_id}@{self.attempt}" if self.attempt else self.operation_id
+
+    @property
+    def is_batch(self) -> bool:
+        """A batch formed from queued requests: an internal record, with no event of its own."""
+        return self.members is not None
+
+    def view(self) -> dict[str, Any]:
+        """The public status document (GET /api/reimage/{id})."""
+        doc: dict[str, Any] = {
+            "operationId": self.operation_id, "requestId": self.request_id, "status": self.public_status,
+            "target": self.target, "instanceIds": self.instance_ids, "trigger": self.trigger,
+            "requestedBy": self.requested_by, "requestedByVerified": self.requested_by_verified,
+            "reason": self.reason, "correlationId": self.correlation_id,
+            "createdTime": self.created_time.isoformat(), "lastUpdatedTime": self.last_updated_time.isoformat(),
+            "submittedAt": self.submitted_at.isoformat() if self.submitted_at else None,
+            "completedAt": self.completed_at.isoformat() if self.completed_at else None,
+            "polls": self.polls, "armStatus": self.arm_status, "error": self.error,
+        }
+        # In the order of shared/responses.Operation, so a stored view and an answered one are the same JSON.
+        if self.terminal:
+            doc["health"] = self.health
+            doc["healthDetail"] = self.health_detail
+        if self.terminal or self.batch_id is not None:
+            doc["batchId"] = self.batch_id
+        if self.status == OperationStatus.QUEUED:
+            doc["queuePosition"] = self.queue_position
+        if self.cancelled_by is not None:
+            doc["cancelledBy"] = self.cancelled_by
+        if self.approved_by is not None:
+            doc["approvedBy"] = self.approved_by
+            doc["approvedByVerified"] = self.approved_by_verified
+        if self.is_batch:
+            doc["members"] = self.members
+        if self.reply:
+            doc["reply"] = {k: self.reply.get(k) for k in ("queue", "status", "attempts", "error") if k in self.reply}
+        return doc
+
+    @property
+    def public_status(self) -> OperationStatus:
+        # Claimed/Submitting are internal steps of an accepted request, not states a caller acts on.
+        return self.status.public
+
+
+class Cooldown(_Doc):
+    until: datetime
+    operation_id: str
+    owner: str | None = None  # the holder whose reimage started it (None: written before holders existed)
+
+    @property
+    def holder(self) -> str:
+        return self.owner or self.operation_id
+
+
+class QueueEntry(_Doc):
+    """Requests waiting for their target, admitted into a later batch in arrival order. Requests for the same
+    instances with the same options share one entry (`riders` after the first): one row in the ledger."""
+
+    operation_id: str
+    keys: list[str]  # "" for a VM, else instance ids
+    options: dict[str, Any]
+    queued_at: datetime
+    riders: list[str] = Field(default_factory=list)
+    row: str | None = Field(None, exclude=True)  # its row in the target's partition (None: not stored yet)
+    etag: str | None = Field(None, exclude=True)
+
+    @property
+    def members(self) -> list[str]:
+        return [self.operation_id, *self.riders]
+
+
+class BatchEntry(_Doc):
+    """The batch holding a target's lease: one ARM POST for the union of its members' instances."""
+
+    batch_id: str  # the lead request's operation id, or b-... for a batch formed from the queue
+    owner: str | None = None  # the lease holder it runs under (None: written before holders existed: batch_id)
+    members: list[str]
+    keys: list[str]
+    options: dict[str, Any]
+    started: datetime
+    formed: bool = False  # formed from the queue: a batch record and its orchestration carry it
+    handed_from: str | None = None
+
+    @property
+    def holder(self) -> str:
+        return self.owner or self.batch_id
+
+
+class BudgetEntry(_Doc):
+    owner: str
+    count: int
+    at: datetime
+
+
+class TargetRecord(_Doc):
+    """One VM or scale set: lease and running batch, queue, cooldowns, budget window, failures, suspension."""
+
+    key: str
+    target_id: str | None = None  # the VM or scale set id, as the caller cased it (for batch POSTs)
+    capacity: int = 1
+    lease_owner: str | None = None  # a holder: an operation's claim attempt, or a batch id
+    lease_until: datetime | None = None
+    batch: BatchEntry | None = None
+    # Rows of their own in the target's partition (the ledger loads and stores them), so a record stays under
+    # Azure's entity limit at any queue length.
+    queue: list[QueueEntry] = Field(default_factory=list, exclude=True)
+    queue_seq: int = 0  # the last queue row number given (rows sort in arrival order)
+    gone: list[str] = Field(default_factory=list)  # queue rows removed by a decision, not deleted yet
+    cooldowns: dict[str, Cooldown] = Field(default_factory=dict)  # "" = the VM itself; else instance id
+    window: list[BudgetEntry] = Field(default_factory=list)  # instances reimaged in FLEET_WINDOW_MINUTES
+    requested: dict[str, datetime] = Field(default_factory=dict)  # instance -> first request in the window
+    consecutive_failures: int = 0
+    suspended: dict[str, Any] | None = None
+    etag: str | None = Field(None, exclude=True)
+
+    def lease_held(self, now: datetime) -> bool:
+        return self.lease_owner is not None and self.lease_until is not None and self.lease_until > now
+
+    def prune(self, now: datetime) -> None:
+        self.cooldowns = {k: c for k, c in self.cooldowns.items() if c.until > now}
+
+    def queued(self, operation_id: str) -> tuple[int, QueueEntry] | None:
+        """The queue position (1 = next) and entry that holds this request, if it waits here."""
+        for position, entry in enumerate(self.queue, 1):
+            if operation_id in entry.members:
+                return position, entry
+        return None

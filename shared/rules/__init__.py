@@ -1,0 +1,1 @@
+"""Pure decisions of (domain values, settings, now): no I/O, no runtime."""

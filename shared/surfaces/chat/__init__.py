@@ -1,0 +1,1 @@
+"""Slack and Teams: signatures, the command grammar, replies, and the two endpoints."""

@@ -1,0 +1,1 @@
+"""Use cases: they take the runtime (and the durable client), write the ledger, call ARM, send events."""

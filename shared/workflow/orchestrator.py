@@ -1,0 +1,144 @@
+"""The durable timer loop: one orchestration per submitted ARM operation, polling it to the end.
+
+It is started only after ARM accepted the POST (the ledger holds the claim and the lease), so
+it coordinates nothing: it polls at ARM's pace, then one activity settles the operation in the
+ledger and sends its single completion event. Orchestrator code is deterministic: time comes
+from the context, every value it needs was copied into its input when the operation was
+accepted (it never reads settings or the environment), and the network is touched only in
+activities.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from datetime import datetime, timedelta
+from typing import Any
+
+import azure.durable_functions as df
+
+from shared.adapters.durable_payload import decode
+from shared.domain.arm_call import OperationState
+from shared.domain.errors import ErrorCode
+from shared.domain.health import Health
+from shared.domain.status import OperationStatus
+from shared.rules.poll_schedule import next_poll_offset
+from shared.workflow.orchestration import FINISH_ACTIVITY, HEALTH_ACTIVITY, POLL_ACTIVITY, SUBMIT_ACTIVITY, MonitorInput
+
+Steps = Generator[Any, Any, Any]
+
+
+def _retry(first_seconds: int, attempts: int) -> df.RetryOptions:
+    return df.RetryOptions(first_retry_interval_in_milliseconds=first_seconds * 1000,
+                           max_number_of_attempts=attempts)
+
+
+def monitor_orchestrator(context: Any) -> Steps:
+    state = MonitorInput.model_validate(decode(context.get_input()))
+    if state.submit:  # a batch: let the storm gather, then seal and POST it from an activity
+        ended = yield from _submit_batch(context, state)
+        if ended is not None:
+            return ended  # ended (refused, uncertain, empty) or requeued: the activity settled it
+    if state.health_since is not None:
+        return (yield from _verify(context, state))
+    if not state.url:
+        err = {"code": ErrorCode.NO_OPERATION_URL, "message": "ARM accepted the reimage but returned no operation URL"}
+        return (yield from _finish(context, state, OperationStatus.FAILED, err))
+    return (yield from _poll(context, state))
+
+
+def _submit_batch(context: Any, state: MonitorInput) -> Steps:
+    """Gather, then seal and POST the batch. None when it was submitted (state now holds its operation URL),
+    else the activity's answer: the batch ended or went back to the queue."""
+    if state.gather_seconds > 0:
+        yield context.create_timer(context.current_utc_datetime + timedelta(seconds=state.gather_seconds))
+    sent = decode((yield context.call_activity_with_retry(
+        SUBMIT_ACTIVITY, _retry(state.poll_min_seconds, 10), {"operationId": state.operation_id})))
+    if sent.get("outcome") != "submitted":
+        return sent
+    state.submit, state.url, state.mode = False, sent.get("url"), sent.get("mode", "async")
+    state.submitted_at = datetime.fromisoformat(sent["submittedAt"])
+    state.last_retry_after = sent.get("retryAfter")
+    return None
+
+
+def _poll(context: Any, state: MonitorInput) -> Steps:
+    """Poll on the anchored schedule until ARM says the operation ended, the deadline passes, or this generation
+    has polled enough (continue_as_new keeps the history, and so replay, small)."""
+    assert state.submitted_at is not None
+    deadline = state.submitted_at + timedelta(minutes=state.operation_timeout_minutes)
+    polls_this_generation = 0
+    while True:
+        elapsed = (context.current_utc_datetime - state.submitted_at).total_seconds()
+        offset = next_poll_offset(elapsed, state.last_retry_after, state.expected_seconds, state.poll_min_seconds,
+                                  state.poll_max_seconds, state.poll_default_seconds)
+        yield context.create_timer(min(state.submitted_at + timedelta(seconds=offset), deadline))
+        arm_status = None
+        try:
+            result = decode((yield context.call_activity_with_retry(
+                POLL_ACTIVITY, _retry(state.poll_min_seconds, 3),
+                {"operationId": state.operation_id, "url": state.url, "mode": state.mode, "polls": state.polls + 1})))
+        except Exception:  # the status could not be read, even after retries: keep polling to the deadline
+            result = None
+        state.polls += 1
+        if isinstance(result, dict):
+            state.last_retry_after = result.get("retryAfter")
+            arm_status = result["state"]
+            if result.get("untrusted") or OperationState(arm_status).terminal:
+                return (yield from _ended(context, state, result))
+        if context.current_utc_datetime >= deadline:
+            err = {"code": ErrorCode.TIMED_OUT, "message": f"the operation did not finish within "
+                   f"{state.operation_timeout_minutes} minutes; ARM may still complete it"}
+            return (yield from _finish(context, state, OperationStatus.TIMED_OUT, err, arm_status))
+        polls_this_generation += 1
+        if polls_this_generation >= state.polls_per_generation:
+            state.generation += 1
+            context.continue_as_new(state.dump())
+            return None
+
+
+def _ended(context: Any, state: MonitorInput, result: dict[str, Any]) -> Steps:
+    """ARM's operation ended (or pointed polling off the ARM host): verify health, or finish with ARM's outcome."""
+    arm_status = result["state"]
+    if result.get("untrusted"):
+        err = {"code": ErrorCode.UNTRUSTED_OPERATION_URL, "message": str(result.get("errorMessage") or "")}
+        return (yield from _finish(context, state, OperationStatus.FAILED, err))
+    if arm_status == OperationState.SUCCEEDED and state.health_grace_minutes > 0:
+        state.health_since = context.current_utc_datetime
+        return (yield from _verify(context, state))
+    arm_error = None if arm_status == OperationState.SUCCEEDED else {
+        "code": result.get("errorCode") or arm_status, "message": result.get("errorMessage") or ""}
+    return (yield from _finish(context, state, OperationStatus(arm_status), arm_error, arm_status))
+
+
+def _verify(context: Any, state: MonitorInput) -> Steps:
+    """ARM says Succeeded: read the instance views until every machine is healthy or the grace ends.
+    A view that cannot be read counts as Unknown; nothing here waits past the grace."""
+    assert state.health_since is not None
+    grace_ends = state.health_since + timedelta(minutes=state.health_grace_minutes)
+    reads = 0
+    while True:
+        final = context.current_utc_datetime >= grace_ends
+        try:
+            health = decode((yield context.call_activity_with_retry(
+                HEALTH_ACTIVITY, _retry(state.poll_min_seconds, 3),
+                {"operationId": state.operation_id, "final": final})))
+        except Exception:
+            health = {"done": True, "health": Health.UNKNOWN, "detail": None}
+        reads += 1
+        if health.get("done") or final:
+            return (yield from _finish(context, state, OperationStatus.SUCCEEDED, None, OperationState.SUCCEEDED,
+                                       health=health.get("health"), health_detail=health.get("detail")))
+        yield context.create_timer(min(context.current_utc_datetime + timedelta(
+            seconds=max(state.poll_min_seconds, state.poll_default_seconds)), grace_ends))
+        if reads >= state.polls_per_generation:
+            context.continue_as_new(state.dump())
+            return None
+
+
+def _finish(context: Any, state: MonitorInput, status: OperationStatus, error: dict[str, Any] | None,
+            arm_status: str | None = None, *, health: str | None = None,
+            health_detail: dict[str, str] | None = None) -> Steps:
+    outcome = decode((yield context.call_activity_with_retry(FINISH_ACTIVITY, _retry(5, 20), {
+        "operationId": state.operation_id, "status": status, "error": error, "polls": state.polls,
+        "armStatus": arm_status, "health": health, "healthDetail": health_detail})))
+    return outcome

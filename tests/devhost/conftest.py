@@ -1,0 +1,1 @@
+from tests.integration.conftest import Host, host, new_host  # noqa: F401 - shared fixtures

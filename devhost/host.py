@@ -8,6 +8,7 @@ are invoked with `POST /admin/functions/{name}`.
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import json
 import logging
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from shared.settings import Settings
 
 log = logging.getLogger("devhost")
+monitor_log = logging.getLogger("devhost.monitor")  # detail: `python -m devhost -v` shows it
 DEMO_SUBSCRIPTION = "7f6e5d4c-3b2a-4190-8f7e-6d5c4b3a2910"
 DEMO_GROUP = "reimager-demo"
 _INDEX: FunctionIndex | None = None
@@ -363,8 +365,11 @@ class DevHost:
             if not self._authorised(request, entry):
                 return web.json_response({"error": {"code": "Unauthorized", "message": "A function key is "
                                                     "required (?code= or x-functions-key)."}}, status=401)
-            datum = bindings.http_datum(method=request.method, url=str(request.url),
-                                        headers=bindings.joined(request.headers, ", "),
+            headers = self._easy_auth(bindings.joined(request.headers, ", "))
+            if headers is None:
+                return web.json_response({"error": {"code": "Unauthorized", "message": "The bearer token is not "
+                                                    "valid (App Service authentication)."}}, status=401)
+            datum = bindings.http_datum(method=request.method, url=str(request.url), headers=headers,
                                         query=bindings.joined(request.query, ","),
                                         route_params=m.groupdict(), body=await request.read())
             try:
@@ -375,6 +380,24 @@ class DevHost:
             status, headers, body = bindings.http_response_parts(out)
             return web.Response(status=status, body=body, headers=headers)
         return web.json_response({"error": {"code": "NotFound", "message": "No such route."}}, status=404)
+
+    def _easy_auth(self, headers: dict[str, str]) -> dict[str, str] | None:
+        """App Service authentication's stand-in, on only with EASY_AUTH_ENABLED=true: a request with a bearer
+        token from devhost's identity endpoint (its Entra) gets the principal headers the platform adds for
+        that identity, replacing any the client sent; a bearer token it did not issue is refused (None).
+        Requests without a bearer token pass as they are (App Service's "allow unauthenticated requests")."""
+        auth = next((v for k, v in headers.items() if k.lower() == "authorization"), "")
+        if self.settings is None or not self.settings.easy_auth_enabled or not auth.startswith("Bearer "):
+            return headers
+        client_id = self.issuer.client_of(auth[7:])
+        if client_id is None:
+            return None
+        principal = {"auth_typ": "aad", "name_typ": "name", "role_typ": "roles", "claims": [
+            {"typ": "appid", "val": client_id},
+            {"typ": "http://schemas.microsoft.com/identity/claims/objectidentifier", "val": client_id}]}
+        kept = {k: v for k, v in headers.items() if not k.lower().startswith("x-ms-client-principal")}
+        return {**kept, "X-MS-CLIENT-PRINCIPAL": base64.b64encode(json.dumps(principal).encode()).decode(),
+                "X-MS-CLIENT-PRINCIPAL-ID": client_id, "X-MS-CLIENT-PRINCIPAL-IDP": "aad"}
 
     async def _admin_invoke(self, request: web.Request) -> web.Response:
         """The host's admin API for non-HTTP triggers. For Service Bus the message goes through devhost's
@@ -423,11 +446,14 @@ class DevHost:
                                                                    if k != "resources"}})
 
     def _on_change(self, inst: Instance) -> None:
+        """One line per change of a monitor's status (not per poll; `-v` shows them). The engine reports an
+        ended instance more than once (when it ends and when it is released): only the first one is logged."""
         if inst.name != "reimage_monitor":
             return
-        # one line per change of the monitor's status (not per poll)
-        if self._last_progress.get(inst.id) != inst.status:
+        if inst.status in ("Pending", "Running"):
+            if self._last_progress.get(inst.id) == inst.status:
+                return
             self._last_progress[inst.id] = inst.status
-            log.info("%s monitor %s after %.1fs", inst.id, inst.status, self.clock.now() - inst.created)
-        if inst.status not in ("Pending", "Running"):
-            self._last_progress.pop(inst.id, None)  # an ended monitor logs no more: keep nothing for it
+        elif self._last_progress.pop(inst.id, None) is None:
+            return  # already logged as ended (or never seen live): an ended monitor keeps nothing here
+        monitor_log.info("%s monitor %s after %.1fs", inst.id, inst.status, self.clock.now() - inst.created)

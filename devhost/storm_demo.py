@@ -12,7 +12,7 @@ from typing import Any
 
 import aiohttp
 
-from devhost.demo import render
+from devhost.demo import WIDTH, Run, render
 from devhost.host import DevHost
 
 ALERTS, CAPACITY = 12, 20
@@ -37,20 +37,20 @@ class Storm:
                 and len(reimaged) == ALERTS and set(reimaged.values()) == {1})
 
 
-def alert(set_id: str, instance: int) -> dict[str, Any]:
+def alert(set_id: str, instance: int, run: Run) -> dict[str, Any]:
     return {"schemaId": "azureMonitorCommonAlertSchema", "data": {"essentials": {
-        "alertId": f"demo-storm-{instance}", "alertRule": "instance-unhealthy", "severity": "Sev2",
+        "alertId": run.key(f"storm-{instance}"), "alertRule": "instance-unhealthy", "severity": "Sev2",
         "signalType": "Metric", "monitorCondition": "Fired", "monitoringService": "Platform",
         "alertTargetIDs": [f"{set_id}/virtualMachines/{instance}"], "firedDateTime": "2026-11-25T00:00:00Z"},
         "alertContext": {}}}
 
 
-async def run_storm(host: DevHost, base: str, time_limit: float) -> Storm:
+async def run_storm(host: DevHost, run: Run, base: str, time_limit: float) -> Storm:
     storm = Storm(f"{base}/virtualMachineScaleSets/storm")
     host.sim.seed_scale_set(storm.set_id, CAPACITY)
     async with aiohttp.ClientSession(headers={"x-functions-key": host.function_key}) as http:
         async def send(i: int) -> Any:
-            async with http.post(f"{host.functions_url}/api/alerts", json=alert(storm.set_id, i)) as r:
+            async with http.post(f"{host.functions_url}/api/alerts", json=alert(storm.set_id, i, run)) as r:
                 return await r.json()
 
         answers = await asyncio.gather(*(send(i) for i in range(ALERTS) for _ in range(2)))
@@ -59,8 +59,8 @@ async def run_storm(host: DevHost, base: str, time_limit: float) -> Storm:
     storm.refused = sum(len(b.get("refused", [])) for b in answers)
     deadline = time.monotonic() + time_limit
     while time.monotonic() < deadline:
-        storm.events = [e for e in host.events() if e["type"] == "reimager.operation.completed"
-                        and e["data"]["operationId"] in ops]
+        storm.events = [e for e in run.events(host, "reimager.operation.completed")
+                        if e["data"]["operationId"] in ops]
         if len(storm.events) >= len(ops):
             break
         await asyncio.sleep(0.25)
@@ -68,7 +68,7 @@ async def run_storm(host: DevHost, base: str, time_limit: float) -> Storm:
     return storm
 
 
-def storm_table(storm: Storm) -> str:
+def storm_table(storm: Storm, width: int = WIDTH) -> str:
     """One row per batch (one ARM POST): its instances, its requests' outcomes and health."""
     by_batch: dict[str, list[dict[str, Any]]] = {}
     for e in storm.events:
@@ -79,7 +79,7 @@ def storm_table(storm: Storm) -> str:
         rows.append((batch[:14], ",".join(instances), str(len(items)),
                      "/".join(sorted({d["status"] for d in items})),
                      "/".join(sorted({d["health"] or "-" for d in items}))))
-    summary = (f"storm: {ALERTS} alerts (each sent twice) on {ALERTS} instances of a {CAPACITY}-instance set -> "
-               f"{storm.accepted} requests, {storm.refused} refused, {len(storm.posts)} ARM POSTs, "
+    summary = (f"storm: {ALERTS} alerts (each sent twice) on {ALERTS} instances of a {CAPACITY}-instance set\n"
+               f"  -> {storm.accepted} requests, {storm.refused} refused, {len(storm.posts)} ARM POSTs, "
                f"{len(storm.events)} completion events")
-    return summary + "\n" + render(rows[0], rows[1:])
+    return summary + "\n" + render(rows[0], rows[1:], width)

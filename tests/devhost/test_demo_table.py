@@ -39,3 +39,27 @@ def test_the_demo_ends_with_where_the_events_and_the_ledger_are(tmp_path: Path) 
     assert all(len(line) <= WIDTH for line in text.splitlines())
     assert str(host.events_file) in text and str(tmp_path / "state" / "azurite") in text
     assert "LEDGER_TABLE_PREFIX=reimager" in text and "reimagerops" in text
+
+
+def test_the_storm_summary_and_table_fit_100_columns() -> None:
+    from devhost.storm_demo import Storm, storm_table
+
+    events = [{"data": {"batchId": "b-" + "7" * 32, "instanceIds": [str(i)], "status": "Succeeded",
+                        "health": "Healthy", "completedAt": "2026-01-01T00:00:00Z"}} for i in range(12)]
+    text = storm_table(Storm("set", accepted=12, events=events, posts=[{}] * 3))
+    assert all(len(line) <= WIDTH for line in text.splitlines()), text
+    assert "12 requests, 0 refused, 3 ARM POSTs, 12 completion events" in text
+
+
+def test_a_run_reads_only_its_own_events_and_keys_carry_its_id(tmp_path: Path) -> None:
+    import json
+
+    from devhost.demo import Run
+
+    (tmp_path / "events.jsonl").write_text(json.dumps({"type": "old", "data": {}}) + "\n")
+    run, other = Run.begin(tmp_path), Run.begin(tmp_path)
+    assert run.first_event == 1 and run.id != other.id and run.id in run.key("http-1")
+    host = DevHost(state_dir=tmp_path)
+    with (tmp_path / "events.jsonl").open("a") as f:
+        f.write(json.dumps({"type": "new", "data": {}}) + "\n")
+    assert [e["type"] for e in run.events(host)] == ["new"]

@@ -288,9 +288,10 @@ def test_with_canaries_every_instance_asked_for_is_reimaged_once_or_ended_by_a_s
         owner = record.lease_owner
         if owner is None:
             break
+        waiting = {m: set(e.keys) for e in record.queue for m in e.members}
         sealed = seal(record, owner, s)
         for op in sealed.members:
-            mine = set(sealed.keys) & wanted[op]
+            mine = set(sealed.keys) & waiting[op]  # what this batch sends for this request
             assert not mine & sent[op]  # never the same instance twice for one request
             sent[op] |= mine
         good = verdicts[round_ % len(verdicts)]

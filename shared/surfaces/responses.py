@@ -90,6 +90,7 @@ class EvidenceItem(_Body):
     reason: str | None = Field(None, description="Skipped or failed: why")
     bytes: int | None = Field(None, description="The serial log: bytes kept")
     truncated: bool | None = Field(None, description="The serial log was longer than the cap: its end is kept")
+    total_bytes: int | None = Field(None, description="A truncated serial log: its whole length")
     retain_until: Timestamp | None = Field(None, description="The snapshot: its retention date (its tag)")
 
 

@@ -126,7 +126,8 @@ class Intake:
             reply_correlation_id=reply_correlation_id, created_time=now, last_updated_time=now,
             attempt=uuid.uuid4().hex[:16], claimed_until=now + timedelta(seconds=self.settings.claim_seconds),
             secret_fingerprint=fingerprint(secrets_of_body(call.body)),
-            freeze=frozen.doc() if frozen else None, approval_group=group)
+            freeze=frozen.doc() if frozen else None, approval_group=group,
+            evidence_mode=request.capture_evidence or self.settings.evidence)
         won, existing = await ledger.claim(record)
         if not won:
             return await self._joined(existing, request, trigger=trigger, default_key=default_key,

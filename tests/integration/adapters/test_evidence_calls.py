@@ -92,7 +92,7 @@ async def test_the_serial_log_comes_through_its_sas_uri_from_another_host_and_ne
 
 
 async def test_boot_diagnostics_not_enabled_is_409(client: ComputeClient) -> None:
-    with pytest.raises(EvidenceCallFailed, match="409.*not enabled"):
+    with pytest.raises(EvidenceCallFailed, match=r"409.*not enabled"):
         await client.evidence.serial_log_uri(parse_target(PLAIN), "")
 
 

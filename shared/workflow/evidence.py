@@ -87,8 +87,9 @@ async def _before_post(runtime: Runtime, record: OperationRecord) -> None:
     modes: dict[str, dict[str, str]] = {}
     for r in await _requests(runtime, record):
         mode = r.evidence_mode or "off"
-        keys = [k for k in r.cooldown_keys if k in posted]
-        if mode != "off" and keys and r.evidence is None:
+        done = (r.evidence or {}).get("instances") or {}  # a request the canary took in part has some already
+        keys = [k for k in r.cooldown_keys if k in posted and k not in done]
+        if mode != "off" and keys:
             asked[r.operation_id], modes[r.operation_id] = r, dict.fromkeys(keys, mode)
     wanted: dict[str, str] = {}
     for per in modes.values():
@@ -127,12 +128,19 @@ async def _before_post(runtime: Runtime, record: OperationRecord) -> None:
 
 
 async def _record(runtime: Runtime, record: OperationRecord, docs: dict[str, dict[str, Any]]) -> None:
-    """Each request's evidence on its record; a batch's own record gets all of its instances (first found)."""
+    """Each request's evidence on its record (added to what an earlier POST of its other instances captured); a
+    batch's own record gets all of its instances (first found)."""
     for op, doc in docs.items():
         def add(r: OperationRecord, doc: dict[str, Any] = doc) -> OperationRecord | None:
-            if r.evidence is not None:
-                return None
-            r.evidence = doc
+            old = r.evidence or {}
+            had = old.get("instances") or {}
+            if set(doc["instances"]) <= set(had):
+                return None  # recorded already (a retried write)
+            instances = {**doc["instances"], **had}
+            r.evidence = doc if not old else {**old, "instances": instances, "status": status_of(
+                i for items in instances.values() for i in items.values()),
+                "seconds": round(float(old.get("seconds") or 0) + doc["seconds"], 3),
+                "timedOut": bool(old.get("timedOut")) or doc["timedOut"]}
             return r
 
         await runtime.ledger.update(op, add)

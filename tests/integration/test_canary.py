@@ -103,6 +103,9 @@ async def test_an_approved_whole_set_request_goes_one_instance_first_then_the_re
     assert d["canary"]["role"] == "canary" and d["canary"]["outcome"] == "passed"
     assert d["canary"]["instanceIds"] == ["0"] and d["batchId"] != d["canary"]["batchId"]
     assert len(h.completed()) == 1  # one completion event for the request, however many POSTs it took
+    # its evidence covers every instance: the canary's, captured before the first POST, and the rest's
+    assert sorted(d["evidence"]["instances"], key=int) == ["0", "1", "2", "3", "4", "5"]
+    assert {i["instanceView"]["status"] for i in d["evidence"]["instances"].values()} == {"captured"}
 
 
 async def test_an_approved_request_whose_canary_fails_ends_suspended_having_reimaged_only_the_canary(

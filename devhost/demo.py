@@ -132,7 +132,7 @@ async def approval(host: DevHost, http: aiohttp.ClientSession, post: Any) -> Ste
     if s != 202 or body.get("status") != "AwaitingApproval":
         step.status, step.note = f"HTTP {s}", json.dumps(body)[:80]
         return step
-    waited = any(e["type"] == "reimager.operation.awaiting-approval" for e in host.events())
+    waited = any(e["type"] == "reimager.operation.awaiting-approval" for e in host.new_events())
     status, reply = await slack_command(host, http, f"approve {step.operation_id}", "demo.slack.2")
     step.note = (f"waited for approval ({'event sent' if waited else 'no event'}); Slack: "
                  f"{reply.get('text', '')[:60]}") if status == 200 else f"Slack HTTP {status}"
@@ -178,7 +178,7 @@ async def wait_for(host: DevHost, steps: list[Step], deadline: float) -> None:
     """Fill in each awaited step from its completion event (once), until all arrived or time is up."""
     while time.monotonic() < deadline:
         pending = [st for st in steps if st.expected in ("Succeeded", "Failed") and st.status == "-"]
-        for e in host.events():
+        for e in host.new_events():
             if e["type"] != "reimager.operation.completed":
                 continue
             d = e["data"]
@@ -201,9 +201,10 @@ async def wait_for(host: DevHost, steps: list[Step], deadline: float) -> None:
 
 
 def evidence_note(evidence: dict[str, Any]) -> str:
-    """What was kept before the wipe, with its links: `evidence <status>: serial log <url> (n bytes), ...`."""
+    """What was kept before the wipe, with its links (the first instance's; the event has every one)."""
+    instances = evidence.get("instances", {})
     parts = []
-    for key, items in evidence.get("instances", {}).items():
+    for key, items in list(instances.items())[:1]:
         for what, item in items.items():
             label = {"serialLog": "serial log", "instanceView": "instance view", "snapshot": "snapshot"}[what]
             if item.get("status") == "captured":
@@ -213,7 +214,8 @@ def evidence_note(evidence: dict[str, Any]) -> str:
                 parts.append(f"{label}{f' of {key}' if key else ''} {where}{size}")
             else:
                 parts.append(f"{label} {item.get('status')}: {item.get('reason', '')}")
-    return f"evidence {evidence.get('status')}: " + ", ".join(parts)
+    more = f" (and {len(instances) - 1} more instances)" if len(instances) > 1 else ""
+    return f"evidence {evidence.get('status')}: " + ", ".join(parts) + more
 
 
 WIDTH = 100  # the table fits a 100-column terminal

@@ -151,10 +151,12 @@ class DevHost:
         self.servicebus_stand_in = servicebus_stand_in
         self.storage: StorageProxy | None = None
         self.broker: Broker | None = None
+        self.first_event = 0  # events.jsonl lines of earlier runs, counted at start
 
     # ---- lifecycle ------------------------------------------------------------------------
     async def start(self) -> DevHost:
         self.state_dir.mkdir(parents=True, exist_ok=True)  # events.jsonl is appended to, never wiped
+        self.first_event = len(self.events())  # events of earlier runs on this state dir come before it
         identity = await serve(self.issuer.app(), self.host)
         arm = await self.sim.serve(self.host)  # on its recorded port: operation URLs outlive a restart
         boot_diagnostics = await self.sim.serve_boot_diagnostics(self.host)  # another host than ARM's
@@ -406,6 +408,11 @@ class DevHost:
         if not self.events_file.exists():
             return []
         return [json.loads(line) for line in self.events_file.read_text().splitlines() if line.strip()]
+
+    def new_events(self) -> list[dict[str, Any]]:
+        """The events published since this devhost started (not an earlier run's on the same state dir, whose
+        operation ids a scripted run repeats)."""
+        return self.events()[self.first_event:]
 
     async def _events(self, request: web.Request) -> web.Response:
         return web.json_response(self.events())

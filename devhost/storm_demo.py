@@ -86,9 +86,9 @@ async def _storm(host: DevHost, storm: Storm, http: aiohttp.ClientSession, deadl
     storm.refused = sum(len(b.get("refused", [])) for b in answers)
     name = storm.set_id.rsplit("/", 1)[-1]
     while time.monotonic() < deadline:
-        storm.events = [e for e in host.events() if e["type"] == "reimager.operation.completed"
+        storm.events = [e for e in host.new_events() if e["type"] == "reimager.operation.completed"
                         and e["data"]["operationId"] in ops]
-        storm.suspended = [e for e in host.events() if e["type"] == "reimager.target.suspended"
+        storm.suspended = [e for e in host.new_events() if e["type"] == "reimager.target.suspended"
                            and str(e["data"]["target"]).endswith(f"/{name}")]
         if len(storm.events) >= len(ops):
             break

@@ -75,7 +75,7 @@ _SNAPSHOT_NAME = re.compile(r"[^A-Za-z0-9_.-]")
 
 def snapshot_name(operation_id: str, key: str) -> str:
     """1-80 characters of letters, digits, '_', '.', '-', ending with a letter, digit or '_' (Compute's rule)."""
-    return _SNAPSHOT_NAME.sub("-", f"reimager-{operation_id}-{key or 'vm'}")[:80]
+    return _SNAPSHOT_NAME.sub("-", f"reimager-{operation_id}-{key or 'vm'}")[:80].rstrip(".-") or "reimager"
 
 
 def retain_until(now: datetime, days: int) -> str:

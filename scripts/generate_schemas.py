@@ -72,7 +72,8 @@ def events_doc() -> str:
                          suspension={"since": "2026-01-01T00:03:10+00:00", "reason": "11 of 20 instances were asked "
                                      "to be reimaged within 60 minutes, more than BREAKER_PERCENT 50%: a systemic "
                                      "failure that reimaging will not cure", "by": "breaker",
-                                     "code": "BreakerPercent", "evidence": {"distinctInstancesRequested": 11, "capacity": 20,
+                                     "code": "BreakerPercent",
+                                     "evidence": {"distinctInstancesRequested": 11, "capacity": 20,
                                                   "breakerPercent": 50, "windowMinutes": 60}})
     canary_failed = _example(
         EventType.SUSPENDED, operationId=None, requestId=None, instanceIds=None, status="Suspended", trigger="breaker",

@@ -262,6 +262,10 @@ def _selection(record: TargetRecord, now: datetime, settings: Settings
     cap = batch_cap(record.capacity, settings)
     used = budget_used(record) if is_scale_set(record) else 0
     room = fleet_budget(record.capacity, settings) - used if is_scale_set(record) else cap
+    # A canary went ahead of the batch it cleared: that batch is admitted as the first of an empty window would be
+    # (else a request wider than the budget would wait a window, and meet a canary again when it ends).
+    ahead = sum(e.count for e in record.window if record.canary is not None and e.owner == record.canary.batch_id
+                and record.canary.outcome == "passed")
     options: dict[str, Any] | None = None
     for entry in record.queue:
         if cooling(record, entry.keys, now) is not None:
@@ -273,7 +277,7 @@ def _selection(record: TargetRecord, now: datetime, settings: Settings
         first = options is None
         if not first and (len(union) > cap or len(union) > room):
             continue
-        if first and used > 0 and len(union) > room:
+        if first and used - ahead > 0 and len(union) > room:
             break  # over budget: wait for the window to free
         options = entry.options
         chosen.append(entry)

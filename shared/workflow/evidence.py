@@ -115,7 +115,7 @@ async def _before_post(runtime: Runtime, record: OperationRecord) -> None:
     for op, per in modes.items():
         instances: dict[str, dict[str, Any]] = {}
         for key, mode in per.items():
-            wants = ["instanceView", "serialLog", *(["snapshot"] if mode == "snapshot" else [])]
+            wants = ["serialLog", "instanceView", *(["snapshot"] if mode == "snapshot" else [])]  # the view's order
             got = capture.found.get(op, {}).get(key, {})
             instances[key] = {what: got.get(what, ran_out) for what in wants}
         docs[op] = {"mode": stronger(None, asked[op].evidence_mode), "status": status_of(

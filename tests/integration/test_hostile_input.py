@@ -61,8 +61,9 @@ async def test_instance_ids_as_numbers_are_accepted_as_canonical_strings(host: H
     s, answer, _ = await host.reimage({"target": VMSS, "instanceIds": [0, 1]})
     assert s == 202, answer
     assert answer["instanceIds"] == ["0", "1"]
-    await host.settle(lambda: len(host.reimage_posts()) >= 1)
-    assert host.reimage_posts()[0]["body"] == {"instanceIds": ["0", "1"]}
+    await host.settle(lambda: len(host.reimage_posts()) >= 2)
+    # instance 0 as the set's canary, then 1
+    assert [p["body"] for p in host.reimage_posts()] == [{"instanceIds": ["0"]}, {"instanceIds": ["1"]}]
 
 
 # --- scopes compare ARM ids with ASCII-only folding ---------------------------------------------

@@ -303,3 +303,24 @@ def test_with_canaries_every_instance_asked_for_is_reimaged_once_or_ended_by_a_s
     assert record.lease_owner is None and record.queue == []
     for op, keys in wanted.items():
         assert sent[op] == keys or op in ended, op
+
+
+def test_the_batch_a_canary_cleared_is_admitted_as_the_first_of_an_empty_window() -> None:
+    """A 4-instance set's fleet budget is 1 instance an hour: the canary takes it, yet the approved request's other
+    three instances go right after (as one batch would in an empty window), not an hour later, when the canary
+    would have run out and cut them again."""
+    s = settings(FLEET_BUDGET_PERCENT="30", MAX_INSTANCES_PER_REQUEST="10")
+    record = TargetRecord(key=SET, capacity=4)
+    ask(record, "op-all", ["0", "1", "2", "3"], s, approved=True, capacity=4)
+    seal(record, "b-1", s)
+    end(record, "b-1", ["0"], s, detail=HEALTHY)
+    after = seal(record, "b-next", s)
+    assert after.keys == ["1", "2", "3"] and after.members == ["op-all"]
+    # a storm on the same small set: the canary's batch and one more; then the budget holds the rest
+    storm_set = TargetRecord(key=SET, capacity=4)
+    for i in range(3):
+        ask(storm_set, f"op-{i}", [str(i)], s, capacity=4)
+    seal(storm_set, "b-1", s)
+    end(storm_set, "b-1", ["0"], s, detail=HEALTHY)
+    assert seal(storm_set, "b-next", s).members == ["op-1"]
+    assert end(storm_set, "b-next", ["1"], s, next_batch="b-3").formed is None  # over budget: wait for the window

@@ -241,6 +241,7 @@ class CanaryState(_Doc):
     members: list[str]
     partial: list[str] = Field(default_factory=list)  # members with more instances than the canary took...
     held: list[QueueEntry] = Field(default_factory=list)  # ...whose other instances wait here, out of the queue
+    options: dict[str, Any] = Field(default_factory=dict)  # what it was reimaged with (another exactVersion: no proof)
     started: datetime
     outcome: Literal["running", "passed", "failed"] = "running"
     status: str | None = None  # the canary batch's end: Succeeded, Failed, TimedOut, Canceled

@@ -264,8 +264,8 @@ def _selection(record: TargetRecord, now: datetime, settings: Settings
     room = fleet_budget(record.capacity, settings) - used if is_scale_set(record) else cap
     # A canary went ahead of the batch it cleared: that batch is admitted as the first of an empty window would be
     # (else a request wider than the budget would wait a window, and meet a canary again when it ends).
-    ahead = sum(e.count for e in record.window if record.canary is not None and e.owner == record.canary.batch_id
-                and record.canary.outcome == "passed")
+    canary_ahead = record.canary if record.canary is not None and record.canary.outcome == "passed" else None
+    ahead = sum(e.count for e in record.window if canary_ahead is not None and e.owner == canary_ahead.batch_id)
     options: dict[str, Any] | None = None
     for entry in record.queue:
         if cooling(record, entry.keys, now) is not None:

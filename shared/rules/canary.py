@@ -4,8 +4,9 @@ A bad image, a broken model or a dependency that is down makes every reimaged ma
 after batch would spread it until the breaker counts enough failures. So, on a scale set with no canary that passed
 within FLEET_WINDOW_MINUTES, the batch sealed while other work waits (or one carrying an approved request) is cut to
 CANARY_INSTANCES instances, in arrival order, and the rest of the queue waits (Queued) for its verdict:
-- it ends Succeeded and not Unhealthy: it **passed**. The set needs no canary for FLEET_WINDOW_MINUTES, and batches
-  go on under the cap and the budgets;
+- it ends Succeeded and not Unhealthy: it **passed**. The set needs no canary for FLEET_WINDOW_MINUTES (for batches
+  with the same reimage options: another `exactVersion` is another image), and batches go on under the cap and the
+  budgets (the first of them admitted as the first batch of an empty budget window would be);
 - it ends Failed, TimedOut, Canceled or Unhealthy: it **failed**. The set is suspended (code CanaryFailed, with the
   canary's health detail as evidence) and every request that waited leaves the queue, to end
   Canceled/TargetSuspended;
@@ -38,8 +39,9 @@ def _order(key: str) -> tuple[int, str]:
     return (len(key), key)
 
 
-def needed(record: TargetRecord, batch_id: str, now: datetime, settings: Settings) -> bool:
-    """Whether the batch `batch_id` about to be sealed on this scale set must be a canary."""
+def needed(record: TargetRecord, batch_id: str, options: dict[str, Any], now: datetime, settings: Settings) -> bool:
+    """Whether the batch `batch_id` about to be sealed on this scale set, with these reimage options, must be a
+    canary: no canary with the same options (another `exactVersion` is another image) passed within the window."""
     if settings.canary_instances <= 0:
         return False
     c = record.canary
@@ -47,7 +49,7 @@ def needed(record: TargetRecord, batch_id: str, now: datetime, settings: Setting
         return True
     if c.outcome == "running":
         return c.batch_id != batch_id
-    return c.valid_until is None or c.valid_until <= now
+    return c.valid_until is None or c.valid_until <= now or c.options != options
 
 
 def recover(record: TargetRecord) -> None:
@@ -72,7 +74,7 @@ def cut(record: TargetRecord, chosen: list[QueueEntry], batch_id: str, now: date
     A canary when the set needs one and work would wait behind it: the queue holds more instances than
     CANARY_INSTANCES, or the batch carries an approved request (however small)."""
     n = settings.canary_instances
-    if not chosen or not needed(record, batch_id, now, settings):
+    if not chosen or not needed(record, batch_id, chosen[0].options, now, settings):
         return chosen, chosen, None
     waiting = {k for e in record.queue for k in e.keys}
     if len(waiting) <= n and not any(e.approved for e in chosen):
@@ -94,7 +96,8 @@ def cut(record: TargetRecord, chosen: list[QueueEntry], batch_id: str, now: date
     instances = sorted({k for e in sent for k in e.keys}, key=_order)
     members = [m for e in sent for m in e.members]
     state = CanaryState(batch_id=batch_id, instances=instances, members=members,
-                        partial=[m for e in held for m in e.members], held=held, started=now)
+                        partial=[m for e in held for m in e.members], held=held, options=dict(chosen[0].options),
+                        started=now)
     return sent, taken, state
 
 

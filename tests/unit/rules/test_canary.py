@@ -284,18 +284,22 @@ def test_with_canaries_every_instance_asked_for_is_reimaged_once_or_ended_by_a_s
         wanted[f"op-{i}"] = set(keys)
     sent: dict[str, set[str]] = {op: set() for op in wanted}
     ended: set[str] = set()
-    for round_ in range(200):
+    now = T0
+    for round_ in range(400):
         owner = record.lease_owner
-        if owner is None:
-            break
+        if owner is None:  # over the fleet budget: the window frees (and the passed canary runs out with it)
+            now += timedelta(minutes=61)
+            owner = admission.form_batch(record, now, now + timedelta(hours=3), s, f"b-w{round_}")
+            if owner is None:
+                break
         waiting = {m: set(e.keys) for e in record.queue for m in e.members}
-        sealed = seal(record, owner, s)
+        sealed = seal(record, owner, s, now)
         for op in sealed.members:
             mine = set(sealed.keys) & waiting[op]  # what this batch sends for this request
             assert not mine & sent[op]  # never the same instance twice for one request
             sent[op] |= mine
         good = verdicts[round_ % len(verdicts)]
-        handoff = end(record, owner, sealed.keys, s, health="Healthy" if good else "Unhealthy",
+        handoff = end(record, owner, sealed.keys, s, health="Healthy" if good else "Unhealthy", now=now,
                       next_batch=f"b-n{round_}")
         ended |= {m for e in handoff.ended for m in e.members}
         if record.suspended:
@@ -324,3 +328,20 @@ def test_the_batch_a_canary_cleared_is_admitted_as_the_first_of_an_empty_window(
     end(storm_set, "b-1", ["0"], s, detail=HEALTHY)
     assert seal(storm_set, "b-next", s).members == ["op-1"]
     assert end(storm_set, "b-next", ["1"], s, next_batch="b-3").formed is None  # over budget: wait for the window
+
+
+def test_a_passed_canary_holds_only_for_the_same_options() -> None:
+    """Another exactVersion is another image: its first batch is a canary of its own."""
+    s = settings()
+    record = TargetRecord(key=SET, capacity=20)
+    storm(record, 2, s)
+    pinned = {**OPTS, "exactVersion": "1.2.3"}
+    for i in (5, 6):
+        apply(record, admission.admit_request(record, owner=f"op-v{i}", keys=[str(i)], options=pinned, secret=False,
+                                              capacity=20, target_id=SET, now=T0, until=UNTIL, settings=s))
+    seal(record, "b-1", s)
+    end(record, "b-1", ["0"], s, detail=HEALTHY)
+    assert seal(record, "b-next", s).members == ["op-1"]  # the same options: cleared by the canary
+    end(record, "b-next", ["1"], s, next_batch="b-3")
+    sealed = seal(record, "b-3", s)
+    assert sealed.members == ["op-v5"] and sealed.canary is not None and sealed.canary["role"] == "canary"

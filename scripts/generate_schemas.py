@@ -138,7 +138,8 @@ failed (the status document's `reply`, a log line, and a `reimager.operation.rep
   with status `Succeeded`, `Failed`, `Canceled` or `TimedOut`.
 - A queued request refused before it was accepted (invalid, forbidden, not found) gets a
   `reimager.request.rejected` event with status `Rejected` and the error, so nothing is lost.
-- `reimager.operation.accepted` is informational: sent once the reimage was submitted to ARM.
+- `reimager.operation.accepted` is informational: sent once the reimage was submitted to ARM (or, for a
+  request that rides a reimage already under way for its instances, when it joins it).
   So are `reimager.operation.queued` (waiting for its scale set's batch or a budget) and
   `reimager.operation.awaiting-approval` (waiting for a second person). A request held by a freeze
   carries `freeze` (source, window, start, until) on every event; one held with others as one

@@ -50,11 +50,11 @@ class EvidenceStore:
             self._ready = asyncio.Lock()
         async with self._ready:
             if not self._created:
-                from azure.core.exceptions import ResourceExistsError
+                from azure.core.exceptions import HttpResponseError
 
                 try:
                     await container.create_container()
-                except ResourceExistsError:
+                except HttpResponseError:  # it exists (409), or this identity may not create it (403: the Bicep did)
                     pass
                 self._created = True
         return container

@@ -141,7 +141,7 @@ async def test_a_storm_of_100_alerts_is_never_throttled_and_reads_the_set_a_few_
     assert len(reimaged) == 100 and set(reimaged.values()) == {1}
     kinds = Counter("poll" if "/operations/" in r["path"] else ("evidence" if _before_a_post(h, r) else "health")
                     if "$expand" in r["query"] else "preflight" for r in reads)
-    assert len(posts) == 1 + 5 and [len(p["body"]["instanceIds"]) for p in posts][0] == 1  # the canary, then 5
+    assert len(posts) == 1 + 5 and len(posts[0]["body"]["instanceIds"]) == 1  # the canary, then 5
     assert kinds["evidence"] == len(posts) and len(reads) <= 30, kinds
 
     peer_start = len(h.dh.sim.requests)

@@ -200,15 +200,16 @@ async def serve_forever(args: argparse.Namespace) -> int:
 async def demo(args: argparse.Namespace) -> int:
     from devhost.demo import BASE, Run, run_demo, table, where_to_look
     from devhost.storm_demo import SETTINGS as STORM_SETTINGS
-    from devhost.storm_demo import run_storm, storm_table
+    from devhost.storm_demo import run_storms, storm_table
 
     # The scripted demo starts afresh on a state dir that may hold earlier runs: a previous run's cooldowns
     # would refuse it, its operations would answer as duplicates, and its events are still in events.jsonl.
     # So each run has an id of its own, in every key it sends and in its ledger tables' prefix (Azurite keeps
     # the old tables); it reads only the events published after it started; the task hub and simulator start
-    # empty.
+    # empty. Polls every 2 s: a health check of one unhealthy instance (the bad canary) reads its view for a
+    # minute, and Compute allows 12 reads of it a minute (burst 36): faster, reimager would hold its reads back.
     run = Run.begin(Path(args.state_dir))
-    overrides = {"POLL_MIN_SECONDS": "1", "POLL_DEFAULT_SECONDS": "1", **STORM_SETTINGS,
+    overrides = {"POLL_MIN_SECONDS": "1", "POLL_DEFAULT_SECONDS": "2", **STORM_SETTINGS,
                  "LEDGER_TABLE_PREFIX": f"demo{run.id}", "SLACK_SIGNING_SECRET": "demo-slack-signing-secret",
                  **settings_from(args.settings)}
     for part in ("taskhub", "arm"):
@@ -222,8 +223,9 @@ async def demo(args: argparse.Namespace) -> int:
     try:
         print(f"devhost up at {host.functions_url}; running the demo scenario (run {run.id})...", flush=True)
         ok, steps = await run_demo(host, run, args.time_limit)
-        print("demo: a storm of alerts on one scale set...", flush=True)
-        storm = await run_storm(host, run, BASE, args.time_limit)
+        print("demo: storms of alerts on two scale sets (a healthy canary; a bad image's canary, judged after its "
+              "minute of health grace)...", flush=True)
+        storm, bad = await run_storms(host, run, BASE, args.time_limit)
     finally:
         await host.stop()
     print()
@@ -231,10 +233,12 @@ async def demo(args: argparse.Namespace) -> int:
     print()
     print(storm_table(storm))
     print()
-    ok = ok and storm.ok
+    print(storm_table(bad))
+    print()
+    ok = ok and storm.ok and bad.suspended_ok
     print("demo: every expected outcome arrived" if ok else "demo: FAILED, some outcomes did not arrive")
-    passed = sum(st.ok for st in steps) + storm.ok
-    print(f"demo: {passed} passed, {len(steps) + 1 - passed} failed")
+    passed = sum(st.ok for st in steps) + storm.ok + bad.suspended_ok
+    print(f"demo: {passed} passed, {len(steps) + 2 - passed} failed")
     print(where_to_look(host))
     return 0 if ok else 1
 

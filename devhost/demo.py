@@ -80,10 +80,12 @@ async def run_demo(host: DevHost, run: Run, time_limit: float = 60.0) -> tuple[b
             async with http.post(url + path, json=body) as r:
                 return r.status, await r.json()
 
-        # 1. A chatops bot reimages a Linux VM over HTTP.
+        # 1. A chatops bot reimages a Linux VM over HTTP; its serial log, instance view and an OS disk snapshot are
+        #    kept first (evidence before the wipe).
         vm = Step("HTTP reimage of a VM", "http", f"{BASE}/virtualMachines/web-linux-01", "Succeeded")
         s, body = await post("/api/reimage", {"target": vm.target, "requestedBy": "chatops:alice",
-                                              "reason": "demo", "requestId": run.key("http-1")})
+                                              "reason": "demo", "requestId": run.key("http-1"),
+                                              "captureEvidence": "snapshot"})
         vm.operation_id, vm.answer = body.get("operationId"), str(s)
         steps.append(vm)
 
@@ -214,6 +216,8 @@ async def wait_for(host: DevHost, run: Run, steps: list[Step], deadline: float) 
                     st.batch_id = d.get("batchId")
                     if d.get("error"):
                         st.note = f"ARM error {d['error']['code']}"
+                    if d.get("evidence"):
+                        st.note = "; ".join(filter(None, [st.note, evidence_note(d["evidence"])]))
                     broker = host.broker
                     replies = [m.entity for m in broker.replies() if m.message_id == e["id"]] if broker else []
                     if replies:
@@ -221,6 +225,24 @@ async def wait_for(host: DevHost, run: Run, steps: list[Step], deadline: float) 
         if all(st.status != "-" for st in steps if st.expected in ("Succeeded", "Failed")):
             return
         await asyncio.sleep(0.25)
+
+
+def evidence_note(evidence: dict[str, Any]) -> str:
+    """What was kept before the wipe, with its links (the first instance's; the event has every one)."""
+    instances = evidence.get("instances", {})
+    parts = []
+    for key, items in list(instances.items())[:1]:
+        for what, item in items.items():
+            label = {"serialLog": "serial log", "instanceView": "instance view", "snapshot": "snapshot"}[what]
+            if item.get("status") == "captured":
+                where = str(item.get("url", ""))
+                where = where.split("/providers/Microsoft.Compute/")[-1] if what == "snapshot" else where
+                size = f" ({item['bytes']} bytes)" if "bytes" in item else ""
+                parts.append(f"{label}{f' of {key}' if key else ''} {where}{size}")
+            else:
+                parts.append(f"{label} {item.get('status')}: {item.get('reason', '')}")
+    more = f" (and {len(instances) - 1} more instances)" if len(instances) > 1 else ""
+    return f"evidence {evidence.get('status')}: " + ", ".join(parts) + more
 
 
 WIDTH = 100  # the table fits a 100-column terminal
@@ -280,6 +302,8 @@ def where_to_look(host: DevHost, width: int = WIDTH) -> str:
         f"operation), {prefix}targets (leases, cooldowns), {prefix}index",
         f"read them again: python -m devhost --state-dir {host.state_dir} --settings LEDGER_TABLE_PREFIX={prefix}, "
         "then GET /api/reimage/<operation> or GET /devhost/events",
+        "evidence: Azurite's blob container reimager-evidence (each completion event's evidence links its blobs); "
+        "snapshots: GET /devhost/compute/snapshots",
     ]
     return "\n".join(textwrap.fill(line, width, subsequent_indent="    ", break_long_words=False,
                                    break_on_hyphens=False) for line in lines)

@@ -72,10 +72,11 @@ def function_index() -> FunctionIndex:
 def demo_resources(sub: str = DEMO_SUBSCRIPTION, group: str = DEMO_GROUP) -> dict[str, dict[str, Any]]:
     base = f"/subscriptions/{sub}/resourceGroups/{group}/providers/Microsoft.Compute"
     disk = {"createOption": "FromImage", "managedDisk": {"storageAccountType": "Premium_LRS"}}
+    boot = {"bootDiagnostics": {"enabled": True}}  # managed boot diagnostics (no storageUri)
     return {
         f"{base}/virtualMachines/web-linux-01": {
             "location": "westus", "tags": {"role": "web"},
-            "properties": {"hardwareProfile": {"vmSize": "Standard_D2s_v5"},
+            "properties": {"hardwareProfile": {"vmSize": "Standard_D2s_v5"}, "diagnosticsProfile": boot,
                            "osProfile": {"computerName": "web-linux-01", "adminUsername": "azureuser",
                                          "linuxConfiguration": {"disablePasswordAuthentication": False}},
                            "storageProfile": {"imageReference": {"publisher": "Canonical", "offer": "ubuntu-24_04-lts",
@@ -83,7 +84,7 @@ def demo_resources(sub: str = DEMO_SUBSCRIPTION, group: str = DEMO_GROUP) -> dic
                                               "osDisk": {**disk, "osType": "Linux"}}}},
         f"{base}/virtualMachines/app-win-01": {
             "location": "westus", "tags": {"role": "app"},
-            "properties": {"hardwareProfile": {"vmSize": "Standard_D4s_v5"},
+            "properties": {"hardwareProfile": {"vmSize": "Standard_D4s_v5"}, "diagnosticsProfile": boot,
                            "osProfile": {"computerName": "app-win-01", "adminUsername": "azureadmin",
                                          "windowsConfiguration": {"provisionVMAgent": True}},
                            "storageProfile": {"imageReference": {"publisher": "MicrosoftWindowsServer",
@@ -100,6 +101,7 @@ def demo_resources(sub: str = DEMO_SUBSCRIPTION, group: str = DEMO_GROUP) -> dic
             "properties": {"upgradePolicy": {"mode": "Manual"}, "overprovision": False,
                            "virtualMachineProfile": {
                                "osProfile": {"computerNamePrefix": "worker", "adminUsername": "azureuser"},
+                               "diagnosticsProfile": boot,
                                "storageProfile": {
                                    "imageReference": {"publisher": "Canonical", "offer": "ubuntu-24_04-lts",
                                                       "sku": "server", "version": "latest"},
@@ -157,7 +159,8 @@ class DevHost:
         self.state_dir.mkdir(parents=True, exist_ok=True)  # events.jsonl is appended to, never wiped
         identity = await serve(self.issuer.app(), self.host)
         arm = await self.sim.serve(self.host)  # on its recorded port: operation URLs outlive a restart
-        self.servers += [identity, arm]
+        boot_diagnostics = await self.sim.serve_boot_diagnostics(self.host)  # another host than ARM's
+        self.servers += [identity, arm, boot_diagnostics]
         self.identity_url, self.arm_url = identity.url + IDENTITY_PATH, arm.url
         await reset_durable_session()
         from shared import runtime
@@ -207,6 +210,8 @@ class DevHost:
             web.get("/devhost/events", self._events),
             web.get("/devhost/compute/requests", self._requests),
             web.post("/devhost/compute/faults", self._faults),
+            web.get("/devhost/compute/bootdiagnostics/requests", self._boot_diagnostics_requests),
+            web.get("/devhost/compute/snapshots", self._snapshots),
             web.get("/devhost/durable/instances", self._instances),
             web.post("/admin/functions/{name}", self._admin_invoke),
             web.get("/devhost/servicebus/deadletter", self._deadletter),
@@ -430,6 +435,13 @@ class DevHost:
 
     async def _requests(self, request: web.Request) -> web.Response:
         return web.json_response(self.sim.requests)
+
+    async def _boot_diagnostics_requests(self, request: web.Request) -> web.Response:
+        return web.json_response(self.sim.boot_diagnostics.requests)
+
+    async def _snapshots(self, request: web.Request) -> web.Response:
+        now = self.clock.now()
+        return web.json_response([s.doc(now) for s in self.sim.snapshots.values()])
 
     async def _faults(self, request: web.Request) -> web.Response:
         doc = await request.json()

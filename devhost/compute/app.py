@@ -23,6 +23,7 @@ from devhost.compute.arm import (
     api_version_error,
     cloud_error,
 )
+from devhost.compute.evidence import BootDiagnosticsStorage, Evidence, Snapshot
 from devhost.compute.faults import Fault, injected_answer, take_fault
 from devhost.compute.limits import ArmLimits
 from devhost.compute.operations import Operation, Operations
@@ -61,6 +62,9 @@ class ComputeSimulator:
     # Compute's and ARM's throttling (devhost/compute/throttle.py), on by default as in Azure. Swap the object to
     # change it (every bucket starts full again): ArmLimits.off(), ArmLimits().lifted(10), ArmLimits.load(FILE).
     arm_limits: ArmLimits = field(default_factory=ArmLimits.azure)
+    # Evidence (devhost/compute/evidence.py): how long a snapshot takes to succeed, and how long serial logs are
+    snapshot_seconds: float = 2.0
+    serial_log_bytes: int = 0
 
     def __post_init__(self) -> None:
         # The parts share this object's dicts, and read its switches (fields above) at each request.
@@ -70,6 +74,9 @@ class ComputeSimulator:
         self._operations = Operations(self.clock, self, self._inventory, self.operations, self._store)
         views = InstanceViews(self, self._inventory, self._operations)
         self._resource_api = ResourceApi(self.clock, self, self._inventory, self._operations, views)
+        # Boot diagnostics' storage, on a host of its own (serve_boot_diagnostics), and snapshots
+        self.boot_diagnostics = BootDiagnosticsStorage(self.clock, self._inventory, self)
+        self._evidence = Evidence(self.clock, self._inventory, self, self.boot_diagnostics)
         self.throttle = Throttle(self)
         if self._store is not None:
             self._meta = self._store.read_meta()
@@ -83,10 +90,17 @@ class ComputeSimulator:
         return self._inventory.upsert(resource_id, body, patch)
 
     def seed_scale_set(self, resource_id: str, capacity: int, *, location: str = "westus",
-                       health_extension: bool = True, ephemeral: bool = True) -> dict[str, Any]:
+                       health_extension: bool = True, ephemeral: bool = True,
+                       boot_diagnostics: bool = False) -> dict[str, Any]:
         """A Linux scale set of `capacity` instances (for scale tests): one PUT's worth of model."""
         return self._inventory.seed_scale_set(resource_id, capacity, location=location,
-                                              health_extension=health_extension, ephemeral=ephemeral)
+                                              health_extension=health_extension, ephemeral=ephemeral,
+                                              boot_diagnostics=boot_diagnostics)
+
+    @property
+    def snapshots(self) -> dict[str, Snapshot]:
+        """The snapshots taken (lower-cased id -> snapshot)."""
+        return self._evidence.snapshots
 
     def set_power_state(self, resource_id: str, state: str) -> None:
         """For example "deallocated": a reimage of a deallocated VM or instance is refused (409)."""
@@ -154,6 +168,13 @@ class ComputeSimulator:
             self._store.write(self._store.meta, self._meta)
         return served
 
+    async def serve_boot_diagnostics(self, host: str = "127.0.0.1") -> Served:
+        """Serve boot diagnostics' storage on a port of its own: the host retrieveBootDiagnosticsData's SAS URIs
+        name, which is not ARM's (a bearer token must never go there)."""
+        served = await serve(self.boot_diagnostics.app(), host, 0)
+        self.boot_diagnostics.url = served.url
+        return served
+
     def app(self) -> web.Application:
         app = web.Application(client_max_size=4 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._entry)
@@ -217,6 +238,9 @@ class ComputeSimulator:
 
     def _route(self, request: web.Request, body: Any, version: str, fault: Fault | None) -> web.StreamResponse:
         path = request.path
+        evidence = self._evidence.route(request, body)  # boot diagnostics, snapshots and their operations
+        if evidence is not None:
+            return evidence
         if m := OPERATION_PATH.match(path):
             return self._operation_status(request, m["id"], m["sub"], fault)
         m = RESOURCE_PATH.match(path)

@@ -16,6 +16,19 @@
 // Compute also checks .../virtualMachines/instanceView/read for $expand=instanceView is not documented;
 // AKS's cloud-provider permission list pairs the two, and the one-instance GET needs it anyway.
 // Not granted: virtualMachineScaleSets/instanceView/read (the set-wide summary; never read).
+// Evidence before the wipe (shared/adapters/arm/evidence.py; research notes arm.md C10-C12):
+//   POST .../virtualMachines/{vm}/retrieveBootDiagnosticsData       virtualMachines/retrieveBootDiagnosticsData/action
+//   POST .../virtualMachineScaleSets/{set}/virtualMachines/{id}/retrieveBootDiagnosticsData
+//                                                                  virtualMachineScaleSets/virtualMachines/retrieveBootDiagnosticsData/action
+//   PUT  .../snapshots/{name} (incremental, Copy)                   snapshots/write, and on the source disk (a linked
+//        check, 403 LinkedAuthorizationFailed without it) disks/beginGetAccess/action, and, for a scale set's
+//        instance disk, virtualMachineScaleSets/disks/beginGetAccess/action (which one Compute checks is not
+//        documented: both)
+//   GET  .../snapshots/{name} (when ARM names no operation to poll) snapshots/read
+//   GET  .../locations/{loc}/DiskOperations/{id}                   locations/diskOperations/read
+// The models and views read before the POST are the reads above (virtualMachines/read with $expand=instanceView,
+// virtualMachineScaleSets/virtualMachines/read). Not granted: disks/read (the disk id comes from the model),
+// snapshots/delete (evidence expires by its retention tag; deleting is an operator's decision).
 targetScope = 'subscription'
 
 param roleName string
@@ -33,13 +46,20 @@ var actions = [
   'Microsoft.Compute/virtualMachineScaleSets/virtualMachines/reimage/action'
   'Microsoft.Compute/virtualMachineScaleSets/virtualMachines/reimageall/action'
   'Microsoft.Compute/locations/operations/read'
+  'Microsoft.Compute/virtualMachines/retrieveBootDiagnosticsData/action'
+  'Microsoft.Compute/virtualMachineScaleSets/virtualMachines/retrieveBootDiagnosticsData/action'
+  'Microsoft.Compute/snapshots/write'
+  'Microsoft.Compute/snapshots/read'
+  'Microsoft.Compute/disks/beginGetAccess/action'
+  'Microsoft.Compute/virtualMachineScaleSets/disks/beginGetAccess/action'
+  'Microsoft.Compute/locations/diskOperations/read'
 ]
 
 resource role 'Microsoft.Authorization/roleDefinitions@2022-04-01' = {
   name: guid(subscription().id, roleName)
   properties: {
     roleName: roleName
-    description: 'Lets reimager read VMs and scale sets (and their instance views) and reimage them; nothing else.'
+    description: 'Lets reimager read VMs and scale sets (and their instance views), capture their boot diagnostics and OS disk snapshots, and reimage them; nothing else.'
     type: 'CustomRole'
     permissions: [
       {

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -181,6 +181,10 @@ class ReimageRequest(_Wire):
     requested_by: str | None = Field(None, max_length=256)
     reason: str | None = Field(None, max_length=256)
     correlation_id: str | None = Field(None, min_length=1, max_length=256)
+    capture_evidence: Literal["off", "bootdiagnostics", "snapshot"] | None = Field(
+        None, description="What to capture before the reimage wipes the OS disk: off, bootdiagnostics (the serial "
+        "console log and the instance view) or snapshot (and an incremental snapshot of a managed OS disk). Default: "
+        "the EVIDENCE setting.")
 
     _target: Target | None = PrivateAttr(None)
 

@@ -46,9 +46,11 @@ def test_the_storm_summary_and_table_fit_100_columns() -> None:
 
     events = [{"data": {"batchId": "b-" + "7" * 32, "instanceIds": [str(i)], "status": "Succeeded",
                         "health": "Healthy", "completedAt": "2026-01-01T00:00:00Z"}} for i in range(12)]
-    text = storm_table(Storm("set", accepted=12, events=events, posts=[{}] * 3))
+    posts = [{"body": {"instanceIds": [str(i) for i in range(n)]}} for n in (1, 4, 4, 3)]
+    suspended = [{"data": {"suspension": {"code": "CanaryFailed", "by": "canary", "reason": "the canary " * 20}}}]
+    text = storm_table(Storm("set", accepted=12, events=events, posts=posts, suspended=suspended))
     assert all(len(line) <= WIDTH for line in text.splitlines()), text
-    assert "12 requests, 0 refused, 3 ARM POSTs, 12 completion events" in text
+    assert "12 requests, 0 refused, 4 ARM POSTs (1, 4, 4, 3 instances), 12 completion events" in text
 
 
 def test_a_run_reads_only_its_own_events_and_keys_carry_its_id(tmp_path: Path) -> None:

@@ -70,7 +70,8 @@ async def test_storm_coalesces_into_batches(new_host: NewHost, n: int) -> None:
     by_op = Counter(e["data"]["operationId"] for e in events)
     assert set(by_op.values()) == {1}  # exactly one completion event per request
     cap = 100 * 20 // 100
-    assert len(posts(h)) == math.ceil(n / cap)
+    # the set's canary (one instance) first, then batches of the cap
+    assert len(posts(h)) == 1 + math.ceil((n - 1) / cap) and len(posts(h)[0]["body"]["instanceIds"]) == 1
     assert all(len(p["body"]["instanceIds"]) <= cap for p in posts(h))  # no POST wider than its batch
     # every batch's submit activity ran (at least) twice, as devhost delivers activities: still one POST each
     assert h.dh.engine is not None and h.dh.engine.activity_runs["submit_reimage_batch"] >= 2 * len(posts(h))
@@ -82,7 +83,7 @@ async def test_storm_coalesces_into_batches(new_host: NewHost, n: int) -> None:
     # action-group retries after the fact are duplicates: nothing new
     again = await send_storm(h, n, retries=0)
     assert all(a.get("duplicate") for _, b in again for a in b["accepted"])
-    assert len(posts(h)) == math.ceil(n / cap)
+    assert len(posts(h)) == 1 + math.ceil((n - 1) / cap)
 
 
 async def test_mixed_options_make_separate_batches_in_arrival_order(new_host: NewHost) -> None:
@@ -94,8 +95,10 @@ async def test_mixed_options_make_separate_batches_in_arrival_order(new_host: Ne
     await h.post("/api/alerts", alert("6", "a-6"))
     await h.until_completed(7)
     bodies = [p["body"] for p in posts(h)]
-    assert bodies == [{"instanceIds": ["0", "1", "2", "6"]},
-                      {"instanceIds": ["3", "4", "5"], "exactVersion": "1.2.3"}]
+    # the canary, the rest with its options; then another image (exactVersion): a canary of its own, then the rest
+    assert bodies == [{"instanceIds": ["0"]}, {"instanceIds": ["1", "2", "6"]},
+                      {"instanceIds": ["3"], "exactVersion": "1.2.3"},
+                      {"instanceIds": ["4", "5"], "exactVersion": "1.2.3"}]
 
 
 async def test_request_with_secrets_for_a_busy_set_is_409_and_nothing_is_stored(new_host: NewHost) -> None:

@@ -32,6 +32,7 @@ from azure.core.pipeline.policies import (
 )
 from azure.core.rest import HttpRequest
 
+from shared.adapters.arm.evidence import ArmEvidence
 from shared.adapters.arm.lro import error_from_response, interpret, location_failure, parse_retry_after
 from shared.adapters.arm.quota import QuotaPolicy, QuotaTracker
 from shared.adapters.arm.reads import SharedReads
@@ -179,6 +180,9 @@ class ComputeClient:
         self._same_read: SharedReads[Any] = SharedReads(0, self._now)
         self.quota = QuotaTracker(self._now, settings.arm_quota_low_water)
         self._views = InstanceViews(self.origin, settings.compute_api_version, self._guarded, self._now, same_origin)
+        # Evidence before the wipe: the machines' views, boot diagnostics, snapshots (shared/adapters/arm/evidence.py)
+        self.evidence = ArmEvidence(self.origin, settings.compute_api_version, self._guarded, self._now, same_origin,
+                                    sleep)
 
     @property
     def origin(self) -> str:

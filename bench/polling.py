@@ -60,6 +60,16 @@ class Activity:
 
     active: int = 0
     woken: dict[str, asyncio.Event] = field(default_factory=dict)  # operation id -> its lane's wake-up
+    quiet: asyncio.Event = field(default_factory=asyncio.Event)  # set while no lane is active
+
+    def enter(self) -> None:
+        self.active += 1
+        self.quiet.clear()
+
+    def leave(self) -> None:
+        self.active -= 1
+        if self.active == 0:
+            self.quiet.set()
 
 
 def virtual_transport(clock: Any, activity: Activity) -> Any:
@@ -68,11 +78,11 @@ def virtual_transport(clock: Any, activity: Activity) -> Any:
 
     class VirtualSleepTransport(AioHttpTransport):  # type: ignore[misc]
         async def sleep(self, duration: float) -> None:
-            activity.active -= 1
+            activity.leave()
             try:
                 await clock.sleep(duration)
             finally:
-                activity.active += 1
+                activity.enter()
 
     return VirtualSleepTransport()
 
@@ -131,15 +141,16 @@ class Group:
             op_id = str(body["operationId"])
             self.activity.woken[op_id] = woken = asyncio.Event()
             if op_id not in self.completed:
-                self.activity.active -= 1
+                self.activity.leave()
                 try:
                     await woken.wait()
                 finally:
-                    self.activity.active += 1
+                    self.activity.enter()
             if k < WARMUP:
                 continue
             op = self.arm_op(name, k)
-            self.rows.append({"who": "ours", "lane": lane, "draw": k, "duration": d, "gets": 1 + self.status_reads(op.id),
+            self.rows.append({"who": "ours", "lane": lane, "draw": k, "duration": d,
+                              "gets": 1 + self.status_reads(op.id),
                               "lag": max(0.0, self.completed[op_id].timestamp() - op.end)})
         assert self.preflights(rid) == len(self.durations[lane]), (name, self.preflights(rid))
 
@@ -169,8 +180,7 @@ class Group:
         while not all(t.done() for t in lanes):
             await engine.idle()
             await self.dh.quiesce()
-            while self.activity.active > 0 and not all(t.done() for t in lanes):
-                await asyncio.sleep(0.001)
+            await self.activity.quiet.wait()
             await engine.idle()
             self.read_events()
             await asyncio.sleep(0)
@@ -200,13 +210,14 @@ async def run_group(dh: Any, retry_after: int | None, durations: list[list[float
                                    transport=virtual_transport(dh.clock, g.activity))
 
     async def lane(work: Any) -> None:
-        g.activity.active += 1
         try:
             await work
         finally:
-            g.activity.active -= 1
+            g.activity.leave()
 
     async with aiohttp.ClientSession(headers={"x-functions-key": dh.function_key}) as http:
+        for _ in range(2 * len(durations)):
+            g.activity.enter()
         tasks = [asyncio.create_task(lane(g.ours(http, i))) for i in range(len(durations))]
         tasks += [asyncio.create_task(lane(g.theirs(peer, i))) for i in range(len(durations))]
         await g.drive(tasks)

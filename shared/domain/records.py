@@ -248,6 +248,9 @@ class TargetRecord(_Doc):
     requested: dict[str, datetime] = Field(default_factory=dict)  # instance -> first request in the window
     consecutive_failures: int = 0
     suspended: dict[str, Any] | None = None
+    # ARM's own durations (seconds) of the last successful reimages, newest first: the learned poll schedule
+    # (shared/rules/poll_schedule.py). Written by the release that ends each one; read by the admission that leads.
+    durations: list[float] = Field(default_factory=list)
     etag: str | None = Field(None, exclude=True)
 
     def lease_held(self, now: datetime) -> bool:

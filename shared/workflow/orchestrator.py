@@ -85,7 +85,8 @@ def _poll(context: Any, state: MonitorInput) -> Steps:
         if not state.poll_now:
             elapsed = (context.current_utc_datetime - state.submitted_at).total_seconds()
             offset = next_poll_offset(elapsed, state.last_retry_after, state.expected_seconds,
-                                      state.poll_min_seconds, state.poll_max_seconds, state.poll_default_seconds)
+                                      state.poll_min_seconds, state.poll_max_seconds, state.poll_default_seconds,
+                                      state.earliest_seconds)
             yield context.create_timer(min(state.submitted_at + timedelta(seconds=offset), deadline))
         result = yield from _read_status(context, state)
         wait = _waited(result)

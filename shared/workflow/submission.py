@@ -90,7 +90,8 @@ async def submit(runtime: Runtime, client: Any, record: OperationRecord, call: A
         r.arm = submission.to_dict()
         return r
 
-    stored = await runtime.ledger.update(record.operation_id, accepted)
+    # `record` is as intake (or the batch) just wrote it Submitting: its ETag saves the read before the CAS
+    stored = await runtime.ledger.update(record.operation_id, accepted, known=record)
     assert stored is not None
     log.info("submitted %s %s for %s (%s)", call.operation.value, record.target, record.operation_id,
              record.trigger)

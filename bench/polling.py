@@ -28,7 +28,6 @@ import os
 import random
 import statistics
 import tempfile
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from typing import Any
 import aiohttp
 
 from bench._host import percentile
+from bench._virtual import Activity, drive, virtual_transport
 
 MEDIAN_S, P90_S = 150.0, 300.0
 SIGMA = math.log(P90_S / MEDIAN_S) / 1.2815515655446004  # the 90th percentile of a standard normal
@@ -54,39 +54,6 @@ def draws(seed: int = SEED, targets: int = TARGETS, per_target: int = DRAWS) -> 
     return [[MEDIAN_S * math.exp(rng.gauss(0.0, SIGMA)) for _ in range(per_target)] for _ in range(targets)]
 
 
-@dataclass
-class Activity:
-    """How many lanes are doing something other than waiting on the virtual clock (or on the app)."""
-
-    active: int = 0
-    woken: dict[str, asyncio.Event] = field(default_factory=dict)  # operation id -> its lane's wake-up
-    quiet: asyncio.Event = field(default_factory=asyncio.Event)  # set while no lane is active
-
-    def enter(self) -> None:
-        self.active += 1
-        self.quiet.clear()
-
-    def leave(self) -> None:
-        self.active -= 1
-        if self.active == 0:
-            self.quiet.set()
-
-
-def virtual_transport(clock: Any, activity: Activity) -> Any:
-    """azure-core's aiohttp transport whose sleep (the poller's delay, the retry policy's back-off) is virtual."""
-    from azure.core.pipeline.transport import AioHttpTransport
-
-    class VirtualSleepTransport(AioHttpTransport):  # type: ignore[misc]
-        async def sleep(self, duration: float) -> None:
-            activity.leave()
-            try:
-                await clock.sleep(duration)
-            finally:
-                activity.enter()
-
-    return VirtualSleepTransport()
-
-
 class Group:
     """One Retry-After setting: the lanes of both sides and what they measured."""
 
@@ -95,6 +62,7 @@ class Group:
         self.sub = dh.endpoints()["subscriptionId"]
         self.tag = f"ra{retry_after}".lower()
         self.activity = Activity()
+        self.woken: dict[str, asyncio.Event] = {}  # operation id -> its lane's wake-up
         self.rows: list[dict[str, Any]] = []
         self.events_seen = 0
         self.completed: dict[str, datetime] = {}
@@ -127,8 +95,8 @@ class Group:
                 op = e["data"]["operationId"]
                 assert e["data"]["status"] == "Succeeded", e["data"]
                 self.completed[op] = datetime.fromisoformat(e["data"]["completedAt"])
-                if op in self.activity.woken:
-                    self.activity.woken[op].set()
+                if op in self.woken:
+                    self.woken[op].set()
 
     async def ours(self, http: aiohttp.ClientSession, lane: int) -> None:
         name = f"ours-{self.tag}-{lane}"
@@ -139,13 +107,9 @@ class Group:
                 body = await r.json()
                 assert r.status == 202, body
             op_id = str(body["operationId"])
-            self.activity.woken[op_id] = woken = asyncio.Event()
+            self.woken[op_id] = woken = asyncio.Event()
             if op_id not in self.completed:
-                self.activity.leave()
-                try:
-                    await woken.wait()
-                finally:
-                    self.activity.enter()
+                await self.activity.waiting(woken.wait())
             if k < WARMUP:
                 continue
             op = self.arm_op(name, k)
@@ -174,30 +138,6 @@ class Group:
     def preflights(self, rid: str) -> int:
         return sum(1 for r in self.dh.sim.requests if r["method"] == "GET" and r["path"].lower() == rid.lower())
 
-    async def drive(self, lanes: list[asyncio.Task[None]]) -> None:
-        """Run every lane to its end on the virtual clock: when nothing is running, move to the next timer."""
-        engine, clock = self.dh.engine, self.dh.clock
-        while not all(t.done() for t in lanes):
-            await engine.idle()
-            await self.dh.quiesce()
-            await self.activity.quiet.wait()
-            await engine.idle()
-            self.read_events()
-            await asyncio.sleep(0)
-            if self.activity.active > 0 or any(t.done() and t.exception() for t in lanes):
-                for t in lanes:
-                    if t.done() and t.exception():
-                        raise t.exception()  # type: ignore[misc]
-                continue
-            deadline = clock.next_deadline()
-            if deadline is None:
-                if all(t.done() for t in lanes):
-                    break
-                raise RuntimeError("nothing left to run and lanes are still waiting")
-            clock.set(deadline)
-        for t in lanes:
-            t.result()
-
 
 async def run_group(dh: Any, retry_after: int | None, durations: list[list[float]]) -> list[dict[str, Any]]:
     from azure.identity.aio import ManagedIdentityCredential
@@ -209,18 +149,10 @@ async def run_group(dh: Any, retry_after: int | None, durations: list[list[float
     peer = ComputeManagementClient(credential, g.sub, base_url=dh.arm_url,
                                    transport=virtual_transport(dh.clock, g.activity))
 
-    async def lane(work: Any) -> None:
-        try:
-            await work
-        finally:
-            g.activity.leave()
-
     async with aiohttp.ClientSession(headers={"x-functions-key": dh.function_key}) as http:
-        for _ in range(2 * len(durations)):
-            g.activity.enter()
-        tasks = [asyncio.create_task(lane(g.ours(http, i))) for i in range(len(durations))]
-        tasks += [asyncio.create_task(lane(g.theirs(peer, i))) for i in range(len(durations))]
-        await g.drive(tasks)
+        tasks = g.activity.lanes([g.ours(http, i) for i in range(len(durations))]
+                                 + [g.theirs(peer, i) for i in range(len(durations))])
+        await drive(dh, g.activity, tasks, on_quiet=g.read_events)
     await peer.close()
     await credential.close()
     return g.rows

@@ -17,9 +17,11 @@ def next_poll_delay(retry_after: float | None, minimum: int, maximum: int, defau
 AFTER_EXPECTED_FRACTION = 0.15  # learned schedule: after the earliest likely end, poll every this share of the median
 LEARN_FROM_LAST = 10  # past durations of the same target to learn from (kept on its ledger record)
 MIN_HISTORY = 3  # fewer past durations say nothing of their spread: poll as if there were none
-# The earliest likely end: the 1st percentile of a lognormal fitted to the past durations (durations of one kind of
-# operation vary by a factor, not by seconds). Before it the operation has almost surely not ended: no poll there.
-EARLY_QUANTILE_Z = 2.326
+# The earliest likely end: the lower bound of a one-sided 99 % prediction interval for the next duration, from a
+# lognormal fitted to the past ones (durations of one kind of operation vary by a factor, not by seconds). Before it
+# the operation has almost surely not ended: no poll there. Student's t for n - 1 degrees of freedom (n past
+# durations): with few of them the spread itself is uncertain, and the bound stays wide.
+T99_ONE_SIDED = {2: 6.965, 3: 4.541, 4: 3.747, 5: 3.365, 6: 3.143, 7: 2.998, 8: 2.896, 9: 2.821}
 
 
 def _grid_after(elapsed: float, origin: float, step: float) -> float:
@@ -74,15 +76,17 @@ def expected_duration(durations: list[float]) -> float | None:
 
 
 def earliest_end(durations: list[float]) -> float | None:
-    """The earliest the next operation on a target is likely to end: the 1st percentile of a lognormal fitted to
-    its last LEARN_FROM_LAST durations (newest first), never above the shortest of them. None below MIN_HISTORY."""
+    """The earliest the next operation on a target is likely to end, from its last LEARN_FROM_LAST durations (newest
+    first): the lower bound of a one-sided 99 % prediction interval under a lognormal fit, never above the shortest
+    of them. None below MIN_HISTORY."""
     recent = [d for d in durations[:LEARN_FROM_LAST] if d > 0]
     if len(recent) < MIN_HISTORY:
         return None
+    n = len(recent)
     logs = [math.log(d) for d in recent]
-    mean = sum(logs) / len(logs)
-    spread = math.sqrt(sum((x - mean) ** 2 for x in logs) / (len(logs) - 1))
-    return min(min(recent), math.exp(mean - EARLY_QUANTILE_Z * spread))
+    mean = sum(logs) / n
+    spread = math.sqrt(sum((x - mean) ** 2 for x in logs) / (n - 1))
+    return min(min(recent), math.exp(mean - T99_ONE_SIDED[n - 1] * spread * math.sqrt(1 + 1 / n)))
 
 
 def remember(durations: list[float], seconds: float | None) -> list[float]:

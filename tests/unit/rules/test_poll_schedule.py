@@ -96,13 +96,16 @@ def test_expected_duration_is_the_median_of_the_recent_past() -> None:
     assert expected_duration([0, -1, 5]) is None
 
 
-def test_earliest_end_is_a_low_quantile_of_the_recent_past() -> None:
+def test_earliest_end_is_the_low_bound_of_a_prediction_interval_of_the_recent_past() -> None:
     assert earliest_end([100, 100]) is None
     assert earliest_end([100, 100, 100]) == 100  # no spread: no earlier than the shortest
     spread = [150 * math.exp(z) for z in (-0.6, -0.3, 0.0, 0.3, 0.6)]
     low = earliest_end(spread)
-    assert low is not None and 40 < low < min(spread)  # about the 1st percentile of a lognormal through them
-    assert earliest_end([5000, *spread[:4]]) != earliest_end(spread[:4])  # newest first: the newest count
+    # lognormal through them: log-spread 0.47; t(4 dof) 3.747 x 0.47 x sqrt(1.2) = 1.94 below the log-mean
+    assert low is not None and math.isclose(low, 150 * math.exp(-1.94), rel_tol=0.01)
+    # the same spread seen ten times: the spread is surer, the bound nearer (t 2.821 instead of 3.747)
+    more = earliest_end(spread * 2)
+    assert more is not None and low < more < min(spread)
 
 
 def test_remember_keeps_the_last_ten_newest_first() -> None:

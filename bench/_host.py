@@ -79,6 +79,39 @@ class DevhostProcess:
             return await r.json()
 
 
+async def serve_arm(state: Path, *, operation_seconds: float, retry_after: int | None, limits: str = "azure") -> None:
+    """The ARM simulator and the identity endpoint in a process of their own (ARM is not in the app's worker in
+    Azure): writes `state/arm.json` (devhost.host.ExternalArm's fields) and serves until SIGTERM. The simulator
+    keeps its files in `state/arm` (operations, requests.jsonl)."""
+    import asyncio
+    import signal
+
+    from devhost.clock import Clock
+    from devhost.compute import ArmLimits, ComputeSimulator
+    from devhost.identity import PATH, TokenIssuer
+    from devhost.serving import serve
+
+    issuer = TokenIssuer()
+    sim = ComputeSimulator(clock=Clock(), issuer=issuer, operation_seconds=operation_seconds, retry_after=retry_after,
+                           state_dir=state / "arm", arm_limits=ArmLimits.load(limits))
+    identity, arm = await serve(issuer.app()), await sim.serve()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    (state / "arm.json").write_text(json.dumps({"arm_url": arm.url, "identity_url": identity.url + PATH,
+                                                "identity_header": issuer.header_secret}))
+    await stop.wait()
+    await arm.close()
+    await identity.close()
+
+
+def tmpfs_dir(prefix: str) -> Path:
+    """A fresh state directory on tmpfs when there is one: devhost persists its task hub, simulator and Azurite data
+    as files, and on ext4 each atomic os.replace costs milliseconds of the event loop; in Azure that state is
+    written by the Storage service, not by the worker."""
+    shm = Path("/dev/shm")
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=shm if shm.is_dir() else None))
+
+
 def median_ms(values: list[float]) -> float:
     return statistics.median(values) * 1000
 

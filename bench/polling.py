@@ -27,14 +27,13 @@ import math
 import os
 import random
 import statistics
-import tempfile
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from bench._host import percentile
+from bench._host import percentile, tmpfs_dir
 from bench._virtual import Activity, drive, virtual_transport
 
 MEDIAN_S, P90_S = 150.0, 300.0
@@ -163,7 +162,7 @@ async def measure(durations: list[list[float]], retry_afters: list[int | None]) 
     from devhost.durable import Fidelity
     from devhost.host import DevHost
 
-    state = Path(tempfile.mkdtemp(prefix="bench-polling-"))
+    state = tmpfs_dir("bench-polling-")
     # Activities once each: devhost runs every activity twice by default (at-least-once, as hostile as Azure
     # can be), which would double every status read; in Azure a duplicate follows a crash.
     dh = DevHost(clock=VirtualClock(), state_dir=state, operation_seconds=MEDIAN_S,

@@ -21,13 +21,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from bench._host import ROOT, complete_lines
+from bench._host import ROOT, complete_lines, tmpfs_dir
 from bench._virtual import Activity, drive, virtual_transport
 from bench.storm_vmss import RETRY_DELAYS, RETRY_STATUSES, Side, alert_for
 
@@ -58,7 +56,7 @@ async def storm(n: int = ALERTS) -> dict[str, Any]:
     from devhost.clock import VirtualClock
     from devhost.host import DevHost
 
-    dh = DevHost(clock=VirtualClock(), state_dir=Path(tempfile.mkdtemp(prefix="bench-storm-quota-")),
+    dh = DevHost(clock=VirtualClock(), state_dir=tmpfs_dir("bench-storm-quota-"),
                  operation_seconds=OPERATION_SECONDS, retry_after=None, settings=SETTINGS)
     await dh.start()  # ARM's limits: the simulator's default, Azure's published ones
     saved = {k: os.environ.get(k) for k in ("IDENTITY_ENDPOINT", "IDENTITY_HEADER")}

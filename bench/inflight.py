@@ -47,11 +47,12 @@ LOOP_PROBE_SECONDS = 0.05
 
 
 # ---- the devhost process (python -m bench.inflight --host DIR) ----------------------------------
+SAMPLE_SECONDS = 0.005  # every 5 ms (the GIL's switch interval): often enough, and cheap for the main thread
 APP_PARTS = ("/shared/", "/handlers/", "/function_app.py", "/azure/durable_functions/", "/azure/functions/")
 
 
 class CpuSampler:
-    """Where the app process's CPU goes: the main thread's stack, sampled every millisecond from another thread.
+    """Where the app process's CPU goes: the main thread's stack, sampled every SAMPLE_SECONDS from another thread.
     A sample with a frame of the app on its stack (shared/, handlers/, function_app, and the SDKs the worker runs
     it with: the durable SDK's replay, azure.functions) is the app's; one with a frame of devhost (the durable
     stand-in, Functions routing, the storage proxy, the Service Bus stand-in) and none of the app is a stand-in's;
@@ -84,21 +85,24 @@ class CpuSampler:
         return part
 
     def run(self) -> None:
-        while not self.stop.wait(0.001):
+        while not self.stop.wait(SAMPLE_SECONDS):
             frame = sys._current_frames().get(self.main)
             if frame is not None:
                 self.counts[self.classify(frame)] += 1
 
 
 async def host_main(state_dir: Path) -> None:
+    from bench._host import external_arm
     from devhost.durable import Fidelity
-    from devhost.host import DevHost, ExternalArm
+    from devhost.host import DevHost
 
-    arm = ExternalArm(**json.loads((state_dir / "arm.json").read_text()))
+    standins = json.loads((state_dir / "standins.json").read_text())
     dh = DevHost(port=0, state_dir=state_dir, operation_seconds=OPERATION_SECONDS, retry_after=RETRY_AFTER,
                  # every operation in flight at once: the global budget (100 an hour) would queue the rest
-                 settings={"COOLDOWN_MINUTES": "0", "GLOBAL_MAX_REIMAGES_PER_HOUR": "100000"},
-                 durable_fidelity=Fidelity.without("duplicate_activities"), external_arm=arm, seed=False)
+                 settings={"COOLDOWN_MINUTES": "0", "GLOBAL_MAX_REIMAGES_PER_HOUR": "100000",
+                           "AzureWebJobsStorage": standins["storage"]},
+                 durable_fidelity=Fidelity.without("duplicate_activities"), external_arm=external_arm(standins),
+                 seed=False, storage_proxy=False)
     await dh.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -116,8 +120,7 @@ async def host_main(state_dir: Path) -> None:
             lags.append((time.time(), loop.time() - start - LOOP_PROBE_SECONDS))
 
     task = loop.create_task(probe())
-    extra = {"azuritePid": dh.azurite.pid if dh.azurite else None}
-    (state_dir / "bench.json").write_text(json.dumps(extra))
+    (state_dir / "bench.json").write_text(json.dumps({"azuritePid": standins["azuritePid"]}))
     await stop.wait()
     sampler.stop.set()
     task.cancel()
@@ -137,7 +140,8 @@ def cpu_seconds(pid: int | None) -> float:
 
 
 def start_host(n: int) -> tuple[Path, subprocess.Popen[bytes], subprocess.Popen[bytes]]:
-    """The ARM simulator (and identity endpoint) in a process of its own, then devhost pointed at it."""
+    """The stand-ins that are not the worker in Azure (ARM, identity, Azurite behind the storage proxy) in a process of
+    their own, then devhost (the app, the durable stand-in, Functions routing) pointed at them."""
     # tmpfs when there is one: devhost persists its task hub, simulator and Azurite data as files, and on ext4
     # each atomic os.replace costs milliseconds of the event loop (14.7 of 123 CPU-seconds at N = 200); in
     # Azure that state is written by the Storage service, not by the worker.
@@ -145,12 +149,12 @@ def start_host(n: int) -> tuple[Path, subprocess.Popen[bytes], subprocess.Popen[
     state = Path(tempfile.mkdtemp(prefix=f"bench-inflight-{n}-", dir=shm if shm.is_dir() else None))
     log = os.environ.get("BENCH_INFLIGHT_LOG")  # devhost's warnings and errors, for diagnosis
     stderr = open(f"{log}.{n}", "w") if log else subprocess.DEVNULL  # the child keeps it open
-    arm = subprocess.Popen([sys.executable, "-m", "bench.inflight", "--arm", str(state)], cwd=ROOT,
+    arm = subprocess.Popen([sys.executable, "-m", "bench.inflight", "--standins", str(state)], cwd=ROOT,
                            stdout=subprocess.DEVNULL, stderr=stderr)
     end = time.monotonic() + 60
-    while not (state / "arm.json").exists():
+    while not (state / "standins.json").exists():
         if time.monotonic() > end or arm.poll() is not None:
-            raise RuntimeError("the ARM simulator did not start")
+            raise RuntimeError("the stand-ins did not start")
         time.sleep(0.05)
     proc = subprocess.Popen([sys.executable, "-m", "bench.inflight", "--host", str(state)], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=stderr)
@@ -264,7 +268,7 @@ def summarise(n: int, state: Path, t0: float, t1: float, statuses: dict[int, int
         "gets_per_op": sum(gets) / len(gets) if gets else float("nan"), "minimum": minimum,
         "gets_over_minimum": sum(max(0, g - minimum) for g in gets),
         "ops_under_minimum": sum(1 for g in gets if g < minimum), "cpu_ms_per_op": cpu * 1000 / n,
-        "azurite_cpu_ms_per_op": azurite_cpu * 1000 / n, "arm_cpu_ms_per_op": arm_cpu * 1000 / n,
+        "azurite_cpu_ms_per_op": azurite_cpu * 1000 / n, "proxy_arm_cpu_ms_per_op": arm_cpu * 1000 / n,
         "polls_after_intake": polls, "app_cpu_ms_per_poll": poll_phase_cpu * 1000 * split["app"] / busy / polls,
         "standins_cpu_ms_per_poll": poll_phase_cpu * 1000 * split["stand-ins"] / busy / polls,
         "loop_cpu_ms_per_poll": poll_phase_cpu * 1000 * split["loop"] / busy / polls,
@@ -275,14 +279,14 @@ def summarise(n: int, state: Path, t0: float, t1: float, statuses: dict[int, int
 
 
 def main() -> None:
-    if len(sys.argv) == 3 and sys.argv[1] == "--arm":
-        from bench._host import serve_arm
+    if len(sys.argv) == 3 and sys.argv[1] == "--standins":
+        from bench._host import serve_standins
 
         # ARM's limits off: 1,000 preflights and POSTs at once exceed ARM's read and write buckets (250 and 200,
         # then 25 and 10 a second). This measures the app's cost and lag per operation in flight, not ARM's quota
         # (bench/storm_quota.py and tests/integration/test_arm_quota.py measure that).
-        asyncio.run(serve_arm(Path(sys.argv[2]), operation_seconds=OPERATION_SECONDS, retry_after=RETRY_AFTER,
-                              limits="off"))
+        asyncio.run(serve_standins(Path(sys.argv[2]), operation_seconds=OPERATION_SECONDS, retry_after=RETRY_AFTER,
+                                   limits="off"))
         return
     if len(sys.argv) == 3 and sys.argv[1] == "--host":
         if os.environ.get("BENCH_PROFILE"):  # where the devhost process spends its CPU (cProfile stats file)
@@ -295,9 +299,9 @@ def main() -> None:
         return
     results = [asyncio.run(run_size(n)) for n in SIZES]
     print(f"{OPERATION_SECONDS:.0f} s operations, ARM Retry-After {RETRY_AFTER or 'none'}, intake at concurrency "
-          f"{CONCURRENCY}; devhost (app, durable stand-in, Functions routing) is one process, the ARM simulator "
-          "another,"
-          " Azurite a third, on a shared 2-core machine")
+          f"{CONCURRENCY}; devhost (app, durable stand-in, Functions routing) is one process, ARM, identity and "
+          "storage proxy another,"
+          " Azurite a third (on a shared 2-core machine)")
     print(f"{'N':>5} {'accepted':>8} {'done':>5} {'intake p50/p99 ms':>18} {'lag p50/p99 s':>14} {'GETs/op (min)':>14} "
           f"{'CPU ms/op':>9} {'Azurite':>8} {'RSS peak/end MB':>16} {'loop p99 ms':>11} {'wall s':>6}")
     for r in results:
@@ -317,7 +321,8 @@ def main() -> None:
               f"rss_peak_mb={r['rss_peak_mb']:.0f} loop_lag_p99_ms={r['loop_lag_p99_ms']:.0f} "
               f"completed={r['completed']} app_cpu_ms_per_poll={r['app_cpu_ms_per_poll']:.2f} "
               f"standins_cpu_ms_per_poll={r['standins_cpu_ms_per_poll']:.2f} "
-              f"loop_cpu_ms_per_poll={r['loop_cpu_ms_per_poll']:.2f} arm_cpu_ms_per_op={r['arm_cpu_ms_per_op']:.1f} "
+              f"loop_cpu_ms_per_poll={r['loop_cpu_ms_per_poll']:.2f} "
+              f"proxy_arm_cpu_ms_per_op={r['proxy_arm_cpu_ms_per_op']:.1f} "
               f"azurite_cpu_ms_per_op={r['azurite_cpu_ms_per_op']:.1f}")
 
 

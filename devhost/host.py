@@ -131,13 +131,16 @@ class DevHost:
                  settings: dict[str, str] | None = None, seed: bool = True,
                  durable_fidelity: Fidelity | None = None, storage_chaos: Chaos | None = None,
                  timer_overlap: bool = False, servicebus_stand_in: bool = True,
-                 arm_limits: ArmLimits | None = None, external_arm: ExternalArm | None = None) -> None:
+                 arm_limits: ArmLimits | None = None, external_arm: ExternalArm | None = None,
+                 storage_proxy: bool = True) -> None:
         """`storage_chaos`: random Table Storage faults; `timer_overlap`: a timer run that outlives its lease is
         run again while it goes on; `servicebus_stand_in=False`: events go to EVENTS_FILE (the app's own local
         mode) instead of through the Service Bus stand-in; `arm_limits`: ARM's request quotas (throttling);
         `external_arm`: use another process's ARM simulator and identity endpoint instead of serving its own
         (`self.sim` then stays empty and unserved). With an `AzureWebJobsStorage` setting no Azurite is started
-        either: several hosts so share one ARM and one ledger, each with its own durable stand-in."""
+        either: several hosts so share one ARM and one ledger, each with its own durable stand-in.
+        `storage_proxy=False`: the ledger talks to `AzureWebJobsStorage` directly, not through a storage proxy of
+        this process (another process serves one, as Storage is not in the worker in Azure)."""
         self.clock = clock or Clock()
         self.host, self.port = host, port
         self.state_dir = Path(state_dir)
@@ -164,6 +167,7 @@ class DevHost:
         self.storage: StorageProxy | None = None
         self.broker: Broker | None = None
         self.external_arm = external_arm
+        self.storage_proxy = storage_proxy
         if external_arm is not None:
             self.issuer.header_secret = external_arm.identity_header  # what the app's credential sends
 
@@ -190,7 +194,7 @@ class DevHost:
         if not settings.storage_connection_string and not settings.table_service_uri:
             self.azurite = await azurite.start(self.state_dir)
             settings = load_settings(**{**values, "AzureWebJobsStorage": self.azurite.connection_string})
-        if settings.storage_connection_string:
+        if settings.storage_connection_string and self.storage_proxy:
             front = await front_storage(settings.storage_connection_string.get_secret_value(), self.host,
                                         self.storage_chaos)
             if front is not None:

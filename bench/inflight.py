@@ -39,7 +39,7 @@ import aiohttp
 from bench._host import ROOT, complete_lines, percentile
 
 SIZES = [int(n) for n in os.environ.get("BENCH_INFLIGHT", "50,200,1000").split(",")]
-OPERATION_SECONDS = 60.0
+OPERATION_SECONDS = float(os.environ.get("BENCH_INFLIGHT_SECONDS", "60"))
 RETRY_AFTER = int(os.environ["BENCH_RETRY_AFTER"]) if os.environ.get("BENCH_RETRY_AFTER") else None
 POLL_DEFAULT_SECONDS = 15
 CONCURRENCY = 32

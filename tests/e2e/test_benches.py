@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+pytestmark = pytest.mark.timeout(330)
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE: dict[str, dict[str, str]] = {
     "cold_start": {"BENCH_RUNS": "1"},
@@ -45,7 +46,7 @@ def results(name: str) -> list[dict[str, Any]]:
     """Run (or wait for) the bench; its RESULT lines as dicts (`_name` is the RESULT's name)."""
     start_all()
     proc, _ = _started[name]
-    out, _ = proc.communicate(timeout=110)
+    out, _ = proc.communicate(timeout=300)  # nine benches at once: slow on a loaded 2-core machine
     assert proc.returncode == 0, out[-3000:]
     lines = [line.split()[1:] for line in out.splitlines() if line.startswith("RESULT ")]
     assert lines, out[-3000:]

@@ -39,7 +39,11 @@ class DevhostProcess:
     def __exit__(self, *exc: object) -> None:
         assert self.proc is not None
         self.proc.terminate()
-        self.proc.wait(10)
+        try:
+            self.proc.wait(60)  # a clean stop ends Azurite too; on a loaded machine that can take a while
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
 
     @property
     def url(self) -> str:
@@ -77,6 +81,62 @@ class DevhostProcess:
     async def get(self, http: aiohttp.ClientSession, path: str) -> Any:
         async with http.get(self.url + path) as r:
             return await r.json()
+
+
+async def serve_standins(state: Path, *, operation_seconds: float, retry_after: int | None, limits: str = "azure",
+                         seed: Any = None) -> None:
+    """The stand-ins that are not the worker in Azure, in a process of their own: the ARM simulator, the identity
+    endpoint, and Azurite behind devhost's storage proxy. Writes `state/standins.json` (devhost.host.ExternalArm's
+    fields, the proxied `storage` connection string, `azuritePid`) and serves until SIGTERM. The simulator keeps its
+    files in `state/arm` (operations, requests.jsonl); `seed(sim)` puts resources in it first."""
+    import asyncio
+    import signal
+
+    from devhost import azurite
+    from devhost.clock import Clock
+    from devhost.compute import ArmLimits, ComputeSimulator
+    from devhost.identity import PATH, TokenIssuer
+    from devhost.outputs import table_endpoint
+    from devhost.serving import serve
+    from devhost.storage import StorageProxy
+
+    issuer = TokenIssuer()
+    sim = ComputeSimulator(clock=Clock(), issuer=issuer, operation_seconds=operation_seconds, retry_after=retry_after,
+                           state_dir=state / "arm", arm_limits=ArmLimits.load(limits))
+    if seed is not None:
+        seed(sim)
+    identity, arm = await serve(issuer.app()), await sim.serve()
+    store = await azurite.start(state)
+    upstream = table_endpoint(store.connection_string)
+    assert upstream is not None
+    proxy = StorageProxy(upstream)
+    proxied = await proxy.serve()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    (state / "standins.json").write_text(json.dumps({
+        "arm_url": arm.url, "identity_url": identity.url + PATH, "identity_header": issuer.header_secret,
+        "storage": proxy.connection_string(store.connection_string), "azuritePid": store.pid}))
+    await stop.wait()
+    await arm.close()
+    await identity.close()
+    await proxied.close()
+    await proxy.close()
+    await store.stop()
+
+
+def external_arm(doc: dict[str, Any]) -> Any:
+    """devhost.host.ExternalArm from `standins.json`."""
+    from devhost.host import ExternalArm
+
+    return ExternalArm(doc["arm_url"], doc["identity_url"], doc["identity_header"])
+
+
+def tmpfs_dir(prefix: str) -> Path:
+    """A fresh state directory on tmpfs when there is one: devhost persists its task hub, simulator and Azurite data
+    as files, and on ext4 each atomic os.replace costs milliseconds of the event loop; in Azure that state is
+    written by the Storage service, not by the worker."""
+    shm = Path("/dev/shm")
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=shm if shm.is_dir() else None))
 
 
 def median_ms(values: list[float]) -> float:

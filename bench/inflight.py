@@ -39,7 +39,7 @@ import aiohttp
 from bench._host import ROOT, complete_lines, percentile
 
 SIZES = [int(n) for n in os.environ.get("BENCH_INFLIGHT", "50,200,1000").split(",")]
-OPERATION_SECONDS = 60.0
+OPERATION_SECONDS = float(os.environ.get("BENCH_INFLIGHT_SECONDS", "60"))
 RETRY_AFTER = int(os.environ["BENCH_RETRY_AFTER"]) if os.environ.get("BENCH_RETRY_AFTER") else None
 POLL_DEFAULT_SECONDS = 15
 CONCURRENCY = 32
@@ -47,24 +47,71 @@ LOOP_PROBE_SECONDS = 0.05
 
 
 # ---- the devhost process (python -m bench.inflight --host DIR) ----------------------------------
+SAMPLE_SECONDS = 0.005  # every 5 ms (the GIL's switch interval): often enough, and cheap for the main thread
+APP_PARTS = ("/shared/", "/handlers/", "/function_app.py", "/azure/durable_functions/", "/azure/functions/")
+
+
+class CpuSampler:
+    """Where the app process's CPU goes: the main thread's stack, sampled every SAMPLE_SECONDS from another thread.
+    A sample with a frame of the app on its stack (shared/, handlers/, function_app, and the SDKs the worker runs
+    it with: the durable SDK's replay, azure.functions) is the app's; one with a frame of devhost (the durable
+    stand-in, Functions routing, the storage proxy, the Service Bus stand-in) and none of the app is a stand-in's;
+    the rest is the event loop's own (I/O callbacks, aiohttp's parsers, serving both); a sample waiting in the
+    selector is idle. The busy shares times the process's CPU time estimate each part's CPU (the sampler's own
+    cost is in it)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.counts = {"app": 0, "stand-ins": 0, "loop": 0, "idle": 0}
+        self.at_mark = dict(self.counts)
+        self.main = threading.get_ident()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.devhost = str(ROOT / "devhost") + "/"
+
+    def classify(self, frame: Any) -> str:
+        inner = frame.f_code.co_filename
+        if inner.endswith("selectors.py") and frame.f_code.co_name == "select":
+            return "idle"
+        part = "loop"
+        while frame is not None:
+            name = frame.f_code.co_filename
+            if any(p in name for p in APP_PARTS) and "site-packages/azure/functions/_" not in name:
+                return "app"
+            if name.startswith(self.devhost):
+                part = "stand-ins"
+            frame = frame.f_back
+        return part
+
+    def run(self) -> None:
+        while not self.stop.wait(SAMPLE_SECONDS):
+            frame = sys._current_frames().get(self.main)
+            if frame is not None:
+                self.counts[self.classify(frame)] += 1
+
+
 async def host_main(state_dir: Path) -> None:
-    from devhost.compute import ArmLimits
+    from bench._host import external_arm
     from devhost.durable import Fidelity
     from devhost.host import DevHost
 
+    standins = json.loads((state_dir / "standins.json").read_text())
     dh = DevHost(port=0, state_dir=state_dir, operation_seconds=OPERATION_SECONDS, retry_after=RETRY_AFTER,
                  # every operation in flight at once: the global budget (100 an hour) would queue the rest
-                 settings={"COOLDOWN_MINUTES": "0", "GLOBAL_MAX_REIMAGES_PER_HOUR": "100000"},
-                 # ARM's limits off: 1,000 preflights and POSTs at once exceed ARM's read and write buckets (250 and
-                 # 200, then 25 and 10 a second). This measures the app's cost and lag per operation in flight, not
-                 # ARM's quota (bench/storm_vmss.py and tests/integration/test_arm_quota.py measure that).
-                 arm_limits=ArmLimits.off(),
-                 durable_fidelity=Fidelity.without("duplicate_activities"))
+                 settings={"COOLDOWN_MINUTES": "0", "GLOBAL_MAX_REIMAGES_PER_HOUR": "100000",
+                           "AzureWebJobsStorage": standins["storage"]},
+                 durable_fidelity=Fidelity.without("duplicate_activities"), external_arm=external_arm(standins),
+                 seed=False, storage_proxy=False)
     await dh.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, lambda: sampler.counts.update(dict.fromkeys(sampler.counts, 0)))
+    loop.add_signal_handler(signal.SIGUSR2, lambda: sampler.at_mark.update(sampler.counts))
     lags: list[tuple[float, float]] = []
+    sampler = CpuSampler()
+    sampler.thread.start()
 
     async def probe() -> None:
         while True:
@@ -73,11 +120,12 @@ async def host_main(state_dir: Path) -> None:
             lags.append((time.time(), loop.time() - start - LOOP_PROBE_SECONDS))
 
     task = loop.create_task(probe())
-    extra = {"azuritePid": dh.azurite.pid if dh.azurite else None}
-    (state_dir / "bench.json").write_text(json.dumps(extra))
+    (state_dir / "bench.json").write_text(json.dumps({"azuritePid": standins["azuritePid"]}))
     await stop.wait()
+    sampler.stop.set()
     task.cancel()
     (state_dir / "looplag.json").write_text(json.dumps(lags))
+    (state_dir / "cpu-split.json").write_text(json.dumps({"counts": sampler.counts, "atMark": sampler.at_mark}))
     await dh.stop()
 
 
@@ -91,7 +139,9 @@ def cpu_seconds(pid: int | None) -> float:
     return float(t.user + t.system)
 
 
-def start_host(n: int) -> tuple[Path, subprocess.Popen[bytes]]:
+def start_host(n: int) -> tuple[Path, subprocess.Popen[bytes], subprocess.Popen[bytes]]:
+    """The stand-ins that are not the worker in Azure (ARM, identity, Azurite behind the storage proxy) in a process of
+    their own, then devhost (the app, the durable stand-in, Functions routing) pointed at them."""
     # tmpfs when there is one: devhost persists its task hub, simulator and Azurite data as files, and on ext4
     # each atomic os.replace costs milliseconds of the event loop (14.7 of 123 CPU-seconds at N = 200); in
     # Azure that state is written by the Storage service, not by the worker.
@@ -99,15 +149,22 @@ def start_host(n: int) -> tuple[Path, subprocess.Popen[bytes]]:
     state = Path(tempfile.mkdtemp(prefix=f"bench-inflight-{n}-", dir=shm if shm.is_dir() else None))
     log = os.environ.get("BENCH_INFLIGHT_LOG")  # devhost's warnings and errors, for diagnosis
     stderr = open(f"{log}.{n}", "w") if log else subprocess.DEVNULL  # the child keeps it open
+    arm = subprocess.Popen([sys.executable, "-m", "bench.inflight", "--standins", str(state)], cwd=ROOT,
+                           stdout=subprocess.DEVNULL, stderr=stderr)
+    end = time.monotonic() + 60
+    while not (state / "standins.json").exists():
+        if time.monotonic() > end or arm.poll() is not None:
+            raise RuntimeError("the stand-ins did not start")
+        time.sleep(0.05)
     proc = subprocess.Popen([sys.executable, "-m", "bench.inflight", "--host", str(state)], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=stderr)
-    return state, proc
+    return state, proc, arm
 
 
 async def run_size(n: int) -> dict[str, Any]:
     import psutil
 
-    state, proc = start_host(n)
+    state, proc, arm = start_host(n)
     try:
         end = time.monotonic() + 90
         while not (state / "bench.json").exists():
@@ -124,7 +181,8 @@ async def run_size(n: int) -> dict[str, Any]:
         async with aiohttp.ClientSession(headers={"x-functions-key": ep["functionKey"]}) as http:
             targets = await helper.create_vms(http, [f"inflight-{i:05d}" for i in range(n)])
             rss_peak = me.memory_info().rss
-            cpu0, az0 = cpu_seconds(proc.pid), cpu_seconds(azurite_pid)
+            proc.send_signal(signal.SIGUSR1)  # the CPU split counts from here
+            cpu0, az0, arm0 = cpu_seconds(proc.pid), cpu_seconds(azurite_pid), cpu_seconds(arm.pid)
             t0 = time.time()
             sem = asyncio.Semaphore(CONCURRENCY)
             latencies: list[float] = []
@@ -142,28 +200,37 @@ async def run_size(n: int) -> dict[str, Any]:
             events_file = state / "events.jsonl"
             done: list[dict[str, Any]] = []
             deadline = time.time() + OPERATION_SECONDS + 240
+            t_mid, cpu_mid = 0.0, 0.0
             while time.time() < deadline:
                 await asyncio.sleep(1.0)
+                if intake.done() and not t_mid:  # every request answered: from here on, the polls' phase
+                    t_mid, cpu_mid = time.time(), cpu_seconds(proc.pid)
+                    proc.send_signal(signal.SIGUSR2)
                 rss_peak = max(rss_peak, me.memory_info().rss)
                 done = [e for e in complete_lines(events_file) if e["type"] == "reimager.operation.completed"]
                 if intake.done() and len(done) >= statuses.get(202, 0):
                     break
             await intake
             t1 = time.time()
-            cpu1, az1 = cpu_seconds(proc.pid), cpu_seconds(azurite_pid)
+            cpu1, az1, arm1 = cpu_seconds(proc.pid), cpu_seconds(azurite_pid), cpu_seconds(arm.pid)
             rss_end = me.memory_info().rss
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
+        arm.send_signal(signal.SIGTERM)
+        arm.wait(60)
     try:
-        return summarise(n, state, t0, t1, statuses, latencies, done, cpu1 - cpu0, az1 - az0, rss_peak, rss_end)
+        return summarise(n, state, t0, t1, statuses, latencies, done, cpu1 - cpu0, az1 - az0, rss_peak, rss_end,
+                         arm1 - arm0, t_mid, cpu1 - cpu_mid)
     finally:
         shutil.rmtree(state, ignore_errors=True)
 
 
 def summarise(n: int, state: Path, t0: float, t1: float, statuses: dict[int, int], latencies: list[float],
               done: list[dict[str, Any]], cpu: float, azurite_cpu: float, rss_peak: int,
-              rss_end: int) -> dict[str, Any]:
+              rss_end: int, arm_cpu: float, t_mid: float, poll_phase_cpu: float) -> dict[str, Any]:
+    """`t_mid`: when every request had its answer; `poll_phase_cpu`: devhost's CPU-seconds from then to the end
+    (the polls, and each operation's end), split by the sampler's counts over the same span."""
     # ARM's side, from the simulator's files: each operation's end, and every request it saw
     ops = {}
     for path in (state / "arm" / "operations").glob("*.json"):
@@ -189,6 +256,10 @@ def summarise(n: int, state: Path, t0: float, t1: float, statuses: dict[int, int
         gets.append(preflights.get(key, 0) + status_reads.get(op["id"], 0))
     loop_lags = [lag for at, lag in json.loads((state / "looplag.json").read_text()) if t0 <= at <= t1]
     minimum = 1 + math.ceil(OPERATION_SECONDS / (RETRY_AFTER or POLL_DEFAULT_SECONDS))
+    sampled = json.loads((state / "cpu-split.json").read_text())
+    split = {k: v - sampled["atMark"][k] for k, v in sampled["counts"].items()}
+    busy = sum(v for k, v in split.items() if k != "idle") or 1
+    polls = sum(1 for r in requests if r["method"] == "GET" and "/operations/" in r["path"] and r["at"] >= t_mid) or 1
     return {
         "n": n, "accepted": statuses.get(202, 0), "statuses": statuses, "completed": len(done),
         "intake_p50_ms": percentile(latencies, 0.5) * 1000, "intake_p99_ms": percentile(latencies, 0.99) * 1000,
@@ -197,12 +268,26 @@ def summarise(n: int, state: Path, t0: float, t1: float, statuses: dict[int, int
         "gets_per_op": sum(gets) / len(gets) if gets else float("nan"), "minimum": minimum,
         "gets_over_minimum": sum(max(0, g - minimum) for g in gets),
         "ops_under_minimum": sum(1 for g in gets if g < minimum), "cpu_ms_per_op": cpu * 1000 / n,
-        "azurite_cpu_ms_per_op": azurite_cpu * 1000 / n, "rss_peak_mb": rss_peak / 2**20, "rss_end_mb": rss_end / 2**20,
+        "azurite_cpu_ms_per_op": azurite_cpu * 1000 / n, "proxy_arm_cpu_ms_per_op": arm_cpu * 1000 / n,
+        "polls_after_intake": polls, "app_cpu_ms_per_poll": poll_phase_cpu * 1000 * split["app"] / busy / polls,
+        "standins_cpu_ms_per_poll": poll_phase_cpu * 1000 * split["stand-ins"] / busy / polls,
+        "loop_cpu_ms_per_poll": poll_phase_cpu * 1000 * split["loop"] / busy / polls,
+        "app_share": split["app"] / busy, "standins_share": split["stand-ins"] / busy,
+        "loop_share": split["loop"] / busy, "rss_peak_mb": rss_peak / 2**20, "rss_end_mb": rss_end / 2**20,
         "loop_lag_p99_ms": percentile(loop_lags, 0.99) * 1000 if loop_lags else float("nan"), "wall_s": t1 - t0,
     }
 
 
 def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--standins":
+        from bench._host import serve_standins
+
+        # ARM's limits off: 1,000 preflights and POSTs at once exceed ARM's read and write buckets (250 and 200,
+        # then 25 and 10 a second). This measures the app's cost and lag per operation in flight, not ARM's quota
+        # (bench/storm_quota.py and tests/integration/test_arm_quota.py measure that).
+        asyncio.run(serve_standins(Path(sys.argv[2]), operation_seconds=OPERATION_SECONDS, retry_after=RETRY_AFTER,
+                                   limits="off"))
+        return
     if len(sys.argv) == 3 and sys.argv[1] == "--host":
         if os.environ.get("BENCH_PROFILE"):  # where the devhost process spends its CPU (cProfile stats file)
             import cProfile
@@ -214,7 +299,9 @@ def main() -> None:
         return
     results = [asyncio.run(run_size(n)) for n in SIZES]
     print(f"{OPERATION_SECONDS:.0f} s operations, ARM Retry-After {RETRY_AFTER or 'none'}, intake at concurrency "
-          f"{CONCURRENCY}; devhost is one process on a shared 2-core machine")
+          f"{CONCURRENCY}; devhost (app, durable stand-in, Functions routing) is one process, ARM, identity and "
+          "storage proxy another,"
+          " Azurite a third (on a shared 2-core machine)")
     print(f"{'N':>5} {'accepted':>8} {'done':>5} {'intake p50/p99 ms':>18} {'lag p50/p99 s':>14} {'GETs/op (min)':>14} "
           f"{'CPU ms/op':>9} {'Azurite':>8} {'RSS peak/end MB':>16} {'loop p99 ms':>11} {'wall s':>6}")
     for r in results:
@@ -232,7 +319,11 @@ def main() -> None:
               f"intake_p50_ms={r['intake_p50_ms']:.0f} gets_per_op={r['gets_per_op']:.2f} "
               f"ops_under_minimum={r['ops_under_minimum']} cpu_ms_per_op={r['cpu_ms_per_op']:.1f} "
               f"rss_peak_mb={r['rss_peak_mb']:.0f} loop_lag_p99_ms={r['loop_lag_p99_ms']:.0f} "
-              f"completed={r['completed']}")
+              f"completed={r['completed']} app_cpu_ms_per_poll={r['app_cpu_ms_per_poll']:.2f} "
+              f"standins_cpu_ms_per_poll={r['standins_cpu_ms_per_poll']:.2f} "
+              f"loop_cpu_ms_per_poll={r['loop_cpu_ms_per_poll']:.2f} "
+              f"proxy_arm_cpu_ms_per_op={r['proxy_arm_cpu_ms_per_op']:.1f} "
+              f"azurite_cpu_ms_per_op={r['azurite_cpu_ms_per_op']:.1f}")
 
 
 if __name__ == "__main__":

@@ -59,11 +59,11 @@ def alert_for(sample: dict[str, Any], instance_id: str, n: int, i: int) -> dict[
 class Side:
     """One side's scale set and what ARM saw of it."""
 
-    def __init__(self, dh: Any, name: str) -> None:
+    def __init__(self, dh: Any, name: str, capacity: int = CAPACITY) -> None:
         self.dh, self.name = dh, name
         self.id = (f"/subscriptions/{dh.endpoints()['subscriptionId']}/resourceGroups/{GROUP}/providers/"
                    f"Microsoft.Compute/virtualMachineScaleSets/{name}")
-        dh.sim.seed_scale_set(self.id, CAPACITY)
+        dh.sim.seed_scale_set(self.id, capacity)
         self.first_request = len(dh.sim.requests)
 
     def ops(self) -> list[Any]:

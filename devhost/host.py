@@ -16,6 +16,7 @@ import os
 import re
 import secrets
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -112,6 +113,16 @@ def demo_resources(sub: str = DEMO_SUBSCRIPTION, group: str = DEMO_GROUP) -> dic
     }
 
 
+@dataclass(frozen=True)
+class ExternalArm:
+    """An ARM simulator and identity endpoint served by another process (several app processes sharing one ARM,
+    as instances of a scaled-out app share Azure's): its URLs and the identity header its issuer checks."""
+
+    arm_url: str
+    identity_url: str
+    identity_header: str
+
+
 @functools.cache
 def _route_regex(template: str) -> re.Pattern[str]:
     pattern = re.sub(r"\{(\w+)(?::[^}]*)?\}", r"(?P<\1>[^/]+)", template.strip("/"))
@@ -124,10 +135,16 @@ class DevHost:
                  settings: dict[str, str] | None = None, seed: bool = True,
                  durable_fidelity: Fidelity | None = None, storage_chaos: Chaos | None = None,
                  timer_overlap: bool = False, servicebus_stand_in: bool = True,
-                 arm_limits: ArmLimits | None = None) -> None:
+                 arm_limits: ArmLimits | None = None, external_arm: ExternalArm | None = None,
+                 storage_proxy: bool = True) -> None:
         """`storage_chaos`: random Table Storage faults; `timer_overlap`: a timer run that outlives its lease is
         run again while it goes on; `servicebus_stand_in=False`: events go to EVENTS_FILE (the app's own local
-        mode) instead of through the Service Bus stand-in; `arm_limits`: ARM's request quotas (throttling)."""
+        mode) instead of through the Service Bus stand-in; `arm_limits`: ARM's request quotas (throttling);
+        `external_arm`: use another process's ARM simulator and identity endpoint instead of serving its own
+        (`self.sim` then stays empty and unserved). With an `AzureWebJobsStorage` setting no Azurite is started
+        either: several hosts so share one ARM and one ledger, each with its own durable stand-in.
+        `storage_proxy=False`: the ledger talks to `AzureWebJobsStorage` directly, not through a storage proxy of
+        this process (another process serves one, as Storage is not in the worker in Azure)."""
         self.clock = clock or Clock()
         self.host, self.port = host, port
         self.state_dir = Path(state_dir)
@@ -153,15 +170,22 @@ class DevHost:
         self.servicebus_stand_in = servicebus_stand_in
         self.storage: StorageProxy | None = None
         self.broker: Broker | None = None
+        self.external_arm = external_arm
+        self.storage_proxy = storage_proxy
+        if external_arm is not None:
+            self.issuer.header_secret = external_arm.identity_header  # what the app's credential sends
 
     # ---- lifecycle ------------------------------------------------------------------------
     async def start(self) -> DevHost:
         self.state_dir.mkdir(parents=True, exist_ok=True)  # events.jsonl is appended to, never wiped
-        identity = await serve(self.issuer.app(), self.host)
-        arm = await self.sim.serve(self.host)  # on its recorded port: operation URLs outlive a restart
-        boot_diagnostics = await self.sim.serve_boot_diagnostics(self.host)  # another host than ARM's
-        self.servers += [identity, arm, boot_diagnostics]
-        self.identity_url, self.arm_url = identity.url + IDENTITY_PATH, arm.url
+        if self.external_arm is None:
+            identity = await serve(self.issuer.app(), self.host)
+            arm = await self.sim.serve(self.host)  # on its recorded port: operation URLs outlive a restart
+            boot_diagnostics = await self.sim.serve_boot_diagnostics(self.host)  # another host than ARM's
+            self.servers += [identity, arm, boot_diagnostics]
+            self.identity_url, self.arm_url = identity.url + IDENTITY_PATH, arm.url
+        else:
+            self.identity_url, self.arm_url = self.external_arm.identity_url, self.external_arm.arm_url
         await reset_durable_session()
         from shared import runtime
         from shared.settings import load_settings
@@ -175,7 +199,7 @@ class DevHost:
         if not settings.storage_connection_string and not settings.table_service_uri:
             self.azurite = await azurite.start(self.state_dir)
             settings = load_settings(**{**values, "AzureWebJobsStorage": self.azurite.connection_string})
-        if settings.storage_connection_string:
+        if settings.storage_connection_string and self.storage_proxy:
             front = await front_storage(settings.storage_connection_string.get_secret_value(), self.host,
                                         self.storage_chaos)
             if front is not None:
@@ -223,10 +247,13 @@ class DevHost:
         self.functions_url = functions.url
         self.engine.start_worker()
         self.start_timers(index.of_type("timerTrigger"))
-        if self.seed:
+        if self.seed and self.external_arm is None:
             for rid, body in demo_resources().items():
                 self.sim.upsert(rid, body)
-        (self.state_dir / "endpoints.json").write_text(json.dumps(self.endpoints()))
+        # Written whole or not at all: other processes (the CLI, tests, benches) poll for it and read it at once.
+        tmp = self.state_dir / f".endpoints.{os.getpid()}.json"
+        tmp.write_text(json.dumps(self.endpoints()))
+        os.replace(tmp, self.state_dir / "endpoints.json")
         return self
 
     async def stop(self) -> None:

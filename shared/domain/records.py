@@ -280,6 +280,9 @@ class TargetRecord(_Doc):
     consecutive_failures: int = 0
     suspended: dict[str, Any] | None = None
     canary: CanaryState | None = None  # the set's canary: running, or what it proved (shared/rules/canary.py)
+    # ARM's own durations (seconds) of the last successful reimages, newest first: the learned poll schedule
+    # (shared/rules/poll_schedule.py). Written by the release that ends each one; read by the admission that leads.
+    durations: list[float] = Field(default_factory=list)
     etag: str | None = Field(None, exclude=True)
 
     def lease_held(self, now: datetime) -> bool:

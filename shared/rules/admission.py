@@ -24,6 +24,7 @@ from shared.domain.records import BatchEntry, BudgetEntry, Cooldown, QueueEntry,
 from shared.domain.status import FAILED_OUTCOMES, OperationStatus
 from shared.rules import canary
 from shared.rules.policy import cooldown_error, cooling
+from shared.rules.poll_schedule import remember
 from shared.settings import Settings
 
 
@@ -107,6 +108,7 @@ class Admission:
     formed: str | None = None  # a batch whose lease this write reserved: the caller starts it
     suspension: dict[str, Any] | None = None  # this write suspended the target: the caller announces it
     ended: list[QueueEntry] = field(default_factory=list)  # queue entries the caller must end Canceled
+    durations: list[float] | None = None  # a lead: the target's recent durations, for its poll schedule
 
 
 def members_of(entries: list[QueueEntry]) -> list[str]:
@@ -176,7 +178,7 @@ def admit_request(record: TargetRecord, *, owner: str, keys: list[str], options:
         return (record if write else None), Admission("refused", refusal)
     if not busy and (secret or not scale_set):
         _lead(record, owner, operation_id, keys, options, now, until, settings)
-        return record, Admission("lead", batch_id=operation_id)
+        return record, Admission("lead", batch_id=operation_id, durations=list(record.durations))
     admission = Admission("queued", position=_enqueue(record, operation_id, keys, options, now, approved))
     admission.formed = form_batch(record, now, until, settings, batch_id)
     return record, admission
@@ -373,12 +375,14 @@ class Handoff:
 def release(record: TargetRecord, owner: str, keys: list[str], status: str, ended: datetime, *,
             applied: bool, unhealthy: bool, now: datetime, until: datetime, settings: Settings,
             next_batch_id: str | None = None, operation_id: str | None = None, health: str | None = None,
-            health_detail: dict[str, str] | None = None) -> tuple[TargetRecord | None, Handoff]:
+            health_detail: dict[str, str] | None = None, duration: float | None = None
+            ) -> tuple[TargetRecord | None, Handoff]:
     """End `owner`'s hold on the target: cooldowns from its end (when it may have been applied), provisional
     ones withdrawn (when it certainly was not), the failure streak and the breaker, and the lease, only if
     `owner` still holds it, handed straight to the next batch of queued work (no gap for a newcomer).
     `owner` is the holder (a request's claim attempt, or a batch); `operation_id` names it in cooldowns. When it
-    was the set's canary, its verdict is given here (shared/rules/canary.py): it passed, or it suspends the set."""
+    was the set's canary, its verdict is given here (shared/rules/canary.py): it passed, or it suspends the set.
+    `duration`: how long ARM took, when it succeeded (remembered for the learned poll schedule)."""
     operation_id = operation_id or owner
     if record.batch is not None and record.batch.holder == owner:
         keys = sorted(set(keys) | set(record.batch.keys))
@@ -395,6 +399,8 @@ def release(record: TargetRecord, owner: str, keys: list[str], status: str, ende
         handoff.members = list(record.batch.members)
     record.lease_owner = record.lease_until = None
     record.batch = None
+    if status == OperationStatus.SUCCEEDED:
+        record.durations = remember(record.durations, duration)
     failed = canary.conclude(record, operation_id, status=status, health=health or (
         "Unhealthy" if unhealthy else None), health_detail=health_detail, applied=applied, now=now, settings=settings)
     if record.suspended and record.queue:  # suspended while the canary ran: what it held back ends with the rest

@@ -65,12 +65,16 @@ async def release_lease(runtime: Runtime, record: OperationRecord, *, applied: b
     until = lease_until(runtime.settings, now)
     batch_id = admission.new_batch_id()
 
+    took = record.arm_seconds
+    if took is None and record.submitted_at is not None and record.completed_at is not None:
+        took = (record.completed_at - record.submitted_at).total_seconds()  # includes the detection lag
+
     def decide(target: TargetRecord) -> tuple[TargetRecord | None, admission.Handoff]:
         return admission.release(target, record.holder, record.cooldown_keys, record.status, ended, applied=applied,
                                  unhealthy=record.health == Health.UNHEALTHY, now=now, until=until,
                                  settings=runtime.settings, next_batch_id=batch_id,
                                  operation_id=record.operation_id, health=record.health,
-                                 health_detail=record.health_detail)
+                                 health_detail=record.health_detail, duration=took)
 
     return await runtime.ledger.change_target(record.lease_key, decide)
 

@@ -60,12 +60,14 @@ class _Capture:
                 self.put(r.operation_id, key, what, found)
 
 
-async def before_post(runtime: Runtime, record: OperationRecord) -> None:
-    """Capture the evidence of `record`'s machines (a lead or a batch), bounded; never raises."""
+async def before_post(runtime: Runtime, record: OperationRecord) -> OperationRecord:
+    """Capture the evidence of `record`'s machines (a lead or a batch), bounded; never raises. Returns `record` as
+    stored now (with the ETag of the evidence's write, if it made one), for the caller's next compare-and-swap."""
     try:
-        await _before_post(runtime, record)
+        return await _before_post(runtime, record) or record
     except Exception:  # evidence never stops a reimage
         log.warning("evidence capture for %s failed; the reimage goes on", record.operation_id, exc_info=True)
+        return record
 
 
 async def _requests(runtime: Runtime, record: OperationRecord) -> list[OperationRecord]:
@@ -79,9 +81,9 @@ async def _requests(runtime: Runtime, record: OperationRecord) -> list[Operation
     return found
 
 
-async def _before_post(runtime: Runtime, record: OperationRecord) -> None:
+async def _before_post(runtime: Runtime, record: OperationRecord) -> OperationRecord | None:
     if record.evidence is not None:
-        return  # captured before this POST was sent again
+        return None  # captured before this POST was sent again
     posted = set(record.cooldown_keys)
     asked: dict[str, OperationRecord] = {}
     modes: dict[str, dict[str, str]] = {}
@@ -96,7 +98,7 @@ async def _before_post(runtime: Runtime, record: OperationRecord) -> None:
         for key, mode in per.items():
             wanted[key] = stronger(wanted.get(key), mode)
     if not wanted:
-        return
+        return None
     settings = runtime.settings
     loop = asyncio.get_running_loop()
     started, began = runtime.now(), loop.time()
@@ -122,14 +124,17 @@ async def _before_post(runtime: Runtime, record: OperationRecord) -> None:
             i for inst in instances.values() for i in inst.values()),
             "container": capture.store.container_url if capture.store is not None else None,
             "startedAt": started.isoformat(), "seconds": seconds, "timedOut": timed_out, "instances": instances}
-    await _record(runtime, record, docs)
+    stored = await _record(runtime, record, docs)
     log.info("evidence for %s: %s in %.2f s%s", record.operation_id,
              ", ".join(f"{op} {d['status']}" for op, d in docs.items()), seconds, " (timed out)" if timed_out else "")
+    return stored
 
 
-async def _record(runtime: Runtime, record: OperationRecord, docs: dict[str, dict[str, Any]]) -> None:
+async def _record(runtime: Runtime, record: OperationRecord, docs: dict[str, dict[str, Any]]
+                  ) -> OperationRecord | None:
     """Each request's evidence on its record (added to what an earlier POST of its other instances captured); a
-    batch's own record gets all of its instances (first found)."""
+    batch's own record gets all of its instances (first found). `record` as stored after that."""
+    stored = None
     for op, doc in docs.items():
         def add(r: OperationRecord, doc: dict[str, Any] = doc) -> OperationRecord | None:
             old = r.evidence or {}
@@ -143,7 +148,9 @@ async def _record(runtime: Runtime, record: OperationRecord, docs: dict[str, dic
                 "timedOut": bool(old.get("timedOut")) or doc["timedOut"]}
             return r
 
-        await runtime.ledger.update(op, add)
+        # `record` is as its caller just wrote it: its ETag saves the read before the CAS (a lead's one write)
+        written = await runtime.ledger.update(op, add, known=record if op == record.operation_id else None)
+        stored = written if op == record.operation_id else stored
     if record.is_batch:
         merged: dict[str, Any] = {}
         for doc in docs.values():
@@ -159,7 +166,8 @@ async def _record(runtime: Runtime, record: OperationRecord, docs: dict[str, dic
             r.evidence = summary
             return r
 
-        await runtime.ledger.update(record.operation_id, add_summary)
+        stored = await runtime.ledger.update(record.operation_id, add_summary, known=record)
+    return stored
 
 
 async def _capture(capture: _Capture, wanted: dict[str, str]) -> None:
@@ -223,7 +231,8 @@ async def _serial_log(capture: _Capture, machine: Machine) -> None:
         return
     try:
         uri = await capture.runtime.compute.evidence.serial_log_uri(capture.target, machine.key)
-        left = max(1.0, capture.deadline - capture.runtime.now().timestamp())
+        # a second past the capture's own bound, which ends it first (and says so): this only stops a stray read
+        left = max(1.0, capture.deadline - capture.runtime.now().timestamp()) + 1.0
         data, total, truncated = await download_log(uri, SERIAL_LOG_MAX_BYTES, left)
     except (EvidenceCallFailed, EvidenceUnavailable) as exc:
         capture.each(machine.key, "serialLog", item(FAILED, reason=str(exc)))

@@ -173,7 +173,7 @@ class Intake:
         if slot is None:
             assert frees is not None
             return await self._over_global_budget(record, frees, secret)
-        return await self._submit(record, call, slot)
+        return await self._submit(record, call, slot, decided.durations)
 
     async def _precheck(self, record: OperationRecord) -> None:
         """Before paging a human: refuse now what admission would refuse anyway (suspended, cooling down).
@@ -257,8 +257,10 @@ class Intake:
             t, record.holder, self.runtime.now(), [entry]))
         return await self._waiting(record, admission.Admission("queued", position=1))
 
-    async def _submit(self, record: OperationRecord, call: ArmCall, slot: str) -> Accepted:
-        """POST from here, with the request's secrets still in memory (shared/workflow/submission.py)."""
+    async def _submit(self, record: OperationRecord, call: ArmCall, slot: str,
+                      history: list[float] | None = None) -> Accepted:
+        """POST from here, with the request's secrets still in memory (shared/workflow/submission.py). `history`:
+        the target's recent durations as admission read them, for the monitor's schedule."""
         outcome = await submission.submit(self.runtime, self.client, record, call)
         if isinstance(outcome, submission.Uncertain):  # ended Failed with its event; the answer says so
             outcome.error.extra.update(operationId=record.operation_id, completed=True)
@@ -274,7 +276,7 @@ class Intake:
             await self._refused(record, outcome.error)
             raise outcome.error
         if not outcome.finished:
-            await start_monitor(self.client, self.runtime, outcome.record)
+            await start_monitor(self.client, self.runtime, outcome.record, history=history)
         await publish_info(self.runtime, EventType.ACCEPTED, outcome.record)
         return Accepted(outcome.record, self.first_poll(outcome.submission.retry_after))
 

@@ -16,7 +16,7 @@ from pydantic.alias_generators import to_camel
 from shared.domain.records import OperationRecord
 from shared.domain.status import OperationStatus
 from shared.domain.targets import parse_target
-from shared.rules.poll_schedule import LEARN_FROM_LAST, expected_duration
+from shared.rules.poll_schedule import earliest_end, expected_duration
 
 if TYPE_CHECKING:  # types only: the orchestrator imports this module, and replay should stay cheap to load
     from shared.runtime import Runtime
@@ -54,8 +54,10 @@ class MonitorInput(BaseModel):
     polls_per_generation: int
     health_grace_minutes: int = 0
     health_since: datetime | None = None  # ARM said Succeeded: reading instance views until healthy or grace
-    # Learned at acceptance from the target's past operations (shared.rules.poll_schedule.expected_duration).
+    # Learned at acceptance from the target's past durations (shared.rules.poll_schedule): their median, and the
+    # earliest the operation is likely to end (no poll before it).
     expected_seconds: float | None = None
+    earliest_seconds: float | None = None
     # ARM's quota (docs/operations.md "When ARM throttles"): the VM or scale set the operation runs on (its polls
     # and health reads are charged to it); the time spent waiting on ARM's Retry-After or on a low bucket, which
     # moves the deadline (or the health grace) by as much, so throttling never ends an operation TimedOut; and a
@@ -70,7 +72,8 @@ class MonitorInput(BaseModel):
 
     @classmethod
     def for_record(cls, record: OperationRecord, settings: Settings,
-                   expected_seconds: float | None = None) -> MonitorInput:
+                   history: list[float] | None = None) -> MonitorInput:
+        """`history`: the target's recent durations, newest first (TargetRecord.durations)."""
         arm = record.arm or {}
         url = arm.get("asyncOperationUrl") or arm.get("locationUrl")
         assert record.submitted_at is not None
@@ -81,7 +84,8 @@ class MonitorInput(BaseModel):
                    poll_max_seconds=settings.poll_max_seconds, poll_default_seconds=settings.poll_default_seconds,
                    operation_timeout_minutes=settings.operation_timeout_minutes,
                    polls_per_generation=settings.polls_per_generation,
-                   health_grace_minutes=settings.health_grace_minutes, expected_seconds=expected_seconds,
+                   health_grace_minutes=settings.health_grace_minutes,
+                   expected_seconds=expected_duration(history or []), earliest_seconds=earliest_end(history or []),
                    target=parse_target(record.target).vm_id)
 
     @classmethod
@@ -98,10 +102,13 @@ class MonitorInput(BaseModel):
 
 
 async def start_monitor(client: Any, runtime: Runtime, record: OperationRecord,
-                        state: MonitorInput | None = None) -> bool:
-    """Hand the ARM operation to the durable timer loop. A failure here is repaired by the sweeper."""
+                        state: MonitorInput | None = None, history: list[float] | None = None) -> bool:
+    """Hand the ARM operation to the durable timer loop. A failure here is repaired by the sweeper.
+    `history`: the target's recent durations as admission read them (else they are read)."""
     if state is None:
-        state = MonitorInput.for_record(record, runtime.settings, await learned_duration(runtime, record))
+        if history is None:
+            history = await learned_durations(runtime, record)
+        state = MonitorInput.for_record(record, runtime.settings, history)
     try:
         await client.start_new(MONITOR, record.operation_id, state.dump())
         return True
@@ -110,20 +117,14 @@ async def start_monitor(client: Any, runtime: Runtime, record: OperationRecord,
         return False
 
 
-async def learned_duration(runtime: Runtime, record: OperationRecord) -> float | None:
-    """How long this target's recent reimages took (submission to completion), for the poll schedule
-    when ARM sends no Retry-After (shared.rules.poll_schedule.next_poll_offset). None: no history, or not needed."""
-    if (record.arm or {}).get("retryAfter") is not None:
-        return None
+async def learned_durations(runtime: Runtime, record: OperationRecord) -> list[float]:
+    """The target's recent durations (its ledger record), for the poll schedule. Empty when they cannot be read:
+    learning is an optimisation, the default schedule still works."""
     try:
-        page = await runtime.ledger.list_operations(lease_key=record.lease_key, top=LEARN_FROM_LAST + 1)
-    except Exception:  # learning is an optimisation: the fixed default still works
+        return list((await runtime.ledger.get_target(record.lease_key)).durations)
+    except Exception:
         log.warning("could not read the history of %s", record.lease_key, exc_info=True)
-        return None
-    return expected_duration([r.arm_seconds if r.arm_seconds is not None
-                              else (r.completed_at - r.submitted_at).total_seconds() for r in page.items
-                              if r.operation_id != record.operation_id and r.status == OperationStatus.SUCCEEDED
-                              and r.submitted_at is not None and r.completed_at is not None])
+        return []
 
 
 async def start_batch(runtime: Runtime, client: Any, lease_key: str, batch_id: str, target_id: str

@@ -16,6 +16,7 @@ from typing import Any
 
 import azure.durable_functions as df
 
+from shared.adapters import durable_time
 from shared.adapters.durable_payload import decode
 from shared.domain.arm_call import OperationState
 from shared.domain.errors import ErrorCode
@@ -23,6 +24,8 @@ from shared.domain.health import Health
 from shared.domain.status import OperationStatus
 from shared.rules.poll_schedule import next_poll_offset
 from shared.workflow.orchestration import FINISH_ACTIVITY, HEALTH_ACTIVITY, POLL_ACTIVITY, SUBMIT_ACTIVITY, MonitorInput
+
+durable_time.install()  # every later replay reads its history timestamps without dateutil
 
 Steps = Generator[Any, Any, Any]
 
@@ -85,7 +88,8 @@ def _poll(context: Any, state: MonitorInput) -> Steps:
         if not state.poll_now:
             elapsed = (context.current_utc_datetime - state.submitted_at).total_seconds()
             offset = next_poll_offset(elapsed, state.last_retry_after, state.expected_seconds,
-                                      state.poll_min_seconds, state.poll_max_seconds, state.poll_default_seconds)
+                                      state.poll_min_seconds, state.poll_max_seconds, state.poll_default_seconds,
+                                      state.earliest_seconds)
             yield context.create_timer(min(state.submitted_at + timedelta(seconds=offset), deadline))
         result = yield from _read_status(context, state)
         wait = _waited(result)

@@ -76,7 +76,7 @@ def lost_error(message: str) -> dict[str, Any]:
 async def submit(runtime: Runtime, client: Any, record: OperationRecord, call: ArmCall) -> Outcome:
     """POST `call` for `record` (Submitting) and record what ARM said. First, bounded, the evidence the POST is about
     to destroy (shared/workflow/evidence.py)."""
-    await evidence.before_post(runtime, record)
+    record = await evidence.before_post(runtime, record)
     try:
         submission = await runtime.compute.submit(call)
     except ComputeError as exc:
@@ -93,7 +93,8 @@ async def submit(runtime: Runtime, client: Any, record: OperationRecord, call: A
         r.arm = submission.to_dict()
         return r
 
-    stored = await runtime.ledger.update(record.operation_id, accepted)
+    # `record` is as intake (or the batch) just wrote it Submitting: its ETag saves the read before the CAS
+    stored = await runtime.ledger.update(record.operation_id, accepted, known=record)
     assert stored is not None
     log.info("submitted %s %s for %s (%s)", call.operation.value, record.target, record.operation_id,
              record.trigger)

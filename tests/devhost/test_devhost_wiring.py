@@ -104,3 +104,26 @@ def test_the_command_line_switches() -> None:
     plain = hostile_options(parse_args(["--events-file-only"]))
     assert plain["storage_chaos"] is None and plain["timer_overlap"] is False and not plain["servicebus_stand_in"]
     assert plain["durable_fidelity"].late_activities is False
+
+
+async def test_a_second_host_shares_the_first_ones_arm_and_ledger(new_host: Callable[..., Any],
+                                                                  azurite_storage: str) -> None:
+    """Several app processes of one scaled-out app (bench/scale_out.py): a host given another's ARM simulator and
+    identity endpoint (ExternalArm) serves neither itself, and with storage_proxy=False its ledger is the given
+    AzureWebJobsStorage, not a proxy of its own. A request taken by the second is a request of the first's ledger,
+    sent to the first's ARM: the same requestId asked of the first is answered with the same operation."""
+    from devhost.host import ExternalArm
+
+    first: Host = await new_host()
+    assert first.dh.settings is not None and first.dh.storage is not None
+    shared = ExternalArm(first.dh.arm_url, first.dh.identity_url, first.dh.issuer.header_secret)
+    second: Host = await new_host(external_arm=shared, storage_proxy=False, seed=False, settings={
+        "LEDGER_TABLE_PREFIX": first.dh.settings.ledger_table_prefix,
+        "AzureWebJobsStorage": first.dh.settings.storage_connection_string.get_secret_value()})  # the first's proxy
+    assert second.dh.arm_url == first.dh.arm_url and second.dh.storage is None and not second.dh.sim.resources
+    posts = len(first.reimage_posts())
+    status, body, _ = await second.reimage({"target": LINUX_VM, "requestId": "shared-1"})
+    assert status == 202, body
+    assert len(first.reimage_posts()) == posts + 1
+    status, again, _ = await first.reimage({"target": LINUX_VM, "requestId": "shared-1"})
+    assert status == 202 and again["operationId"] == body["operationId"] and again["duplicate"] is True

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from shared.rules.poll_schedule import earliest_end
 from tests.integration.conftest import LINUX_VM, Host
 
 NewHost = Callable[..., Any]
@@ -57,10 +59,32 @@ async def test_without_retry_after_the_first_poll_waits_for_the_learned_duration
     h = await new_host(retry_after=None, operation_seconds=100.0, settings={"COOLDOWN_MINUTES": "0"})
     first = await reimage_and_wait(h, 1)
     assert first["polls"] == 7  # no history: the default, every 15 s (105 s)
-    second = await reimage_and_wait(h, 2)
-    # learned: ARM reported 100 s (startTime -> endTime); the first poll waits exactly that and finds it done
+    for n in (2, 3):  # too little history to say how durations vary: still the default
+        assert (await reimage_and_wait(h, n))["polls"] == 7
+    fourth = await reimage_and_wait(h, 4)
+    # learned: ARM reported 100 s three times (startTime -> endTime), on the target's ledger record; the first poll
+    # waits exactly that and finds it done
     assert poll_offsets(h) == [100.0], poll_offsets(h)
-    assert second["polls"] == 1
+    assert fourth["polls"] == 1
+
+
+async def test_learned_schedule_skips_the_polls_before_the_earliest_likely_end(new_host: NewHost) -> None:
+    h = await new_host(retry_after=None, operation_seconds=100.0, settings={"COOLDOWN_MINUTES": "0"})
+    name = LINUX_VM.rsplit("/", 1)[-1]
+    past = [80.0, 90.0, 100.0, 110.0, 125.0]
+    for n, seconds in enumerate(past, 1):
+        h.dh.sim.durations[name] = seconds
+        await reimage_and_wait(h, n)
+    h.dh.sim.durations[name] = 100.0
+    await reimage_and_wait(h, len(past) + 1)
+    offsets = poll_offsets(h)
+    # median 100 s, a step of 15 s; the earliest likely end (the low bound of a prediction interval through the five
+    # past durations, about 50 s): the first poll one step after it, then every step until the end, known within one
+    earliest = earliest_end(past[::-1])
+    assert earliest is not None and 40 < earliest < 80
+    assert offsets[0] == pytest.approx(earliest + 15, abs=0.01), offsets
+    assert all(b - a == pytest.approx(15, abs=0.01) for a, b in itertools.pairwise(offsets)), offsets
+    assert 100 <= offsets[-1] < 115, offsets
 
 
 # --- Retry-After on a 202 is the app's real next poll ---------------------------------------------------

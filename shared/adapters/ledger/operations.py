@@ -125,21 +125,29 @@ class Operations(Tables):
                     raise LedgerUnavailable(f"writing {record.operation_id}") from exc
                 await backoff(failures)
 
-    async def update(self, operation_id: str,
-                     mutate: Callable[[OperationRecord], OperationRecord | None]) -> OperationRecord | None:
-        """Read, mutate, CAS, retried on conflict. `mutate` returns None to leave the record as it is."""
+    async def update(self, operation_id: str, mutate: Callable[[OperationRecord], OperationRecord | None], *,
+                     known: OperationRecord | None = None) -> OperationRecord | None:
+        """Read, mutate, CAS, retried on conflict. `mutate` returns None to leave the record as it is.
+
+        `known`: the record as the caller itself just wrote it (with that write's ETag). It is tried first instead of
+        a read, which saves a round trip when nobody wrote since; if somebody did, the CAS fails and the loop reads."""
         for attempt in range(CAS_ATTEMPTS):
-            current = await self.get(operation_id)
+            guessed = known is not None and known.etag is not None
+            current = known if guessed else await self.get(operation_id)
+            known = None
             if current is None:
                 return None
             changed = mutate(current.model_copy(deep=True))
             if changed is None:
+                if guessed:  # the caller's copy may be stale: decide on what is stored
+                    continue
                 return current
             changed.etag = current.etag
             try:
                 return await self.replace(changed)
             except RecordChanged:
-                await backoff(attempt)
+                if not guessed:  # a stale guess lost to no one now writing: read at once
+                    await backoff(attempt)
                 continue
         raise LedgerConflict(f"could not update {operation_id}")
 

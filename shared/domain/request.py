@@ -31,12 +31,15 @@ from shared.domain.errors import DetailCode, ErrorCode, ErrorDetail, FieldErrors
 from shared.domain.targets import (
     INSTANCE_ID_PATTERN,
     INSTANCE_ID_RULE,
+    MEMBER_NAME_PATTERN,
+    MEMBER_NAME_RULE,
     Target,
     TargetError,
     TargetKind,
     build_target,
     parse_target,
     valid_instance_id,
+    valid_member_name,
 )
 
 # Seed 000/001/002: values ARM refuses outright.
@@ -65,21 +68,22 @@ _BASE64 = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{
 
 
 def _instance_id(value: Any) -> str:
-    """A canonical instance id string; a JSON integer is accepted and converted (what a user expects)."""
+    """A canonical instance id string (a JSON integer is accepted and converted: what a user expects), or a
+    Flexible set's member VM name (which set it is, and so which form is right, is known only at preflight)."""
     if isinstance(value, int) and not isinstance(value, bool):
         if 0 <= value <= MAX_INSTANCE_ID:
             return str(value)
         raise ValueError(f"{INSTANCE_ID_RULE}; a number must be an integer from 0 to {MAX_INSTANCE_ID}")
-    if isinstance(value, str) and valid_instance_id(value):
+    if isinstance(value, str) and (valid_instance_id(value) or valid_member_name(value)):
         return value
-    raise ValueError(f"{INSTANCE_ID_RULE}, or non-negative integers")
+    raise ValueError(f"{INSTANCE_ID_RULE}, or non-negative integers; {MEMBER_NAME_RULE}")
 
 
 InstanceId = Annotated[
     str,
     PlainValidator(
         _instance_id,
-        json_schema_input_type=Annotated[str, Field(pattern=f"^(?:{INSTANCE_ID_PATTERN})$")]
+        json_schema_input_type=Annotated[str, Field(pattern=f"^(?:{INSTANCE_ID_PATTERN}|{MEMBER_NAME_PATTERN})$")]
         | Annotated[int, Field(ge=0, le=MAX_INSTANCE_ID)],
     ),
 ]
@@ -168,7 +172,8 @@ class ReimageRequest(_Wire):
         None,
         min_length=1,
         description='Scale sets only. Non-empty list of canonical decimal ids such as "7" (no leading zeros), '
-        "no duplicates. JSON integers are accepted and converted to strings.",
+        "no duplicates. JSON integers are accepted and converted to strings. A Flexible scale set's members are "
+        'named by their VM names (starting with a letter), such as "workers_3f2a9c1e".',
     )
     all_instances: StrictBool = Field(
         False, description="Scale sets only. Must be true to reimage every instance."

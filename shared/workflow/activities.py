@@ -14,7 +14,7 @@ from shared.domain.records import OperationRecord
 from shared.domain.redaction import scrub_poll
 from shared.domain.status import OperationStatus
 from shared.runtime import Runtime
-from shared.workflow import batches, throttling, verify
+from shared.workflow import batches, fleet, throttling, verify
 from shared.workflow.completion import finish
 
 
@@ -28,6 +28,8 @@ async def poll_operation(runtime: Runtime, payload: dict[str, Any]) -> dict[str,
     Not sent while a bucket it draws on runs low (`held`), and a 429 is not a failed read (`throttled`): either
     way the monitor waits `retryAfter` on a timer, then polls again (shared/workflow/throttling.py)."""
     target = payload.get("target")
+    if payload.get("mode") == "members":  # a Flexible set's batch: each member's own operation, read at once
+        return await fleet.poll(runtime, payload["operationId"])
     held = throttling.hold("poll", runtime, target)
     if held is not None:
         return held

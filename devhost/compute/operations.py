@@ -86,6 +86,7 @@ class Operation:
 class LroSettings(Protocol):
     """The simulator's switches a reimage reads, at each request (tests change them between requests)."""
 
+    protected_named_refused: bool
     operation_seconds: float
     retry_after: int | None
     location: str
@@ -206,7 +207,9 @@ class Operations:
         chosen = [""] if is_vm else self._instances(key, p, body)
         if isinstance(chosen, web.Response):
             return chosen
-        ids = chosen
+        ids = chosen if is_vm or p.inst else self._unprotected(key, chosen, body)
+        if isinstance(ids, web.Response):
+            return ids
         instance_keys = [key] if is_vm else [f"{key}#{i}" for i in ids]
         stopped = next((i for i in ids if self.inventory.power(key, i) == "deallocated"), None)
         if stopped is not None:
@@ -265,6 +268,18 @@ class Operations:
             return cloud_error(400, "InvalidParameter", f"The provided instanceId {missing} is not an active "
                                "Virtual Machine Scale Set VM instanceId.", target="instanceIds")
         return list(dict.fromkeys(given))
+
+    def _unprotected(self, key: str, ids: list[str], body: dict[str, Any]) -> list[str] | web.Response:
+        """A scale-set reimage leaves instances protected from scale set actions alone (PROT): silently skipped (the
+        third-party account of Microsoft's support guides; the dangerous reading: the caller thinks them reimaged),
+        or, with `protected_named_refused`, refused when named, as ARM refuses to delete them."""
+        protected = self.inventory.protected(key)
+        named = [i for i in (body.get("instanceIds") or []) if i in protected]
+        if named and self.settings.protected_named_refused:
+            return cloud_error(409, "OperationNotAllowed", "InstanceIds may not contain instances that are protected "
+                               "from scale set actions. The following instance ids are protected from scale set "
+                               f"action: {', '.join(named)}.")
+        return [i for i in ids if i not in protected]
 
     @staticmethod
     def _allowed_keys(is_vm: bool, p: Parsed) -> set[str]:

@@ -1,0 +1,268 @@
+"""Flexible scale sets are governed by their set, exactly like Uniform ones; instance protection, locks and Azure's
+automatic repairs leave machines alone.
+
+Real concurrency on devhost (hostile by default: activities run twice, events are delivered twice; the ARM
+simulator throttles with Azure's published limits), with action groups re-sending the same alerts. A Flexible set's
+members are VMs of their own (devhost/compute/fleet.py): its batches are single-VM POSTs sent together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import math
+from collections import Counter
+from typing import Any
+
+import aiohttp
+
+from devhost.host import DEMO_SUBSCRIPTION
+from tests.integration.conftest import BASE, LINUX_VM, Host, NewHost, checks
+from tests.integration.test_storms import OPEN, alert
+
+FLEX = f"{BASE}/virtualMachineScaleSets/flex"
+UNIFORM = f"{BASE}/virtualMachineScaleSets/storm"
+GROUP = BASE.split("/providers/")[0]
+CAP = 20 * 20 // 100  # MAX_BATCH_PERCENT 20 of a 20-member set
+REPAIRS = {"automaticRepairsPolicy": {"enabled": True, "gracePeriod": "PT10M"}}
+
+
+def vm_alert(vm_id: str, alert_id: str) -> dict[str, Any]:
+    """An Azure Monitor alert on a VM (a Flexible member is a VM of its own: its alerts name the VM)."""
+    doc = alert("0", alert_id)
+    doc["data"]["essentials"]["alertTargetIDs"] = [vm_id]
+    return doc
+
+
+async def flex_host(new_host: NewHost, members: int = 20, *, settings: dict[str, str] | None = None,
+                    **set_properties: Any) -> tuple[Host, list[dict[str, Any]]]:
+    h: Host = await new_host(settings={**OPEN, **(settings or {})}, operation_seconds=10.0, retry_after=None)
+    h.dh.sim.seed_scale_set(FLEX, members, flexible=True, **set_properties)
+    return h, h.dh.sim.members(FLEX)
+
+
+async def alert_storm(h: Host, vm_ids: list[str], prefix: str = "a") -> list[tuple[int, Any]]:
+    """One alert per VM, all at once; then the whole storm again, as action groups re-send."""
+    async def one(i: int, vm_id: str) -> tuple[int, Any]:
+        s, body, _ = await h.post("/api/alerts", vm_alert(vm_id, f"{prefix}-{i}"))
+        return s, body
+
+    results: list[tuple[int, Any]] = []
+    for _ in range(2):
+        results += await asyncio.gather(*(one(i, v) for i, v in enumerate(vm_ids)))
+    return results
+
+
+def posts(h: Host) -> list[dict[str, Any]]:
+    return [p for p in h.reimage_posts() if "/flex" in p["path"].lower()]
+
+
+def max_in_flight(h: Host, lock_keys: set[str]) -> int:
+    """The most ARM operations running at once on these resources (from the simulator's own operations)."""
+    ops = [o for o in h.dh.sim.operations.values() if o.lock_key in lock_keys]
+    edges = sorted([(o.started, 1) for o in ops] + [(o.end, -1) for o in ops])
+    return max(itertools.accumulate(step for _, step in edges), default=0)
+
+
+async def arm_post(h: Host, path: str, body: dict[str, Any], api: str = "2024-07-01") -> tuple[int, Any]:
+    """A call straight to ARM (what an operator's `az` would send), with a token from devhost's identity."""
+    async with aiohttp.ClientSession() as http, http.post(
+            f"{h.dh.arm_url}{path}", params={"api-version": api}, json=body,
+            headers={"Authorization": f"Bearer {h.dh.issuer.issue()[0]}"}) as r:
+        return r.status, await r.text()
+
+
+async def later(h: Host, seconds: float) -> None:
+    """Let virtual time pass, running what falls due (past PREFLIGHT_CACHE_SECONDS: the next request reads ARM)."""
+    until = h.dh.clock.now() + seconds
+    with contextlib.suppress(TimeoutError):
+        await h.settle(lambda: h.dh.clock.now() >= until, max_virtual_seconds=seconds)
+    if h.dh.clock.now() < until:
+        h.dh.clock.set(until)  # type: ignore[attr-defined]
+        await h.settle(lambda: True)
+
+
+# ---- the storm -----------------------------------------------------------------------------------------------------
+async def test_a_storm_on_a_flexible_set_rides_batches_of_single_vm_posts(new_host: NewHost) -> None:
+    """12 alerts on 12 members of a 20-member Flexible set, each re-sent: every alert accepted and none refused as
+    busy; each member POSTed exactly once with the single-VM API, never more than the cap in flight, no scale-set
+    POST; each request ends with one completion event naming its batch and its own member's health."""
+    h, members = await flex_host(new_host)
+    chosen = members[:12]
+    results = await alert_storm(h, [m["id"] for m in chosen])
+    assert {s for s, _ in results} == {202} and [r for _, b in results for r in b["refused"]] == []
+    assert all(len(b["accepted"]) == 1 for _, b in results)
+    events = await h.until_completed(12)
+    assert len(events) == 12 and set(Counter(e["data"]["operationId"] for e in events).values()) == {1}
+    sent = posts(h)
+    assert all("/virtualMachineScaleSets/" not in p["path"] for p in sent)  # never a scale-set call
+    assert Counter(p["path"].rsplit("/", 2)[1] for p in sent) == Counter({m["name"]: 1 for m in chosen})
+    assert all(p["status"] == 202 for p in sent)
+    assert max_in_flight(h, {m["id"].lower() for m in members}) <= CAP
+    batches = {e["data"]["batchId"] for e in events}
+    assert len(batches) == math.ceil(12 / CAP) and all(b.startswith("b-") for b in batches)
+    for e in events:
+        d = e["data"]
+        assert d["status"] == "Succeeded" and d["health"] == "Healthy", d
+        assert d["instanceIds"] == [d["target"].rsplit("/", 1)[1]] and list(d["healthDetail"]) == d["instanceIds"]
+    again = await alert_storm(h, [m["id"] for m in chosen])  # action groups' late re-sends: duplicates
+    assert all(a.get("duplicate") for _, b in again for a in b["accepted"]) and len(posts(h)) == 12
+
+
+async def test_with_the_default_breaker_the_same_storm_suspends_the_set_with_one_event(new_host: NewHost) -> None:
+    h, members = await flex_host(new_host, settings={"BREAKER_PERCENT": "50"})
+    results = await alert_storm(h, [m["id"] for m in members[:12]])
+    refused = {r["error"]["code"] for _, b in results for r in b["refused"]}
+    assert refused == {"TargetSuspended"}
+    await h.settle(lambda: len(h.events("reimager.target.suspended")) >= 1, max_virtual_seconds=600)
+    await later(h, 120)
+    [suspended] = h.events("reimager.target.suspended")
+    assert suspended["data"]["target"].lower() == FLEX.lower()
+    assert suspended["data"]["suspension"]["evidence"]["distinctInstancesRequested"] == 11
+    assert {e["data"]["error"]["code"] for e in h.completed()} == {"TargetSuspended"} and posts(h) == []
+    s, view = await h.get(f"/api/targets?id={FLEX}")
+    assert s == 200 and view["suspended"]["by"] == "breaker"
+
+
+# ---- one fleet model ---------------------------------------------------------------------------------------------
+async def test_a_members_cooldown_budget_and_approval_count_against_its_set(new_host: NewHost) -> None:
+    h, members = await flex_host(new_host, settings={"FLEET_BUDGET_PERCENT": "30"})
+    first = members[0]
+    s, body, _ = await h.reimage({"target": first["id"], "requestId": "by-vm"})
+    assert s == 202 and body["instanceIds"] == [first["name"]]
+    await h.until_completed(1)
+    # cooldown: the member's, kept on its set, whichever way it is named
+    s, body, _ = await h.reimage({"target": FLEX, "instanceIds": [first["name"].upper()], "requestId": "by-set"})
+    assert s == 429 and body["error"]["code"] == "CooldownActive" and body["cooldown"]["instance"] == first["name"]
+    s, body, _ = await h.reimage({"target": first["id"], "requestId": "by-vm-again"})
+    assert s == 429 and body["error"]["code"] == "CooldownActive"
+    # approval: more members than APPROVAL_ABOVE_INSTANCES in one request
+    s, body, _ = await h.reimage({"target": FLEX, "instanceIds": [m["name"] for m in members[1:7]],
+                                  "requestId": "six"})
+    assert s == 202 and body["status"] == "AwaitingApproval" and "APPROVAL_ABOVE_INSTANCES" in body["error"]["message"]
+    # budget: 30% of 20 within the window; 1 spent, 5 more go, the rest waits for the window
+    for m in members[7:14]:
+        s, body, _ = await h.reimage({"target": m["id"], "requestId": f"budget-{m['name']}"})
+        assert s == 202 and body["status"] == "Queued", body
+    await h.settle(lambda: len(h.completed()) >= 6, max_virtual_seconds=1800)
+    await later(h, 600)
+    assert len(posts(h)) == 6 and len(h.completed()) == 6
+    s, view = await h.get(f"/api/targets?id={FLEX}")
+    assert view["budget"]["used"] == 6 and len(view["queue"]) == 2
+    # a freeze tag on the set holds a member's request for approval
+    h.dh.sim.upsert(FLEX, {"tags": {"reimager-freeze": "2027-01-01"}}, patch=True)
+    await later(h, 10)
+    s, body, _ = await h.reimage({"target": members[15]["id"], "requestId": "frozen"})
+    assert s == 202 and body["status"] == "AwaitingApproval" and body["freeze"]["source"] == "tag"
+
+
+async def test_all_instances_on_a_flexible_set_names_the_members_needs_approval_and_is_never_a_set_call(
+        new_host: NewHost) -> None:
+    h, members = await flex_host(new_host, settings={"MAX_INSTANCES_PER_REQUEST": "100",
+                                                     "APPROVAL_ALLOW_UNVERIFIED": "true"})
+    names = sorted((m["name"] for m in members), key=lambda n: (len(n), n))
+    s, plan, _ = await h.reimage({"target": FLEX, "allInstances": True, "dryRun": True})
+    assert s == 200 and [c["path"].rsplit("/", 2)[1] for c in plan["calls"]] == names
+    assert plan["plan"] == plan["calls"][0] and all("/virtualMachines/" in c["path"] and
+                                                     "ScaleSets" not in c["path"] for c in plan["calls"])
+    s, body, _ = await h.reimage({"target": FLEX, "allInstances": True, "requestId": "all", "requestedBy": "alice"})
+    assert s == 202 and body["status"] == "AwaitingApproval" and body["instanceIds"] == names
+    assert posts(h) == []
+    s, approved, _ = await h.post(f"/api/reimage/{body['operationId']}/approve", {"by": "bob"})
+    assert s == 202, approved
+    [event] = await h.until_completed(1)
+    assert event["data"]["status"] == "Succeeded" and event["data"]["health"] == "Healthy"
+    sent = posts(h)
+    assert sorted(p["path"].rsplit("/", 2)[1] for p in sent) == sorted(names)  # each member, once
+    assert all("/virtualMachineScaleSets/" not in p["path"] for p in sent)
+    assert max_in_flight(h, {m["id"].lower() for m in members}) <= CAP  # 20 members, CAP at a time
+
+
+# ---- automatic repairs ---------------------------------------------------------------------------------------------
+async def test_automatic_repairs_running_refuse_and_suspended_proceed(new_host: NewHost) -> None:
+    h: Host = await new_host(settings=OPEN, operation_seconds=10.0, retry_after=None)
+    h.dh.sim.seed_scale_set(UNIFORM, 10, **REPAIRS)
+    s, body, _ = await h.reimage({"target": UNIFORM, "instanceIds": ["3"], "requestId": "r1"})
+    assert s == 409 and body["error"]["code"] == "AutomaticRepairsActive"
+    assert "az vmss set-orchestration-service-state" in body["error"]["message"] and "--action Suspend" in \
+        body["error"]["message"] and "AUTOMATIC_REPAIRS=allow" in body["error"]["message"]
+    s, answer, _ = await h.post("/api/alerts", alert("4", "repairs-alert"))
+    assert s == 200 and answer["accepted"] == [] and answer["refused"] == []
+    assert "automatic instance repairs" in answer["ignored"][0]["reason"]
+    s, plan, _ = await h.reimage({"target": UNIFORM, "instanceIds": ["3"], "dryRun": True})
+    assert checks(plan)["automaticRepairs"]["result"] == "failed" and plan["passed"] is False
+    assert h.reimage_posts() == []
+    # the operator suspends them, as the message says (az vmss set-orchestration-service-state ... --action Suspend)
+    s, _ = await arm_post(h, f"{UNIFORM}/setOrchestrationServiceState",
+                          {"serviceName": "AutomaticRepairs", "action": "Suspend"})
+    assert s == 200 and h.dh.sim.repairs(UNIFORM) == "Suspended"
+    await later(h, 10)
+    s, plan, _ = await h.reimage({"target": UNIFORM, "instanceIds": ["3"], "dryRun": True})
+    assert checks(plan)["automaticRepairs"] == {"name": "automaticRepairs", "result": "passed",
+                                                "serviceState": "Suspended"}
+    s, body, _ = await h.reimage({"target": UNIFORM, "instanceIds": ["3"], "requestId": "r2"})
+    assert s == 202
+    [event] = await h.until_completed(1)
+    assert event["data"]["status"] == "Succeeded"
+
+
+async def test_a_flexible_sets_repairs_refuse_unless_read_suspended_or_allowed(new_host: NewHost) -> None:
+    """A Flexible set's instance view may be refused (the simulator's default): enabled repairs whose state cannot
+    be read are taken to be running. Readable and Suspended, or AUTOMATIC_REPAIRS=allow: the request proceeds."""
+    h, members = await flex_host(new_host, 4, **REPAIRS)
+    s, body, _ = await h.reimage({"target": members[0]["id"], "requestId": "f1"})
+    assert s == 409 and body["error"]["code"] == "AutomaticRepairsActive" and body["automaticRepairs"] == "Unknown"
+    h.dh.sim.flex_set_instance_view = True
+    s, _ = await arm_post(h, f"{FLEX}/setOrchestrationServiceState", {"serviceName": "AutomaticRepairs",
+                                                                        "action": "Suspend"})
+    assert s == 200
+    await later(h, 10)
+    s, body, _ = await h.reimage({"target": members[0]["id"], "requestId": "f2"})
+    assert s == 202, body
+    [event] = await h.until_completed(1)
+    assert event["data"]["status"] == "Succeeded" and [p["path"].rsplit("/", 2)[1] for p in posts(h)] == \
+        [members[0]["name"]]
+
+
+async def test_automatic_repairs_allow_reimages_beside_them(new_host: NewHost) -> None:
+    h, members = await flex_host(new_host, 4, settings={"AUTOMATIC_REPAIRS": "allow"}, **REPAIRS)
+    s, body, _ = await h.reimage({"target": members[1]["id"], "requestId": "f3"})
+    assert s == 202, body
+    s, plan, _ = await h.reimage({"target": members[1]["id"], "dryRun": True})
+    assert checks(plan)["automaticRepairs"]["result"] == "passed"
+    [event] = await h.until_completed(1)
+    assert event["data"]["status"] == "Succeeded"
+
+
+# ---- protection and locks ------------------------------------------------------------------------------------------
+async def test_a_protected_instance_or_a_locked_vm_is_refused_before_arm(new_host: NewHost) -> None:
+    h, members = await flex_host(new_host, 4)
+    h.dh.sim.seed_scale_set(UNIFORM, 6)
+    h.dh.sim.protect(f"{UNIFORM}/virtualMachines/2")
+    s, body, _ = await h.reimage({"target": UNIFORM, "instanceIds": ["1", "2"], "requestId": "p1"})
+    assert s == 403 and body["error"]["code"] == "InstanceProtected" and body["protected"] == ["2"]
+    s, body, _ = await h.reimage({"target": UNIFORM, "allInstances": True, "requestId": "p2"})
+    assert s == 403 and body["error"]["code"] == "InstanceProtected"
+    s, plan, _ = await h.reimage({"target": UNIFORM, "instanceIds": ["2"], "dryRun": True})
+    assert checks(plan)["instanceProtection"]["result"] == "failed"
+    h.dh.sim.lock(members[1]["id"])  # a ReadOnly lock: Flexible's instance protection
+    h.dh.sim.lock(LINUX_VM, "vm-lock")
+    await later(h, 10)  # the group's locks were read a moment ago: a new read sees them
+    s, body, _ = await h.reimage({"target": members[1]["id"], "requestId": "l1"})
+    assert s == 403 and body["error"]["code"] == "TargetLocked" and body["lock"]["name"] == "do-not-touch"
+    s, body, _ = await h.reimage({"target": FLEX, "instanceIds": [members[1]["name"]], "requestId": "l2"})
+    assert s == 403 and body["error"]["code"] == "TargetLocked"
+    s, body, _ = await h.reimage({"target": LINUX_VM, "requestId": "l3"})
+    assert s == 403 and body["error"]["code"] == "TargetLocked"
+    s, plan, _ = await h.reimage({"target": members[1]["id"], "dryRun": True})
+    assert checks(plan)["lock"]["result"] == "failed" and checks(plan)["lock"]["code"] == "TargetLocked"
+    assert h.reimage_posts() == []  # every refusal came before ARM
+    # a lock the check did not see (the group's locks were read a moment ago): ARM's ScopeLocked, nothing applied
+    s, body, _ = await h.reimage({"target": members[2]["id"], "dryRun": True})
+    assert s == 200 and body["passed"] is True
+    h.dh.sim.lock(f"/subscriptions/{DEMO_SUBSCRIPTION}/resourceGroups/{GROUP.rsplit('/', 1)[1]}", "group-lock")
+    s, body, _ = await h.reimage({"target": LINUX_VM.replace("web-linux-01", "app-win-01"), "requestId": "l4"})
+    assert s == 403 and body["error"]["code"] == "TargetLocked" and body["error"]["details"][0]["code"] == \
+        "ScopeLocked"
+    assert [p["status"] for p in h.reimage_posts()] == [409]

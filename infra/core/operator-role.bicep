@@ -15,17 +15,26 @@
 // VirtualMachineScaleSetVMsClient.List names virtualMachineScaleSets/virtualMachines/read). Whether
 // Compute also checks .../virtualMachines/instanceView/read for $expand=instanceView is not documented;
 // AKS's cloud-provider permission list pairs the two, and the one-instance GET needs it anyway.
-// Not granted: virtualMachineScaleSets/instanceView/read (the set-wide summary; never read).
+// The preflight's fleet checks (shared/adapters/arm/fleet.py) make two more reads:
+//   GET .../virtualMachineScaleSets/{set}/instanceView (its automatic repairs' state, only when the set's model
+//       enables them)                                              virtualMachineScaleSets/instanceView/read
+//   GET .../resourceGroups/{group}/providers/Microsoft.Authorization/locks (ReadOnly locks)
+//                                                                  Microsoft.Authorization/locks/read ("Gets locks at
+//                                                                  the specified scope"; Azure permissions, Authorization)
+// A Flexible set's members are listed with GET .../virtualMachines?$filter=... (virtualMachines/read) and reimaged
+// with the single-VM reimage (virtualMachines/reimage/action), both granted above for VMs.
 targetScope = 'subscription'
 
 param roleName string
 param assignableScopes array
 
 var actions = [
+  'Microsoft.Authorization/locks/read'
   'Microsoft.Compute/virtualMachines/read'
   'Microsoft.Compute/virtualMachines/instanceView/read'
   'Microsoft.Compute/virtualMachines/reimage/action'
   'Microsoft.Compute/virtualMachineScaleSets/read'
+  'Microsoft.Compute/virtualMachineScaleSets/instanceView/read'
   'Microsoft.Compute/virtualMachineScaleSets/reimage/action'
   'Microsoft.Compute/virtualMachineScaleSets/reimageall/action'
   'Microsoft.Compute/virtualMachineScaleSets/virtualMachines/read'
@@ -39,7 +48,7 @@ resource role 'Microsoft.Authorization/roleDefinitions@2022-04-01' = {
   name: guid(subscription().id, roleName)
   properties: {
     roleName: roleName
-    description: 'Lets reimager read VMs and scale sets (and their instance views) and reimage them; nothing else.'
+    description: 'Lets reimager read VMs and scale sets (their instance views, a scale set\'s automatic repairs, ARM locks) and reimage them; nothing else.'
     type: 'CustomRole'
     permissions: [
       {

@@ -345,10 +345,16 @@ def _progress(reads: list[_Read], now: datetime, stale: timedelta) -> Callable[[
     return apply
 
 
-async def poll(runtime: Runtime, batch_id: str) -> dict[str, Any]:
+async def poll(runtime: Runtime, batch_id: str, polls: int) -> dict[str, Any]:
     """One status read of a Flexible batch: every running member's operation read (at once), each outcome recorded,
     the next members sent; the batch as one operation (shared/rules/fleet.py aggregate). `held`/`throttled` with
-    `retryAfter` when no member could be read for ARM's quota: the monitor waits, as for any operation."""
+    `retryAfter` when no member could be read for ARM's quota: the monitor waits, as for any operation. The same
+    read asked twice at once (its activity run twice side by side) is one read of each member."""
+    answer: dict[str, Any] = await runtime.once.get(f"fleet-poll|{batch_id}|{polls}", lambda: _poll(runtime, batch_id))
+    return answer
+
+
+async def _poll(runtime: Runtime, batch_id: str) -> dict[str, Any]:
     record = await runtime.ledger.get(batch_id)
     if record is None or not (record.arm or {}).get("members"):
         return {"state": OperationState.FAILED.value, "errorCode": ErrorCode.BATCH_LOST,

@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 
+from devhost.compute import Fault
 from devhost.host import DEMO_SUBSCRIPTION
 from tests.integration.conftest import BASE, LINUX_VM, Host, NewHost, checks
 from tests.integration.test_storms import OPEN, alert
@@ -312,3 +313,58 @@ async def test_both_modes_storms_side_by_side(new_host: NewHost) -> None:
     # per member: its VM's GET, its operation's status, its instance view; per set: its model, members, locks
     assert flexible["kinds"]["preflight"] <= 12 + 2 + 2 and flexible["reads"] <= 3 * 12 + 5
     assert flexible["healthySeconds"] <= uniform["healthySeconds"] + 30
+
+
+# ---- a batch's members end on their own ----------------------------------------------------------------------------
+async def test_each_member_of_a_batch_ends_with_its_own_outcome(new_host: NewHost) -> None:
+    """One batch of four members: ARM throttles one member's POST (it is sent once its Retry-After has passed), fails
+    another's operation, and refuses a third (a lock set after the check): each request ends with its own member's
+    outcome and one event naming the batch; the throttled member is reimaged, nothing is POSTed twice."""
+    h, members = await flex_host(new_host, settings={"BREAKER_FAILURES": "5"})
+    throttled, failed, locked, fine = members[:4]
+    h.dh.sim.faults += [
+        Fault.model_validate({"match": f"{throttled['name']}/reimage", "status": 429, "retryAfter": 90}),
+        Fault.model_validate({"match": f"{failed['name']}/reimage", "outcome": "Failed",
+                              "code": "OSProvisioningTimedOut", "message": "the OS did not come back"})]
+    await asyncio.gather(*(h.post("/api/alerts", vm_alert(m["id"], f"own-{i}")) for i, m in enumerate(members[:4])))
+    h.dh.sim.lock(locked["id"], "late-lock")  # after the preflight read the locks, before the batch is sent
+    events = await h.until_completed(4)
+    by_vm = {e["data"]["target"].rsplit("/", 1)[1]: e["data"] for e in events}
+    assert len({d["batchId"] for d in by_vm.values()}) == 1
+    assert by_vm[fine["name"]]["status"] == "Succeeded" and by_vm[fine["name"]]["health"] == "Healthy"
+    assert by_vm[throttled["name"]]["status"] == "Succeeded" and by_vm[throttled["name"]]["health"] == "Healthy"
+    assert by_vm[failed["name"]]["status"] == "Failed" and by_vm[failed["name"]]["error"]["code"] == \
+        "OSProvisioningTimedOut" and by_vm[failed["name"]]["health"] is None
+    assert by_vm[locked["name"]]["status"] == "Failed" and by_vm[locked["name"]]["error"]["code"] == "TargetLocked"
+    sent = [(p["path"].rsplit("/", 2)[1], p["status"]) for p in posts(h)]
+    assert Counter(name for name, status in sent if status == 202) == Counter(
+        {throttled["name"]: 1, failed["name"]: 1, fine["name"]: 1})
+    assert (throttled["name"], 429) in sent and (locked["name"], 409) in sent
+    retried = [p["at"] for p in posts(h) if throttled["name"] in p["path"]]
+    assert retried[1] - retried[0] >= 90  # not before ARM's Retry-After
+    [batch] = {d["batchId"] for d in by_vm.values()}
+    s, view = await h.get(f"/api/reimage/{batch}")
+    assert view["status"] == "Failed"  # a batch with a failed member counts toward the failure streak
+    s, target = await h.get(f"/api/targets?id={FLEX}")
+    assert target["breaker"]["consecutiveFailures"] == 1
+
+
+async def test_a_request_with_secrets_names_one_member_and_is_sent_from_intake(new_host: NewHost) -> None:
+    """osProfile secrets are never stored, so such a request leads: its member's single-VM POST from intake, its
+    health read by the member's name, the set's lease and cooldown; naming two members is refused."""
+    h: Host = await new_host(settings=OPEN, operation_seconds=10.0, retry_after=None)
+    h.dh.sim.flex_reimage_any_os_disk = True  # osProfile is for a managed OS disk (the spec's reading allows it)
+    h.dh.sim.seed_scale_set(FLEX, 3, flexible=True, ephemeral=False)
+    members = h.dh.sim.members(FLEX)
+    secret = {"osProfile": {"adminPassword": "Str0ng-Passw0rd!"}}
+    s, body, _ = await h.reimage({"target": FLEX, "instanceIds": [m["name"] for m in members[:2]], **secret})
+    assert s == 400 and body["error"]["target"] == "osProfile"
+    s, body, _ = await h.reimage({"target": members[0]["id"], "requestId": "secret", **secret})
+    assert s == 202 and body["status"] == "Accepted"
+    [post] = posts(h)
+    assert post["path"].endswith(f"/virtualMachines/{members[0]['name']}/reimage") and "osProfile" in post["body"]
+    [event] = await h.until_completed(1)
+    d = event["data"]
+    assert d["status"] == "Succeeded" and d["health"] == "Healthy" and list(d["healthDetail"]) == [members[0]["name"]]
+    s, body, _ = await h.reimage({"target": FLEX, "instanceIds": [members[0]["name"]], "requestId": "again"})
+    assert s == 429 and body["error"]["code"] == "CooldownActive"

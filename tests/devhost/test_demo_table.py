@@ -39,3 +39,22 @@ def test_the_demo_ends_with_where_the_events_and_the_ledger_are(tmp_path: Path) 
     assert all(len(line) <= WIDTH for line in text.splitlines())
     assert str(host.events_file) in text and str(tmp_path / "state" / "azurite") in text
     assert "LEDGER_TABLE_PREFIX=reimager" in text and "reimagerops" in text
+
+
+def test_the_storm_table_shows_both_modes_side_by_side_within_100_columns() -> None:
+    from devhost.storm_demo import ALERTS, Storm, storm_table
+
+    def event(batch: str, instance: str, at: str) -> dict[str, object]:
+        return {"data": {"batchId": batch, "instanceIds": [instance], "status": "Succeeded", "health": "Healthy",
+                         "completedAt": at}}
+
+    uniform = Storm(f"{VMSS}/../storm", started=1_767_225_600.0, reads=9,
+                    events=[event("b-" + "1" * 30, str(i), "2026-01-01T00:01:00+00:00") for i in range(ALERTS)],
+                    posts=[{"path": "x/reimage", "status": 202, "body": {"instanceIds": ["0"]}}] * 3)
+    flexible = Storm(f"{VMSS}/../flexstorm", mode="Flexible", started=1_767_225_600.0, reads=39,
+                     events=[event("b-" + "2" * 30, f"flexstorm_{i:08x}", "2026-01-01T00:01:30+00:00")
+                             for i in range(ALERTS)])
+    text = storm_table(uniform, flexible)
+    assert all(len(line) <= WIDTH for line in text.splitlines()), text
+    assert "Uniform set storm" in text and "Flexible set flexstorm" in text and "all healthy after 90 s" in text
+    assert "1 set POST" in text and "12 VM POSTs" in text and "flexstorm_" not in text.split("machines")[-1]

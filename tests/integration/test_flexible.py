@@ -133,6 +133,9 @@ async def test_a_members_cooldown_budget_and_approval_count_against_its_set(new_
     s, body, _ = await h.reimage({"target": first["id"], "requestId": "by-vm"})
     assert s == 202 and body["instanceIds"] == [first["name"]]
     await h.until_completed(1)
+    for listed_by in (first["id"], FLEX):  # its history is the member's and its set's
+        s, page = await h.get(f"/api/reimage?target={listed_by}")
+        assert s == 200 and [o["operationId"] for o in page["value"]] == [body["operationId"]], listed_by
     # cooldown: the member's, kept on its set, whichever way it is named
     s, body, _ = await h.reimage({"target": FLEX, "instanceIds": [first["name"].upper()], "requestId": "by-set"})
     assert s == 429 and body["error"]["code"] == "CooldownActive" and body["cooldown"]["instance"] == first["name"]

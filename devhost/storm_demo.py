@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import textwrap
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,10 +76,11 @@ def alert(target: str, alert_id: str) -> dict[str, Any]:
 
 async def _send(host: DevHost, storm: Storm, targets: list[str], time_limit: float) -> Storm:
     storm.started = host.clock.now()
+    run = uuid.uuid4().hex[:8]  # the events file outlives a run: this run's alerts (and so operations) are its own
     async with aiohttp.ClientSession(headers={"x-functions-key": host.function_key}) as http:
         async def send(i: int) -> Any:
             async with http.post(f"{host.functions_url}/api/alerts",
-                                 json=alert(targets[i], f"demo-{storm.name}-{i}")) as r:
+                                 json=alert(targets[i], f"demo-{storm.name}-{run}-{i}")) as r:
                 return await r.json()
 
         answers = await asyncio.gather(*(send(i) for i in range(ALERTS) for _ in range(2)))

@@ -16,11 +16,15 @@ $(BIN)/python:
 	@echo "make: upgrading pip in $(VENV)"
 	@$(BIN)/python -m pip install -q --upgrade pip
 
-# Reinstall only when a requirements file changed. pip prints one line per package it collects.
-$(STAMP): requirements.txt requirements-dev.txt | $(BIN)/python
+# Reinstall only when a requirements file (or pyproject.toml) changed. pip prints one line per package it
+# collects. Then the `reimager` CLI as a console script in $(BIN) (editable: it runs this checkout's reimager/).
+$(STAMP): requirements.txt requirements-dev.txt requirements-cli.txt pyproject.toml | $(BIN)/python
 	@echo "make: installing the Python packages of requirements-dev.txt into $(VENV) (first run: about a minute)"
 	@$(BIN)/python -m pip install --progress-bar off --disable-pip-version-check -r requirements-dev.txt \
 		| awk '/^(Collecting|Successfully|ERROR)/ { print "  " $$0; fflush() }'
+	@echo "make: installing the reimager CLI into $(BIN)/reimager"
+	@$(BIN)/python -m pip install --progress-bar off --disable-pip-version-check --no-deps -e . 2>&1 \
+		| awk '/^(Successfully|ERROR)/ { print "  " $$0; fflush() }'
 	@touch $(STAMP)
 	@echo "make: Python packages ready"
 
@@ -62,7 +66,7 @@ lint-infra: $(INFRA_STAMP)
 # and no function-local import of a shared module without a cold-start reason.
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy --strict shared/ handlers/ devhost/ function_app.py
+	$(BIN)/mypy --strict shared/ handlers/ devhost/ function_app.py reimager/
 	$(BIN)/lint-imports --no-logo
 	$(BIN)/python scripts/check_local_imports.py
 

@@ -3,12 +3,17 @@
 HTTP, alert and queue reimages, a dry run, an injected Failed operation, a policy refusal and a signed
 Slack command.
 Exits 0 only when every expected outcome arrived in time.
+
+A state dir may hold earlier runs (events.jsonl is appended to, never cleared), so every run is a `Run`
+of its own: each idempotency key it sends carries the run's id (new operation ids), and it reads only the
+events published after it started.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +27,28 @@ from devhost.host import DEMO_GROUP, DEMO_SUBSCRIPTION, DevHost
 
 BASE = f"/subscriptions/{DEMO_SUBSCRIPTION}/resourceGroups/{DEMO_GROUP}/providers/Microsoft.Compute"
 SAMPLE = Path(__file__).parent / "samples/activity-log-alert.json"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One demo run: `id` goes into every key it sends (and its ledger tables' prefix); `first_event` is
+    the number of events the state dir held before it started, which are not its own."""
+
+    id: str
+    first_event: int = 0
+
+    @classmethod
+    def begin(cls, state_dir: Path) -> Run:
+        events = state_dir / "events.jsonl"
+        count = sum(1 for line in events.read_text().splitlines() if line.strip()) if events.exists() else 0
+        return cls(time.strftime("%m%d%H%M%S") + secrets.token_hex(2), count)
+
+    def key(self, name: str) -> str:
+        """An idempotency key (requestId, MessageId, alertId, Slack trigger_id) of this run only."""
+        return f"demo-{self.id}-{name}"
+
+    def events(self, host: DevHost, event_type: str | None = None) -> list[dict[str, Any]]:
+        return [e for e in host.events()[self.first_event:] if event_type is None or e["type"] == event_type]
 
 
 @dataclass
@@ -44,7 +71,7 @@ class Step:
         return self.status == self.expected
 
 
-async def run_demo(host: DevHost, time_limit: float = 60.0) -> tuple[bool, list[Step]]:
+async def run_demo(host: DevHost, run: Run, time_limit: float = 60.0) -> tuple[bool, list[Step]]:
     url, key = host.functions_url, {"x-functions-key": host.function_key}
     steps: list[Step] = []
     async with aiohttp.ClientSession(headers=key) as http:
@@ -53,10 +80,12 @@ async def run_demo(host: DevHost, time_limit: float = 60.0) -> tuple[bool, list[
             async with http.post(url + path, json=body) as r:
                 return r.status, await r.json()
 
-        # 1. A chatops bot reimages a Linux VM over HTTP.
+        # 1. A chatops bot reimages a Linux VM over HTTP; its serial log, instance view and an OS disk snapshot are
+        #    kept first (evidence before the wipe).
         vm = Step("HTTP reimage of a VM", "http", f"{BASE}/virtualMachines/web-linux-01", "Succeeded")
         s, body = await post("/api/reimage", {"target": vm.target, "requestedBy": "chatops:alice",
-                                              "reason": "demo", "requestId": "demo-http-1"})
+                                              "reason": "demo", "requestId": run.key("http-1"),
+                                              "captureEvidence": "snapshot"})
         vm.operation_id, vm.answer = body.get("operationId"), str(s)
         steps.append(vm)
 
@@ -64,6 +93,7 @@ async def run_demo(host: DevHost, time_limit: float = 60.0) -> tuple[bool, list[
         alert = json.loads(SAMPLE.read_text())
         inst = f"{BASE}/virtualMachineScaleSets/workers/virtualMachines/2"
         alert["data"]["essentials"]["alertTargetIDs"] = [inst.lower()]
+        alert["data"]["essentials"]["alertId"] = run.key("alert-1")
         al = Step("alert on an instance", "alert", inst, "Succeeded")
         s, body = await post("/api/alerts", alert)
         accepted = body.get("accepted") or [{}]
@@ -85,7 +115,7 @@ async def run_demo(host: DevHost, time_limit: float = 60.0) -> tuple[bool, list[
         fail = Step("ARM fails (injected)", "http", f"{BASE}/virtualMachines/app-win-01", "Failed")
         host.sim.faults.append(Fault(match="app-win-01/reimage", outcome="Failed", code="OperationPreempted",
                                      message="Operation execution has been preempted by a more recent operation."))
-        s, body = await post("/api/reimage", {"target": fail.target, "requestId": "demo-fail-1"})
+        s, body = await post("/api/reimage", {"target": fail.target, "requestId": run.key("fail-1")})
         fail.operation_id, fail.answer = body.get("operationId"), str(s)
         steps.append(fail)
 
@@ -97,10 +127,10 @@ async def run_demo(host: DevHost, time_limit: float = 60.0) -> tuple[bool, list[
         steps.append(ref)
 
         deadline = time.monotonic() + time_limit
-        await wait_for(host, steps, deadline)
+        await wait_for(host, run, steps, deadline)
         # 3. Then (the scale set is free again) another service drops a message on the queue, asking for a reply.
         q = Step("queue msg + ReplyTo", "queue", f"{BASE}/virtualMachineScaleSets/workers", "Succeeded",
-                 request_id="demo-msg-1")
+                 request_id=run.key("msg-1"))
         await post("/devhost/servicebus/queues", {"name": "patcher-replies"})  # a ReplyTo must name a real queue
         s, body = await post("/admin/functions/reimage_queue", {
             "input": json.dumps({"target": q.target, "instanceIds": ["0", "1"], "requestedBy": "svc:patcher"}),
@@ -108,30 +138,31 @@ async def run_demo(host: DevHost, time_limit: float = 60.0) -> tuple[bool, list[
         q.answer = str(s)  # the admin API's answer: the message was handed to the trigger
         steps.append(q)
 
-        await wait_for(host, steps, deadline)
+        await wait_for(host, run, steps, deadline)
 
         # 7. Someone asks from Slack what happened to the VM: a slash command signed as Slack signs it.
-        steps.append(await slack_list(host, http, vm))
+        steps.append(await slack_list(host, http, run, vm))
 
         # 8. Alice asks for a whole scale set: it waits for a second person. Bob approves it from Slack
         #    (a signed request: a verified identity), and only then is it sent.
-        steps.append(await approval(host, http, post))
-        await wait_for(host, steps, deadline)
+        steps.append(await approval(host, http, run, post))
+        await wait_for(host, run, steps, deadline)
     return all(st.ok for st in steps), steps
 
 
-async def approval(host: DevHost, http: aiohttp.ClientSession, post: Any) -> Step:
+async def approval(host: DevHost, http: aiohttp.ClientSession, run: Run, post: Any) -> Step:
     target = f"{BASE}/virtualMachineScaleSets/batch"
     host.sim.seed_scale_set(target, 6)
     step = Step("allInstances: approved by bob", "http", target, "Succeeded")
     s, body = await post("/api/reimage", {"target": target, "allInstances": True, "requestedBy": "alice",
-                                          "requestId": "demo-approval-1"})
+                                          "requestId": run.key("approval-1")})
     step.operation_id = body.get("operationId")
     if s != 202 or body.get("status") != "AwaitingApproval":
         step.status, step.note = f"HTTP {s}", json.dumps(body)[:80]
         return step
-    waited = any(e["type"] == "reimager.operation.awaiting-approval" for e in host.events())
-    status, reply = await slack_command(host, http, f"approve {step.operation_id}", "demo.slack.2")
+    waited = any(e["data"]["operationId"] == step.operation_id
+                 for e in run.events(host, "reimager.operation.awaiting-approval"))
+    status, reply = await slack_command(host, http, f"approve {step.operation_id}", run.key("slack-2"))
     step.note = (f"waited for approval ({'event sent' if waited else 'no event'}); Slack: "
                  f"{reply.get('text', '')[:60]}") if status == 200 else f"Slack HTTP {status}"
     return step
@@ -159,10 +190,10 @@ async def slack_command(host: DevHost, http: aiohttp.ClientSession, text: str, t
         return r.status, reply
 
 
-async def slack_list(host: DevHost, http: aiohttp.ClientSession, vm: Step) -> Step:
+async def slack_list(host: DevHost, http: aiohttp.ClientSession, run: Run, vm: Step) -> Step:
     """`/reimager list reimager-demo/web-linux-01`, signed as Slack signs it."""
     step = Step("Slack /reimager list", "chatops", vm.target, "Replied")
-    status, reply = await slack_command(host, http, f"list {DEMO_GROUP}/web-linux-01", "demo.slack.1")
+    status, reply = await slack_command(host, http, f"list {DEMO_GROUP}/web-linux-01", run.key("slack-1"))
     if status == 0:
         step.status, step.note = "skipped", reply["text"]
         return step
@@ -172,13 +203,11 @@ async def slack_list(host: DevHost, http: aiohttp.ClientSession, vm: Step) -> St
     return step
 
 
-async def wait_for(host: DevHost, steps: list[Step], deadline: float) -> None:
-    """Fill in each awaited step from its completion event (once), until all arrived or time is up."""
+async def wait_for(host: DevHost, run: Run, steps: list[Step], deadline: float) -> None:
+    """Fill in each awaited step from its completion event of this run (once), until all arrived or time is up."""
     while time.monotonic() < deadline:
         pending = [st for st in steps if st.expected in ("Succeeded", "Failed") and st.status == "-"]
-        for e in host.events():
-            if e["type"] != "reimager.operation.completed":
-                continue
+        for e in run.events(host, "reimager.operation.completed"):
             d = e["data"]
             for st in pending:
                 if d["operationId"] == st.operation_id or (st.request_id and d["requestId"] == st.request_id):
@@ -187,6 +216,8 @@ async def wait_for(host: DevHost, steps: list[Step], deadline: float) -> None:
                     st.batch_id = d.get("batchId")
                     if d.get("error"):
                         st.note = f"ARM error {d['error']['code']}"
+                    if d.get("evidence"):
+                        st.note = "; ".join(filter(None, [st.note, evidence_note(d["evidence"])]))
                     broker = host.broker
                     replies = [m.entity for m in broker.replies() if m.message_id == e["id"]] if broker else []
                     if replies:
@@ -194,6 +225,24 @@ async def wait_for(host: DevHost, steps: list[Step], deadline: float) -> None:
         if all(st.status != "-" for st in steps if st.expected in ("Succeeded", "Failed")):
             return
         await asyncio.sleep(0.25)
+
+
+def evidence_note(evidence: dict[str, Any]) -> str:
+    """What was kept before the wipe, with its links (the first instance's; the event has every one)."""
+    instances = evidence.get("instances", {})
+    parts = []
+    for key, items in list(instances.items())[:1]:
+        for what, item in items.items():
+            label = {"serialLog": "serial log", "instanceView": "instance view", "snapshot": "snapshot"}[what]
+            if item.get("status") == "captured":
+                where = str(item.get("url", ""))
+                where = where.split("/providers/Microsoft.Compute/")[-1] if what == "snapshot" else where
+                size = f" ({item['bytes']} bytes)" if "bytes" in item else ""
+                parts.append(f"{label}{f' of {key}' if key else ''} {where}{size}")
+            else:
+                parts.append(f"{label} {item.get('status')}: {item.get('reason', '')}")
+    more = f" (and {len(instances) - 1} more instances)" if len(instances) > 1 else ""
+    return f"evidence {evidence.get('status')}: " + ", ".join(parts) + more
 
 
 WIDTH = 100  # the table fits a 100-column terminal
@@ -236,7 +285,8 @@ def table(steps: list[Step], width: int = WIDTH) -> str:
              st.status if st.ok else f"{st.status} (expected {st.expected})",
              "-" if st.polls is None else str(st.polls),
              "-" if st.duration is None else f"{st.duration:.1f}s") for st in steps]
-    notes = [textwrap.fill(f"{st.name}: {st.note}", width, subsequent_indent="    ") for st in steps if st.note]
+    notes = [textwrap.fill(f"{st.name}: {st.note}", width, subsequent_indent="    ", break_on_hyphens=False)
+             for st in steps if st.note]
     return render(headers, rows, width) + ("\n\n" + "\n".join(notes) if notes else "")
 
 
@@ -252,6 +302,8 @@ def where_to_look(host: DevHost, width: int = WIDTH) -> str:
         f"operation), {prefix}targets (leases, cooldowns), {prefix}index",
         f"read them again: python -m devhost --state-dir {host.state_dir} --settings LEDGER_TABLE_PREFIX={prefix}, "
         "then GET /api/reimage/<operation> or GET /devhost/events",
+        "evidence: Azurite's blob container reimager-evidence (each completion event's evidence links its blobs); "
+        "snapshots: GET /devhost/compute/snapshots",
     ]
     return "\n".join(textwrap.fill(line, width, subsequent_indent="    ", break_long_words=False,
                                    break_on_hyphens=False) for line in lines)

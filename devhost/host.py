@@ -8,6 +8,7 @@ are invoked with `POST /admin/functions/{name}`.
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import json
 import logging
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from shared.settings import Settings
 
 log = logging.getLogger("devhost")
+monitor_log = logging.getLogger("devhost.monitor")  # detail: `python -m devhost -v` shows it
 DEMO_SUBSCRIPTION = "7f6e5d4c-3b2a-4190-8f7e-6d5c4b3a2910"
 DEMO_GROUP = "reimager-demo"
 _INDEX: FunctionIndex | None = None
@@ -70,10 +72,11 @@ def function_index() -> FunctionIndex:
 def demo_resources(sub: str = DEMO_SUBSCRIPTION, group: str = DEMO_GROUP) -> dict[str, dict[str, Any]]:
     base = f"/subscriptions/{sub}/resourceGroups/{group}/providers/Microsoft.Compute"
     disk = {"createOption": "FromImage", "managedDisk": {"storageAccountType": "Premium_LRS"}}
+    boot = {"bootDiagnostics": {"enabled": True}}  # managed boot diagnostics (no storageUri)
     return {
         f"{base}/virtualMachines/web-linux-01": {
             "location": "westus", "tags": {"role": "web"},
-            "properties": {"hardwareProfile": {"vmSize": "Standard_D2s_v5"},
+            "properties": {"hardwareProfile": {"vmSize": "Standard_D2s_v5"}, "diagnosticsProfile": boot,
                            "osProfile": {"computerName": "web-linux-01", "adminUsername": "azureuser",
                                          "linuxConfiguration": {"disablePasswordAuthentication": False}},
                            "storageProfile": {"imageReference": {"publisher": "Canonical", "offer": "ubuntu-24_04-lts",
@@ -81,7 +84,7 @@ def demo_resources(sub: str = DEMO_SUBSCRIPTION, group: str = DEMO_GROUP) -> dic
                                               "osDisk": {**disk, "osType": "Linux"}}}},
         f"{base}/virtualMachines/app-win-01": {
             "location": "westus", "tags": {"role": "app"},
-            "properties": {"hardwareProfile": {"vmSize": "Standard_D4s_v5"},
+            "properties": {"hardwareProfile": {"vmSize": "Standard_D4s_v5"}, "diagnosticsProfile": boot,
                            "osProfile": {"computerName": "app-win-01", "adminUsername": "azureadmin",
                                          "windowsConfiguration": {"provisionVMAgent": True}},
                            "storageProfile": {"imageReference": {"publisher": "MicrosoftWindowsServer",
@@ -98,6 +101,7 @@ def demo_resources(sub: str = DEMO_SUBSCRIPTION, group: str = DEMO_GROUP) -> dic
             "properties": {"upgradePolicy": {"mode": "Manual"}, "overprovision": False,
                            "virtualMachineProfile": {
                                "osProfile": {"computerNamePrefix": "worker", "adminUsername": "azureuser"},
+                               "diagnosticsProfile": boot,
                                "storageProfile": {
                                    "imageReference": {"publisher": "Canonical", "offer": "ubuntu-24_04-lts",
                                                       "sku": "server", "version": "latest"},
@@ -155,7 +159,8 @@ class DevHost:
         self.state_dir.mkdir(parents=True, exist_ok=True)  # events.jsonl is appended to, never wiped
         identity = await serve(self.issuer.app(), self.host)
         arm = await self.sim.serve(self.host)  # on its recorded port: operation URLs outlive a restart
-        self.servers += [identity, arm]
+        boot_diagnostics = await self.sim.serve_boot_diagnostics(self.host)  # another host than ARM's
+        self.servers += [identity, arm, boot_diagnostics]
         self.identity_url, self.arm_url = identity.url + IDENTITY_PATH, arm.url
         await reset_durable_session()
         from shared import runtime
@@ -205,6 +210,8 @@ class DevHost:
             web.get("/devhost/events", self._events),
             web.get("/devhost/compute/requests", self._requests),
             web.post("/devhost/compute/faults", self._faults),
+            web.get("/devhost/compute/bootdiagnostics/requests", self._boot_diagnostics_requests),
+            web.get("/devhost/compute/snapshots", self._snapshots),
             web.get("/devhost/durable/instances", self._instances),
             web.post("/admin/functions/{name}", self._admin_invoke),
             web.get("/devhost/servicebus/deadletter", self._deadletter),
@@ -363,8 +370,11 @@ class DevHost:
             if not self._authorised(request, entry):
                 return web.json_response({"error": {"code": "Unauthorized", "message": "A function key is "
                                                     "required (?code= or x-functions-key)."}}, status=401)
-            datum = bindings.http_datum(method=request.method, url=str(request.url),
-                                        headers=bindings.joined(request.headers, ", "),
+            headers = self._easy_auth(bindings.joined(request.headers, ", "))
+            if headers is None:
+                return web.json_response({"error": {"code": "Unauthorized", "message": "The bearer token is not "
+                                                    "valid (App Service authentication)."}}, status=401)
+            datum = bindings.http_datum(method=request.method, url=str(request.url), headers=headers,
                                         query=bindings.joined(request.query, ","),
                                         route_params=m.groupdict(), body=await request.read())
             try:
@@ -375,6 +385,24 @@ class DevHost:
             status, headers, body = bindings.http_response_parts(out)
             return web.Response(status=status, body=body, headers=headers)
         return web.json_response({"error": {"code": "NotFound", "message": "No such route."}}, status=404)
+
+    def _easy_auth(self, headers: dict[str, str]) -> dict[str, str] | None:
+        """App Service authentication's stand-in, on only with EASY_AUTH_ENABLED=true: a request with a bearer
+        token from devhost's identity endpoint (its Entra) gets the principal headers the platform adds for
+        that identity, replacing any the client sent; a bearer token it did not issue is refused (None).
+        Requests without a bearer token pass as they are (App Service's "allow unauthenticated requests")."""
+        auth = next((v for k, v in headers.items() if k.lower() == "authorization"), "")
+        if self.settings is None or not self.settings.easy_auth_enabled or not auth.startswith("Bearer "):
+            return headers
+        client_id = self.issuer.client_of(auth[7:])
+        if client_id is None:
+            return None
+        principal = {"auth_typ": "aad", "name_typ": "name", "role_typ": "roles", "claims": [
+            {"typ": "appid", "val": client_id},
+            {"typ": "http://schemas.microsoft.com/identity/claims/objectidentifier", "val": client_id}]}
+        kept = {k: v for k, v in headers.items() if not k.lower().startswith("x-ms-client-principal")}
+        return {**kept, "X-MS-CLIENT-PRINCIPAL": base64.b64encode(json.dumps(principal).encode()).decode(),
+                "X-MS-CLIENT-PRINCIPAL-ID": client_id, "X-MS-CLIENT-PRINCIPAL-IDP": "aad"}
 
     async def _admin_invoke(self, request: web.Request) -> web.Response:
         """The host's admin API for non-HTTP triggers. For Service Bus the message goes through devhost's
@@ -408,6 +436,13 @@ class DevHost:
     async def _requests(self, request: web.Request) -> web.Response:
         return web.json_response(self.sim.requests)
 
+    async def _boot_diagnostics_requests(self, request: web.Request) -> web.Response:
+        return web.json_response(self.sim.boot_diagnostics.requests)
+
+    async def _snapshots(self, request: web.Request) -> web.Response:
+        now = self.clock.now()
+        return web.json_response([s.doc(now) for s in self.sim.snapshots.values()])
+
     async def _faults(self, request: web.Request) -> web.Response:
         doc = await request.json()
         faults = [Fault.model_validate(d) for d in (doc if isinstance(doc, list) else [doc])]
@@ -423,11 +458,14 @@ class DevHost:
                                                                    if k != "resources"}})
 
     def _on_change(self, inst: Instance) -> None:
+        """One line per change of a monitor's status (not per poll; `-v` shows them). The engine reports an
+        ended instance more than once (when it ends and when it is released): only the first one is logged."""
         if inst.name != "reimage_monitor":
             return
-        # one line per change of the monitor's status (not per poll)
-        if self._last_progress.get(inst.id) != inst.status:
+        if inst.status in ("Pending", "Running"):
+            if self._last_progress.get(inst.id) == inst.status:
+                return
             self._last_progress[inst.id] = inst.status
-            log.info("%s monitor %s after %.1fs", inst.id, inst.status, self.clock.now() - inst.created)
-        if inst.status not in ("Pending", "Running"):
-            self._last_progress.pop(inst.id, None)  # an ended monitor logs no more: keep nothing for it
+        elif self._last_progress.pop(inst.id, None) is None:
+            return  # already logged as ended (or never seen live): an ended monitor keeps nothing here
+        monitor_log.info("%s monitor %s after %.1fs", inst.id, inst.status, self.clock.now() - inst.created)

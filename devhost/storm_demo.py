@@ -1,69 +1,110 @@
-"""The demo's storms: 12 alerts on 12 machines of a 20-machine scale set arrive together (each re-sent once, as
-action groups do), on a Uniform set and, beside it, on a Flexible set. Both ride a few batches, one at a time: the
-Uniform set's batch is one scale-set POST, the Flexible set's a group of single-VM POSTs sent together (its
-members are VMs of their own). Each request ends with its own completion event and health."""
+"""The demo's storms, at the same time, on three 20-machine scale sets:
+
+- 12 alerts on 12 instances of a Uniform set (each re-sent once, as action groups do): the first batch is a canary
+  of one instance; once it came back healthy the rest ride a few batched POSTs, one at a time, each request ending
+  with its own completion event and health;
+- the same storm on a Flexible set: its members are VMs of their own, so its canary is one single-VM POST, and each
+  batch after it a group of single-VM POSTs sent together (never more than the batch cap in flight), under the
+  set's lease, cap, budgets and breaker as for the Uniform set;
+- 6 alerts on a Uniform set whose image is bad (devhost's `healthAfter` reimage fault): its canary comes back
+  unhealthy, the set is suspended (one `reimager.target.suspended`, CanaryFailed) after one POST, and the other 5
+  requests end Canceled / TargetSuspended, each with its event."""
 
 from __future__ import annotations
 
 import asyncio
 import textwrap
 import time
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import aiohttp
 
-from devhost.demo import WIDTH, render
+from devhost.compute import Fault
+from devhost.demo import WIDTH, Run, render
 from devhost.host import DevHost
 
-ALERTS, CAPACITY = 12, 20
-CAP = CAPACITY * 20 // 100  # MAX_BATCH_PERCENT's default: machines per batch
-# The storm must not trip the breaker (12 of 20 is above its default 50%) or wait an hour for the budget.
-SETTINGS = {"BREAKER_PERCENT": "80", "FLEET_BUDGET_PERCENT": "100", "BATCH_GATHER_SECONDS": "2"}
+ALERTS, CAPACITY, BAD_ALERTS = 12, 20, 6
+CAP = CAPACITY * 20 // 100  # MAX_BATCH_PERCENT's batch cap
+# The storm must not trip the breaker (12 of 20 is above its default 50%) or wait an hour for the budget; an unhealthy
+# canary is judged when HEALTH_GRACE_MINUTES ends (a healthy one as soon as it reports healthy).
+SETTINGS = {"BREAKER_PERCENT": "80", "FLEET_BUDGET_PERCENT": "100", "BATCH_GATHER_SECONDS": "2",
+            "HEALTH_GRACE_MINUTES": "1"}
 
 
 @dataclass
 class Storm:
     set_id: str
     mode: str = "Uniform"  # or "Flexible"
+    alerts: int = ALERTS
     accepted: int = 0
     refused: int = 0
     started: float = 0.0
     events: list[dict[str, Any]] = field(default_factory=list)
-    posts: list[dict[str, Any]] = field(default_factory=list)
-    reads: int = 0
+    posts: list[dict[str, Any]] = field(default_factory=list)  # its reimage POSTs, in the order ARM got them
+    reads: int = 0  # its ARM reads (GETs of its set, its machines and their operations)
+    evidence: int = 0  # its retrieveBootDiagnosticsData calls (evidence before the wipe)
+    suspended: list[dict[str, Any]] = field(default_factory=list)
+    members: list[str] = field(default_factory=list)  # a Flexible set's member VM names (lower case)
+    bad: bool = False  # its image is bad: its canary is expected to suspend it
+
+    @property
+    def passed(self) -> bool:
+        return self.suspended_ok if self.bad else self.ok
 
     @property
     def name(self) -> str:
-        return self.set_id.rsplit("/", 1)[1]
+        return self.set_id.rsplit("/", 1)[-1]
+
+    @property
+    def canary(self) -> dict[str, Any] | None:
+        """The canary's own request's event data."""
+        return next((e["data"] for e in self.events if (e["data"].get("canary") or {}).get("role") == "canary"), None)
+
+    def machines(self, post: dict[str, Any]) -> list[str]:
+        """What one POST reimages: a scale-set POST's instance ids, a single-VM POST's VM."""
+        if self.mode == "Flexible":
+            return [post["path"].rsplit("/", 2)[1]]
+        return list((post.get("body") or {}).get("instanceIds") or [])
 
     def reimaged(self) -> Counter[str]:
-        """Each machine a POST reimaged (the instance ids of a scale-set POST; the VM of a single-VM POST)."""
-        if self.mode == "Flexible":
-            return Counter(p["path"].rsplit("/", 2)[1] for p in self.posts if p["status"] == 202)
-        return Counter(i for p in self.posts if p["status"] == 202 for i in p["body"]["instanceIds"])
+        """Each machine a POST ARM accepted reimaged."""
+        return Counter(m for p in self.posts if p.get("status", 202) == 202 for m in self.machines(p))
 
     @property
     def healthy_seconds(self) -> float | None:
         """From the first alert until the last machine was reimaged and healthy."""
-        from datetime import datetime
-
         done = [datetime.fromisoformat(e["data"]["completedAt"]).timestamp() for e in self.events
                 if e["data"].get("completedAt")]
-        return max(done) - self.started if done else None
+        return max(done) - self.started if done and self.started else None
 
     @property
     def ok(self) -> bool:
-        reimaged = self.reimaged()
-        posts = ALERTS if self.mode == "Flexible" else -(-ALERTS // CAP)
+        """A healthy storm: a canary of one machine went alone and passed, then every other machine was reimaged once,
+        in batches of at most the cap (a Flexible set: one single-VM POST each, never a scale-set POST)."""
+        reimaged, canary = self.reimaged(), self.canary
         batches = {e["data"].get("batchId") for e in self.events}
-        return (self.refused == 0 and len(self.events) == ALERTS
+        rest = -(-(self.alerts - 1) // CAP)
+        posts = self.alerts if self.mode == "Flexible" else 1 + rest
+        return (self.refused == 0 and len(self.events) == self.alerts and canary is not None
+                and canary["canary"]["outcome"] == "passed" and len(canary["canary"]["instanceIds"]) == 1
                 and all(e["data"]["status"] == "Succeeded" for e in self.events)
-                and len(self.posts) == posts and len(batches) == -(-ALERTS // CAP)
-                and len(reimaged) == ALERTS and set(reimaged.values()) == {1}
-                and not (self.mode == "Flexible" and any("ScaleSets" in p["path"] for p in self.posts)))
+                and [len(self.machines(p)) for p in self.posts][:1] == [1]  # the canary went alone
+                and len(self.posts) == posts and len(batches) == 1 + rest
+                and len(reimaged) == self.alerts and set(reimaged.values()) == {1}
+                and not (self.mode == "Flexible" and any("scalesets" in p["path"].lower() for p in self.posts)))
+
+    @property
+    def suspended_ok(self) -> bool:
+        """The bad image's storm: one POST, one CanaryFailed suspension, every other request ended by it."""
+        canary = self.canary
+        waited = [e["data"] for e in self.events if (e["data"].get("canary") or {}).get("role") == "waited"]
+        return (len(self.posts) == 1 and len(self.suspended) == 1 and canary is not None
+                and self.suspended[0]["data"]["suspension"].get("code") == "CanaryFailed"
+                and canary["health"] == "Unhealthy" and len(waited) == self.alerts - 1
+                and all((d["status"], d["error"]["code"]) == ("Canceled", "TargetSuspended") for d in waited))
 
 
 def alert(target: str, alert_id: str) -> dict[str, Any]:
@@ -74,85 +115,123 @@ def alert(target: str, alert_id: str) -> dict[str, Any]:
         "alertContext": {}}}
 
 
-async def _send(host: DevHost, storm: Storm, targets: list[str], time_limit: float) -> Storm:
-    storm.started = host.clock.now()
-    run = uuid.uuid4().hex[:8]  # the events file outlives a run: this run's alerts (and so operations) are its own
-    async with aiohttp.ClientSession(headers={"x-functions-key": host.function_key}) as http:
-        async def send(i: int) -> Any:
-            async with http.post(f"{host.functions_url}/api/alerts",
-                                 json=alert(targets[i], f"demo-{storm.name}-{run}-{i}")) as r:
-                return await r.json()
+async def _storm(host: DevHost, run: Run, storm: Storm, targets: list[str], http: aiohttp.ClientSession,
+                 deadline: float) -> Storm:
+    async def send(i: int) -> Any:
+        async with http.post(f"{host.functions_url}/api/alerts",
+                             json=alert(targets[i], run.key(f"{storm.name}-{i}"))) as r:
+            return await r.json()
 
-        answers = await asyncio.gather(*(send(i) for i in range(ALERTS) for _ in range(2)))
+    storm.started = host.clock.now()
+    answers = await asyncio.gather(*(send(i) for i in range(storm.alerts) for _ in range(2)))
     ops = {a["operationId"] for b in answers for a in b.get("accepted", [])}
     storm.accepted = len(ops)
     storm.refused = sum(len(b.get("refused", [])) for b in answers)
-    deadline = time.monotonic() + time_limit
     while time.monotonic() < deadline:
-        storm.events = [e for e in host.events() if e["type"] == "reimager.operation.completed"
-                        and e["data"]["operationId"] in ops]
+        storm.events = [e for e in run.events(host, "reimager.operation.completed")
+                        if e["data"]["operationId"] in ops]
+        storm.suspended = [e for e in run.events(host, "reimager.target.suspended")
+                           if str(e["data"]["target"]).endswith(f"/{storm.name}")]
         if len(storm.events) >= len(ops):
             break
         await asyncio.sleep(0.25)
+    _tally(host, storm)
     return storm
 
 
-def _tally(host: DevHost, storm: Storm, since: int, names: set[str]) -> None:
-    """The storm's ARM calls: its POSTs, and the reads of its set, its machines and their operations."""
+def _tally(host: DevHost, storm: Storm) -> None:
+    """The storm's ARM calls (the simulator starts empty each demo run): its reimage POSTs, its evidence's boot
+    diagnostics calls, and the reads of its set, its machines and their operations."""
+    names = {storm.name.lower(), *storm.members}
     ops = {o.id for o in host.sim.operations.values() if o.lock_key.rsplit("/", 1)[-1] in names}
-    calls = host.sim.requests[since:]
+    calls = list(host.sim.requests)
+
+    def mine(r: dict[str, Any]) -> bool:
+        parts = r["path"].lower().split("/")
+        return (parts[-1] in ops or bool(names & set(parts))
+                or f"/virtualmachinescalesets/{storm.name.lower()}'" in str(r.get("query")).lower())
+
     storm.posts = [p for p in calls if p["method"] == "POST" and p["path"].lower().endswith("/reimage")
                    and p["path"].split("/")[-2].lower() in names]
-    storm.reads = sum(1 for r in calls if r["method"] == "GET" and (
-        r["path"].rsplit("/", 1)[-1] in ops or names & set(r["path"].lower().split("/"))
-        or any(f"/virtualmachinescalesets/{n}'" in str(r["query"]).lower() for n in names)))
+    storm.evidence = sum(1 for p in calls if p["method"] == "POST" and mine(p)
+                         and p["path"].lower().endswith("/retrievebootdiagnosticsdata"))
+    storm.reads = sum(1 for r in calls if r["method"] == "GET" and mine(r))
 
 
-async def run_storm(host: DevHost, base: str, time_limit: float) -> Storm:
-    """The storm on a Uniform set: one scale-set POST per batch."""
-    return (await run_storms(host, base, time_limit, flexible=False))[0]
-
-
-async def run_storms(host: DevHost, base: str, time_limit: float, *, flexible: bool = True) -> list[Storm]:
-    """The same storm on a Uniform set and, at the same time, on a Flexible set."""
-    since = len(host.sim.requests)
-    uniform = Storm(f"{base}/virtualMachineScaleSets/storm")
-    host.sim.seed_scale_set(uniform.set_id, CAPACITY)
-    work = [_send(host, uniform, [f"{uniform.set_id}/virtualMachines/{i}" for i in range(ALERTS)], time_limit)]
+async def run_storms(host: DevHost, run: Run, base: str, time_limit: float) -> list[Storm]:
+    """The three storms at once: a healthy canary then batches on a Uniform set and on a Flexible set, and a bad
+    image's canary suspending its set."""
+    good = Storm(f"{base}/virtualMachineScaleSets/storm")
     flex = Storm(f"{base}/virtualMachineScaleSets/flexstorm", mode="Flexible")
-    if flexible:
-        host.sim.seed_scale_set(flex.set_id, CAPACITY, flexible=True)
-        members = host.sim.members(flex.set_id)[:ALERTS]
-        work.append(_send(host, flex, [m["id"] for m in members], time_limit))
-    storms = list(await asyncio.gather(*work))
-    _tally(host, uniform, since, {"storm"})
-    if flexible:
-        _tally(host, flex, since, {"flexstorm", *(m["name"].lower() for m in members)})
-    return storms
+    bad = Storm(f"{base}/virtualMachineScaleSets/storm-bad", alerts=BAD_ALERTS, bad=True)
+    for storm in (good, flex, bad):
+        host.sim.seed_scale_set(storm.set_id, CAPACITY, boot_diagnostics=True, flexible=storm.mode == "Flexible")
+    host.sim.faults.append(Fault.model_validate({"match": "storm-bad/reimage", "healthAfter": "unhealthy",
+                                                 "times": 100}))
+    members = host.sim.members(flex.set_id)[:ALERTS]
+    flex.members = [str(m["name"]).lower() for m in members]
+    start = time.monotonic()
+    async with aiohttp.ClientSession(headers={"x-functions-key": host.function_key}) as http:
+        # the bad canary is judged when its minute of grace is over: it gets that long on top of the time limit
+        await asyncio.gather(
+            _storm(host, run, good, [f"{good.set_id}/virtualMachines/{i}" for i in range(ALERTS)], http,
+                   start + time_limit),
+            _storm(host, run, flex, [str(m["id"]) for m in members], http, start + time_limit),
+            _storm(host, run, bad, [f"{bad.set_id}/virtualMachines/{i}" for i in range(BAD_ALERTS)], http,
+                   start + time_limit + 90))
+    return [good, flex, bad]
 
 
-def _short(storm: Storm, instance: str) -> str:
-    return instance.removeprefix(f"{storm.name}_")  # a Flexible member: the part of its name ARM made up
+def _short(storm: Storm, machine: str) -> str:
+    return machine.removeprefix(f"{storm.name}_")  # a Flexible member: the part of its name ARM made up
 
 
-def storm_table(*storms: Storm) -> str:
-    """One row per batch: its set, its machines, its requests' outcomes and health, and how it was sent; then each
-    storm's totals side by side (POSTs, ARM reads, time to all healthy)."""
-    rows = [("set", "batch", "machines", "requests", "status", "health", "sent as")]
+def _n(count: int, what: str) -> str:
+    return f"{count} {what}{'' if count == 1 else 's'}"
+
+
+def _ranges(ids: list[str]) -> str:
+    return ",".join(ids) if len(ids) <= 6 else f"{','.join(ids[:5])},... ({len(ids)})"
+
+
+def _summary(storm: Storm, width: int) -> list[str]:
+    healthy = "-" if storm.healthy_seconds is None else f"{storm.healthy_seconds:.0f}"
+    counts = [len(storm.machines(p)) for p in storm.posts]
+    sizes = ("one single-VM POST per machine" if storm.mode == "Flexible" else
+             f"{', '.join(map(str, counts))} machine{'' if counts == [1] else 's'}")
+    ended = "all healthy" if not storm.suspended else "all ended"
+    text = (f"{storm.mode} set {storm.name}: {storm.alerts} alerts (each sent twice) on {storm.alerts} of "
+            f"{CAPACITY} machines -> {storm.accepted} requests, {storm.refused} refused, "
+            f"{_n(len(storm.posts), 'ARM POST')} ({sizes}), {_n(storm.reads, 'ARM read')}, "
+            f"{_n(storm.evidence, 'boot diagnostics call')}, {_n(len(storm.events), 'completion event')}, "
+            f"{ended} after {healthy} s")
+    canary = storm.canary
+    if canary is not None:
+        text += (f"\ncanary {canary['canary']['batchId'][:14]} ("
+                 f"{', '.join(_short(storm, i) for i in canary['canary']['instanceIds'])}): "
+                 f"{canary['canary']['outcome']}, health {canary['health']}")
+    for e in storm.suspended:
+        s = e["data"]["suspension"]
+        text += f"\nsuspended {storm.name}: {s.get('code')} by {s.get('by')}: {s.get('reason')}"
+    return [textwrap.fill(line, width, subsequent_indent="     ") for line in text.splitlines()]
+
+
+def storm_table(*storms: Storm, width: int = WIDTH) -> str:
+    """Each storm's totals (POSTs, ARM reads, time to all healthy) and its canary; then one row per batch: its set,
+    its machines, its requests' canary roles, outcomes and health, and how it was sent."""
+    rows = [("set", "batch", "machines", "requests", "canary", "status", "health", "sent as")]
     for storm in storms:
         by_batch: dict[str, list[dict[str, Any]]] = {}
         for e in storm.events:
             by_batch.setdefault(e["data"].get("batchId") or "-", []).append(e["data"])
         for batch, items in sorted(by_batch.items(), key=lambda kv: min(d["completedAt"] or "" for d in kv[1])):
             machines = sorted({i for d in items for i in d["instanceIds"] or []}, key=lambda i: (len(i), i))
-            sent = "1 set POST" if storm.mode == "Uniform" else f"{len(machines)} VM POSTs"
-            rows.append((storm.name, batch[:10], ",".join(_short(storm, m) for m in machines), str(len(items)),
-                         "/".join(sorted({d["status"] for d in items})),
+            roles = "/".join(sorted({(d.get("canary") or {}).get("role") or "-" for d in items}))
+            sent = "1 set POST" if storm.mode == "Uniform" else _n(len(machines), "VM POST")
+            if all(d["status"] == "Canceled" for d in items):
+                sent = "-"  # ended waiting: never sent
+            rows.append((storm.name, batch[:10], _ranges([_short(storm, m) for m in machines]), str(len(items)),
+                         roles, "/".join(sorted({d["status"] for d in items})),
                          "/".join(sorted({d["health"] or "-" for d in items})), sent))
-    totals = [textwrap.fill(
-        f"{s.mode} set {s.name}: {ALERTS} alerts (each sent twice) on {ALERTS} of {CAPACITY} machines -> "
-        f"{s.accepted} requests, {s.refused} refused, {len(s.posts)} ARM POSTs, {s.reads} ARM reads, "
-        f"{len(s.events)} completion events, all healthy after "
-        f"{'-' if s.healthy_seconds is None else f'{s.healthy_seconds:.0f}'} s", WIDTH, subsequent_indent="    ")
-        for s in storms]
-    return "\n".join(totals) + "\n" + render(rows[0], rows[1:])
+    lines = [line for storm in storms for line in _summary(storm, width)]
+    return "\n".join(lines) + "\n" + render(rows[0], rows[1:], width)

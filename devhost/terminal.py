@@ -13,10 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from reimager.names import short_target  # one way to name a target for operators (the CLI's too)
+
 if TYPE_CHECKING:
     from shared.domain.events import CloudEvent, Publisher
 
 log = logging.getLogger("devhost.terminal")
+request_log = logging.getLogger("devhost.requests")  # its own logger: the demo shows these only with -v
 _LOGGED_PREFIXES = ("/api/", "/admin/")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -37,15 +40,7 @@ async def request_lines(request: web.Request, handler: Handler) -> web.StreamRes
         raise
     finally:
         elapsed = (time.perf_counter() - started) * 1000
-        log.info("%s %s %d %.0fms", request.method, request.path[:200], status, elapsed)
-
-
-def short_target(target: str | None) -> str:
-    """`web-linux-01`, or `workers/3` for a scale set instance."""
-    parts = (target or "-").rstrip("/").split("/")
-    if len(parts) >= 4 and parts[-2].lower() == "virtualmachines" and parts[-4].lower() == "virtualmachinescalesets":
-        return f"{parts[-3]}/{parts[-1]}"
-    return parts[-1]
+        request_log.info("%s %s %d %.0fms", request.method, request.path[:200], status, elapsed)
 
 
 def event_line(event: CloudEvent) -> str:

@@ -125,6 +125,11 @@ param breakerPercent int = 50
 @maxValue(100)
 param breakerFailures int = 3
 
+@description('CANARY_INSTANCES: a storm\'s first batch on a scale set reimages this many instances and waits for them to come back healthy; 0 turns it off')
+@minValue(0)
+@maxValue(1000)
+param canaryInstances int = 1
+
 @minValue(1)
 @maxValue(10080)
 param queueMaxWaitMinutes int = 240
@@ -170,6 +175,23 @@ param teamsWebhookSecret string = ''
 
 @description('LEDGER_TABLE_PREFIX: a letter, then letters or digits')
 param ledgerTablePrefix string = 'reimager'
+
+@description('EVIDENCE: what is captured before a reimage wipes the OS disk')
+@allowed(['off', 'bootdiagnostics', 'snapshot'])
+param evidence string = 'bootdiagnostics'
+
+@description('EVIDENCE_TIMEOUT_SECONDS: the most evidence capture may delay a reimage')
+@minValue(1)
+@maxValue(600)
+param evidenceTimeoutSeconds int = 60
+
+@description('EVIDENCE_RETENTION_DAYS: snapshots are tagged, and evidence blobs deleted, after this many days')
+@minValue(1)
+@maxValue(3650)
+param evidenceRetentionDays int = 30
+
+@description('Object ids (a group of operators) that may read the evidence container, and nothing else of the storage account')
+param evidenceReaderIds array = []
 
 @description('REQUESTS_QUEUE: the Service Bus queue this template creates')
 param requestsQueue string = 'reimage-requests'
@@ -217,6 +239,7 @@ module storage 'core/storage.bicep' = {
     name: 'streimager${token}'
     location: location
     tags: tags
+    evidenceRetentionDays: evidenceRetentionDays
   }
 }
 
@@ -269,6 +292,8 @@ module rbac 'app/rbac.bicep' = {
     keyVaultName: keyVault.outputs.name
     identityPrincipalId: identity.outputs.principalId
     userPrincipalId: grantDeployerAccess ? (empty(principalId) ? deployingPrincipal.outputs.objectId : principalId) : ''
+    evidenceContainerName: storage.outputs.evidenceContainer
+    evidenceReaderIds: evidenceReaderIds
   }
 }
 
@@ -315,6 +340,7 @@ module api 'app/api.bicep' = {
       GLOBAL_MAX_REIMAGES_PER_HOUR: string(globalMaxReimagesPerHour)
       BREAKER_PERCENT: string(breakerPercent)
       BREAKER_FAILURES: string(breakerFailures)
+      CANARY_INSTANCES: string(canaryInstances)
       QUEUE_MAX_WAIT_MINUTES: string(queueMaxWaitMinutes)
       SWEEP_SCHEDULE: sweepSchedule
       APPROVAL_ABOVE_INSTANCES: string(approvalAboveInstances)
@@ -329,6 +355,10 @@ module api 'app/api.bicep' = {
       TEAMS_WEBHOOK_SECRET: keyVault.outputs.teamsWebhookSecretSetting
       AzureWebJobsStorage__tableServiceUri: storage.outputs.tableEndpoint
       LEDGER_TABLE_PREFIX: ledgerTablePrefix
+      EVIDENCE: evidence
+      EVIDENCE_TIMEOUT_SECONDS: string(evidenceTimeoutSeconds)
+      EVIDENCE_RETENTION_DAYS: string(evidenceRetentionDays)
+      AzureWebJobsStorage__blobServiceUri: storage.outputs.blobEndpoint
       REQUESTS_QUEUE: requestsQueue
       EVENTS_TOPIC: eventsTopic
       ServiceBusConnection__fullyQualifiedNamespace: serviceBus.outputs.fullyQualifiedNamespace
@@ -378,6 +408,7 @@ output AZURE_KEY_VAULT_NAME string = keyVault.outputs.name
 output AZURE_KEY_VAULT_ENDPOINT string = keyVault.outputs.endpoint
 output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.name
 output AZURE_STORAGE_TABLE_ENDPOINT string = storage.outputs.tableEndpoint
+output AZURE_STORAGE_BLOB_ENDPOINT string = storage.outputs.blobEndpoint
 output AZURE_SERVICEBUS_NAMESPACE string = serviceBus.outputs.fullyQualifiedNamespace
 output AZURE_USER_ASSIGNED_IDENTITY_CLIENT_ID string = identity.outputs.clientId
 output APPLICATIONINSIGHTS_CONNECTION_STRING string = monitoring.outputs.connectionString

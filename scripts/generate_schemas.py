@@ -32,6 +32,15 @@ _TARGET = ("/subscriptions/7f6e5d4c-3b2a-4190-8f7e-6d5c4b3a2910/resourceGroups/r
 _T0 = "2026-01-01T00:00:00Z"
 
 
+_EVIDENCE_URL = ("https://streimagerx.blob.core.windows.net/reimager-evidence/op-3f1c0a9e5b7d4c2e8f6a1b3c5d7e9f01/2/")
+_EVIDENCE = {"mode": "bootdiagnostics", "status": "captured",
+             "container": "https://streimagerx.blob.core.windows.net/reimager-evidence",
+             "startedAt": "2026-01-01T00:00:00+00:00", "seconds": 0.84, "timedOut": False, "instances": {"2": {
+                 "instanceView": {"status": "captured", "url": _EVIDENCE_URL + "instance-view.json"},
+                 "serialLog": {"status": "captured", "url": _EVIDENCE_URL + "serial-console.log", "bytes": 48213,
+                               "truncated": False}}}}
+
+
 def _example(event_type: str, **data: Any) -> str:
     from datetime import datetime
 
@@ -48,8 +57,12 @@ def events_doc() -> str:
     accepted = _example(EventType.ACCEPTED, status="Accepted", submittedAt=_T0)
     completed = _example(EventType.COMPLETED, status="Succeeded", submittedAt=_T0, completedAt="2026-01-01T00:03:10Z",
                          durationSeconds=190.0, polls=7, batchId="b-4f0c2a9e7d3b4c1a8e6f5d4c3b2a1908",
-                         health="Healthy", healthDetail={"0": "Healthy: running, provisioning succeeded, "
-                                                         "application health: healthy"})
+                         health="Healthy", healthDetail={"2": "Healthy: running, provisioning succeeded, "
+                                                         "application health: healthy"},
+                         canary={"batchId": "b-9a1e0c2d4f6b8a0c2e4f6a8b0c2d4e6f", "instanceIds": ["7"],
+                                 "role": "after", "outcome": "passed", "status": "Succeeded", "health": "Healthy",
+                                 "validUntil": "2026-01-01T01:01:40+00:00"},
+                         evidence=_EVIDENCE)
     queued = _example(EventType.QUEUED, status="Queued", queuePosition=3)
     awaiting = _example(EventType.AWAITING_APPROVAL, status="AwaitingApproval", instanceIds=["0", "1", "2", "3"],
                         error={"code": "ApprovalRequired", "message": "Waiting for a second person's approval: it "
@@ -59,8 +72,19 @@ def events_doc() -> str:
                          suspension={"since": "2026-01-01T00:03:10+00:00", "reason": "11 of 20 instances were asked "
                                      "to be reimaged within 60 minutes, more than BREAKER_PERCENT 50%: a systemic "
                                      "failure that reimaging will not cure", "by": "breaker",
+                                     "code": "BreakerPercent",
                                      "evidence": {"distinctInstancesRequested": 11, "capacity": 20,
                                                   "breakerPercent": 50, "windowMinutes": 60}})
+    canary_failed = _example(
+        EventType.SUSPENDED, operationId=None, requestId=None, instanceIds=None, status="Suspended", trigger="breaker",
+        requestedBy=None, reason=None, correlationId=None,
+        suspension={"since": "2026-01-01T00:03:10+00:00", "reason": "the canary b-9a1e0c2d4f6b8a0c2e4f6a8b0c2d4e6f "
+                    "(instance 7) ended Succeeded but Unhealthy: reimaging the rest of the set would likely break it "
+                    "the same way", "by": "canary", "code": "CanaryFailed",
+                    "evidence": {"canary": "b-9a1e0c2d4f6b8a0c2e4f6a8b0c2d4e6f", "instanceIds": ["7"],
+                                 "members": ["op-5d1b0e7c9a3f4b2d8e6c1a0f9b7d5e3c"], "status": "Succeeded",
+                                 "health": "Unhealthy", "healthDetail": {"7": "Unhealthy: running, provisioning "
+                                                                         "succeeded, application health: unhealthy"}}})
     failed = _example(EventType.COMPLETED, status="Failed", submittedAt=_T0, completedAt="2026-01-01T00:03:10Z",
                       durationSeconds=190.0, polls=7,
                       error={"code": "OperationPreempted", "message": "Operation execution has been preempted "
@@ -114,7 +138,8 @@ failed (the status document's `reply`, a log line, and a `reimager.operation.rep
   with status `Succeeded`, `Failed`, `Canceled` or `TimedOut`.
 - A queued request refused before it was accepted (invalid, forbidden, not found) gets a
   `reimager.request.rejected` event with status `Rejected` and the error, so nothing is lost.
-- `reimager.operation.accepted` is informational: sent once the reimage was submitted to ARM.
+- `reimager.operation.accepted` is informational: sent once the reimage was submitted to ARM (or, for a
+  request that rides a reimage already under way for its instances, when it joins it).
   So are `reimager.operation.queued` (waiting for its scale set's batch or a budget) and
   `reimager.operation.awaiting-approval` (waiting for a second person). A request held by a freeze
   carries `freeze` (source, window, start, until) on every event; one held with others as one
@@ -125,6 +150,15 @@ failed (the status document's `reply`, a log line, and a `reimager.operation.rep
   event, naming the `batchId` and its own instances' `health` / `healthDetail`.
 - `reimager.target.suspended` is sent once per suspension, with the evidence; waiting requests
   then end `Canceled` / `TargetSuspended`. `reimager.target.resumed` when an operator lifts it.
+- **Canary first**: a storm's first batch on a scale set goes alone (`CANARY_INSTANCES`). Every request
+  in, after, or ended by that canary carries `canary` (its batch, instances, `role`: `canary`, `after`
+  or `waited`, its `outcome` and health). A canary that ends Failed, TimedOut, Canceled or Unhealthy
+  suspends the set: one `reimager.target.suspended` with `suspension.code: CanaryFailed` and the canary's
+  health detail, then one `Canceled` / `TargetSuspended` completion per request that waited.
+- **Evidence before the wipe**: a completion event carries `evidence` when any was asked for: per
+  instance the serial console log, the instance view (links to their blobs in `reimager-evidence`)
+  and, with `snapshot`, the OS disk snapshot, each `captured`, `skipped` or `failed` with why. The
+  links carry no SAS.
 - No event ever carries `adminPassword` or `customData`.
 
 ## reimager.operation.accepted
@@ -153,7 +187,8 @@ at another host), `NoOperationUrl`, `ComputeUnavailable` / `ComputeError` /
 `SubmissionUncertain` (the submission failed). Otherwise the code is ARM's own.
 
 `error.code` values of `Canceled`: `CanceledByOperator`, `ApprovalRejected`, `ApprovalTimedOut`,
-`QueueExpired`, `TargetSuspended`, `CooldownActive` (an instance was reimaged while it waited).
+`QueueExpired`, `TargetSuspended` (with `canary.role: waited` when a failed canary suspended the set),
+`CooldownActive` (an instance was reimaged while it waited).
 
 ## reimager.request.rejected
 
@@ -189,6 +224,13 @@ The completion event reached the topic, and its ReplyTo copy could not be delive
 
 ```json
 {suspended}
+```
+
+A canary that did not come back healthy (`by: canary`, `code: CanaryFailed`; the breaker's own are
+`BreakerPercent` and `BreakerFailures`):
+
+```json
+{canary_failed}
 ```
 
 ## JSON Schema of `data`

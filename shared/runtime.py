@@ -22,6 +22,7 @@ from shared.settings import Settings, load_settings
 
 if TYPE_CHECKING:
     from shared.adapters.arm.client import ComputeClient
+    from shared.adapters.evidence import EvidenceStore
     from shared.adapters.ledger import Ledger
 
 
@@ -70,6 +71,13 @@ class Runtime:
 
         return make_ledger(self.settings, self._credential_factory)
 
+    @cached_property
+    def evidence(self) -> EvidenceStore | None:
+        """The evidence container (None: no blob service configured; capture then says so)."""
+        from shared.adapters.evidence import make_store  # heavy: azure-storage-blob
+
+        return make_store(self.settings, self._credential_factory)
+
     @property
     def publisher(self) -> Publisher:
         """The publisher, recording each event it sends as telemetry too (a no-op while telemetry is off)."""
@@ -80,7 +88,7 @@ class Runtime:
         return TrackedPublisher(self._publisher)
 
     async def close(self) -> None:
-        for name in ("compute", "ledger"):
+        for name in ("compute", "ledger", "evidence"):
             client = self.__dict__.pop(name, None)
             if client is not None:
                 await client.close()

@@ -31,6 +31,7 @@ class SettingsError(RuntimeError):
 _PLATFORM_NAMES = {
     "storage_connection_string": "AzureWebJobsStorage",
     "table_service_uri": "AzureWebJobsStorage__tableServiceUri",
+    "blob_service_uri": "AzureWebJobsStorage__blobServiceUri",
     "service_bus_namespace": "ServiceBusConnection__fullyQualifiedNamespace",
 }
 
@@ -142,6 +143,9 @@ class Settings(BaseSettings):
     global_max_reimages_per_hour: int = Field(100, ge=1, le=100000)
     breaker_percent: Percent = 50
     breaker_failures: int = Field(3, ge=1, le=100)
+    # The first batch of a storm on a scale set (and of an approved request) reimages this many instances and waits
+    # for them to come back healthy before the rest go (shared/rules/canary.py); 0: no canary.
+    canary_instances: int = Field(1, ge=0, le=1000)
     queue_max_wait_minutes: Minutes = 240
     sweep_schedule: str = "0 */1 * * * *"
 
@@ -167,6 +171,15 @@ class Settings(BaseSettings):
     table_service_uri: str | None = None
     ledger_table_prefix: str = Field("reimager", pattern=r"^[A-Za-z][A-Za-z0-9]{0,39}$")
 
+    # Evidence before the wipe (shared/workflow/evidence.py): off, the serial console log and instance view
+    # (bootdiagnostics), or those and an incremental snapshot of a managed OS disk (snapshot). Per request:
+    # captureEvidence. Never delays the POST by more than EVIDENCE_TIMEOUT_SECONDS; kept EVIDENCE_RETENTION_DAYS.
+    evidence: str = Field("bootdiagnostics", pattern=r"^(off|bootdiagnostics|snapshot)$")
+    evidence_timeout_seconds: int = Field(60, ge=1, le=600)
+    evidence_retention_days: int = Field(30, ge=1, le=3650)
+    # Where evidence blobs go in Azure (the identity's); locally AzureWebJobsStorage's BlobEndpoint.
+    blob_service_uri: str | None = None
+
     # Events
     requests_queue: str = Field("reimage-requests", min_length=1)
     events_topic: str = Field("reimage-events", min_length=1)
@@ -181,7 +194,7 @@ class Settings(BaseSettings):
     def _https_origin(cls, value: str) -> str:
         return _check_url(value, allow_path=False)
 
-    @field_validator("table_service_uri")
+    @field_validator("table_service_uri", "blob_service_uri")
     @classmethod
     def _table_uri(cls, value: str | None) -> str | None:
         # Azurite's table endpoint carries the account in the path: http://127.0.0.1:10002/devstoreaccount1
@@ -252,7 +265,7 @@ class Settings(BaseSettings):
         return value
 
     @field_validator("slack_signing_secret", "teams_webhook_secret", "azure_client_id",
-                     "service_bus_namespace", "default_subscription_id", "table_service_uri",
+                     "service_bus_namespace", "default_subscription_id", "table_service_uri", "blob_service_uri",
                      "storage_connection_string", "applicationinsights_connection_string", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:

@@ -26,6 +26,7 @@ from devhost.compute.arm import (
     cloud_error,
     lock_key,
 )
+from devhost.compute.evidence import BootDiagnosticsStorage, Evidence, Snapshot
 from devhost.compute.faults import Fault, injected_answer, take_fault
 from devhost.compute.fleet import FleetApi, flexible
 from devhost.compute.limits import ArmLimits
@@ -71,6 +72,9 @@ class ComputeSimulator:
     flex_reimage_any_os_disk: bool = False  # False: a Flexible member's reimage needs an ephemeral OS disk (APICMP)
     protected_named_refused: bool = False  # False: a set-level reimage silently skips protected instances
     locks_list_subscription: bool = False  # False: a group's or resource's lock list omits the subscription's
+    # Evidence (devhost/compute/evidence.py): how long a snapshot takes to succeed, and how long serial logs are
+    snapshot_seconds: float = 2.0
+    serial_log_bytes: int = 0
 
     def __post_init__(self) -> None:
         # The parts share this object's dicts, and read its switches (fields above) at each request.
@@ -82,6 +86,9 @@ class ComputeSimulator:
         self._resource_api = ResourceApi(self.clock, self, self._inventory, self._operations, views)
         self._fleet = FleetApi(self.clock, self, self._inventory, views)
         self.locks = Locks(self._store, self.locks_list_subscription)
+        # Boot diagnostics' storage, on a host of its own (serve_boot_diagnostics), and snapshots
+        self.boot_diagnostics = BootDiagnosticsStorage(self.clock, self._inventory, self)
+        self._evidence = Evidence(self.clock, self._inventory, self, self.boot_diagnostics)
         self.throttle = Throttle(self)
         if self._store is not None:
             self._meta = self._store.read_meta()
@@ -97,13 +104,18 @@ class ComputeSimulator:
 
     def seed_scale_set(self, resource_id: str, capacity: int, *, location: str = "westus",
                        health_extension: bool = True, ephemeral: bool = True, flexible: bool = False,
-                       **properties: Any) -> dict[str, Any]:
+                       boot_diagnostics: bool = False, **properties: Any) -> dict[str, Any]:
         """A Linux scale set of `capacity` instances (for scale tests): one PUT's worth of model. `flexible`: in
-        Flexible orchestration mode (its instances are member VMs); `properties`: more of the set's properties
-        (e.g. automaticRepairsPolicy)."""
+        Flexible orchestration mode (its instances are member VMs); `boot_diagnostics`: managed boot diagnostics
+        enabled in its VM profile; `properties`: more of the set's properties (e.g. automaticRepairsPolicy)."""
         return self._inventory.seed_scale_set(resource_id, capacity, location=location,
                                               health_extension=health_extension, ephemeral=ephemeral,
-                                              flexible=flexible, **properties)
+                                              flexible=flexible, boot_diagnostics=boot_diagnostics, **properties)
+
+    @property
+    def snapshots(self) -> dict[str, Snapshot]:
+        """The snapshots taken (lower-cased id -> snapshot)."""
+        return self._evidence.snapshots
 
     def set_power_state(self, resource_id: str, state: str) -> None:
         """For example "deallocated": a reimage of a deallocated VM or instance is refused (409)."""
@@ -189,6 +201,13 @@ class ComputeSimulator:
             self._store.write(self._store.meta, self._meta)
         return served
 
+    async def serve_boot_diagnostics(self, host: str = "127.0.0.1") -> Served:
+        """Serve boot diagnostics' storage on a port of its own: the host retrieveBootDiagnosticsData's SAS URIs
+        name, which is not ARM's (a bearer token must never go there)."""
+        served = await serve(self.boot_diagnostics.app(), host, 0)
+        self.boot_diagnostics.url = served.url
+        return served
+
     def app(self) -> web.Application:
         app = web.Application(client_max_size=4 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._entry)
@@ -255,6 +274,9 @@ class ComputeSimulator:
 
     def _route(self, request: web.Request, body: Any, version: str, fault: Fault | None) -> web.StreamResponse:
         path = request.path
+        evidence = self._evidence.route(request, body)  # boot diagnostics, snapshots and their operations
+        if evidence is not None:
+            return evidence
         if m := OPERATION_PATH.match(path):
             return self._operation_status(request, m["id"], m["sub"], fault)
         if m := VM_LIST_PATH.match(path):

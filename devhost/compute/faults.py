@@ -24,6 +24,8 @@ class Fault(BaseModel):
     matching requests fail (request-level, whatever `instanceIds` says).
     `failureStatus` is the HTTP status a Location poll answers once an outcome fault's
     operation has failed (default 500, or 409 for a canceled / preempted one).
+    `healthAfter` on a reimage fault is a bad image: the machines that POST reimages report this health from the
+    end of that reimage on (until changed), as an application that no longer starts would.
     """
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
@@ -39,6 +41,7 @@ class Fault(BaseModel):
     code: str | None = None
     message: str | None = None
     health: HealthState | None = None
+    health_after: HealthState | None = Field(None, alias="healthAfter")
     failure_status: int | None = Field(None, alias="failureStatus", ge=400, le=599)
     instance_ids: list[str] | None = Field(None, alias="instanceIds")
     _reads: dict[str, int] = PrivateAttr(default_factory=dict)  # per-instance health faults: reads so far

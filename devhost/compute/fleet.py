@@ -1,5 +1,5 @@
 """Flexible scale sets and automatic repairs, as ARM answers them (research notes `arm.md` B5-B8; docs/fidelity.md
-rows A32-A40):
+rows A38-A46):
 
 - a Flexible set's members are VMs of their own (devhost/compute/resources.py creates them on scale-out, or a VM
   PUT names its set); a resource group's VM list takes `$filter=virtualMachineScaleSet/id eq '<id>'` (the property

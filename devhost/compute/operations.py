@@ -46,6 +46,7 @@ class Operation:
     settled: bool = False
     ended: float | None = None  # set when the operation ended early (preempted)
     failure_status: int | None = None  # what a Location poll answers after a failure
+    health_after: str | None = None  # a bad image (a fault's healthAfter): what its machines report once it ended
 
     def __post_init__(self) -> None:
         self._members = frozenset(self.instance_keys)
@@ -73,14 +74,16 @@ class Operation:
         return {"id": self.id, "lockKey": self.lock_key, "location": self.location, "subscription": self.subscription,
                 "started": self.started, "duration": self.duration, "instanceKeys": self.instance_keys,
                 "version": self.version, "outcome": self.outcome, "code": self.code, "message": self.message,
-                "settled": self.settled, "ended": self.ended, "failureStatus": self.failure_status}
+                "settled": self.settled, "ended": self.ended, "failureStatus": self.failure_status,
+                "healthAfter": self.health_after}
 
     @classmethod
     def from_doc(cls, d: dict[str, Any]) -> Operation:
         return cls(id=d["id"], lock_key=d["lockKey"], location=d["location"], subscription=d["subscription"],
                    started=d["started"], duration=d["duration"], instance_keys=list(d["instanceKeys"]),
                    version=d["version"], outcome=d["outcome"], code=d.get("code"), message=d.get("message"),
-                   settled=bool(d.get("settled")), ended=d.get("ended"), failure_status=d.get("failureStatus"))
+                   settled=bool(d.get("settled")), ended=d.get("ended"), failure_status=d.get("failureStatus"),
+                   health_after=d.get("healthAfter"))
 
 
 class LroSettings(Protocol):
@@ -152,7 +155,10 @@ class Operations:
                     continue  # scaled in meanwhile
                 image = target["properties"]["storageProfile"].setdefault("imageReference", {})
                 image["exactVersion"] = op.version
-                self.inventory.state_of(vmss_key, inst)["reimagedAt"] = op.end
+                state = self.inventory.state_of(vmss_key, inst)
+                state["reimagedAt"] = op.end
+                if op.health_after is not None:
+                    state["health"] = op.health_after
             self.inventory.save(op.lock_key)
         self.save(op)
 
@@ -227,8 +233,8 @@ class Operations:
             started=now, duration=settings.durations.get(p.name.lower(), settings.operation_seconds),
             instance_keys=instance_keys, version=str(body.get("exactVersion") or model_version(image)),
         )
-        if fault is not None and fault.outcome:
-            self._apply_outcome(op, fault)
+        if fault is not None:
+            self._apply_fault(op, fault)
         self.register(op)
         origin = settings.operation_origin or str(request.url.origin())
         base = f"{origin}/subscriptions/{p.sub}/providers/Microsoft.Compute/locations/{op.location}/operations/{op.id}"
@@ -289,6 +295,14 @@ class Operations:
         if p.action == "reimageall":
             return set() if p.inst else {"instanceIds"}
         return VMSS_VM_REIMAGE_KEYS if p.inst else VMSS_REIMAGE_KEYS
+
+    @classmethod
+    def _apply_fault(cls, op: Operation, fault: Fault) -> None:
+        """An injected outcome, and a bad image (what the machines report once it ended)."""
+        if fault.outcome:
+            cls._apply_outcome(op, fault)
+        if fault.health_after is not None:
+            op.health_after = fault.health_after
 
     @staticmethod
     def _apply_outcome(op: Operation, fault: Fault) -> None:

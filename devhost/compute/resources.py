@@ -97,6 +97,10 @@ class Inventory:
             storage = props.setdefault("storageProfile", {})
             _fill_image(storage)
             storage.setdefault("osDisk", {}).setdefault("osType", _os_type(props))
+            kept = ((old_props.get("storageProfile") or {}).get("osDisk") or {}).get("managedDisk") or {}
+            if kept.get("id"):  # the same VM keeps its disk across model updates
+                storage["osDisk"].setdefault("managedDisk", {}).setdefault("id", kept["id"])
+            _managed_disk(storage["osDisk"], p.rg_id, f"{p.name}_OsDisk_1")
         else:
             res["type"] = "Microsoft.Compute/virtualMachineScaleSets"
             sku = res.get("sku") or {}
@@ -168,6 +172,7 @@ class Inventory:
         storage = json.loads(json.dumps(profile.get("storageProfile") or {}))
         _fill_image(storage)
         storage.setdefault("osDisk", {}).setdefault("osType", _os_type(profile))
+        _managed_disk(storage["osDisk"], vm_id.split("/providers/", 1)[0], f"{name}_OsDisk_1")  # a disk of its own
         os_profile = {k: v for k, v in (profile.get("osProfile") or {}).items() if k != "computerNamePrefix"}
         prefix = (profile.get("osProfile") or {}).get("computerNamePrefix", vmss["name"][:9])
         vm: dict[str, Any] = {
@@ -175,6 +180,8 @@ class Inventory:
             "properties": {"vmId": str(uuid.uuid4()), "provisioningState": "Succeeded", "storageProfile": storage,
                            "osProfile": {**os_profile, "computerName": f"{prefix}{uuid.uuid4().hex[:6]}"},
                            "virtualMachineScaleSet": {"id": vmss["id"]}}}
+        if profile.get("diagnosticsProfile"):  # the set's boot diagnostics setting, as for a Uniform instance
+            vm["properties"]["diagnosticsProfile"] = json.loads(json.dumps(profile["diagnosticsProfile"]))
         extensions = (profile.get("extensionProfile") or {}).get("extensions") or []
         if extensions:  # a VM's extensions are child resources (views.health_extension reads them from here)
             vm["resources"] = json.loads(json.dumps(extensions))
@@ -228,13 +235,19 @@ class Inventory:
         os_profile = {k: v for k, v in (profile.get("osProfile") or {}).items() if k != "computerNamePrefix"}
         prefix = (profile.get("osProfile") or {}).get("computerNamePrefix", vmss["name"])
         return {"storageProfile": storage, "osProfile": os_profile, "prefix": prefix,
-                "sku": vmss.get("sku")}
+                "sku": vmss.get("sku"), "diagnosticsProfile": profile.get("diagnosticsProfile")}
 
     @staticmethod
     def _new_instance(vmss: dict[str, Any], template: dict[str, Any], inst: str) -> dict[str, Any]:
         # json round trip: a fast deep copy for plain JSON, so a 1,000-instance set is created in milliseconds
         storage = json.loads(json.dumps(template["storageProfile"]))
+        rg_id = vmss["id"].split("/providers/", 1)[0]
+        _managed_disk(storage.setdefault("osDisk", {}), rg_id, f"{vmss['name']}_{vmss['name']}_{inst}_OsDisk_1")
         os_profile = {**template["osProfile"], "computerName": f"{template['prefix']}{int(inst):06x}"}
+        properties: dict[str, Any] = {"latestModelApplied": True, "provisioningState": "Succeeded",
+                                      "vmId": str(uuid.uuid4()), "storageProfile": storage, "osProfile": os_profile}
+        if template.get("diagnosticsProfile"):
+            properties["diagnosticsProfile"] = json.loads(json.dumps(template["diagnosticsProfile"]))
         return {
             "id": f"{vmss['id']}/virtualMachines/{inst}",
             "name": f"{vmss['name']}_{inst}",
@@ -242,13 +255,12 @@ class Inventory:
             "location": vmss["location"],
             "instanceId": inst,
             "sku": dict(template["sku"]) if template["sku"] else None,
-            "properties": {"latestModelApplied": True, "provisioningState": "Succeeded",
-                           "vmId": str(uuid.uuid4()), "storageProfile": storage, "osProfile": os_profile},
+            "properties": properties,
         }
 
     def seed_scale_set(self, resource_id: str, capacity: int, *, location: str = "westus",
                        health_extension: bool = True, ephemeral: bool = True, flexible: bool = False,
-                       **properties: Any) -> dict[str, Any]:
+                       boot_diagnostics: bool = False, **properties: Any) -> dict[str, Any]:
         os_disk: dict[str, Any] = {"createOption": "FromImage", "osType": "Linux", "caching": "ReadOnly"}
         if ephemeral:
             os_disk["diffDiskSettings"] = {"option": "Local"}
@@ -256,6 +268,8 @@ class Inventory:
             "osProfile": {"computerNamePrefix": resource_id.rsplit("/", 1)[-1][:9], "adminUsername": "azureuser"},
             "storageProfile": {"imageReference": {"publisher": "Canonical", "offer": "ubuntu-24_04-lts",
                                                   "sku": "server", "version": "latest"}, "osDisk": os_disk}}
+        if boot_diagnostics:  # managed boot diagnostics: enabled, no storageUri (BOOTD)
+            profile["diagnosticsProfile"] = {"bootDiagnostics": {"enabled": True}}
         if health_extension:
             profile["extensionProfile"] = {"extensions": [{"name": "HealthExtension", "properties": {
                 "publisher": "Microsoft.ManagedServices", "type": "ApplicationHealthLinux",
@@ -281,6 +295,15 @@ def _merge(dst: dict[str, Any], src: dict[str, Any]) -> None:
             _merge(dst[k], v)
         else:
             dst[k] = v
+
+
+def _managed_disk(os_disk: dict[str, Any], rg_id: str, stem: str) -> None:
+    """ARM names a managed OS disk in the model (`managedDisk.id`); an ephemeral one may carry an id too, which no
+    read of the disk finds (the dangerous reading, research notes `arm.md` C11). An unmanaged (vhd) disk has none."""
+    if "vhd" in os_disk:
+        return
+    managed = os_disk.setdefault("managedDisk", {})
+    managed.setdefault("id", f"{rg_id}/providers/Microsoft.Compute/disks/{stem}_{uuid.uuid4().hex}")
 
 
 def _fill_image(storage: dict[str, Any]) -> None:

@@ -31,6 +31,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from devhost.compute.arm import COMPUTE_MESSAGE, OPERATION_PATH, RESOURCE_PATH, VM_LIST_PATH, Parsed, iso, lock_key
+from devhost.compute.evidence import BOOT_DIAGNOSTICS_PATH
 from devhost.compute.limits import ArmLimits, Rate
 
 _SUBSCRIPTION = re.compile(r"^/subscriptions/([^/]+)", re.IGNORECASE)
@@ -104,6 +105,11 @@ def charges(method: str, path: str, body: Any, lookup: Lookup) -> list[Charge]:
         return [Charge("GetOperation", lookup.operation_key(m["id"]) or f"operation:{m['id'].lower()}")]
     if VM_LIST_PATH.match(path):  # a resource group's VM list (a Flexible set's members): High Cost Get VM
         return [Charge("HighCostGetVM", None)] if method == "GET" else []
+    if m := BOOT_DIAGNOSTICS_PATH.match(path):  # research notes `arm.md` C10: a read's policies, though a POST
+        seg = "virtualMachines" if m["type"].lower() == "virtualmachines" else "virtualMachineScaleSets"
+        key = lock_key(f"/subscriptions/{m['sub']}/resourceGroups/{m['rg']}/providers/Microsoft.Compute/{seg}/"
+                       f"{m['name']}")
+        return [Charge("VMScaleSetVMGet", f"{key}#{m['inst']}")] if m["inst"] else [Charge("LowCostGetVM", key)]
     m = RESOURCE_PATH.match(path)
     if m is None:
         return []

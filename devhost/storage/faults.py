@@ -18,16 +18,20 @@ SERVER_TIMEOUT = 30.0  # seconds: Table Storage's maximum (and default) server t
 
 class Match(BaseModel):
     """Which requests a fault is for. `table` is a name or a glob (`*ops`), case-insensitive as table names
-    are; `method` an HTTP method or `WRITE` (any of POST, PUT, PATCH, MERGE, DELETE); `nth`: the nth matching
-    request from now (1: the next one)."""
+    are; `method` an HTTP method or `WRITE` (any of POST, PUT, PATCH, MERGE, DELETE); `operation` what the
+    request does, as the request log names it (`insert`, `update`, `batch`, `createTable`, ...); `nth`: the nth
+    matching request from now (1: the next one)."""
 
     model_config = ConfigDict(extra="forbid")
 
     table: str | None = None
     method: str | None = None
+    operation: str | None = None
     nth: int = Field(1, ge=1)
 
     def hits(self, req: TableRequest) -> bool:
+        if self.operation is not None and self.operation.casefold() != req.operation.casefold():
+            return False
         if self.method is not None:
             wanted = self.method.upper()
             if wanted == "WRITE" and req.method not in WRITES:

@@ -11,9 +11,16 @@ param identityPrincipalId string
 @description('Object id of the deploying user or service principal; empty: no developer access')
 param userPrincipalId string = ''
 
+@description('The evidence container (core/storage.bicep)')
+param evidenceContainerName string
+
+@description('Object ids that may read the evidence container (operators), and nothing else of the account')
+param evidenceReaderIds array = []
+
 // Built-in role definition ids.
 var storageBlobDataOwner = 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
 var storageBlobDataContributor = 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'
+var storageBlobDataReader = '2a2b9908-6ea1-4ae2-8e65-a410df84e7d1'
 var storageQueueDataContributor = '974c5e8b-45b9-4653-ba55-5f855dd0fb88'
 var storageTableDataContributor = '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3'
 var serviceBusDataReceiver = '4f6d3b9b-027b-4f4c-9142-0e5a2a2247e0'
@@ -30,6 +37,10 @@ var userServiceBusRoles = [serviceBusDataReceiver, serviceBusDataSender]
 
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
   name: storageAccountName
+}
+
+resource evidenceContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' existing = {
+  name: '${storageAccountName}/default/${evidenceContainerName}'
 }
 
 resource namespace 'Microsoft.ServiceBus/namespaces@2022-10-01-preview' existing = {
@@ -51,6 +62,27 @@ resource identityStorage 'Microsoft.Authorization/roleAssignments@2022-04-01' = 
     principalId: identityPrincipalId
     principalType: 'ServicePrincipal'
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', role)
+  }
+}]
+
+// Evidence before the wipe: the app writes the container (explicitly, not only through the host's account-wide role),
+// and operators may read it without any other access to the account (it also holds the task hub and the ledger).
+resource identityEvidence 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(evidenceContainer.id, identityPrincipalId, storageBlobDataContributor)
+  scope: evidenceContainer
+  properties: {
+    principalId: identityPrincipalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageBlobDataContributor)
+  }
+}
+
+resource evidenceReaders 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for reader in evidenceReaderIds: {
+  name: guid(evidenceContainer.id, reader, storageBlobDataReader)
+  scope: evidenceContainer
+  properties: {
+    principalId: reader
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageBlobDataReader)
   }
 }]
 

@@ -23,6 +23,20 @@
 //                                                                  the specified scope"; Azure permissions, Authorization)
 // A Flexible set's members are listed with GET .../virtualMachines?$filter=... (virtualMachines/read) and reimaged
 // with the single-VM reimage (virtualMachines/reimage/action), both granted above for VMs.
+// Evidence before the wipe (shared/adapters/arm/evidence.py; research notes arm.md C10-C12):
+//   POST .../virtualMachines/{vm}/retrieveBootDiagnosticsData       virtualMachines/retrieveBootDiagnosticsData/action
+//   POST .../virtualMachineScaleSets/{set}/virtualMachines/{id}/retrieveBootDiagnosticsData
+//                                                                  virtualMachineScaleSets/virtualMachines/retrieveBootDiagnosticsData/action
+//   PUT  .../snapshots/{name} (incremental, Copy)                   snapshots/write, and on the source disk (a linked
+//        check, 403 LinkedAuthorizationFailed without it) disks/beginGetAccess/action, and, for a scale set's
+//        instance disk, virtualMachineScaleSets/disks/beginGetAccess/action (which one Compute checks is not
+//        documented: both)
+//   GET  .../snapshots/{name} (when ARM names no operation to poll) snapshots/read
+//   GET  .../locations/{loc}/DiskOperations/{id}                   locations/diskOperations/read
+// The models and views read before the POST are the reads above (virtualMachines/read with $expand=instanceView,
+// virtualMachineScaleSets/virtualMachines/read; a Flexible set's members: their VMs' GET, or the VM list filtered on
+// the set, and their boot diagnostics and OS disks as any VM's). Not granted: disks/read (the disk id comes from
+// the model), snapshots/delete (evidence expires by its retention tag; deleting is an operator's decision).
 targetScope = 'subscription'
 
 param roleName string
@@ -42,13 +56,20 @@ var actions = [
   'Microsoft.Compute/virtualMachineScaleSets/virtualMachines/reimage/action'
   'Microsoft.Compute/virtualMachineScaleSets/virtualMachines/reimageall/action'
   'Microsoft.Compute/locations/operations/read'
+  'Microsoft.Compute/virtualMachines/retrieveBootDiagnosticsData/action'
+  'Microsoft.Compute/virtualMachineScaleSets/virtualMachines/retrieveBootDiagnosticsData/action'
+  'Microsoft.Compute/snapshots/write'
+  'Microsoft.Compute/snapshots/read'
+  'Microsoft.Compute/disks/beginGetAccess/action'
+  'Microsoft.Compute/virtualMachineScaleSets/disks/beginGetAccess/action'
+  'Microsoft.Compute/locations/diskOperations/read'
 ]
 
 resource role 'Microsoft.Authorization/roleDefinitions@2022-04-01' = {
   name: guid(subscription().id, roleName)
   properties: {
     roleName: roleName
-    description: 'Lets reimager read VMs and scale sets (their instance views, a scale set\'s automatic repairs, ARM locks) and reimage them; nothing else.'
+    description: 'Lets reimager read VMs and scale sets (their instance views, a scale set\'s automatic repairs, ARM locks), capture their boot diagnostics and OS disk snapshots, and reimage them; nothing else.'
     type: 'CustomRole'
     permissions: [
       {

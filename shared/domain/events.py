@@ -79,7 +79,18 @@ class EventData(BaseModel):
     approval_group: str | None = Field(
         None, description="The approval group (g-...) the request was held in as one decision with others.")
     suspension: dict[str, Any] | None = Field(
-        None, description="Target events: since, reason, by and the evidence (what tripped the breaker).")
+        None, description="Target events: since, reason, by, code (BreakerPercent, BreakerFailures or CanaryFailed) "
+        "and the evidence (what tripped the breaker; for CanaryFailed the canary batch, its instances, its requests, "
+        "its end and its health detail).")
+    canary: dict[str, Any] | None = Field(
+        None, description="The scale set's canary (the batch that went first while the rest waited): batchId, "
+        "instanceIds, role (canary: this request was in it; after: it went after the canary passed; waited: the "
+        "canary's failure ended it), outcome (running, passed or failed) and the canary's status, health and "
+        "healthDetail.")
+    evidence: dict[str, Any] | None = Field(
+        None, description="What was captured before the reimage wiped the OS disk: mode, container, status and per "
+        "instance the serial console log, the instance view and the OS disk snapshot (each captured, skipped or "
+        "failed, with a link or why).")
     reply: dict[str, Any] | None = Field(
         None, description="reimager.operation.reply-failed: the ReplyTo queue, the attempts made and the last "
         "error (the completion event reached the topic; its ReplyTo copy could not be delivered).")

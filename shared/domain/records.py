@@ -99,6 +99,10 @@ class OperationRecord(_Doc):
     approved_by_identity: str | None = None
     freeze: dict[str, Any] | None = None  # the freeze window that held it for approval (shared/rules/freeze.py)
     approval_group: ApprovalGroup | None = None  # held with others as one decision (shared/workflow/approvals.py)
+    # The scale set's canary this request was, waited for, or went after (CanaryState.doc; shared/rules/canary.py).
+    canary: dict[str, Any] | None = None
+    evidence_mode: str | None = None  # what to capture before the POST: off, bootdiagnostics or snapshot
+    evidence: dict[str, Any] | None = None  # what was captured, skipped or failed (shared/workflow/evidence.py)
     event_id: str | None = None  # set once the terminal event is published (to the topic)
     reply: dict[str, Any] | None = None  # the ReplyTo copy's delivery: {status, attempts, error, at}
     # Not a secret: a salted fingerprint to recognise the request's secrets in ARM's poll text, kept until the
@@ -168,10 +172,8 @@ class OperationRecord(_Doc):
             doc["approvedBy"] = self.approved_by
             doc["approvedByVerified"] = self.approved_by_verified
             doc.update(_set(approvedByIdentity=self.approved_by_identity))
-        if self.freeze is not None:
-            doc["freeze"] = self.freeze
-        if self.approval_group is not None:
-            doc["approvalGroup"] = self.approval_group.view()
+        doc.update(_set(freeze=self.freeze, approvalGroup=self.approval_group.view() if self.approval_group else None,
+                        canary=self.canary, evidence=self.evidence))
         if self.is_batch:
             doc["members"] = self.members
         if self.reply:
@@ -207,6 +209,7 @@ class QueueEntry(_Doc):
     options: dict[str, Any]
     queued_at: datetime
     riders: list[str] = Field(default_factory=list)
+    approved: bool = False  # a second person approved it (a canary goes first, however small the batch)
     row: str | None = Field(None, exclude=True)  # its row in the target's partition (None: not stored yet)
     etag: str | None = Field(None, exclude=True)
 
@@ -238,6 +241,34 @@ class BudgetEntry(_Doc):
     at: datetime
 
 
+class CanaryState(_Doc):
+    """A scale set's canary (shared/rules/canary.py): the batch that went first while the rest waited, and what it
+    proved. A passed canary stays valid until `valid_until` (FLEET_WINDOW_MINUTES after it ended)."""
+
+    batch_id: str
+    instances: list[str]
+    members: list[str]
+    partial: list[str] = Field(default_factory=list)  # members with more instances than the canary took...
+    held: list[QueueEntry] = Field(default_factory=list)  # ...whose other instances wait here, out of the queue
+    options: dict[str, Any] = Field(default_factory=dict)  # what it was reimaged with (another exactVersion: no proof)
+    started: datetime
+    outcome: Literal["running", "passed", "failed"] = "running"
+    status: str | None = None  # the canary batch's end: Succeeded, Failed, TimedOut, Canceled
+    health: str | None = None
+    health_detail: dict[str, str] | None = None
+    ended: datetime | None = None
+    valid_until: datetime | None = None
+
+    def doc(self, role: str) -> dict[str, Any]:
+        """What a request's status and events carry: `role` canary (it was in it), waited (the canary's failure
+        ended it), after (it went after the canary passed) or waiting (a status read while the canary runs)."""
+        out: dict[str, Any] = {"batchId": self.batch_id, "instanceIds": self.instances, "role": role,
+                               "outcome": self.outcome}
+        out.update(_set(status=self.status, health=self.health, healthDetail=self.health_detail,
+                        validUntil=self.valid_until.isoformat() if self.valid_until else None))
+        return out
+
+
 class TargetRecord(_Doc):
     """One VM or scale set: lease and running batch, queue, cooldowns, budget window, failures, suspension."""
 
@@ -257,6 +288,7 @@ class TargetRecord(_Doc):
     requested: dict[str, datetime] = Field(default_factory=dict)  # instance -> first request in the window
     consecutive_failures: int = 0
     suspended: dict[str, Any] | None = None
+    canary: CanaryState | None = None  # the set's canary: running, or what it proved (shared/rules/canary.py)
     etag: str | None = Field(None, exclude=True)
 
     def lease_held(self, now: datetime) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -60,7 +60,6 @@ DISALLOWED_PASSWORDS = frozenset(
 PASSWORD_LENGTH: dict[str, tuple[int, int]] = {"Windows": (8, 123), "Linux": (6, 72)}
 CUSTOM_DATA_MAX_BYTES = 65535
 HARD_MAX_INSTANCES = 1000  # a scale set holds at most 1,000 VMs
-MAX_INSTANCE_ID = 9_999_999_999  # ten decimal digits, as the string form allows
 
 _REQUEST_ID = r"^[A-Za-z0-9._:-]{1,128}$"
 _EXACT_VERSION = r"^[0-9]{1,10}(\.[0-9]{1,10}){0,3}$"
@@ -68,24 +67,20 @@ _BASE64 = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{
 
 
 def _instance_id(value: Any) -> str:
-    """A canonical instance id string (a JSON integer is accepted and converted: what a user expects), or a
-    Flexible set's member VM name (which set it is, and so which form is right, is known only at preflight)."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        if 0 <= value <= MAX_INSTANCE_ID:
-            return str(value)
-        raise ValueError(f"{INSTANCE_ID_RULE}; a number must be an integer from 0 to {MAX_INSTANCE_ID}")
+    """A canonical instance id, or a Flexible set's member VM name (which set it is, and so which form is right, is
+    known only at preflight): a JSON string, as ARM's `instanceIds` is. A number is refused, not converted: the
+    caller's own tooling would otherwise disagree with ARM, the ledger and the events about what an id is."""
     if isinstance(value, str) and (valid_instance_id(value) or valid_member_name(value)):
         return value
-    raise ValueError(f"{INSTANCE_ID_RULE}, or non-negative integers; {MEMBER_NAME_RULE}")
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise ValueError(f'{INSTANCE_ID_RULE}; send the number as a JSON string ("{value}")')
+    raise ValueError(f"{INSTANCE_ID_RULE}; {MEMBER_NAME_RULE}")
 
 
 InstanceId = Annotated[
     str,
-    PlainValidator(
-        _instance_id,
-        json_schema_input_type=Annotated[str, Field(pattern=f"^(?:{INSTANCE_ID_PATTERN}|{MEMBER_NAME_PATTERN})$")]
-        | Annotated[int, Field(ge=0, le=MAX_INSTANCE_ID)],
-    ),
+    PlainValidator(_instance_id, json_schema_input_type=Annotated[
+        str, Field(pattern=f"^(?:{INSTANCE_ID_PATTERN}|{MEMBER_NAME_PATTERN})$")]),
 ]
 
 
@@ -171,9 +166,9 @@ class ReimageRequest(_Wire):
     instance_ids: list[InstanceId] | None = Field(
         None,
         min_length=1,
-        description='Scale sets only. Non-empty list of canonical decimal ids such as "7" (no leading zeros), '
-        "no duplicates. JSON integers are accepted and converted to strings. A Flexible scale set's members are "
-        'named by their VM names (starting with a letter), such as "workers_3f2a9c1e".',
+        description='Scale sets only. Non-empty list of canonical decimal ids as JSON strings, such as "7" (no '
+        "leading zeros), no duplicates. A JSON number is refused. A Flexible scale set's members are named by their "
+        'VM names (starting with a letter), such as "workers_3f2a9c1e".',
     )
     all_instances: StrictBool = Field(
         False, description="Scale sets only. Must be true to reimage every instance."
@@ -192,6 +187,10 @@ class ReimageRequest(_Wire):
     requested_by: str | None = Field(None, max_length=256)
     reason: str | None = Field(None, max_length=256)
     correlation_id: str | None = Field(None, min_length=1, max_length=256)
+    capture_evidence: Literal["off", "bootdiagnostics", "snapshot"] | None = Field(
+        None, description="What to capture before the reimage wipes the OS disk: off, bootdiagnostics (the serial "
+        "console log and the instance view) or snapshot (and an incremental snapshot of a managed OS disk). Default: "
+        "the EVIDENCE setting.")
 
     _target: Target | None = PrivateAttr(None)
 

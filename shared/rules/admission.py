@@ -22,6 +22,7 @@ from typing import Any, Literal
 from shared.domain.errors import ErrorCode, ReimagerError
 from shared.domain.records import BatchEntry, BudgetEntry, Cooldown, QueueEntry, TargetRecord
 from shared.domain.status import FAILED_OUTCOMES, OperationStatus
+from shared.rules import canary
 from shared.rules.policy import cooldown_error, cooling
 from shared.settings import Settings
 
@@ -75,10 +76,13 @@ def is_scale_set(record: TargetRecord) -> bool:
 
 
 def suspend(record: TargetRecord, now: datetime, reason: str, evidence: dict[str, Any],
-            by: str = "breaker") -> list[QueueEntry]:
-    """Suspend the target; the waiting requests leave the queue (the caller ends them Canceled)."""
+            by: str = "breaker", code: str | None = None) -> list[QueueEntry]:
+    """Suspend the target; the waiting requests leave the queue (the caller ends them Canceled). `code` says which
+    rule: BreakerPercent, BreakerFailures or CanaryFailed."""
     record.suspended = {"since": now.isoformat(), "reason": reason, "by": by, "evidence": evidence,
                         "announced": False}
+    if code is not None:
+        record.suspended["code"] = code
     ended, record.queue = record.queue, []
     return ended
 
@@ -88,7 +92,8 @@ def suspended_error(record: TargetRecord) -> ReimagerError:
     return ReimagerError(ErrorCode.TARGET_SUSPENDED,
         f"The target is suspended since {info.get('since', '?')} ({info.get('reason', 'no reason given')}); an "
         "operator must resume it: POST /api/targets/resume.", target="target",
-        extra={"suspension": {k: info.get(k) for k in ("since", "reason", "by", "evidence")}})
+        extra={"suspension": {**{k: info.get(k) for k in ("since", "reason", "by", "evidence")},
+                              **({"code": info["code"]} if "code" in info else {})}})
 
 
 @dataclass
@@ -130,8 +135,8 @@ def _provisional(record: TargetRecord, owner: str, operation_id: str, keys: list
 
 def admit_request(record: TargetRecord, *, owner: str, keys: list[str], options: dict[str, Any], secret: bool,
                   capacity: int, target_id: str, now: datetime, until: datetime, settings: Settings,
-                  batch_id: str | None = None, symptom: bool = True, operation_id: str | None = None
-                  ) -> tuple[TargetRecord | None, Admission]:
+                  batch_id: str | None = None, symptom: bool = True, operation_id: str | None = None,
+                  approved: bool = False) -> tuple[TargetRecord | None, Admission]:
     """Lead (submit now, from the caller, with its secrets in memory), join the running batch, queue, or refuse.
 
     A scale-set request with no secrets always queues, even on an idle set: the batch formed for it
@@ -172,7 +177,7 @@ def admit_request(record: TargetRecord, *, owner: str, keys: list[str], options:
     if not busy and (secret or not scale_set):
         _lead(record, owner, operation_id, keys, options, now, until, settings)
         return record, Admission("lead", batch_id=operation_id)
-    admission = Admission("queued", position=_enqueue(record, operation_id, keys, options, now))
+    admission = Admission("queued", position=_enqueue(record, operation_id, keys, options, now, approved))
     admission.formed = form_batch(record, now, until, settings, batch_id)
     return record, admission
 
@@ -191,14 +196,16 @@ MAX_RIDERS = 500  # requests sharing one queue entry (row); more start a new one
 
 
 def _enqueue(record: TargetRecord, operation_id: str, keys: list[str], options: dict[str, Any],
-             now: datetime) -> int:
+             now: datetime, approved: bool = False) -> int:
     """Queue the request: onto the entry that already waits for the same instances with the same options (one
     row, one place in line), else a new entry at the back. Its position (1 = next)."""
     for position, entry in enumerate(record.queue, 1):
         if entry.keys == list(keys) and entry.options == options and len(entry.riders) < MAX_RIDERS:
             entry.riders.append(operation_id)
+            entry.approved = entry.approved or approved
             return position
-    record.queue.append(QueueEntry(operation_id=operation_id, keys=list(keys), options=options, queued_at=now))
+    record.queue.append(QueueEntry(operation_id=operation_id, keys=list(keys), options=options, queued_at=now,
+                                   approved=approved))
     return len(record.queue)
 
 
@@ -215,7 +222,8 @@ def _count_requested(record: TargetRecord, keys: list[str], capacity: int, now: 
                 "breakerPercent": settings.breaker_percent, "windowMinutes": settings.fleet_window_minutes}
     ended = suspend(record, now, f"{len(record.requested)} of {capacity} instances were asked to be reimaged "
                     f"within {settings.fleet_window_minutes} minutes, more than BREAKER_PERCENT "
-                    f"{settings.breaker_percent}%: a systemic failure that reimaging will not cure", evidence)
+                    f"{settings.breaker_percent}%: a systemic failure that reimaging will not cure", evidence,
+                    code="BreakerPercent")
     return True, Admission("refused", suspended_error(record), suspension=record.suspended, ended=ended)
 
 
@@ -254,6 +262,10 @@ def _selection(record: TargetRecord, now: datetime, settings: Settings
     cap = batch_cap(record.capacity, settings)
     used = budget_used(record) if is_scale_set(record) else 0
     room = fleet_budget(record.capacity, settings) - used if is_scale_set(record) else cap
+    # A canary went ahead of the batch it cleared: that batch is admitted as the first of an empty window would be
+    # (else a request wider than the budget would wait a window, and meet a canary again when it ends).
+    canary_ahead = record.canary if record.canary is not None and record.canary.outcome == "passed" else None
+    ahead = sum(e.count for e in record.window if canary_ahead is not None and e.owner == canary_ahead.batch_id)
     options: dict[str, Any] | None = None
     for entry in record.queue:
         if cooling(record, entry.keys, now) is not None:
@@ -265,7 +277,7 @@ def _selection(record: TargetRecord, now: datetime, settings: Settings
         first = options is None
         if not first and (len(union) > cap or len(union) > room):
             continue
-        if first and used > 0 and len(union) > room:
+        if first and used - ahead > 0 and len(union) > room:
             break  # over budget: wait for the window to free
         options = entry.options
         chosen.append(entry)
@@ -299,6 +311,18 @@ class Sealed:
     options: dict[str, Any]
     ended: list[QueueEntry] = field(default_factory=list)  # cooling down since they queued: end Canceled
     lost: bool = False  # the lease is no longer this batch's
+    canary: dict[str, Any] | None = None  # the set's canary as its members carry it (shared/rules/canary.py)
+    partial: list[str] = field(default_factory=list)  # members whose other instances wait for the canary's verdict
+
+
+def _canary_of(record: TargetRecord, batch_id: str) -> tuple[dict[str, Any] | None, list[str]]:
+    """What the members of batch `batch_id` carry about the set's canary: they are it, or go after it."""
+    c = record.canary
+    if c is None:
+        return None, []
+    if c.batch_id == batch_id:
+        return c.doc("canary"), list(c.partial)
+    return (c.doc("after"), []) if c.outcome == "passed" else (None, [])
 
 
 def seal(record: TargetRecord, batch_id: str, now: datetime, settings: Settings) -> tuple[TargetRecord | None, Sealed]:
@@ -306,15 +330,25 @@ def seal(record: TargetRecord, batch_id: str, now: datetime, settings: Settings)
     if batch is None or batch.batch_id != batch_id or record.lease_owner != batch_id:
         return None, Sealed([], [], {}, lost=True)
     if batch.members:  # sealed already (an activity runs at least once)
-        return None, Sealed(list(batch.members), list(batch.keys), dict(batch.options))
+        doc, partial = _canary_of(record, batch_id)
+        return None, Sealed(list(batch.members), list(batch.keys), dict(batch.options), canary=doc, partial=partial)
     prune(record, now, settings)
+    if is_scale_set(record):
+        canary.recover(record)
     chosen, cooled = _selection(record, now, settings)
-    taken = {id(e) for e in (*chosen, *cooled)}
-    record.queue = [e for e in record.queue if id(e) not in taken]
+    state = None
+    if is_scale_set(record):
+        chosen, taken, state = canary.cut(record, chosen, batch_id, now, settings)
+    else:
+        taken = chosen
+    gone = {id(e) for e in (*taken, *cooled)}
+    record.queue = [e for e in record.queue if id(e) not in gone]
     if not chosen:
         record.lease_owner = record.lease_until = None
         record.batch = None
         return record, Sealed([], [], {}, ended=cooled)
+    if state is not None:
+        record.canary = state
     keys = sorted({k for e in chosen for k in e.keys}, key=lambda k: (len(k), k))
     batch.members = members_of(chosen)
     batch.keys, batch.options = keys, chosen[0].options
@@ -322,7 +356,8 @@ def seal(record: TargetRecord, batch_id: str, now: datetime, settings: Settings)
     _provisional(record, batch_id, batch_id, keys, record.lease_until, settings)
     if is_scale_set(record):
         record.window.append(BudgetEntry(owner=batch_id, count=len(keys), at=now))
-    return record, Sealed(list(batch.members), keys, dict(batch.options), ended=cooled)
+    doc, partial = _canary_of(record, batch_id)
+    return record, Sealed(list(batch.members), keys, dict(batch.options), ended=cooled, canary=doc, partial=partial)
 
 
 @dataclass
@@ -337,11 +372,13 @@ class Handoff:
 
 def release(record: TargetRecord, owner: str, keys: list[str], status: str, ended: datetime, *,
             applied: bool, unhealthy: bool, now: datetime, until: datetime, settings: Settings,
-            next_batch_id: str | None = None, operation_id: str | None = None) -> tuple[TargetRecord | None, Handoff]:
+            next_batch_id: str | None = None, operation_id: str | None = None, health: str | None = None,
+            health_detail: dict[str, str] | None = None) -> tuple[TargetRecord | None, Handoff]:
     """End `owner`'s hold on the target: cooldowns from its end (when it may have been applied), provisional
     ones withdrawn (when it certainly was not), the failure streak and the breaker, and the lease, only if
     `owner` still holds it, handed straight to the next batch of queued work (no gap for a newcomer).
-    `owner` is the holder (a request's claim attempt, or a batch); `operation_id` names it in cooldowns."""
+    `owner` is the holder (a request's claim attempt, or a batch); `operation_id` names it in cooldowns. When it
+    was the set's canary, its verdict is given here (shared/rules/canary.py): it passed, or it suspends the set."""
     operation_id = operation_id or owner
     if record.batch is not None and record.batch.holder == owner:
         keys = sorted(set(keys) | set(record.batch.keys))
@@ -358,7 +395,16 @@ def release(record: TargetRecord, owner: str, keys: list[str], status: str, ende
         handoff.members = list(record.batch.members)
     record.lease_owner = record.lease_until = None
     record.batch = None
-    if applied:  # the outcome counts toward the failure streak
+    failed = canary.conclude(record, operation_id, status=status, health=health or (
+        "Unhealthy" if unhealthy else None), health_detail=health_detail, applied=applied, now=now, settings=settings)
+    if record.suspended and record.queue:  # suspended while the canary ran: what it held back ends with the rest
+        handoff.ended, record.queue = record.queue, []
+        handoff.suspension = record.suspended
+    elif failed is not None:
+        handoff.ended = suspend(record, now, canary.failure_reason(failed), failed, by="canary",
+                                code=canary.CANARY_FAILED)
+        handoff.suspension = record.suspended
+    elif applied:  # the outcome counts toward the failure streak
         _count_outcome(record, operation_id, status, unhealthy, now, settings, handoff)
     prune(record, now, settings)
     handoff.formed = form_batch(record, now, until, settings, next_batch_id)
@@ -396,7 +442,7 @@ def _count_outcome(record: TargetRecord, operation_id: str, status: str, unhealt
         evidence = {"consecutiveFailures": record.consecutive_failures, "lastOperation": operation_id,
                     "lastStatus": "Unhealthy" if unhealthy and status == OperationStatus.SUCCEEDED else status}
         handoff.ended = suspend(record, now, f"{record.consecutive_failures} reimages in a row ended Failed, "
-                                "TimedOut or Unhealthy (BREAKER_FAILURES)", evidence)
+                                "TimedOut or Unhealthy (BREAKER_FAILURES)", evidence, code="BreakerFailures")
         handoff.suspension = record.suspended
 
 
@@ -408,6 +454,8 @@ def requeue(record: TargetRecord, owner: str, now: datetime, entries: list[Queue
         return None, False
     record.lease_owner = record.lease_until = None
     record.batch = None
+    if record.canary is not None and record.canary.batch_id == owner:
+        record.canary = None  # it was not sent: the entries put back carry every instance; the next batch decides
     record.cooldowns = {k: c for k, c in record.cooldowns.items() if c.holder != owner}
     record.window = [e for e in record.window if e.owner != owner]
     waiting = set(members_of(record.queue))
@@ -463,6 +511,7 @@ def resume(record: TargetRecord, now: datetime, by: str, reason: str | None) -> 
     record.suspended = None
     record.consecutive_failures = 0
     record.requested = {}
+    record.canary = None  # after a failed canary, the next storm's first batch is a canary again
     return record, {**was, "resumedAt": now.isoformat(), "resumedBy": by, "resumeReason": reason}
 
 

@@ -123,6 +123,15 @@ def is_flexible_batch(record: OperationRecord) -> bool:
             and parse_target(record.target).kind is TargetKind.VMSS)
 
 
+def flexible_set(record: OperationRecord) -> Target | None:
+    """The Flexible set whose members `record` reimages with single-VM POSTs (its cooldown keys are their names): a
+    Flexible batch, or a request on a Flexible member that led its own POST; None otherwise (a VM, a Uniform set)."""
+    if record.options.get("operation") != ReimageOperation.VM_REIMAGE.value:
+        return None
+    governing = parse_target(parse_target(record.governed_by).vm_id)
+    return governing if governing.kind is TargetKind.VMSS else None
+
+
 # ---- what leaves machines alone ------------------------------------------------------------------------------------
 def check_fleet(target: Target, model: TargetModel, instances: list[str] | None, settings: Settings) -> None:
     """After policy.check_model, in this order: a member VM's protect tag, protected Uniform instances, ReadOnly

@@ -95,6 +95,11 @@ def member_health(batch: OperationRecord, keys: list[str]) -> tuple[str | None, 
     return summarize(judged, final=True).health.value, mine
 
 
+def health_of(detail: Mapping[str, str]) -> str:
+    """The verdict over a healthDetail map (instance -> "State: what its view said"): the worst state."""
+    return summarize({k: _parse_detail(v) for k, v in detail.items()}, final=True).health.value
+
+
 def _parse_detail(text: str) -> InstanceHealth:
     state, _, detail = text.partition(":")
     try:

@@ -34,7 +34,8 @@ from shared.workflow.intake import Result
 SCHEMA_ID = "azureMonitorCommonAlertSchema"
 OPTION_PREFIX = "reimage."
 BOOL_OPTIONS = ("dryRun", "tempDisk", "forceUpdateOSDiskForEphemeral", "allInstances")
-TEXT_OPTIONS = ("exactVersion",)
+TEXT_OPTIONS = ("exactVersion", "captureEvidence")
+EVIDENCE_MODES = ("off", "bootdiagnostics", "snapshot")
 VALID_KEYS = tuple(OPTION_PREFIX + name for name in (*BOOL_OPTIONS, *TEXT_OPTIONS))
 _EXACT_VERSION = re.compile(r"[0-9]{1,10}(\.[0-9]{1,10}){0,3}")
 # The Activity Log operations of a reimage (ARM's operation names, compared after case folding).
@@ -105,6 +106,12 @@ def _as_version(key: str, value: Any) -> str:
     raise ValueError(f"customProperties {key} must be 1-4 dot-separated non-negative integers, such as 10.0.14393.0")
 
 
+def _as_mode(key: str, value: Any) -> str:
+    if isinstance(value, str) and value.strip().lower() in EVIDENCE_MODES:
+        return value.strip().lower()
+    raise ValueError(f"customProperties {key} must be one of {', '.join(EVIDENCE_MODES)}")
+
+
 def _options(custom: Any) -> dict[str, Any]:
     """The reimage options in customProperties. Anything that looks like one but is not exactly valid refuses
     the alert, naming the key and listing the valid keys: a silently ignored "reimage.dryrun" would reimage."""
@@ -120,7 +127,8 @@ def _options(custom: Any) -> dict[str, Any]:
         try:
             if key in VALID_KEYS:
                 name = key[len(OPTION_PREFIX):]
-                options[name] = _as_bool(key, value) if name in BOOL_OPTIONS else _as_version(key, value)
+                options[name] = (_as_bool(key, value) if name in BOOL_OPTIONS else _as_mode(key, value)
+                                 if name == "captureEvidence" else _as_version(key, value))
             elif _looks_like_option(key):
                 shown = key if len(key) <= 80 else key[:77] + "..."
                 raise ValueError(f"customProperties key {shown!r} looks like a reimage option but is not one; "

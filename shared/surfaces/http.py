@@ -131,6 +131,12 @@ async def get_reimage(operation_id: str) -> Outcome:
             batch = await ledger.get(str(record.batch_id))
             if batch is not None and batch.status in (OperationStatus.RUNNING, OperationStatus.VERIFYING):
                 view.update(status=batch.status, polls=batch.polls, armStatus=batch.arm_status)
+        elif record.status == OperationStatus.QUEUED and record.canary is None:
+            # Waiting in a scale set's queue: say so when the set's canary runs now (the rest waits for its verdict).
+            target = await ledger.get_target(record.lease_key)
+            if target.canary is not None and target.canary.outcome == "running" and target.lease_held(
+                    runtime.get().now()) and target.lease_owner == target.canary.batch_id:
+                view["canary"] = target.canary.doc("waiting")
         return Outcome(200, responses.Operation.model_validate(view).body())
 
     return await guarded(work())

@@ -106,6 +106,8 @@ def target_view(record: TargetRecord, target_id: str) -> dict[str, Any]:
                     "consecutiveFailures": record.consecutive_failures, "breakerFailures": s.breaker_failures},
         "suspended": ({k: v for k, v in record.suspended.items() if k != "announced"}
                       if record.suspended else None),
+        "canary": ({k: v for k, v in record.canary.doc("").items() if k != "role"}
+                   if record.canary is not None and scale_set else None),
         "armQuota": rt.compute.quota.view(record.target_id or target_id),
     }).body()
 

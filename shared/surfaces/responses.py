@@ -65,6 +65,54 @@ class ApprovalGroupView(_Body):
     decision: GroupDecisionView | None = Field(None, description="The group's one decision, once made")
 
 
+class CanaryView(_Body):
+    """A scale set's canary: the batch that went first while the rest of the storm waited (docs/operations.md)."""
+
+    batch_id: str = Field(description="The canary's batch (b-...)")
+    instance_ids: list[str] = Field(description="The instances it reimaged (CANARY_INSTANCES)")
+    role: Literal["canary", "after", "waited", "waiting"] | None = Field(
+        None, description="A request's part (absent on GET /api/targets): canary: this request was in it (or its "
+        "first instances were); after: it went after the canary passed; waited: the canary's failure ended it; "
+        "waiting: it waits for the canary now")
+    outcome: Literal["running", "passed", "failed"]
+    status: str | None = Field(None, description="How the canary batch ended (Succeeded, Failed, TimedOut, Canceled)")
+    health: Literal["Healthy", "Unhealthy", "Unknown"] | None = None
+    health_detail: dict[str, str] | None = Field(None, description="Per canary instance: its health and what its "
+                                                 "view said")
+    valid_until: Timestamp | None = Field(None, description="A passed canary: until when the set needs no other "
+                                          "(FLEET_WINDOW_MINUTES after it ended)")
+
+
+class EvidenceItem(_Body):
+    status: Literal["captured", "skipped", "failed"]
+    url: str | None = Field(None, description="The blob it was stored in (no SAS: read it with your own Entra ID "
+                            "access to the container), or the snapshot's ARM id")
+    reason: str | None = Field(None, description="Skipped or failed: why")
+    bytes: int | None = Field(None, description="The serial log: bytes kept")
+    truncated: bool | None = Field(None, description="The serial log was longer than the cap: its end is kept")
+    total_bytes: int | None = Field(None, description="A truncated serial log: its whole length")
+    retain_until: Timestamp | None = Field(None, description="The snapshot: its retention date (its tag)")
+
+
+class InstanceEvidence(_Body):
+    serial_log: EvidenceItem | None = None
+    instance_view: EvidenceItem | None = None
+    snapshot: EvidenceItem | None = None
+
+
+class EvidenceView(_Body):
+    """What was captured before the reimage wiped the OS disk (EVIDENCE, captureEvidence)."""
+
+    mode: Literal["bootdiagnostics", "snapshot"]
+    status: Literal["captured", "partial", "skipped", "failed"] = Field(
+        description="captured: everything asked for; partial: some of it; skipped/failed: none of it")
+    container: str | None = Field(None, description="The blob container (reimager-evidence) the files are in")
+    started_at: Timestamp
+    seconds: float = Field(description="How long the capture took (at most EVIDENCE_TIMEOUT_SECONDS)")
+    timed_out: bool = Field(description="EVIDENCE_TIMEOUT_SECONDS ran out: the reimage went on without the rest")
+    instances: dict[str, InstanceEvidence] = Field(description='Per instance ("" for a VM)')
+
+
 class Operation(_Body):
     """An operation's status (GET /api/reimage/{operationId}) and the answer to an accepted request."""
 
@@ -105,6 +153,10 @@ class Operation(_Body):
     freeze: FreezeHold | None = Field(None, description="The freeze that held it for approval")
     approval_group: ApprovalGroupView | None = Field(None, description="Held with other requests as one "
                                                      "decision (an alert naming more than MAX_TARGETS_PER_ALERT)")
+    canary: CanaryView | None = Field(None, description="The scale set's canary this request was in, went after, "
+                                      "waits for, or was ended by")
+    evidence: EvidenceView | None = Field(None, description="What was captured before the reimage (links to the "
+                                          "blobs and the snapshot)")
     members: list[str] | None = Field(None, description="A batch (b-...): the operations it carries")
     reply: ReplyDelivery | None = Field(None, description="A queue message with ReplyTo: how the completion "
                                         "event's ReplyTo copy fared")
@@ -274,7 +326,9 @@ class TargetState(_Body):
     cooldowns: dict[str, TargetCooldown] = Field(description='Per instance ("vm" for a VM)')
     budget: FleetBudget | None
     breaker: Breaker
-    suspended: dict[str, Any] | None = Field(description="since, reason, by, evidence (and, once lifted, who and "
-                                             "why)")
+    suspended: dict[str, Any] | None = Field(description="since, reason, by, code, evidence (and, once lifted, who "
+                                             "and why)")
+    canary: CanaryView | None = Field(None, description="Scale sets: the canary running now, or the last one and "
+                                      "what it proved")
     arm_quota: ArmQuota = Field(description="ARM's remaining requests for this target as this app instance last saw "
                                 "them; reimager slows down before they run out (docs/operations.md)")

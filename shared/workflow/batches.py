@@ -186,6 +186,7 @@ async def _seal(runtime: Runtime, client: Any, batch: OperationRecord) -> Operat
         r.members, r.cooldown_keys, r.options = sealed.members, sealed.keys, sealed.options
         r.instance_ids = None if target.kind is TargetKind.VM else sealed.keys
         r.arm = {"submitter": token}
+        r.canary = {**sealed.canary, "partial": sealed.partial} if sealed.canary is not None else None
         return r
 
     record = await runtime.ledger.update(batch_id, submitting)
@@ -207,6 +208,8 @@ async def _mark_members(runtime: Runtime, batch: OperationRecord, status: Operat
             r.status, r.batch_id, r.queue_position, r.last_updated_time = status, batch.operation_id, None, now
             if submitted:
                 r.submitted_at = batch.submitted_at
+            if batch.canary is not None and (r.canary or {}).get("role") != "canary":  # it is, or goes after, it
+                r.canary = {k: v for k, v in batch.canary.items() if k != "partial"}
             return r
 
         record = await runtime.ledger.update(member_id, mark)

@@ -22,7 +22,7 @@ from shared.domain.health import Health
 from shared.domain.principal import Principal
 from shared.domain.records import OperationRecord, QueueEntry, TargetRecord
 from shared.domain.status import EventStatus, OperationStatus
-from shared.rules import admission, fleet
+from shared.rules import admission, canary, fleet
 from shared.rules.admission import lease_until
 from shared.rules.health import member_health
 from shared.runtime import Runtime
@@ -48,7 +48,8 @@ async def admit(runtime: Runtime, record: OperationRecord, *, secret: bool, capa
         return admission.admit_request(target, owner=record.holder, operation_id=record.operation_id,
                                        keys=record.cooldown_keys, options=record.options, secret=secret,
                                        capacity=capacity, target_id=target_id, now=now, until=until,
-                                       settings=runtime.settings, batch_id=batch_id, symptom=symptom)
+                                       settings=runtime.settings, batch_id=batch_id, symptom=symptom,
+                                       approved=record.approved_by is not None)
 
     decided = await runtime.ledger.change_target(record.lease_key, decide)
     if decided.suspension is not None:
@@ -68,7 +69,8 @@ async def release_lease(runtime: Runtime, record: OperationRecord, *, applied: b
         return admission.release(target, record.holder, record.cooldown_keys, record.status, ended, applied=applied,
                                  unhealthy=record.health == Health.UNHEALTHY, now=now, until=until,
                                  settings=runtime.settings, next_batch_id=batch_id,
-                                 operation_id=record.operation_id)
+                                 operation_id=record.operation_id, health=record.health,
+                                 health_detail=record.health_detail)
 
     return await runtime.ledger.change_target(record.lease_key, decide)
 
@@ -143,16 +145,21 @@ async def abandon(runtime: Runtime, client: Any, record: OperationRecord, error:
 
 
 async def finish_member(runtime: Runtime, operation_id: str, batch: OperationRecord) -> OperationRecord | None:
-    """End a request that rode `batch` with the batch's outcome for its own instances."""
+    """End a request that rode `batch` with the batch's outcome for its own instances (and, if the set's canary
+    reimaged some of them first, the canary's for those). A request only part of which was the canary goes back to
+    waiting instead (shared/workflow/canary.py)."""
     member = await runtime.ledger.get(operation_id)
     if member is None or member.terminal:
         return member
+    if canary.is_part(batch, operation_id):
+        return await _after_canary(runtime, member, batch)
     health, detail = member_health(batch, member.cooldown_keys)
     status, error = batch.status, batch.error
     own = fleet.member_outcome(batch, member.cooldown_keys)  # a Flexible batch: its own members' outcomes
     if own is not None:
         status, error = own[0], own[1]
         health, detail = (health, detail) if own[2] else (None, None)
+    health, detail = canary.with_part(member, health, detail)
     now = runtime.now()
 
     def terminal(r: OperationRecord) -> OperationRecord | None:
@@ -162,20 +169,51 @@ async def finish_member(runtime: Runtime, operation_id: str, batch: OperationRec
         r.applied, r.batch_id, r.health, r.health_detail = batch.applied, batch.operation_id, health, detail
         r.submitted_at = r.submitted_at or batch.submitted_at
         r.polls, r.arm_status = max(r.polls, batch.polls), batch.arm_status
+        r.canary = canary.ended_doc(batch, r)
         return r
 
     done = await runtime.ledger.update(operation_id, terminal)
     return await send_completion(runtime, done) if done is not None else None
 
 
+async def _after_canary(runtime: Runtime, member: OperationRecord, batch: OperationRecord) -> OperationRecord | None:
+    """A request whose first instances were the set's canary (`batch`), its other instances held for the verdict:
+    passed, it waits Queued again for the batch that takes the rest (the verdict's write put them at the head of
+    the queue); failed, it ends Canceled/TargetSuspended with its event, like every request that waited."""
+    doc = canary.ended_doc(batch, member)
+    if doc is None or doc.get("outcome") != "passed":
+        target = await runtime.ledger.get_target(member.lease_key)
+        failed = canary.failed_doc(target) or {**(doc or {}), "members": [member.operation_id]}
+        reason = (target.suspended or {}).get("reason", "the canary did not come back healthy")
+        ended = await end_waiting(runtime, [member.operation_id], ErrorCode.TARGET_SUSPENDED, "The target was "
+                                  f"suspended after this request's first instances were reimaged as its canary: "
+                                  f"{reason}. Its other instances were not reimaged. An operator must resume it "
+                                  "(POST /api/targets/resume) before it is reimaged again.", failed=failed)
+        return ended[0] if ended else await runtime.ledger.get(member.operation_id)
+    now = runtime.now()
+
+    def waiting(r: OperationRecord) -> OperationRecord | None:
+        if r.terminal or r.batch_id != batch.operation_id:
+            return None  # ended, or already taken by the batch after the canary
+        r.status, r.batch_id, r.canary, r.last_updated_time = OperationStatus.QUEUED, None, doc, now
+        r.submitted_at = r.submitted_at or batch.submitted_at
+        return r
+
+    stored = await runtime.ledger.update(member.operation_id, waiting)
+    if stored is not None:
+        await publish_info(runtime, EventType.QUEUED, stored)
+    return stored
+
+
 async def end_waiting(runtime: Runtime, waiting: list[QueueEntry] | list[str], code: ErrorCode, message: str, *,
                       cancelled_by: str | None = None, only_if: OperationStatus | None = None,
                       by: Principal | None = None, when: Callable[[OperationRecord], bool] | None = None,
-                      ) -> list[OperationRecord]:
+                      failed: dict[str, Any] | None = None) -> list[OperationRecord]:
     """End requests that waited and will not be reimaged (suspension, expiry, cancel, reject, cooldown) Canceled,
     each with its one event. `only_if`: end only a request still in that status (one that nothing else may move
     on meanwhile); `when`: and only one this says yes to. `by`: the operator who ended it (its verification and
-    identity are recorded with `cancelled_by`). Returns the records this call ended."""
+    identity are recorded with `cancelled_by`). `failed`: the set's canary whose failure ended them. Returns the
+    records this call ended."""
     ended: list[OperationRecord] = []
     now = runtime.now()
     for operation_id in [w for w in waiting if isinstance(w, str)] + admission.members_of(
@@ -188,6 +226,8 @@ async def end_waiting(runtime: Runtime, waiting: list[QueueEntry] | list[str], c
             r.cancelled_by = cancelled_by
             if by is not None:
                 r.cancelled_by_verified, r.cancelled_by_identity = by.verified, by.identity
+            if failed is not None:
+                canary.waited(r, failed)
             return r
 
         record = await runtime.ledger.update(operation_id, canceled)
@@ -202,7 +242,7 @@ async def after_suspension(runtime: Runtime, lease_key: str, ended: list[QueueEn
     reason = (target.suspended or {}).get("reason", "no reason given")
     await end_waiting(runtime, ended, ErrorCode.TARGET_SUSPENDED, "The target was suspended while this request "
                       f"waited: {reason}. An operator must resume it (POST /api/targets/resume) before it is "
-                      "reimaged again.")
+                      "reimaged again.", failed=canary.failed_doc(target))
     await announce_suspension(runtime, lease_key)
 
 
@@ -376,4 +416,5 @@ def event_data(record: OperationRecord) -> EventData:
         requested_by_identity=record.requested_by_identity, approved_by_verified=record.approved_by_verified,
         approved_by_identity=record.approved_by_identity, cancelled_by_verified=record.cancelled_by_verified,
         cancelled_by_identity=record.cancelled_by_identity, freeze=record.freeze,
-        approval_group=record.approval_group.group_id if record.approval_group else None)
+        approval_group=record.approval_group.group_id if record.approval_group else None, canary=record.canary,
+        evidence=record.evidence)

@@ -6,12 +6,13 @@
   request: the set's lease, queue, batch cap, budgets, breaker, approvals and cooldowns.
 - `preflight`: the model's policy and the fleet's (protect tags, instance protection, locks, automatic repairs),
   and the ARM call, for every path that admits a request (intake, an approval, a request ARM throttled).
-- A Flexible batch: `submit` sends the sealed members' single-VM reimage POSTs together, at most the batch cap in
-  flight; `poll` (the monitor's status read) reads every running member's own operation, records each outcome in
-  the batch record (`arm.members`), and sends the next members as others end (or after ARM's Retry-After when it
-  throttled one); `read_health` reads the instance view of each member ARM reimaged. Every send is guarded by a
-  compare-and-swap on the batch record under a token, so an activity run twice never POSTs a member twice; a
-  member whose sender stopped mid-send ends `SubmissionLost` (it may have been sent), never sent again.
+- A Flexible batch: `submit` captures its members' evidence (shared/workflow/evidence.py, bounded), then sends the
+  sealed members' single-VM reimage POSTs together, at most the batch cap in flight; `poll` (the monitor's status
+  read) reads every running member's own operation, records each outcome in the batch record (`arm.members`),
+  and sends the next members as others end (or after ARM's Retry-After when it throttled one); `read_health`
+  reads the instance view of each member ARM reimaged. Every send is guarded by a compare-and-swap on the batch
+  record under a token, so an activity run twice never POSTs a member twice; a member whose sender stopped
+  mid-send ends `SubmissionLost` (it may have been sent), never sent again.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from shared.rules import admission, policy
 from shared.rules import fleet as rules
 from shared.rules.health import summarize
 from shared.runtime import Runtime
-from shared.workflow import submission, throttling
+from shared.workflow import evidence, submission, throttling
 
 log = logging.getLogger("reimager.fleet")
 
@@ -217,6 +218,7 @@ async def submit(runtime: Runtime, record: OperationRecord) -> submission.Outcom
     """The batch's first POSTs (it is Submitting under this run's token): up to the batch cap of its members at
     once, the rest pending. Posted when any may have been applied or some wait their turn; NotApplied when ARM
     applied none (throttled or unreachable: the batch waits and is sent again; all refused: it ends with that)."""
+    await evidence.before_post(runtime, record)  # its members' evidence, on their own VM paths, before any POST
     now, batch_id = runtime.now(), record.operation_id
     token = (record.arm or {}).get("submitter")
     scale_set = parse_target(record.target)

@@ -128,7 +128,8 @@ class Intake:
             reply_correlation_id=reply_correlation_id, created_time=now, last_updated_time=now,
             attempt=uuid.uuid4().hex[:16], claimed_until=now + timedelta(seconds=self.settings.claim_seconds),
             secret_fingerprint=fingerprint(secrets_of_body(call.body)),
-            freeze=frozen.doc() if frozen else None, approval_group=group, scale_set=gov.scale_set)
+            freeze=frozen.doc() if frozen else None, approval_group=group, scale_set=gov.scale_set,
+            evidence_mode=request.capture_evidence or self.settings.evidence)
         won, existing = await ledger.claim(record)
         if not won:
             return await self._joined(existing, request, trigger=trigger, default_key=default_key,
@@ -229,6 +230,10 @@ class Intake:
             raise _claim_lost()
         if decided.kind == "queued" and stored.status == OperationStatus.QUEUED:
             await publish_info(self.runtime, EventType.QUEUED, stored)
+        elif decided.kind == "joined" and stored.status == OperationStatus.ACCEPTED:
+            # it rides the reimage already under way for its instances (a storm's canary, often): say so now, as a
+            # request sent on its own is told (its batch's POST marked only the requests sealed into it)
+            await publish_info(self.runtime, EventType.ACCEPTED, stored)
         if decided.formed is not None:
             await start_batch(self.runtime, self.client, record.lease_key, decided.formed, record.governed_by)
             stored = await self.runtime.ledger.get(record.operation_id) or stored

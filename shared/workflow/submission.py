@@ -23,6 +23,7 @@ from shared.domain.errors import ComputeError, ComputeUnavailable, ErrorCode, Su
 from shared.domain.records import OperationRecord
 from shared.domain.status import OperationStatus
 from shared.runtime import Runtime
+from shared.workflow import evidence
 from shared.workflow.completion import finish
 
 log = logging.getLogger("reimager.submission")
@@ -73,7 +74,9 @@ def lost_error(message: str) -> dict[str, Any]:
 
 
 async def submit(runtime: Runtime, client: Any, record: OperationRecord, call: ArmCall) -> Outcome:
-    """POST `call` for `record` (Submitting) and record what ARM said."""
+    """POST `call` for `record` (Submitting) and record what ARM said. First, bounded, the evidence the POST is about
+    to destroy (shared/workflow/evidence.py)."""
+    await evidence.before_post(runtime, record)
     try:
         submission = await runtime.compute.submit(call)
     except ComputeError as exc:

@@ -45,7 +45,9 @@ from shared.workflow.orchestration import MonitorInput, start_batch, start_monit
 from shared.workflow.submission import lost_error
 
 log = logging.getLogger("reimager.sweeper")
-MONITOR_GRACE = timedelta(minutes=2)  # a monitor is started right after the POST; give it time to appear
+# A monitor is started (an event sent) right after the write that records it; give it time to appear. Never
+# longer than SUBMIT_TIMEOUT_SECONDS, after which its owner counts as gone anyway.
+MONITOR_GRACE = timedelta(minutes=2)
 # Durable runtime statuses of an orchestration that will not go on by itself.
 _ENDED = ("Failed", "Terminated", "Canceled")
 
@@ -206,10 +208,10 @@ async def _sweep_one(runtime: Runtime, client: Any, record: OperationRecord, age
                            "be reimaging the target: check it before asking again")
         await finish(runtime, record.operation_id, OperationStatus.FAILED, error, applied=True)
         report.lost.append(record.operation_id)
-    elif record.status in SUBMITTED and age > MONITOR_GRACE:
+    elif record.status in SUBMITTED and age > min(MONITOR_GRACE, quiet):
         await _sweep_monitored(runtime, client, record, report)
     elif record.terminal:
-        await _sweep_terminal(runtime, record, age, report)
+        await _sweep_terminal(runtime, record, age > min(MONITOR_GRACE, quiet), report)
     elif record.status is OperationStatus.REFUSED:  # a refused POST's key: nothing to end
         await runtime.ledger.settled(record.operation_id)
         report.settled.append(record.operation_id)
@@ -264,11 +266,11 @@ async def _sweep_monitored(runtime: Runtime, client: Any, record: OperationRecor
         report.restarted.append(record.operation_id)
 
 
-async def _sweep_terminal(runtime: Runtime, record: OperationRecord, age: timedelta, report: SweepReport) -> None:
+async def _sweep_terminal(runtime: Runtime, record: OperationRecord, quiet: bool, report: SweepReport) -> None:
     """Ended: its event must have been sent to the topic (a send that crashed is sent again, with the same id),
     and its ReplyTo copy delivered or given up on (one more attempt per sweep; never the topic's copy again)."""
     if record.event_id is None or is_stale(record.event_id, runtime.now()):
-        if age > MONITOR_GRACE:
+        if quiet:
             await send_completion(runtime, record, stale=True)
             report.resent.append(record.operation_id)
     elif record.event_id.startswith(SENDING):

@@ -212,6 +212,7 @@ async def defer(runtime: Runtime, request: ReimageRequest, error: ComputeError, 
         requested_by_verified=verified.verified if verified else "unverified", reason=request.reason,
         correlation_id=request.correlation_id, reply_to=reply_to, reply_correlation_id=reply_correlation_id,
         created_time=now, last_updated_time=now, status=OperationStatus.QUEUED,
+        evidence_mode=request.capture_evidence or runtime.settings.evidence,
         deferred={"request": wire(request), "notBefore": (now + timedelta(seconds=wait)).isoformat(),
                   "retryAfter": wait, "throttled": error.error_dict()})
     won, existing = await runtime.ledger.claim(record)

@@ -73,7 +73,9 @@ async def test_vmss_created_from_seed_model(sdk: ComputeManagementClient, realti
 
 async def test_every_official_reimage_example(sdk: ComputeManagementClient, realtime_standins: StandIns) -> None:
     sim = realtime_standins.sim
-    kw = {"enforce_https": False, "polling_interval": 0.05}
+    # Poll about once per operation (they last 0.3 s): a 20-per-second poll meets ARM's poll-rate limit, as it
+    # would in Azure, and the SDK then sleeps its Retry-After (tests/devhost/test_simulator_throttle.py).
+    kw = {"enforce_https": False, "polling_interval": 0.35}
     ids = {"aaaaaaaaaa": "0", "aaaaaaaaaaaaaaaaa": "1", "aaaaaaaaaaaaaaaaaaaaaaaaaaaa": "2",
            "aaaaaaaaaaaaaaaaaaa": "0", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaa": "1", "aaaaaaaaaaaaa": "2"}
     expected: list[tuple[str, Any]] = []

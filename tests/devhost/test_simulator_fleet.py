@@ -1,5 +1,5 @@
 """The ARM simulator's Flexible scale sets, automatic repairs, instance protection and locks, over real loopback
-HTTP (devhost/compute/fleet.py, devhost/compute/locks.py; docs/fidelity.md rows A32-A40).
+HTTP (devhost/compute/fleet.py, devhost/compute/locks.py; docs/fidelity.md rows A38-A46).
 
 Each test names the Azure behaviour it pins; research notes `arm.md` B5-B9 give the sources.
 """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -70,7 +71,11 @@ def test_devhost_subprocess(tmp_path: Path) -> None:
         assert status["status"] == "Succeeded" and status["polls"] >= 1
         posts = [x for x in requests.get(f"{url}/devhost/compute/requests", timeout=10).json()
                  if x["method"] == "POST"]
-        assert len(posts) == 3 and all("authorization" not in json.dumps(x).lower() for x in posts)
+        reimages = [x for x in posts if re.search(r"/reimage$", x["path"])]
+        # the three reimages, each after its evidence: the three machines' boot diagnostics
+        assert len(reimages) == 3 and len(posts) == 6
+        assert all("authorization" not in json.dumps(x).lower() for x in posts)
+        assert {e["data"]["evidence"]["status"] for e in done} == {"captured"}
 
         proc.send_signal(signal.SIGTERM)
         start = time.monotonic()

@@ -14,6 +14,7 @@ import pytest
 import yaml
 from pycep import BicepParser
 
+from shared.domain.evidence import CONTAINER
 from shared.settings import Settings, env_name, setting_names
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,6 +41,16 @@ ROLE_ACTIONS = {
     "Microsoft.Compute/virtualMachineScaleSets/virtualMachines/reimage/action",
     "Microsoft.Compute/virtualMachineScaleSets/virtualMachines/reimageall/action",
     "Microsoft.Compute/locations/operations/read",
+    # Evidence before the wipe (shared/adapters/arm/evidence.py; research notes arm.md C10-C12): boot diagnostics
+    # of a VM and of a scale-set instance; an incremental snapshot, the linked read of its source disk (which of the
+    # two Compute checks for an instance's disk is not documented: both), and its Disk RP operation.
+    "Microsoft.Compute/virtualMachines/retrieveBootDiagnosticsData/action",
+    "Microsoft.Compute/virtualMachineScaleSets/virtualMachines/retrieveBootDiagnosticsData/action",
+    "Microsoft.Compute/snapshots/write",
+    "Microsoft.Compute/snapshots/read",
+    "Microsoft.Compute/disks/beginGetAccess/action",
+    "Microsoft.Compute/virtualMachineScaleSets/disks/beginGetAccess/action",
+    "Microsoft.Compute/locations/diskOperations/read",
 }
 # Platform settings the Functions host reads; everything else must be a reimager setting.
 HOST_SETTINGS = {"AzureWebJobsStorage__accountName", "AzureWebJobsStorage__credential",
@@ -96,7 +107,7 @@ def test_custom_role_is_exactly_least_privilege() -> None:
 
 MAIN = ROOT / "infra/main.bicep"
 # App settings whose value names a resource this template creates rather than a tunable.
-FROM_RESOURCES = {"AZURE_CLIENT_ID", "AzureWebJobsStorage__tableServiceUri",
+FROM_RESOURCES = {"AZURE_CLIENT_ID", "AzureWebJobsStorage__tableServiceUri", "AzureWebJobsStorage__blobServiceUri",
                   "ServiceBusConnection__fullyQualifiedNamespace", "APPLICATIONINSIGHTS_CONNECTION_STRING"}
 # Never set in Azure: the local events file, and the connection string Azurite needs (in Azure
 # the host and the ledger use the identity; the host sets APPLICATIONINSIGHTS_CONNECTION_STRING).
@@ -109,6 +120,7 @@ AZD_VARIABLE = re.compile(r"^\$\{([A-Z][A-Z0-9_]*)(?:=(.*))?\}$", re.DOTALL)
 # Built-in role definition ids (learn.microsoft.com/azure/role-based-access-control/built-in-roles).
 STORAGE_BLOB_DATA_OWNER = "b7e6dc6d-f1e8-4753-8033-0f276bb0955b"
 STORAGE_BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
+STORAGE_BLOB_DATA_READER = "2a2b9908-6ea1-4ae2-8e65-a410df84e7d1"
 STORAGE_QUEUE_DATA_CONTRIBUTOR = "974c5e8b-45b9-4653-ba55-5f855dd0fb88"
 STORAGE_TABLE_DATA_CONTRIBUTOR = "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3"
 SERVICE_BUS_DATA_RECEIVER = "4f6d3b9b-027b-4f4c-9142-0e5a2a2247e0"
@@ -177,8 +189,11 @@ def test_every_tunable_setting_is_a_parameter_mapped_from_an_azd_variable() -> N
             expected = info.default
             assert (tuple(default) if isinstance(default, list) else default) == expected, name
         mapped.add(param)
-    # Nothing else in the parameters file, and only the deployer's id is left to its default.
-    assert set(azd) - mapped == {"environmentName", "location", "principalId", "grantDeployerAccess"}
+    # Nothing else in the parameters file, and only the deployer's id is left to its default; the evidence
+    # readers are who may read the evidence container (not an app setting).
+    assert set(azd) - mapped == {"environmentName", "location", "principalId", "grantDeployerAccess",
+                                 "evidenceReaderIds"}
+    assert AZD_VARIABLE.match(azd["evidenceReaderIds"]["value"]).group(1) == "REIMAGER_EVIDENCE_READER_IDS"  # type: ignore[union-attr]
     assert set(params) == set(azd)
 
 
@@ -194,7 +209,7 @@ def test_parameter_bounds_match_the_settings() -> None:
         le = next((m.le for m in info.metadata if hasattr(m, "le")), None)
         assert (bounds.get("min_value"), bounds.get("max_value")) == (ge, le), field
         checked += 1
-    assert checked == 23  # every integer setting
+    assert checked == 26  # every integer setting
 
 
 def test_chatops_secrets_are_key_vault_references() -> None:
@@ -250,6 +265,32 @@ def test_the_ledger_table_endpoint_is_set_and_the_identity_may_write_tables() ->
     assert _ref(out) == "storage.properties.primaryEndpoints.table"
     rbac, variables = _rbac()
     assert STORAGE_TABLE_DATA_CONTRIBUTOR in _roles(rbac, variables, "identityStorage")[0]
+
+
+def test_the_evidence_container_its_retention_and_who_may_write_and_read_it() -> None:
+    storage = parse(ROOT / "infra/core/storage.bicep")
+    container = storage["resources"]["evidence"]["config"]
+    assert storage["variables"]["evidenceContainer"]["value"] == "reimager-evidence" == CONTAINER
+    assert container["name"] == "evidenceContainer" and container["properties"]["publicAccess"] == "None"
+    [rule] = storage["resources"]["retention"]["config"]["properties"]["policy"]["rules"]
+    assert rule["definition"]["actions"]["baseBlob"]["delete"]["daysAfterCreationGreaterThan"] == \
+        "evidenceRetentionDays"
+    assert parse(MAIN)["modules"]["storage"]["config"]["params"]["evidenceRetentionDays"] == "evidenceRetentionDays"
+    assert _ref(_app_settings()["AzureWebJobsStorage__blobServiceUri"]) == "storage.outputs.blobEndpoint"
+    assert _ref(storage["outputs"]["blobEndpoint"]["value"]) == "storage.properties.primaryEndpoints.blob"
+    rbac, variables = _rbac()
+    assert _roles(rbac, variables, "identityEvidence") == (
+        {STORAGE_BLOB_DATA_CONTRIBUTOR}, "evidenceContainer", "identityPrincipalId")
+    readers = rbac["resources"]["evidenceReaders"]["config"]
+    assert "evidenceReaderIds" in _strings(readers["loop_type"])
+    body = readers["config"]
+    assert body["scope"] == "evidenceContainer" and body["properties"]["principalId"] == "reader"
+    assert {variables[v] for v in _strings(body["properties"]["roleDefinitionId"]) if v in variables} == {
+        STORAGE_BLOB_DATA_READER}
+    assert rbac["resources"]["evidenceContainer"]["config"]["name"] == \
+        "${storageAccountName}/default/${evidenceContainerName}"
+    params = parse(MAIN)["modules"]["rbac"]["config"]["params"]
+    assert _ref(params["evidenceContainerName"]) == "storage.outputs.evidenceContainer"
 
 
 def _functions(node: Any) -> list[str]:

@@ -35,8 +35,10 @@ async def test_all_instances_waits_for_a_second_person_then_runs(new_host: NewHo
     assert s == 202 and approved["approvedBy"] == "bob" and approved["approvedByVerified"] == "unverified"
     [event] = await h.until_completed(1)
     assert event["data"]["status"] == "Succeeded" and event["data"]["approvedBy"] == "bob"
-    [post] = h.reimage_posts()
-    assert post["body"]["instanceIds"] == body["instanceIds"]  # exactly what was checked and approved
+    # exactly what was checked and approved: its first instance as the set's canary, then the rest
+    ids = body["instanceIds"]
+    assert [p["body"]["instanceIds"] for p in h.reimage_posts()] == [ids[:1], ids[1:]]
+    assert event["data"]["canary"]["role"] == "canary" and event["data"]["canary"]["instanceIds"] == ids[:1]
     s, again, _ = await h.post(f"/api/reimage/{op}/approve", {"by": "carol"})
     assert s == 409 and again["error"]["code"] == "NotAwaitingApproval"
 
@@ -125,7 +127,7 @@ async def test_a_verified_second_person_approves_and_the_requester_cannot(new_ho
     s, approved = await post_as(h, f"/api/reimage/{op}/approve", {"by": "ignored-when-verified"}, "bob")
     assert s == 202 and approved["approvedBy"] == "bob@contoso.com" and approved["approvedByVerified"] == "easyauth"
     [event] = await h.until_completed(1)
-    assert event["data"]["approvedBy"] == "bob@contoso.com" and len(h.reimage_posts()) == 1
+    assert event["data"]["approvedBy"] == "bob@contoso.com" and len(h.reimage_posts()) == 2  # the canary, the rest
 
 
 async def test_a_forged_principal_is_not_an_approver_when_easy_auth_is_off(new_host: NewHost) -> None:

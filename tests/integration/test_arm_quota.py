@@ -115,8 +115,9 @@ async def run_peer(h: Host, instances: list[str]) -> list[str]:
 async def test_a_storm_of_100_alerts_is_never_throttled_and_reads_the_set_a_few_times(new_host: NewHost) -> None:
     """100 alerts, each re-sent once, on 100 instances of one set, with Compute's and ARM's published limits:
     reimager is answered 429 by ARM 0 times, accepts every alert, reimages every instance once with one completion
-    event per request, and reads the set at most 20 times. ARM takes 10 s per reimage and sends no Retry-After (as
-    the recorded exchange), so each batch is polled once on the default schedule and read for health once."""
+    event per request, and reads the set at most 30 times: a canary of one instance, then batches of 20, each read
+    once for its evidence before its POST (one list page), polled once on the default schedule (ARM takes 10 s per
+    reimage and sends no Retry-After, as the recorded exchange) and read for health once or twice."""
     h: Host = await new_host(settings=OPEN, operation_seconds=10.0, retry_after=None)
     h.dh.sim.seed_scale_set(SET, 100)
     h.dh.sim.seed_scale_set(PEER_SET, 100)
@@ -138,9 +139,10 @@ async def test_a_storm_of_100_alerts_is_never_throttled_and_reads_the_set_a_few_
     assert len(events) == 100 and set(Counter(e["data"]["operationId"] for e in events).values()) == {1}
     assert {e["data"]["status"] for e in events} == {"Succeeded"}
     assert len(reimaged) == 100 and set(reimaged.values()) == {1}
-    kinds = Counter("poll" if "/operations/" in r["path"] else "health" if "$expand" in r["query"] else
-                    "preflight" for r in reads)
-    assert len(reads) <= 20, kinds
+    kinds = Counter("poll" if "/operations/" in r["path"] else ("evidence" if _before_a_post(h, r) else "health")
+                    if "$expand" in r["query"] else "preflight" for r in reads)
+    assert len(posts) == 1 + 5 and len(posts[0]["body"]["instanceIds"]) == 1  # the canary, then 5
+    assert kinds["evidence"] == len(posts) and len(reads) <= 30, kinds
 
     peer_start = len(h.dh.sim.requests)
     outcomes = await run_peer(h, [str(i) for i in range(100)])
@@ -149,10 +151,21 @@ async def test_a_storm_of_100_alerts_is_never_throttled_and_reads_the_set_a_few_
     peer_throttled = [r for r in peer_requests if r["status"] == 429]
     print(f"\nRESULT quota_storm alerts=100 resent=100 posts={len(posts)} reads={len(reads)} "
           f"preflight_reads={kinds['preflight']} poll_reads={kinds['poll']} health_reads={kinds['health']} "
+          f"evidence_reads={kinds['evidence']} "
           f"throttled=0 completions={len(events)} | peer posts="
           f"{sum(1 for r in peer_requests if r['method'] == 'POST')} reads={len(peer_reads)} "
           f"throttled={len(peer_throttled)} outcomes={dict(Counter(outcomes))}")
     assert len(peer_throttled) > 0  # the peer, on the same simulator and limits, is throttled
+
+
+def _before_a_post(h: Host, read: dict[str, Any]) -> bool:
+    """A read of the set's views made for the evidence of the POST that follows it (the next write on the set)."""
+    log = h.dh.sim.requests
+    at = next(i for i, r in enumerate(log) if r is read)
+    following = next((r for r in log[at + 1:] if r["method"] != "GET" and "/storm" in r["path"]), None)
+    return following is not None and following["path"].endswith("/reimage") and not any(
+        r["method"] == "GET" and "$expand" in r["query"] and "/storm" in r["path"] for r in log[at + 1:log.index(
+            following)])
 
 
 # ---- polls -------------------------------------------------------------------------------------------------------
@@ -237,8 +250,8 @@ async def test_a_queue_message_whose_post_is_throttled_waits_and_is_sent_once_af
 
 async def test_a_low_write_bucket_shrinks_the_next_batch_instead_of_meeting_429(new_host: NewHost) -> None:
     """The subscription's scale-set Update bucket (a set's reimage is charged one token per instance) is narrowed
-    to 30, refilled 6 a minute. The first batch of 20 leaves 10: the next batch is sealed smaller, to what is left
-    above ARM_QUOTA_LOW_WATER, rather than POSTing 20 into a 429."""
+    to 30, refilled 6 a minute. After the canary, the first batch of 20 leaves 10: the next batch is sealed
+    smaller, to what is left above ARM_QUOTA_LOW_WATER, rather than POSTing 20 into a 429."""
     limits = ArmLimits.azure()
     policies = {**limits.policies, "VMScaleSetUpdate": PolicyLimits(resource=(4, 12), subscription=(6, 30))}
     h: Host = await new_host(settings=OPEN, operation_seconds=10.0, retry_after=None,
@@ -250,4 +263,5 @@ async def test_a_low_write_bucket_shrinks_the_next_batch_instead_of_meeting_429(
     posts = [p for p in h.reimage_posts() if "/storm/" in p["path"]]
     assert [p["status"] for p in posts if p["status"] == 429] == []
     sizes = [len(p["body"]["instanceIds"]) for p in posts]
-    assert sizes[0] == 20 and sizes[1] <= 10 - 3 and sum(sizes) == 40
+    # the canary (its token refilled while it ran), a batch of 20 (10 left), then what is left above the low water
+    assert sizes[:2] == [1, 20] and sizes[2] <= 30 - 20 - 3 and sum(sizes) == 40

@@ -87,8 +87,10 @@ async def later(h: Host, seconds: float) -> None:
 # ---- the storm -----------------------------------------------------------------------------------------------------
 async def test_a_storm_on_a_flexible_set_rides_batches_of_single_vm_posts(new_host: NewHost) -> None:
     """12 alerts on 12 members of a 20-member Flexible set, each re-sent: every alert accepted and none refused as
-    busy; each member POSTed exactly once with the single-VM API, never more than the cap in flight, no scale-set
-    POST; each request ends with one completion event naming its batch and its own member's health."""
+    busy; the first batch is a canary of one member (one single-VM POST), and nothing else is sent before it ended
+    healthy; then each other member is POSTed exactly once with the single-VM API in batches, never more than the
+    cap in flight, no scale-set POST; each request ends with one completion event naming its batch and its own
+    member's health."""
     h, members = await flex_host(new_host)
     chosen = members[:12]
     results = await alert_storm(h, [m["id"] for m in chosen])
@@ -96,13 +98,21 @@ async def test_a_storm_on_a_flexible_set_rides_batches_of_single_vm_posts(new_ho
     assert all(len(b["accepted"]) == 1 for _, b in results)
     events = await h.until_completed(12)
     assert len(events) == 12 and set(Counter(e["data"]["operationId"] for e in events).values()) == {1}
-    sent = posts(h)
+    sent = sorted(posts(h), key=lambda p: p["at"])
     assert all("/virtualMachineScaleSets/" not in p["path"] for p in sent)  # never a scale-set call
     assert Counter(p["path"].rsplit("/", 2)[1] for p in sent) == Counter({m["name"]: 1 for m in chosen})
     assert all(p["status"] == 202 for p in sent)
     assert max_in_flight(h, {m["id"].lower() for m in members}) <= CAP
+    # the canary: one member, alone, passed; every other POST after it ended healthy
+    [canary] = [e["data"] for e in events if e["data"]["canary"]["role"] == "canary"]
+    assert canary["canary"]["outcome"] == "passed" and canary["health"] == "Healthy"
+    assert canary["canary"]["instanceIds"] == canary["instanceIds"] == [sent[0]["path"].rsplit("/", 2)[1]]
+    assert min(p["at"] for p in sent[1:]) >= _ts(canary["completedAt"])
+    rest = [e["data"] for e in events if e["data"]["batchId"] != canary["batchId"]]
+    assert len(rest) == 11 and all(d["canary"]["role"] == "after" and d["canary"]["batchId"] == canary["batchId"]
+                                   for d in rest)
     batches = {e["data"]["batchId"] for e in events}
-    assert len(batches) == math.ceil(12 / CAP) and all(b.startswith("b-") for b in batches)
+    assert len(batches) == 1 + math.ceil(11 / CAP) and all(b.startswith("b-") for b in batches)
     for e in events:
         d = e["data"]
         assert d["status"] == "Succeeded" and d["health"] == "Healthy", d
@@ -124,6 +134,41 @@ async def test_with_the_default_breaker_the_same_storm_suspends_the_set_with_one
     assert {e["data"]["error"]["code"] for e in h.completed()} == {"TargetSuspended"} and posts(h) == []
     s, view = await h.get(f"/api/targets?id={FLEX}")
     assert s == 200 and view["suspended"]["by"] == "breaker"
+
+
+async def test_an_unhealthy_canary_suspends_a_flexible_set_after_one_post_and_ends_the_rest(
+        new_host: NewHost) -> None:
+    """A bad image on a Flexible set: its canary is one member's single-VM POST, which comes back unhealthy; the set
+    is suspended (one event, CanaryFailed, naming the canary) and every request that waited ends Canceled /
+    TargetSuspended with its one event. No other member is POSTed."""
+    h, members = await flex_host(new_host, settings={"HEALTH_GRACE_MINUTES": "2"})
+    h.dh.sim.faults.append(Fault.model_validate({"match": "flex_", "healthAfter": "unhealthy", "times": 100}))
+    results = await alert_storm(h, [m["id"] for m in members[:12]])
+    accepted = {a["operationId"] for _, b in results for a in b["accepted"]}
+    assert len(accepted) == 12 and [r for _, b in results for r in b["refused"]] == []
+    events = await h.until_completed(12)
+    await h.settle(lambda: len(h.events("reimager.target.suspended")) >= 1, max_virtual_seconds=600)
+    [post] = posts(h)  # the canary, alone
+    assert post["status"] == 202 and "/virtualMachineScaleSets/" not in post["path"]
+    name = post["path"].rsplit("/", 2)[1]
+    [suspended] = h.events("reimager.target.suspended")
+    info = suspended["data"]["suspension"]
+    assert suspended["data"]["target"].lower() == FLEX.lower()
+    assert info["code"] == "CanaryFailed" and info["by"] == "canary" and info["evidence"]["instanceIds"] == [name]
+    assert info["evidence"]["health"] == "Unhealthy" and "unhealthy" in info["evidence"]["healthDetail"][name].lower()
+    assert set(Counter(e["data"]["operationId"] for e in events).values()) == {1}
+    assert {e["data"]["operationId"] for e in events} == accepted
+    [first] = [e["data"] for e in events if e["data"]["instanceIds"] == [name]]
+    assert first["status"] == "Succeeded" and first["health"] == "Unhealthy" and first["canary"]["outcome"] == "failed"
+    others = [e["data"] for e in events if e["data"]["instanceIds"] != [name]]
+    assert len(others) == 11 and {(d["status"], d["error"]["code"]) for d in others} == {("Canceled",
+                                                                                           "TargetSuspended")}
+    assert all(d["canary"]["role"] == "waited" and d["canary"]["batchId"] == info["evidence"]["canary"]
+               for d in others)
+    await later(h, 120)
+    assert len(posts(h)) == 1 and len(h.events("reimager.target.suspended")) == 1
+    s, view = await h.get(f"/api/targets?id={FLEX}")
+    assert view["suspended"]["code"] == "CanaryFailed" and view["canary"]["outcome"] == "failed"
 
 
 # ---- one fleet model ---------------------------------------------------------------------------------------------
@@ -176,11 +221,17 @@ async def test_all_instances_on_a_flexible_set_names_the_members_needs_approval_
     s, approved, _ = await h.post(f"/api/reimage/{body['operationId']}/approve", {"by": "bob"})
     assert s == 202, approved
     [event] = await h.until_completed(1)
-    assert event["data"]["status"] == "Succeeded" and event["data"]["health"] == "Healthy"
-    sent = posts(h)
+    d = event["data"]
+    assert d["status"] == "Succeeded" and d["health"] == "Healthy" and sorted(d["healthDetail"]) == sorted(names)
+    sent = sorted(posts(h), key=lambda p: p["at"])
     assert sorted(p["path"].rsplit("/", 2)[1] for p in sent) == sorted(names)  # each member, once
     assert all("/virtualMachineScaleSets/" not in p["path"] for p in sent)
     assert max_in_flight(h, {m["id"].lower() for m in members}) <= CAP  # 20 members, CAP at a time
+    # an approved request's first member is the set's canary: alone, and the rest only once it ended healthy
+    assert d["canary"]["role"] == "canary" and d["canary"]["outcome"] == "passed"
+    assert d["canary"]["instanceIds"] == [names[0]] == [sent[0]["path"].rsplit("/", 2)[1]]
+    canary_end = max(o.end for o in h.dh.sim.operations.values() if o.lock_key.endswith(names[0].lower()))
+    assert min(p["at"] for p in sent[1:]) >= canary_end and len(h.completed()) == 1
 
 
 # ---- automatic repairs ---------------------------------------------------------------------------------------------
@@ -278,7 +329,7 @@ def _kind(request: dict[str, Any]) -> str:
     if "/operations/" in path:
         return "poll"
     if path.endswith("/instanceView") or request["query"].get("$expand"):
-        return "health"
+        return "views"  # health reads, and evidence's one read of the batch's machines before its POSTs
     return "locks" if "Microsoft.Authorization" in path else "preflight"
 
 
@@ -302,8 +353,9 @@ async def _storm(h: Host, alerts: list[dict[str, Any]]) -> dict[str, Any]:
 
 async def test_both_modes_storms_side_by_side(new_host: NewHost) -> None:
     """The same storm (12 alerts on 12 of 20 machines, each re-sent) on a Uniform set and on a Flexible set, with
-    Azure's published limits: ARM never answers 429; the Uniform set is 3 batch POSTs, the Flexible set 12
-    single-VM POSTs in 3 batches; the figures are docs/operations.md's "Flexible scale sets" table."""
+    Azure's published limits: ARM never answers 429; both go canary first (one machine, then batches of the cap):
+    the Uniform set is 4 batch POSTs, the Flexible set 12 single-VM POSTs in 4 batches; the figures are
+    docs/operations.md's "Flexible scale sets" table."""
     h, members = await flex_host(new_host)
     h.dh.sim.seed_scale_set(UNIFORM, 20)
     uniform = await _storm(h, [alert(str(i), f"u-{i}") for i in range(12)])
@@ -312,9 +364,10 @@ async def test_both_modes_storms_side_by_side(new_host: NewHost) -> None:
     print(f"\nRESULT storm_modes uniform={uniform} flexible={flexible}")
     for side in (uniform, flexible):
         assert side["throttled"] == 0 and side["succeeded"] and side["healthy"]
-    assert (uniform["posts"], flexible["posts"]) == (3, 12)
-    # per member: its VM's GET, its operation's status, its instance view; per set: its model, members, locks
-    assert flexible["kinds"]["preflight"] <= 12 + 2 + 2 and flexible["reads"] <= 3 * 12 + 5
+    assert (uniform["posts"], flexible["posts"]) == (4, 12)
+    # per member: its VM's GET, its operation's status, its instance view; per set: its model, members, locks; per
+    # batch: evidence's read of its machines (4 batches: the canary, then 3 of the cap)
+    assert flexible["kinds"]["preflight"] <= 12 + 2 + 2 and flexible["reads"] <= 3 * 12 + 5 + 4
     assert flexible["healthySeconds"] <= uniform["healthySeconds"] + 30
 
 
@@ -323,7 +376,8 @@ async def test_each_member_of_a_batch_ends_with_its_own_outcome(new_host: NewHos
     """One batch of four members: ARM throttles one member's POST (it is sent once its Retry-After has passed), fails
     another's operation, and refuses a third (a lock set after the check): each request ends with its own member's
     outcome and one event naming the batch; the throttled member is reimaged, nothing is POSTed twice."""
-    h, members = await flex_host(new_host, settings={"BREAKER_FAILURES": "5"})
+    # no canary here (CANARY_INSTANCES=0): this is about one batch's members, the canary about the first batch
+    h, members = await flex_host(new_host, settings={"BREAKER_FAILURES": "5", "CANARY_INSTANCES": "0"})
     throttled, failed, locked, fine = members[:4]
     h.dh.sim.faults += [
         Fault.model_validate({"match": f"{throttled['name']}/reimage", "status": 429, "retryAfter": 90}),
@@ -371,3 +425,9 @@ async def test_a_request_with_secrets_names_one_member_and_is_sent_from_intake(n
     assert d["status"] == "Succeeded" and d["health"] == "Healthy" and list(d["healthDetail"]) == [members[0]["name"]]
     s, body, _ = await h.reimage({"target": FLEX, "instanceIds": [members[0]["name"]], "requestId": "again"})
     assert s == 429 and body["error"]["code"] == "CooldownActive"
+
+
+def _ts(iso: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(iso).timestamp()

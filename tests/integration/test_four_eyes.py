@@ -28,6 +28,11 @@ WIDE = {"BREAKER_PERCENT": "100", "FLEET_BUDGET_PERCENT": "100", "MAX_BATCH_PERC
 VERIFIED = {**WIDE, **CHAT_SECRETS, "EASY_AUTH_ENABLED": "true"}
 
 
+def ran(h: Host) -> bool:
+    """The approved whole-set request ran: a canary of one instance of `workers`, then the other three."""
+    return [p["body"]["instanceIds"] for p in h.reimage_posts()] == [["0"], ["1", "2", "3"]]
+
+
 def easy_auth(upn: str, oid: str | None, **claims: str) -> dict[str, str]:
     """What App Service authentication (Microsoft Entra) adds to a signed-in caller's request."""
     values = [{"typ": "name", "val": upn.split("@")[0].title()}, {"typ": "preferred_username", "val": upn},
@@ -81,7 +86,7 @@ async def test_teams_request_cannot_be_approved_over_easy_auth_by_the_same_objec
     assert approved["approvedByIdentity"] == f"entra:{BOB_OID}" and approved["approvedByVerified"] == "easyauth"
     [event] = await h.until_completed(1)
     assert event["data"]["approvedByIdentity"] == f"entra:{BOB_OID}"
-    assert event["data"]["requestedByIdentity"] == f"entra:{ALICE_OID}" and len(h.reimage_posts()) == 1
+    assert event["data"]["requestedByIdentity"] == f"entra:{ALICE_OID}" and ran(h)
 
 
 async def test_easy_auth_request_cannot_be_approved_from_teams_by_the_same_object_id(new_host: NewHost) -> None:
@@ -95,7 +100,7 @@ async def test_easy_auth_request_cannot_be_approved_from_teams_by_the_same_objec
     text = await teams_say(h, f"approve {op} -- looks right", BOB_OID, "t-3")
     assert "Approved" in text, text
     [event] = await h.until_completed(1)
-    assert event["data"]["approvedBy"] == f"teams:{BOB_OID}" and len(h.reimage_posts()) == 1
+    assert event["data"]["approvedBy"] == f"teams:{BOB_OID}" and ran(h)
 
 
 async def test_slack_user_is_team_and_user_id_and_a_second_user_approves(new_host: NewHost) -> None:
@@ -107,7 +112,7 @@ async def test_slack_user_is_team_and_user_id_and_a_second_user_approves(new_hos
     text = await slack_say(h, f"approve {op}", "UBOB", "tr.3")
     assert "Approved" in text
     [event] = await h.until_completed(1)
-    assert event["data"]["approvedByIdentity"] == "slack:T0001/UBOB" and len(h.reimage_posts()) == 1
+    assert event["data"]["approvedByIdentity"] == "slack:T0001/UBOB" and ran(h)
 
 
 async def test_slack_approver_for_an_entra_requester_needs_the_identity_map(new_host: NewHost) -> None:
@@ -125,7 +130,7 @@ async def test_slack_approver_for_an_entra_requester_needs_the_identity_map(new_
     text = await slack_say(h2, f"approve {asked['operationId']}", "UBOB", "tr.6")
     assert "Approved" in text
     await h2.until_completed(1)
-    assert len(h2.reimage_posts()) == 1
+    assert ran(h2)
 
 
 async def test_unverified_names_are_compared_normalised(new_host: NewHost) -> None:
@@ -140,7 +145,7 @@ async def test_unverified_names_are_compared_normalised(new_host: NewHost) -> No
     s, approved, _ = await h.post(f"/api/reimage/{op}/approve", {"by": "bob"})
     assert s == 202 and approved["approvedBy"] == "bob"
     await h.until_completed(1)
-    assert len(h.reimage_posts()) == 1
+    assert ran(h)
 
 
 async def test_a_malformed_principal_is_no_principal_never_a_500(new_host: NewHost) -> None:

@@ -70,7 +70,8 @@ async def test_storm_coalesces_into_batches(new_host: NewHost, n: int) -> None:
     by_op = Counter(e["data"]["operationId"] for e in events)
     assert set(by_op.values()) == {1}  # exactly one completion event per request
     cap = 100 * 20 // 100
-    assert len(posts(h)) == math.ceil(n / cap)
+    # the set's canary (one instance) first, then batches of the cap
+    assert len(posts(h)) == 1 + math.ceil((n - 1) / cap) and len(posts(h)[0]["body"]["instanceIds"]) == 1
     assert all(len(p["body"]["instanceIds"]) <= cap for p in posts(h))  # no POST wider than its batch
     # every batch's submit activity ran (at least) twice, as devhost delivers activities: still one POST each
     assert h.dh.engine is not None and h.dh.engine.activity_runs["submit_reimage_batch"] >= 2 * len(posts(h))
@@ -82,7 +83,7 @@ async def test_storm_coalesces_into_batches(new_host: NewHost, n: int) -> None:
     # action-group retries after the fact are duplicates: nothing new
     again = await send_storm(h, n, retries=0)
     assert all(a.get("duplicate") for _, b in again for a in b["accepted"])
-    assert len(posts(h)) == math.ceil(n / cap)
+    assert len(posts(h)) == 1 + math.ceil((n - 1) / cap)
 
 
 async def test_mixed_options_make_separate_batches_in_arrival_order(new_host: NewHost) -> None:
@@ -94,8 +95,10 @@ async def test_mixed_options_make_separate_batches_in_arrival_order(new_host: Ne
     await h.post("/api/alerts", alert("6", "a-6"))
     await h.until_completed(7)
     bodies = [p["body"] for p in posts(h)]
-    assert bodies == [{"instanceIds": ["0", "1", "2", "6"]},
-                      {"instanceIds": ["3", "4", "5"], "exactVersion": "1.2.3"}]
+    # the canary, the rest with its options; then another image (exactVersion): a canary of its own, then the rest
+    assert bodies == [{"instanceIds": ["0"]}, {"instanceIds": ["1", "2", "6"]},
+                      {"instanceIds": ["3"], "exactVersion": "1.2.3"},
+                      {"instanceIds": ["4", "5"], "exactVersion": "1.2.3"}]
 
 
 async def test_request_with_secrets_for_a_busy_set_is_409_and_nothing_is_stored(new_host: NewHost) -> None:
@@ -122,33 +125,33 @@ def _key() -> str:
 
 
 async def test_global_budget_queues_the_rest_and_admits_as_the_window_frees(new_host: NewHost) -> None:
-    """One alert naming 100 VMs with GLOBAL_MAX_REIMAGES_PER_HOUR=10: 10 POSTs now, the rest wait and are
+    """One alert naming 40 VMs with GLOBAL_MAX_REIMAGES_PER_HOUR=10: 10 POSTs now, the rest wait and are
     admitted as the hour's window frees; what waits past QUEUE_MAX_WAIT_MINUTES ends QueueExpired."""
-    # MAX_TARGETS_PER_ALERT above 100: this is about the global budget, not the fan-out bound that would hold
+    # MAX_TARGETS_PER_ALERT above 40: this is about the global budget, not the fan-out bound that would hold
     # the alert for approval (tests/integration/test_alert_groups.py)
     h: Host = await new_host(settings={"GLOBAL_MAX_REIMAGES_PER_HOUR": "10", "COOLDOWN_MINUTES": "0",
                                        "QUEUE_MAX_WAIT_MINUTES": "150", "SWEEP_SCHEDULE": "0 */5 * * * *",
                                        "MAX_TARGETS_PER_ALERT": "1000"})
-    vms = [LINUX_VM.replace("web-linux-01", f"fleet-{i:03d}") for i in range(100)]
+    vms = [LINUX_VM.replace("web-linux-01", f"fleet-{i:03d}") for i in range(40)]
     for vm in vms:
         h.dh.sim.upsert(vm, {"location": "westus", "properties": {"storageProfile": {"osDisk": {"osType": "Linux"}}}})
     doc = alert("0", "fleet-alert")
     doc["data"]["essentials"]["alertTargetIDs"] = vms
     s, body, _ = await h.post("/api/alerts", doc)
-    assert s == 202 and len(body["accepted"]) == 100
-    assert Counter(a["status"] for a in body["accepted"]) == {"Accepted": 10, "Queued": 90}
+    assert s == 202 and len(body["accepted"]) == 40
+    assert Counter(a["status"] for a in body["accepted"]) == {"Accepted": 10, "Queued": 30}
     assert len(h.reimage_posts()) == 10
     await h.settle(lambda: len(h.completed()) >= 10, max_virtual_seconds=1800)
     assert len(h.reimage_posts()) == 10  # the hour is not over: the rest waits
     await h.settle(lambda: len(h.completed()) >= 20, max_virtual_seconds=3 * 3600)
     assert len(h.reimage_posts()) == 20  # the window freed: ten more
-    await h.settle(lambda: len(h.completed()) >= 100, max_virtual_seconds=4 * 3600)
+    await h.settle(lambda: len(h.completed()) >= 40, max_virtual_seconds=4 * 3600)
     events = h.completed()
     assert Counter(e["data"]["operationId"] for e in events).most_common(1)[0][1] == 1  # one event each
     outcomes = Counter(e["data"]["status"] if e["data"]["status"] == "Succeeded" else e["data"]["error"]["code"]
                        for e in events)
     assert outcomes["Succeeded"] == len(h.reimage_posts()) == 30  # three hours' worth: 0, 60 and 120 minutes
-    assert outcomes["QueueExpired"] == 70
+    assert outcomes["QueueExpired"] == 10
 
 
 async def test_breaker_suspends_on_a_systemic_storm(new_host: NewHost) -> None:

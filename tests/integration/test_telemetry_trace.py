@@ -52,10 +52,13 @@ async def test_one_http_reimage_is_one_trace_tagged_with_its_operation(
     trace_id = intake.context.trace_id
     mine = [sp for sp in finished if sp.context.trace_id == trace_id]
     arm = [sp for sp in mine if sp.kind is SpanKind.CLIENT and host.dh.arm_url in _url(sp)]
-    posts = [sp for sp in arm if sp.name == "POST"]
+    posts = [sp for sp in arm if sp.name == "POST" and _url(sp).split("?")[0].endswith("/reimage")]
+    evidence = [sp for sp in arm if sp.name == "POST" and "/retrieveBootDiagnosticsData" in _url(sp)]
     polls = [sp for sp in arm if sp.name == "GET" and "/operations/" in _url(sp)]
     activities = [sp for sp in mine if sp.name.startswith(telemetry.SPAN_ACTIVITY)]
     assert len(posts) == 1 and _url(posts[0]).split("?")[0].endswith("/app-win-01/reimage")
+    # the evidence taken before it is in the same trace, before the POST
+    assert len(evidence) == 1 and evidence[0].start_time <= posts[0].start_time
     # Every poll the orchestration made is in the trace (devhost runs each activity twice: at-least-once).
     assert len(polls) >= done["data"]["polls"]
     assert {sp.name for sp in activities} == {f"{telemetry.SPAN_ACTIVITY} poll_reimage_operation",
@@ -65,7 +68,7 @@ async def test_one_http_reimage_is_one_trace_tagged_with_its_operation(
         attributes = dict(span.attributes or {})
         assert {k: attributes.get(k) for k in expected} == expected, span.name
     # ARM dependency spans carry ARM's request id: the POST's is the one the simulator answered with.
-    simulated = next(r for r in host.dh.sim.requests if r["method"] == "POST")
+    simulated = next(r for r in host.dh.sim.requests if r["method"] == "POST" and "/retrieve" not in r["path"])
     assert all((sp.attributes or {}).get(telemetry.ARM_REQUEST_ID) for sp in [*posts, *polls])
     assert simulated["path"].endswith("/reimage")
     # The body held the password and the custom data; no span anywhere holds either.

@@ -19,7 +19,7 @@ from tests.integration.conftest import BASE, LINUX_VM, VMSS, Host
 NewHost = Callable[..., Any]
 
 
-async def _crashed_claim(host: Host, key: str, status: str) -> str:
+async def _crashed_claim(host: Host, key: str, status: str, target: str = LINUX_VM) -> str:
     """What a trigger that died leaves in the ledger: the claim, the lease, and maybe `Submitting`."""
     from shared.domain.records import OperationRecord
     from shared.workflow import completion
@@ -27,16 +27,16 @@ async def _crashed_claim(host: Host, key: str, status: str) -> str:
     rt = host.dh.runtime
     assert rt is not None
     op, now = operation_id(key), rt.now()
-    record = OperationRecord(operation_id=op, request_id=key, target=LINUX_VM, lease_key=LINUX_VM.lower(),
+    record = OperationRecord(operation_id=op, request_id=key, target=target, lease_key=target.lower(),
                              cooldown_keys=[""], trigger="queue", created_time=now, last_updated_time=now)
     await rt.ledger.claim(record)
     await rt.ledger.index(record)
-    await completion.admit(rt, record, secret=False, capacity=1, target_id=LINUX_VM)
+    await completion.admit(rt, record, secret=False, capacity=1, target_id=target)
     if status == "Submitting":
         await rt.ledger.update(op, lambda r: setattr(r, "status", "Submitting") or r)
         from shared.domain.request import parse_request
 
-        await rt.compute.submit(parse_request({"target": LINUX_VM}).arm_call(rt.settings.compute_api_version))
+        await rt.compute.submit(parse_request({"target": target}).arm_call(rt.settings.compute_api_version))
     return op
 
 

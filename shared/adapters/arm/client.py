@@ -33,6 +33,7 @@ from azure.core.pipeline.policies import (
 )
 from azure.core.rest import HttpRequest
 
+from shared.adapters.arm.evidence import ArmEvidence
 from shared.adapters.arm.fleet import FleetReads, protected
 from shared.adapters.arm.lro import error_from_response, interpret, location_failure, parse_retry_after
 from shared.adapters.arm.quota import QuotaPolicy, QuotaTracker
@@ -184,6 +185,9 @@ class ComputeClient:
         # Flexible members, automatic repairs, locks: read with the model (shared/adapters/arm/fleet.py)
         self.fleet = FleetReads(self.origin, settings.compute_api_version, self._guarded, self._now, same_origin,
                                 settings.preflight_cache_seconds)
+        # Evidence before the wipe: the machines' views, boot diagnostics, snapshots (shared/adapters/arm/evidence.py)
+        self.evidence = ArmEvidence(self.origin, settings.compute_api_version, self._guarded, self._now, same_origin,
+                                    sleep)
 
     @property
     def origin(self) -> str:

@@ -20,7 +20,8 @@ OPTS = {"operation": "VirtualMachineScaleSets_Reimage"}
 
 
 def settings(**kw: str) -> Any:
-    base = {"BREAKER_PERCENT": "100", "FLEET_BUDGET_PERCENT": "100", "COOLDOWN_MINUTES": "30"}
+    # The batching rules by themselves: the canary that cuts a storm's first batch is tests/unit/rules/test_canary.py's.
+    base = {"BREAKER_PERCENT": "100", "FLEET_BUDGET_PERCENT": "100", "COOLDOWN_MINUTES": "30", "CANARY_INSTANCES": "0"}
     return load_settings(**{**base, **kw})
 
 

@@ -18,7 +18,7 @@ from tests.helpers import load_json
 
 SAMPLE = load_json("alerts/test-action-activity-log-administrative.json")
 VALID_KEYS = ["reimage.dryRun", "reimage.tempDisk", "reimage.forceUpdateOSDiskForEphemeral", "reimage.exactVersion",
-              "reimage.allInstances"]
+              "reimage.allInstances", "reimage.captureEvidence"]
 
 REIMAGE_OPERATIONS = [
     "Microsoft.Compute/virtualMachines/reimage/action",
@@ -199,7 +199,7 @@ def test_every_problem_is_listed_at_once() -> None:
                                                             "data.customProperties.reimage.tempDisk"}
 
 
-_OPTIONS = ["dryRun", "tempDisk", "forceUpdateOSDiskForEphemeral", "exactVersion", "allInstances"]
+_OPTIONS = ["dryRun", "tempDisk", "forceUpdateOSDiskForEphemeral", "exactVersion", "allInstances", "captureEvidence"]
 _SEPARATORS = ["", ".", ":", "_", "-", " ", "/", "..", "\t", "\u00a0", "\u200b", "\u3002", "\uff0e", "|"]
 
 
@@ -217,7 +217,8 @@ def variant_keys(draw: st.DrawFn) -> str:
 @settings(max_examples=400)
 @given(variant_keys(), st.sampled_from(["true", "false", "True", True, "yes"]))
 def test_any_variant_of_an_option_key_is_exact_or_refused(key: str, value: Any) -> None:
-    valid = key in VALID_KEYS and key != "reimage.exactVersion" and (  # no sampled value is a version
+    valid = key in VALID_KEYS and key not in ("reimage.exactVersion", "reimage.captureEvidence") and (  # no sampled
+        # value is a version or an evidence mode
         value is True or str(value).lower() in ("true", "false"))
     try:
         parsed = parse_alert(alert(custom={key: value}))
@@ -229,6 +230,19 @@ def test_any_variant_of_an_option_key_is_exact_or_refused(key: str, value: Any) 
     option = key.removeprefix("reimage.")
     request = parsed.accepted[0].request if parsed.accepted else {}
     assert not parsed.accepted or option in request or option == "allInstances"
+
+
+def test_capture_evidence_is_a_mode_and_goes_into_the_request() -> None:
+    from shared.domain.request import parse_request
+
+    for value, mode in (("snapshot", "snapshot"), ("Off", "off"), (" bootdiagnostics ", "bootdiagnostics")):
+        [target] = parse_alert(alert(custom={"reimage.captureEvidence": value})).accepted
+        assert target.request["captureEvidence"] == mode
+        assert parse_request(target.request).capture_evidence == mode
+    for bad in ("yes", True, "snapshots", ""):
+        with pytest.raises(ReimagerError) as info:
+            parse_alert(alert(custom={"reimage.captureEvidence": bad}))
+        assert info.value.error.details[0].target == "data.customProperties.reimage.captureEvidence"
 
 
 def test_valid_keys_are_listed_in_the_refusal_in_a_stable_order() -> None:

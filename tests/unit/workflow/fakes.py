@@ -363,7 +363,9 @@ class World:
 
 def make_world(**settings: str) -> World:
     """A real Runtime whose clients are the fakes. `settings`: by their environment names."""
-    values = {"ALLOWED_SCOPES": f"/subscriptions/{SUB}", "COOLDOWN_MINUTES": "30", **settings}
+    # EVIDENCE off: the fakes have no boot diagnostics or blob storage; evidence before the POST is tested against
+    # devhost's simulator and Azurite (tests/integration/test_evidence.py).
+    values = {"ALLOWED_SCOPES": f"/subscriptions/{SUB}", "COOLDOWN_MINUTES": "30", "EVIDENCE": "off", **settings}
     clock, ledger, compute = Clock(), FakeLedger(), FakeCompute(models=default_models())
     publisher, durable = RecordingPublisher(), FakeDurableClient()
     runtime = Runtime(Settings(**values), clock=clock, publisher=publisher)  # type: ignore[arg-type]

@@ -19,6 +19,13 @@ from shared.workflow.intake import Intake
 from tests.unit.workflow.fakes import VMSS, World, arm_error, make_world, unreachable
 
 LOCK = parse_target(VMSS).lock_key
+# Batches by themselves: the canary that would cut a storm's first batch is test_canary.py's.
+NO_CANARY = {"CANARY_INSTANCES": "0"}
+
+
+@pytest.fixture
+def world() -> World:
+    return make_world(**NO_CANARY)
 
 
 async def queue_two(world: World) -> str:
@@ -59,7 +66,7 @@ async def test_a_throttled_post_keeps_the_batch_and_sends_it_again_after_retry_a
     """ARM answered 429 (Retry-After 30): nothing was applied. The batch keeps its members and its lease and waits
     Retry-After (the orchestrator's timer); asked again sooner, it says how long is left and sends nothing; then
     the same requests go in one POST. The global slot is given back meanwhile (one slot for one POST)."""
-    world = make_world(GLOBAL_MAX_REIMAGES_PER_HOUR="1")
+    world = make_world(GLOBAL_MAX_REIMAGES_PER_HOUR="1", **NO_CANARY)
     batch_id = await queue_two(world)
     world.compute.answers.append(arm_error(429, "TooManyRequests", "throttled"))
     assert await batches.submit(world.runtime, world.durable, batch_id) == {"outcome": "throttled", "retryAfter": 30}
@@ -78,7 +85,7 @@ async def test_a_throttled_post_keeps_the_batch_and_sends_it_again_after_retry_a
 
 
 async def test_an_unreachable_arm_requeues_the_members_and_gives_the_global_slot_back() -> None:
-    world = make_world(GLOBAL_MAX_REIMAGES_PER_HOUR="1")
+    world = make_world(GLOBAL_MAX_REIMAGES_PER_HOUR="1", **NO_CANARY)
     batch_id = await queue_two(world)
     world.compute.answers.append(unreachable())
     assert await batches.submit(world.runtime, world.durable, batch_id) == {"outcome": "requeued"}

@@ -21,7 +21,7 @@ from shared.workflow.completion import finish
 from shared.workflow.intake import Intake
 from shared.workflow.orchestration import MONITOR
 from shared.workflow.sweeper import sweep
-from tests.unit.workflow.fakes import VM, VMSS, World
+from tests.unit.workflow.fakes import VM, VMSS, World, make_world
 
 LOCK = parse_target(VM).lock_key
 QUIET = 300  # SUBMIT_TIMEOUT_SECONDS' default: how long an owner may take before the sweeper steps in
@@ -145,3 +145,15 @@ async def test_a_submitted_record_whose_orchestration_is_gone_gets_its_monitor_r
     assert again == first and again["operationId"] == op and again["url"]  # the same operation, polled again
     assert [name for name, iid, _ in world.durable.started if iid == op] == [MONITOR, MONITOR]
     assert len(world.compute.posts) == 1
+
+
+async def test_the_monitors_grace_is_never_longer_than_submit_timeout_seconds() -> None:
+    """A host with a short SUBMIT_TIMEOUT_SECONDS counts a silent owner as gone sooner: a monitor lost in a crash
+    is started again after it, not after the two minutes' default grace."""
+    world = make_world(SUBMIT_TIMEOUT_SECONDS="20")
+    op = await submit(world, target=VM, requestId="k1")
+    del world.durable.status[op]  # the host died between recording the POST and starting its monitor
+    world.clock.advance(seconds=15)
+    assert (await sweep(world.runtime, world.durable)).restarted == []
+    world.clock.advance(seconds=10)
+    assert (await sweep(world.runtime, world.durable)).restarted == [op]

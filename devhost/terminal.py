@@ -47,7 +47,8 @@ def event_line(event: CloudEvent) -> str:
     """`op-1a2b... Succeeded web-linux-01 (http) health=Healthy`: the operation's new state, nothing more."""
     data = event.data
     where = short_target(data.target)
-    if data.instance_ids and "/" not in where:  # a scale set instance's name already says which
+    # a scale set instance's name already says which, and so does a Flexible member's own VM name
+    if data.instance_ids and "/" not in where and data.instance_ids != [where]:
         where += "[" + ",".join(data.instance_ids[:5]) + (",..." if len(data.instance_ids) > 5 else "") + "]"
     parts = [data.operation_id or "(no operation)", str(data.status), where, f"({data.trigger})"]
     if data.health:

@@ -56,6 +56,10 @@ param defaultSubscriptionId string = ''
 @description('PROTECT_TAG: name or name=value; a tagged target is never reimaged')
 param protectTag string = 'reimager-protect=true'
 
+@description('AUTOMATIC_REPAIRS: refuse (a scale set whose automatic repairs run is not reimaged) or allow')
+@allowed(['refuse', 'allow'])
+param automaticRepairs string = 'refuse'
+
 @minValue(1)
 @maxValue(1000)
 param maxInstancesPerRequest int = 10
@@ -318,6 +322,7 @@ module api 'app/api.bicep' = {
       DEFAULT_SUBSCRIPTION_ID: empty(defaultSubscriptionId) ? subscription().subscriptionId : defaultSubscriptionId
       ALLOWED_SCOPES: join(allowedScopes, ',')
       PROTECT_TAG: protectTag
+      AUTOMATIC_REPAIRS: automaticRepairs
       MAX_INSTANCES_PER_REQUEST: string(maxInstancesPerRequest)
       COOLDOWN_MINUTES: string(cooldownMinutes)
       POLL_MIN_SECONDS: string(pollMinSeconds)

@@ -282,10 +282,12 @@ ERRORS = {
     400: "InvalidRequest: the body is not valid (also: not a JSON object, nested deeper than 64, a key repeated in "
          "one object, NaN); details name each field",
     401: "No valid function key (`code` query parameter or `x-functions-key` header)",
-    403: "ScopeNotAllowed (outside ALLOWED_SCOPES) or TargetProtected (protection tag); approvals: "
+    403: "ScopeNotAllowed (outside ALLOWED_SCOPES), TargetProtected (protection tag), InstanceProtected (a scale "
+         "set instance protected from scale set actions) or TargetLocked (a ReadOnly ARM lock); approvals: "
          "SelfApprovalNotAllowed, ApproverNotVerified",
     404: "TargetNotFound / OperationNotFound",
-    409: "OperationInProgress (a request carrying secrets for a busy target), TargetSuspended, RequestIdConflict; "
+    409: "OperationInProgress (a request carrying secrets for a busy target), TargetSuspended, RequestIdConflict, "
+         "AutomaticRepairsActive (the scale set's automatic instance repairs are running); "
          "operators: NotCancellable (already sent to ARM, which cannot stop a reimage), NotAwaitingApproval, "
          "NotSuspended",
     413: "PayloadTooLarge (over 256 KB)",

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+from shared.adapters.arm.reads import SharedReads
 from shared.adapters.credentials import app_credential
 from shared.adapters.telemetry import TrackedPublisher, configure
 from shared.domain.events import Publisher
@@ -57,6 +58,12 @@ class Runtime:
         return ComputeClient(self.settings, credential=credential, sleep=self.sleep,
                              clock=lambda: self.clock().timestamp(), read_timeout=self.settings.arm_timeout_seconds,
                              owns_credential=True)
+
+    @cached_property
+    def once(self) -> SharedReads[Any]:
+        """Runs of one step asked at the same time (an activity delivered twice side by side) share one run and its
+        answer; nothing is kept (shared/adapters/arm/reads.py)."""
+        return SharedReads(0, lambda: self.clock().timestamp())
 
     @cached_property
     def ledger(self) -> Ledger:

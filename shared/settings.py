@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AliasGenerator, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -118,6 +118,9 @@ class Settings(BaseSettings):
     # Static policy
     allowed_scopes: Annotated[tuple[str, ...], NoDecode] = ()
     protect_tag: str = Field("reimager-protect=true", min_length=1)
+    # A scale set whose automatic instance repairs are running: "refuse" (409 AutomaticRepairsActive; suspend them
+    # first) or "allow" (reimage beside them). docs/operations.md "Automatic repairs"
+    automatic_repairs: Literal["refuse", "allow"] = "refuse"
     max_instances_per_request: int = Field(10, ge=1, le=1000)
     cooldown_minutes: int = Field(30, ge=0, le=10080)  # 0: no cooldown
 

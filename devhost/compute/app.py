@@ -16,16 +16,21 @@ from aiohttp import web
 
 from devhost.clock import Clock
 from devhost.compute.arm import (
+    LOCKS_PATH,
     OPERATION_PATH,
     RESOURCE_PATH,
+    VM_LIST_PATH,
     HealthState,
     Parsed,
     api_version_error,
     cloud_error,
+    lock_key,
 )
 from devhost.compute.evidence import BootDiagnosticsStorage, Evidence, Snapshot
 from devhost.compute.faults import Fault, injected_answer, take_fault
+from devhost.compute.fleet import FleetApi, flexible
 from devhost.compute.limits import ArmLimits
+from devhost.compute.locks import Locks
 from devhost.compute.operations import Operation, Operations
 from devhost.compute.persistence import Store
 from devhost.compute.resource_api import ResourceApi
@@ -62,6 +67,11 @@ class ComputeSimulator:
     # Compute's and ARM's throttling (devhost/compute/throttle.py), on by default as in Azure. Swap the object to
     # change it (every bucket starts full again): ArmLimits.off(), ArmLimits().lifted(10), ArmLimits.load(FILE).
     arm_limits: ArmLimits = field(default_factory=ArmLimits.azure)
+    # Flexible scale sets and instance protection where the docs are silent or conflict (devhost/compute/fleet.py):
+    flex_set_instance_view: bool = False  # False: a Flexible set's instance view is refused 409 (nomad's capture)
+    flex_reimage_any_os_disk: bool = False  # False: a Flexible member's reimage needs an ephemeral OS disk (APICMP)
+    protected_named_refused: bool = False  # False: a set-level reimage silently skips protected instances
+    locks_list_subscription: bool = False  # False: a group's or resource's lock list omits the subscription's
     # Evidence (devhost/compute/evidence.py): how long a snapshot takes to succeed, and how long serial logs are
     snapshot_seconds: float = 2.0
     serial_log_bytes: int = 0
@@ -74,12 +84,15 @@ class ComputeSimulator:
         self._operations = Operations(self.clock, self, self._inventory, self.operations, self._store)
         views = InstanceViews(self, self._inventory, self._operations)
         self._resource_api = ResourceApi(self.clock, self, self._inventory, self._operations, views)
+        self._fleet = FleetApi(self.clock, self, self._inventory, views)
+        self.locks = Locks(self._store, self.locks_list_subscription)
         # Boot diagnostics' storage, on a host of its own (serve_boot_diagnostics), and snapshots
         self.boot_diagnostics = BootDiagnosticsStorage(self.clock, self._inventory, self)
         self._evidence = Evidence(self.clock, self._inventory, self, self.boot_diagnostics)
         self.throttle = Throttle(self)
         if self._store is not None:
             self._meta = self._store.read_meta()
+            self.locks.load()
             self._inventory.load()
             self._operations.load()
             self.requests.extend(self._store.read_requests(self.request_log_limit))
@@ -90,12 +103,14 @@ class ComputeSimulator:
         return self._inventory.upsert(resource_id, body, patch)
 
     def seed_scale_set(self, resource_id: str, capacity: int, *, location: str = "westus",
-                       health_extension: bool = True, ephemeral: bool = True,
-                       boot_diagnostics: bool = False) -> dict[str, Any]:
-        """A Linux scale set of `capacity` instances (for scale tests): one PUT's worth of model."""
+                       health_extension: bool = True, ephemeral: bool = True, flexible: bool = False,
+                       boot_diagnostics: bool = False, **properties: Any) -> dict[str, Any]:
+        """A Linux scale set of `capacity` instances (for scale tests): one PUT's worth of model. `flexible`: in
+        Flexible orchestration mode (its instances are member VMs); `boot_diagnostics`: managed boot diagnostics
+        enabled in its VM profile; `properties`: more of the set's properties (e.g. automaticRepairsPolicy)."""
         return self._inventory.seed_scale_set(resource_id, capacity, location=location,
                                               health_extension=health_extension, ephemeral=ephemeral,
-                                              boot_diagnostics=boot_diagnostics)
+                                              flexible=flexible, boot_diagnostics=boot_diagnostics, **properties)
 
     @property
     def snapshots(self) -> dict[str, Snapshot]:
@@ -109,6 +124,24 @@ class ComputeSimulator:
     def set_health(self, resource_id: str, state: HealthState) -> None:
         """What the application health extension reports for a VM or instance until changed."""
         self._inventory.set_health(resource_id, state)
+
+    def members(self, scale_set_id: str) -> list[dict[str, Any]]:
+        """A Flexible set's member VMs (by name)."""
+        return self._inventory.members_of(scale_set_id)
+
+    def protect(self, instance_id: str, scale_set_actions: bool = True) -> dict[str, Any]:
+        """Set a Uniform instance's protectionPolicy (as its PUT does)."""
+        return self._inventory.set_protection(instance_id, {"protectFromScaleIn": True,
+                                                            "protectFromScaleSetActions": scale_set_actions})
+
+    def lock(self, scope: str, name: str = "do-not-touch", level: str = "ReadOnly") -> dict[str, Any]:
+        """Put an ARM management lock on a subscription, resource group or resource (as its PUT does)."""
+        return self.locks.add(scope, name, level)
+
+    def repairs(self, scale_set_id: str) -> str | None:
+        """The AutomaticRepairs service's state in the set's instance view (None: no policy)."""
+        key = lock_key(scale_set_id)
+        return self._fleet.repairs_state(key, self.resources[key])
 
     health_extension = staticmethod(health_extension)
 
@@ -226,6 +259,9 @@ class ComputeSimulator:
         return verdict.apply(self._checked(request, body, raw, fault))
 
     def _checked(self, request: web.Request, body: Any, raw: bytes, fault: Fault | None) -> web.StreamResponse:
+        if LOCKS_PATH.match(request.path):  # Microsoft.Authorization: its own api-versions (devhost/compute/locks.py)
+            self.locks.list_includes_subscription = self.locks_list_subscription
+            return self.locks.route(request, body)
         version = request.query.get("api-version")
         refused = api_version_error(version)
         if refused is not None:
@@ -243,20 +279,52 @@ class ComputeSimulator:
             return evidence
         if m := OPERATION_PATH.match(path):
             return self._operation_status(request, m["id"], m["sub"], fault)
+        if m := VM_LIST_PATH.match(path):
+            if request.method != "GET":
+                return cloud_error(405, "MethodNotAllowed", "Use GET.")
+            return self._fleet.vm_list(request, f"/subscriptions/{m['sub']}/resourceGroups/{m['rg']}", fault)
         m = RESOURCE_PATH.match(path)
         if m is None:
             return cloud_error(404, "NotFound", f"The requested resource path '{path}' was not found.")
         p = Parsed.of(m)
+        resource = self.resources.get(lock_key(p.resource_id))
+        refused = self._fleet.refusal(p, resource, request.method)
+        if refused is None and request.method != "GET":  # a write under a ReadOnly lock (devhost/compute/locks.py)
+            refused = self.locks.refusal(path, p.resource_id + (f"/virtualMachines/{p.inst}" if p.inst else ""))
+        if refused is not None:
+            return refused
+        return self._dispatch(request, p, resource, body, version, fault)
+
+    def _dispatch(self, request: web.Request, p: Parsed, resource: dict[str, Any] | None, body: Any, version: str,
+                  fault: Fault | None) -> web.StreamResponse:
         if p.action == "instanceview":
             if request.method != "GET" or p.is_list:
                 return cloud_error(405, "MethodNotAllowed", "Use GET.")
+            if p.rtype == "virtualmachinescalesets" and p.inst is None and resource is not None:
+                return self._fleet.set_instance_view(p, resource)
             return self._resource_api.get(request, p, fault, view_only=True)
+        if p.action == "setorchestrationservicestate":
+            return self._orchestration(request, p, resource, body)
         if p.action:
             if request.method != "POST":
                 return cloud_error(405, "MethodNotAllowed", "Use POST.")
-            return self._operations.reimage(request, p, body or {}, version, fault)
+            refused = self._fleet.member_refusal(p, resource) if resource is not None and p.inst is None else None
+            return refused or self._operations.reimage(request, p, body or {}, version, fault)
         if request.method == "GET":
+            if p.is_list and flexible(resource):
+                assert resource is not None
+                return self._fleet.set_vm_list(request, resource)
             return self._resource_api.get(request, p, fault)
         if request.method in ("PUT", "PATCH") and p.inst is None and not p.is_list:
             return self._resource_api.put(p, body or {}, patch=request.method == "PATCH")
+        if request.method in ("PUT", "PATCH") and p.inst is not None:
+            return self._resource_api.put_instance(p, body or {})
         return cloud_error(405, "MethodNotAllowed", f"{request.method} is not supported here.")
+
+    def _orchestration(self, request: web.Request, p: Parsed, resource: dict[str, Any] | None, body: Any
+                       ) -> web.StreamResponse:
+        if request.method != "POST" or p.inst is not None or p.rtype != "virtualmachinescalesets":
+            return cloud_error(405, "MethodNotAllowed", "Use POST on a scale set.")
+        if resource is None:
+            return cloud_error(404, "ResourceNotFound", f"The Resource '{p.name}' was not found.")
+        return self._fleet.set_orchestration_service_state(p, resource, body or {})

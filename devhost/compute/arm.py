@@ -21,7 +21,15 @@ _PREFIX = r"^/subscriptions/(?P<sub>[^/]+)/resourcegroups/(?P<rg>[^/]+)/provider
 RESOURCE_PATH = re.compile(
     _PREFIX + r"/(?P<type>virtualmachines|virtualmachinescalesets)/(?P<name>[^/]+)"
     r"(?P<list>/virtualmachines)?(?:/virtualmachines/(?P<inst>[^/]+))?"
-    r"(?:/(?P<action>reimage|reimageall|instanceview))?/?$",
+    r"(?:/(?P<action>reimage|reimageall|instanceview|setorchestrationservicestate))?/?$",
+    re.IGNORECASE,
+)
+# A resource group's VM list (a Flexible set's members: `$filter=virtualMachineScaleSet/id eq '<id>'`).
+VM_LIST_PATH = re.compile(_PREFIX + r"/virtualmachines/?$", re.IGNORECASE)
+# ARM management locks at a subscription, a resource group or a resource (Microsoft.Authorization/locks).
+LOCKS_PATH = re.compile(
+    r"^(?P<scope>/subscriptions/[^/]+(?:/resourcegroups/[^/]+(?:/providers/[^/]+(?:/[^/]+/[^/]+)+)?)?)"
+    r"/providers/microsoft\.authorization/locks(?:/(?P<name>[^/]+))?/?$",
     re.IGNORECASE,
 )
 OPERATION_PATH = re.compile(

@@ -37,6 +37,7 @@ AZURE_POLICIES: dict[str, PolicyLimits] = {
     "PutVM": PolicyLimits(resource=(4, 12), subscription=(500, 1500)),
     "UpdateVM": PolicyLimits(resource=(4, 12), subscription=(500, 1500)),  # Reimage is an Update VM API
     "LowCostGetVM": PolicyLimits(resource=(12, 36), subscription=(8000, 24000)),  # Get, Instance View
+    "HighCostGetVM": PolicyLimits(resource=None, subscription=(300, 900)),  # List, List All (subscription only)
     "GetOperation": PolicyLimits(resource=(15, 45), subscription=(5000, 15000)),
     "VMScaleSetPut": PolicyLimits(resource=(4, 12), subscription=(125, 375)),
     # Update, and (CTL footnote 2: "Only subscription level policies are applicable") Reimage and Reimage All

@@ -89,6 +89,7 @@ class Operation:
 class LroSettings(Protocol):
     """The simulator's switches a reimage reads, at each request (tests change them between requests)."""
 
+    protected_named_refused: bool
     operation_seconds: float
     retry_after: int | None
     location: str
@@ -212,7 +213,9 @@ class Operations:
         chosen = [""] if is_vm else self._instances(key, p, body)
         if isinstance(chosen, web.Response):
             return chosen
-        ids = chosen
+        ids = chosen if is_vm or p.inst else self._unprotected(key, chosen, body)
+        if isinstance(ids, web.Response):
+            return ids
         instance_keys = [key] if is_vm else [f"{key}#{i}" for i in ids]
         stopped = next((i for i in ids if self.inventory.power(key, i) == "deallocated"), None)
         if stopped is not None:
@@ -230,10 +233,8 @@ class Operations:
             started=now, duration=settings.durations.get(p.name.lower(), settings.operation_seconds),
             instance_keys=instance_keys, version=str(body.get("exactVersion") or model_version(image)),
         )
-        if fault is not None and fault.outcome:
-            self._apply_outcome(op, fault)
-        if fault is not None and fault.health_after is not None:
-            op.health_after = fault.health_after
+        if fault is not None:
+            self._apply_fault(op, fault)
         self.register(op)
         origin = settings.operation_origin or str(request.url.origin())
         base = f"{origin}/subscriptions/{p.sub}/providers/Microsoft.Compute/locations/{op.location}/operations/{op.id}"
@@ -274,6 +275,18 @@ class Operations:
                                "Virtual Machine Scale Set VM instanceId.", target="instanceIds")
         return list(dict.fromkeys(given))
 
+    def _unprotected(self, key: str, ids: list[str], body: dict[str, Any]) -> list[str] | web.Response:
+        """A scale-set reimage leaves instances protected from scale set actions alone (PROT): silently skipped (the
+        third-party account of Microsoft's support guides; the dangerous reading: the caller thinks them reimaged),
+        or, with `protected_named_refused`, refused when named, as ARM refuses to delete them."""
+        protected = self.inventory.protected(key)
+        named = [i for i in (body.get("instanceIds") or []) if i in protected]
+        if named and self.settings.protected_named_refused:
+            return cloud_error(409, "OperationNotAllowed", "InstanceIds may not contain instances that are protected "
+                               "from scale set actions. The following instance ids are protected from scale set "
+                               f"action: {', '.join(named)}.")
+        return [i for i in ids if i not in protected]
+
     @staticmethod
     def _allowed_keys(is_vm: bool, p: Parsed) -> set[str]:
         assert p.action is not None
@@ -282,6 +295,14 @@ class Operations:
         if p.action == "reimageall":
             return set() if p.inst else {"instanceIds"}
         return VMSS_VM_REIMAGE_KEYS if p.inst else VMSS_REIMAGE_KEYS
+
+    @classmethod
+    def _apply_fault(cls, op: Operation, fault: Fault) -> None:
+        """An injected outcome, and a bad image (what the machines report once it ended)."""
+        if fault.outcome:
+            cls._apply_outcome(op, fault)
+        if fault.health_after is not None:
+            op.health_after = fault.health_after
 
     @staticmethod
     def _apply_outcome(op: Operation, fault: Fault) -> None:

@@ -98,6 +98,21 @@ class ResourceApi:
             doc["nextLink"] = f"{origin}{request.path}?{urlencode(query, safe='$')}"
         return web.json_response(doc, headers=headers)
 
+    def put_instance(self, p: Parsed, body: dict[str, Any]) -> web.Response:
+        """A Uniform instance's model update: reimager's simulator keeps only its protectionPolicy (PROT)."""
+        policy = ((body.get("properties") or {}) if isinstance(body, dict) else {}).get("protectionPolicy")
+        if not isinstance(policy, dict):
+            return cloud_error(400, "InvalidParameter", "Only properties.protectionPolicy of an instance can be "
+                               "changed here.", target="properties.protectionPolicy")
+        try:
+            return web.json_response(self.inventory.set_protection(f"{p.resource_id}/virtualMachines/{p.inst}",
+                                                                   policy))
+        except LookupError:
+            return cloud_error(404, "NotFound", f"The entity was not found in this Azure location. Instance "
+                               f"'{p.inst}' does not exist.")
+        except ValueError as exc:
+            return cloud_error(400, "InvalidParameter", str(exc), target="properties.protectionPolicy")
+
     def put(self, p: Parsed, body: dict[str, Any], patch: bool) -> web.Response:
         key = lock_key(p.resource_id)
         existing = self.inventory.resources.get(key)

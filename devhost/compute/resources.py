@@ -92,6 +92,7 @@ class Inventory:
         old_props = (old or {}).get("properties") or {}
         if p.rtype == "virtualmachines":
             res["type"] = "Microsoft.Compute/virtualMachines"
+            self._check_membership(props, old_props)
             props.setdefault("vmId", old_props.get("vmId") or str(uuid.uuid4()))
             storage = props.setdefault("storageProfile", {})
             _fill_image(storage)
@@ -105,7 +106,16 @@ class Inventory:
             sku = res.get("sku") or {}
             capacity = int(sku.get("capacity", 0))
             props.setdefault("uniqueId", old_props.get("uniqueId") or str(uuid.uuid4()))
-            props.setdefault("orchestrationMode", "Uniform")
+            mode = props.setdefault("orchestrationMode", old_props.get("orchestrationMode") or "Uniform")
+            if old is not None and str(mode).lower() != str(old_props.get("orchestrationMode", "Uniform")).lower():
+                # OMODES: "defined when you create the scale set and cannot be changed or updated later"
+                raise ValueError("orchestrationMode cannot be changed once the scale set exists")
+            if str(mode).lower() == "flexible":
+                if "capacity" in sku:  # a set of VMs added one by one has no capacity of its own to keep
+                    self._resize_flexible(res, capacity)
+                self.resources[key] = res
+                self.save(key)
+                return res
             vm_profile = props.setdefault("virtualMachineProfile", {})
             storage = vm_profile.setdefault("storageProfile", {})
             _fill_image(storage)
@@ -114,6 +124,94 @@ class Inventory:
         self.resources[key] = res
         self.save(key)
         return res
+
+    # ---- Flexible orchestration: members are VMs of their own -------------------------------------------------------
+    def _check_membership(self, props: dict[str, Any], old_props: dict[str, Any]) -> None:
+        """A VM joins a Flexible set only when it is created (SDK VirtualMachine.virtual_machine_scale_set: "a VM can
+        only be added to virtual machine scale set at creation time"), and only a Flexible one."""
+        wanted = (props.get("virtualMachineScaleSet") or {}).get("id")
+        had = (old_props.get("virtualMachineScaleSet") or {}).get("id") if old_props else None
+        if old_props and str(wanted or "").lower() != str(had or "").lower():
+            raise ValueError("properties.virtualMachineScaleSet cannot be changed: a VM is added to a scale set "
+                             "when it is created")
+        if wanted and not old_props:
+            scale_set = self.resources.get(lock_key(str(wanted)))
+            if scale_set is None:
+                raise ValueError(f"The scale set {wanted} does not exist.")
+            if str(scale_set["properties"].get("orchestrationMode")).lower() != "flexible":
+                raise ValueError("Only a scale set in Flexible orchestration mode takes VMs of its own.")
+
+    def members_of(self, set_id: str) -> list[dict[str, Any]]:
+        """A Flexible set's member VMs (each a resource of its own, naming the set), by name."""
+        wanted = lock_key(set_id)
+        found = [r for r in self.resources.values() if r.get("type") == "Microsoft.Compute/virtualMachines"
+                 and lock_key(str(((r.get("properties") or {}).get("virtualMachineScaleSet") or {}).get("id", "")))
+                 == wanted]
+        return sorted(found, key=lambda r: str(r["name"]).lower())
+
+    def _resize_flexible(self, vmss: dict[str, Any], capacity: int) -> None:
+        """Scale a Flexible set out by creating member VMs from its VM profile, named `{set}_{8 hex}` as ARM names
+        them (not numbers, not in order), or in by deleting members."""
+        members = self.members_of(vmss["id"])
+        profile = vmss["properties"].get("virtualMachineProfile")
+        if len(members) < capacity and not profile:
+            raise ValueError("sku.capacity needs properties.virtualMachineProfile in Flexible orchestration mode")
+        group = vmss["id"].split("/providers/")[0]
+        while len(members) < capacity:
+            assert profile is not None
+            name = f"{vmss['name']}_{uuid.uuid4().hex[:8]}"
+            vm = self._new_member(vmss, profile, f"{group}/providers/Microsoft.Compute/virtualMachines/{name}", name)
+            members.append(vm)
+        for extra in members[capacity:] if capacity < len(members) else []:
+            key = lock_key(extra["id"])
+            self.resources.pop(key, None)
+            self.vm_state.pop(key, None)
+            self.save(key)
+
+    def _new_member(self, vmss: dict[str, Any], profile: dict[str, Any], vm_id: str, name: str) -> dict[str, Any]:
+        storage = json.loads(json.dumps(profile.get("storageProfile") or {}))
+        _fill_image(storage)
+        storage.setdefault("osDisk", {}).setdefault("osType", _os_type(profile))
+        _managed_disk(storage["osDisk"], vm_id.split("/providers/", 1)[0], f"{name}_OsDisk_1")  # a disk of its own
+        os_profile = {k: v for k, v in (profile.get("osProfile") or {}).items() if k != "computerNamePrefix"}
+        prefix = (profile.get("osProfile") or {}).get("computerNamePrefix", vmss["name"][:9])
+        vm: dict[str, Any] = {
+            "id": vm_id, "name": name, "type": "Microsoft.Compute/virtualMachines", "location": vmss["location"],
+            "properties": {"vmId": str(uuid.uuid4()), "provisioningState": "Succeeded", "storageProfile": storage,
+                           "osProfile": {**os_profile, "computerName": f"{prefix}{uuid.uuid4().hex[:6]}"},
+                           "virtualMachineScaleSet": {"id": vmss["id"]}}}
+        if profile.get("diagnosticsProfile"):  # the set's boot diagnostics setting, as for a Uniform instance
+            vm["properties"]["diagnosticsProfile"] = json.loads(json.dumps(profile["diagnosticsProfile"]))
+        extensions = (profile.get("extensionProfile") or {}).get("extensions") or []
+        if extensions:  # a VM's extensions are child resources (views.health_extension reads them from here)
+            vm["resources"] = json.loads(json.dumps(extensions))
+        key = lock_key(vm_id)
+        self.resources[key] = vm
+        self.save(key)
+        return vm
+
+    def set_protection(self, instance_id: str, policy: dict[str, Any]) -> dict[str, Any]:
+        """PUT/PATCH of a Uniform instance's protectionPolicy (PROT): "You can't specify protectFromScaleIn: false
+        when setting protectFromScaleSetActions: true" (the conflict's wording: research notes `arm.md` B8)."""
+        key, inst = self.split(instance_id)
+        model = self.instances.get(key, {}).get(inst)
+        if model is None:
+            raise LookupError(inst)
+        merged = {**(model["properties"].get("protectionPolicy") or {}), **policy}
+        if merged.get("protectFromScaleSetActions") is True:
+            if merged.get("protectFromScaleIn") is False:
+                raise ValueError(f"Virtual Machine Scale Set {key.rsplit('/', 1)[-1]} VM instance {inst} "
+                                 "protectionPolicy properties protectFromScaleIn and protectFromScaleSetActions "
+                                 "conflict with each other. protectFromScaleIn cannot be false when "
+                                 "protectFromScaleSetActions is true.")
+            merged["protectFromScaleIn"] = True
+        model["properties"]["protectionPolicy"] = merged
+        self.save(key)
+        return dict(model)
+
+    def protected(self, key: str) -> set[str]:
+        return {i for i, m in self.instances.get(key, {}).items()
+                if ((m.get("properties") or {}).get("protectionPolicy") or {}).get("protectFromScaleSetActions")}
 
     def _resize(self, vmss: dict[str, Any], capacity: int) -> None:
         key = lock_key(vmss["id"])
@@ -161,8 +259,8 @@ class Inventory:
         }
 
     def seed_scale_set(self, resource_id: str, capacity: int, *, location: str = "westus",
-                       health_extension: bool = True, ephemeral: bool = True,
-                       boot_diagnostics: bool = False) -> dict[str, Any]:
+                       health_extension: bool = True, ephemeral: bool = True, flexible: bool = False,
+                       boot_diagnostics: bool = False, **properties: Any) -> dict[str, Any]:
         os_disk: dict[str, Any] = {"createOption": "FromImage", "osType": "Linux", "caching": "ReadOnly"}
         if ephemeral:
             os_disk["diffDiskSettings"] = {"option": "Local"}
@@ -176,10 +274,14 @@ class Inventory:
             profile["extensionProfile"] = {"extensions": [{"name": "HealthExtension", "properties": {
                 "publisher": "Microsoft.ManagedServices", "type": "ApplicationHealthLinux",
                 "typeHandlerVersion": "2.0", "settings": {"protocol": "http", "port": 80, "requestPath": "/health"}}}]}
+        props: dict[str, Any] = {"upgradePolicy": {"mode": "Manual"}, "overprovision": False,
+                                 "virtualMachineProfile": profile, **properties}
+        if flexible:  # OMODES: a Flexible set has no upgrade policy of its own and one fault domain per zone
+            props = {"orchestrationMode": "Flexible", "platformFaultDomainCount": 1, "virtualMachineProfile": profile,
+                     **properties}
         return self.upsert(resource_id, {"location": location,
                                          "sku": {"name": "Standard_D2s_v5", "tier": "Standard", "capacity": capacity},
-                                         "properties": {"upgradePolicy": {"mode": "Manual"}, "overprovision": False,
-                                                        "virtualMachineProfile": profile}})
+                                         "properties": props})
 
 
 def model_version(image: dict[str, Any]) -> str:

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from devhost.compute.arm import COMPUTE_MESSAGE, OPERATION_PATH, RESOURCE_PATH, Parsed, iso, lock_key
+from devhost.compute.arm import COMPUTE_MESSAGE, OPERATION_PATH, RESOURCE_PATH, VM_LIST_PATH, Parsed, iso, lock_key
 from devhost.compute.evidence import BOOT_DIAGNOSTICS_PATH
 from devhost.compute.limits import ArmLimits, Rate
 
@@ -103,6 +103,8 @@ def charges(method: str, path: str, body: Any, lookup: Lookup) -> list[Charge]:
     """The Compute policies a call falls under (CTL's tables), each with the bucket it is kept in."""
     if m := OPERATION_PATH.match(path):
         return [Charge("GetOperation", lookup.operation_key(m["id"]) or f"operation:{m['id'].lower()}")]
+    if VM_LIST_PATH.match(path):  # a resource group's VM list (a Flexible set's members): High Cost Get VM
+        return [Charge("HighCostGetVM", None)] if method == "GET" else []
     if m := BOOT_DIAGNOSTICS_PATH.match(path):  # research notes `arm.md` C10: a read's policies, though a POST
         seg = "virtualMachines" if m["type"].lower() == "virtualmachines" else "virtualMachineScaleSets"
         key = lock_key(f"/subscriptions/{m['sub']}/resourceGroups/{m['rg']}/providers/Microsoft.Compute/{seg}/"
@@ -122,6 +124,8 @@ def charges(method: str, path: str, body: Any, lookup: Lookup) -> list[Charge]:
     if method == "GET":
         return [Charge("VMScaleSetHighCostGet" if p.is_list or p.action == "instanceview" else
                        "VMScaleSetLowCostGet", key)]
+    if method == "POST" and p.action == "setorchestrationservicestate":  # CTL: a set's Update, per resource
+        return [Charge("VMScaleSetUpdate", key)]
     if method == "POST":  # reimage / reimageall of the set: one token per instance, subscription bucket only
         ids = body.get("instanceIds") if isinstance(body, dict) else None
         count = len(ids) if isinstance(ids, list) and ids else lookup.instance_count(key)

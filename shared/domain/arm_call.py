@@ -15,6 +15,7 @@ from pydantic import (
     SecretStr,
 )
 
+from shared.domain.fleet import FleetFacts
 from shared.domain.targets import (
     Target,
 )
@@ -121,7 +122,8 @@ class TargetModel:
     ephemeral_os_disk: bool
     tags: dict[str, str] = field(default_factory=dict)
     capacity: int | None = None  # scale sets: the number of instances
-    instance_ids: tuple[str, ...] | None = None  # scale sets: the instances that exist now
+    instance_ids: tuple[str, ...] | None = None  # scale sets: the instances that exist now (Flexible: member names)
+    fleet: FleetFacts = field(default_factory=FleetFacts)  # orchestration mode, members, repairs, protection, locks
 
 
 @dataclass(frozen=True)

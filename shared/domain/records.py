@@ -111,11 +111,20 @@ class OperationRecord(_Doc):
     # A request whose preflight read ARM throttled (shared/workflow/throttling.py defer): what it asked (never
     # secrets), when to read the target again, and ARM's answer; the sweeper resumes it (shared/workflow/deferred.py).
     deferred: dict[str, Any] | None = None
+    # A request on a Flexible scale set's member VM (by its VM id): the set it is governed by (its lease, queue,
+    # budget, breaker and cooldowns are the set's; shared/workflow/fleet.py). None otherwise.
+    scale_set: str | None = None
     etag: str | None = Field(None, exclude=True)
 
     @property
     def terminal(self) -> bool:
         return self.status.terminal
+
+    @property
+    def governed_by(self) -> str:
+        """The id whose VM or scale set holds this operation's lease: the Flexible set of a member, else the
+        target (a scale set instance's set is its `vm_id`)."""
+        return self.scale_set or self.target
 
     @property
     def answered(self) -> bool:

@@ -31,12 +31,15 @@ from shared.domain.errors import DetailCode, ErrorCode, ErrorDetail, FieldErrors
 from shared.domain.targets import (
     INSTANCE_ID_PATTERN,
     INSTANCE_ID_RULE,
+    MEMBER_NAME_PATTERN,
+    MEMBER_NAME_RULE,
     Target,
     TargetError,
     TargetKind,
     build_target,
     parse_target,
     valid_instance_id,
+    valid_member_name,
 )
 
 # Seed 000/001/002: values ARM refuses outright.
@@ -64,18 +67,20 @@ _BASE64 = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{
 
 
 def _instance_id(value: Any) -> str:
-    """A canonical instance id: a JSON string, as ARM's `instanceIds` is. A number is refused, not converted: the
+    """A canonical instance id, or a Flexible set's member VM name (which set it is, and so which form is right, is
+    known only at preflight): a JSON string, as ARM's `instanceIds` is. A number is refused, not converted: the
     caller's own tooling would otherwise disagree with ARM, the ledger and the events about what an id is."""
-    if isinstance(value, str) and valid_instance_id(value):
+    if isinstance(value, str) and (valid_instance_id(value) or valid_member_name(value)):
         return value
     if isinstance(value, int | float) and not isinstance(value, bool):
         raise ValueError(f'{INSTANCE_ID_RULE}; send the number as a JSON string ("{value}")')
-    raise ValueError(INSTANCE_ID_RULE)
+    raise ValueError(f"{INSTANCE_ID_RULE}; {MEMBER_NAME_RULE}")
 
 
 InstanceId = Annotated[
     str,
-    PlainValidator(_instance_id, json_schema_input_type=Annotated[str, Field(pattern=f"^(?:{INSTANCE_ID_PATTERN})$")]),
+    PlainValidator(_instance_id, json_schema_input_type=Annotated[
+        str, Field(pattern=f"^(?:{INSTANCE_ID_PATTERN}|{MEMBER_NAME_PATTERN})$")]),
 ]
 
 
@@ -162,7 +167,8 @@ class ReimageRequest(_Wire):
         None,
         min_length=1,
         description='Scale sets only. Non-empty list of canonical decimal ids as JSON strings, such as "7" (no '
-        "leading zeros), no duplicates. A JSON number is refused.",
+        "leading zeros), no duplicates. A JSON number is refused. A Flexible scale set's members are named by their "
+        'VM names (starting with a letter), such as "workers_3f2a9c1e".',
     )
     all_instances: StrictBool = Field(
         False, description="Scale sets only. Must be true to reimage every instance."

@@ -49,8 +49,14 @@ RESOURCE_NAME_PATTERN = r"[A-Za-z0-9_][-A-Za-z0-9_.]{0,79}"
 # Instance ids are canonical decimal strings: "7", never "07", "+7" or " 7".
 INSTANCE_ID_PATTERN = r"0|[1-9][0-9]{0,9}"
 INSTANCE_ID_RULE = 'instance ids are canonical decimal strings like "7" (no leading zeros, signs or spaces)'
+# A Flexible scale set's instances are its member VMs, named by their VM names (research notes `arm.md` B6: a
+# Flexible set's `instanceId` is the VM name). Only names that start with a letter: one that starts with a digit
+# could be a Uniform id written wrongly ("07"), and a member so named is still reached by its VM id.
+MEMBER_NAME_PATTERN = r"[A-Za-z][-A-Za-z0-9_.]{0,79}"
+MEMBER_NAME_RULE = "a Flexible scale set's members are named by their VM names, starting with a letter"
 _NAME_RE = re.compile(RESOURCE_NAME_PATTERN)
 _INSTANCE_RE = re.compile(INSTANCE_ID_PATTERN)
+_MEMBER_RE = re.compile(MEMBER_NAME_PATTERN)
 # Resource group names: 1-90 characters that .NET's Char.IsLetterOrDigit accepts (Unicode letters and
 # decimal digits in the BMP), or '-', '_', '.', '(', ')'; not ending in '.'.
 _RG_CATEGORIES = frozenset({"Lu", "Ll", "Lt", "Lm", "Lo", "Nd"})
@@ -69,6 +75,10 @@ def valid_resource_group(name: str) -> bool:
 
 def valid_instance_id(value: str) -> bool:
     return isinstance(value, str) and _INSTANCE_RE.fullmatch(value) is not None
+
+
+def valid_member_name(value: str) -> bool:
+    return isinstance(value, str) and _MEMBER_RE.fullmatch(value) is not None
 
 
 def _check_name(name: str, field: str, what: str) -> None:

@@ -309,7 +309,10 @@ async def post_alert(body: bytes, client: Any, base_url: str) -> Outcome:
         refused: list[dict[str, Any]] = []
         transient: ReimagerError | None = None
         for target, result in results:
-            if isinstance(result, ReimagerError):
+            if isinstance(result, ReimagerError) and result.code is ErrorCode.AUTOMATIC_REPAIRS_ACTIVE:
+                # Azure's own repairs look after this set: the alert is theirs (docs/operations.md "Automatic repairs")
+                parsed.ignored.append({"target": target.target.id, "reason": result.error.message})
+            elif isinstance(result, ReimagerError):
                 if result.transient and "operationId" not in result.extra:
                     transient = result
                 entry: dict[str, Any] = {"target": target.target.id, "error": result.body()["error"]}
@@ -318,8 +321,8 @@ async def post_alert(body: bytes, client: Any, base_url: str) -> Outcome:
                 refused.append(entry)
             else:
                 out = answer(result, base_url).body
-                shown = ("operationId", "status", "statusUrl", "dryRun", "passed", "plan", "checks", "duplicate",
-                         *(("error", "freeze") if out.get("status") == "AwaitingApproval" else ()))
+                shown = ("operationId", "status", "statusUrl", "dryRun", "passed", "plan", "checks", "calls",
+                         "duplicate", *(("error", "freeze") if out.get("status") == "AwaitingApproval" else ()))
                 accepted.append({"target": target.target.id, **{k: out[k] for k in shown if k in out}})
         if transient is not None:
             raise transient

@@ -29,7 +29,8 @@ log = logging.getLogger("reimager.api")
 # mapped too, so the table is total: tests/unit/surfaces checks it covers every ErrorCode.
 HTTP_STATUS: Mapping[ErrorCode, int] = {
     ErrorCode.INVALID_REQUEST: 400, ErrorCode.MISSING_IDEMPOTENCY_KEY: 400, ErrorCode.SIGNATURE_INVALID: 401,
-    ErrorCode.SCOPE_NOT_ALLOWED: 403, ErrorCode.TARGET_PROTECTED: 403, ErrorCode.SELF_APPROVAL_NOT_ALLOWED: 403,
+    ErrorCode.SCOPE_NOT_ALLOWED: 403, ErrorCode.TARGET_PROTECTED: 403, ErrorCode.INSTANCE_PROTECTED: 403,
+    ErrorCode.TARGET_LOCKED: 403, ErrorCode.AUTOMATIC_REPAIRS_ACTIVE: 409, ErrorCode.SELF_APPROVAL_NOT_ALLOWED: 403,
     ErrorCode.APPROVER_NOT_VERIFIED: 403, ErrorCode.IDENTITIES_NOT_COMPARABLE: 403,
     ErrorCode.TARGET_NOT_FOUND: 404, ErrorCode.OPERATION_NOT_FOUND: 404,
     ErrorCode.OPERATION_IN_PROGRESS: 409, ErrorCode.TARGET_SUSPENDED: 409, ErrorCode.REQUEST_ID_CONFLICT: 409,
@@ -73,9 +74,10 @@ def status_url(base_url: str, operation_id: str) -> str:
 def answer(result: Result, base_url: str) -> Outcome:
     if isinstance(result, Planned):
         passed = all(c["result"] == "passed" for c in result.checks)  # would the real request pass policy?
-        return Outcome(200, responses.DryRun.model_validate(
-            {"dryRun": True, "target": result.target, "passed": passed, "plan": result.plan,
-             "checks": result.checks}).body())
+        doc = {"dryRun": True, "target": result.target, "passed": passed, "plan": result.plan, "checks": result.checks}
+        if result.calls:
+            doc["calls"] = result.calls
+        return Outcome(200, responses.DryRun.model_validate(doc).body())
     return accepted_outcome(result, base_url)
 
 

@@ -196,6 +196,8 @@ class DryRun(_Body):
                               "that could not be read)")
     checks: list[Check] = Field(description="Every check in order, passed, failed (with the code the real request "
                                 "gets) or skipped (with why); a dry run does not stop at the first failure")
+    calls: list[Plan] | None = Field(None, description="A Flexible scale set: the single-VM reimage POST of each "
+                                     "member, sent together as one batch (plan is the first)")
 
 
 class AlertAccepted(_Body):
@@ -209,6 +211,7 @@ class AlertAccepted(_Body):
     passed: bool | None = None
     plan: Plan | None = None
     checks: list[Check] | None = None
+    calls: list[Plan] | None = None
     duplicate: bool | None = None
 
 

@@ -14,7 +14,7 @@ from shared.domain.records import OperationRecord
 from shared.domain.redaction import scrub_poll
 from shared.domain.status import OperationStatus
 from shared.runtime import Runtime
-from shared.workflow import batches, throttling, verify
+from shared.workflow import batches, fleet, throttling, verify
 from shared.workflow.completion import finish
 
 
@@ -28,6 +28,8 @@ async def poll_operation(runtime: Runtime, payload: dict[str, Any]) -> dict[str,
     Not sent while a bucket it draws on runs low (`held`), and a 429 is not a failed read (`throttled`): either
     way the monitor waits `retryAfter` on a timer, then polls again (shared/workflow/throttling.py)."""
     target = payload.get("target")
+    if payload.get("mode") == "members":  # a Flexible set's batch: each member's own operation, read at once
+        return await fleet.poll(runtime, payload["operationId"], int(payload.get("polls") or 0))
     held = throttling.hold("poll", runtime, target)
     if held is not None:
         return held
@@ -70,5 +72,10 @@ async def submit_batch(runtime: Runtime, payload: dict[str, Any], client: Any = 
 
 
 async def read_health(runtime: Runtime, payload: dict[str, Any]) -> dict[str, Any]:
-    return await verify.read_health(runtime, payload["operationId"], final=bool(payload.get("final")),
-                                    page=payload.get("page"), seen=payload.get("seen"))
+    """One health read; the same read asked twice at once (the activity run twice side by side) is read once."""
+    seen = payload.get("seen") or {}
+    key = f"health|{payload['operationId']}|{bool(payload.get('final'))}|{payload.get('page')}|{','.join(sorted(seen))}"
+    answer: dict[str, Any] = await runtime.once.get(key, lambda: verify.read_health(
+        runtime, payload["operationId"], final=bool(payload.get("final")), page=payload.get("page"),
+        seen=payload.get("seen")))
+    return answer

@@ -18,13 +18,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from shared.domain.arm_call import ArmCall
 from shared.domain.errors import ErrorCode, ReimagerError
 from shared.domain.principal import Principal, as_verification
 from shared.domain.records import ApprovalGroup, GroupDecision, OperationRecord
 from shared.domain.status import OperationStatus
-from shared.domain.targets import parse_target
 from shared.runtime import Runtime
+from shared.workflow import fleet
 from shared.workflow.completion import end_waiting, finish
 from shared.workflow.intake import Intake
 
@@ -65,13 +64,11 @@ async def admit_approved(runtime: Runtime, client: Any, record: OperationRecord,
     if claimed is None or claimed.status != OperationStatus.CLAIMED or claimed.approved_by != approver.name:
         return None
     try:
-        target = parse_target(claimed.target)
-        model = await runtime.compute.get_model(target)  # again: the set may have changed while it waited
-        capacity = len(model.instance_ids) if model.instance_ids is not None else 1
-        call = ArmCall.for_batch(target, claimed.options, claimed.cooldown_keys,
-                                 runtime.settings.compute_api_version)
-        result = await Intake(runtime, client).admit_and_submit(claimed, call, capacity=capacity,
-                                                                target_id=target.vm_id, secret=False, symptom=False)
+        # again: the set may have changed while it waited (a Flexible member's: its set; shared/workflow/fleet.py)
+        gov, call = await fleet.recheck(runtime, claimed)
+        result = await Intake(runtime, client).admit_and_submit(claimed, call, capacity=gov.capacity,
+                                                                target_id=gov.target.vm_id, secret=False,
+                                                                symptom=False)
     except ReimagerError as exc:
         if not exc.extra.get("completed"):  # approved, then refused: it ends with its one event, saying why
             await finish(runtime, record.operation_id, OperationStatus.FAILED, exc.error_dict(), applied=False,

@@ -24,7 +24,7 @@ from shared.domain.targets import TargetKind, parse_target
 from shared.rules import admission
 from shared.rules.admission import lease_until
 from shared.runtime import Runtime
-from shared.workflow import submission, throttling
+from shared.workflow import fleet, submission, throttling
 from shared.workflow.completion import end_waiting, finish, publish_info
 from shared.workflow.orchestration import start_batch
 from shared.workflow.submission import lost_error, with_uncertain
@@ -39,6 +39,9 @@ class BatchBeingSubmitted(RuntimeError):
 def _submitted(batch: OperationRecord) -> dict[str, Any]:
     arm = batch.arm or {}
     assert batch.submitted_at is not None
+    if "members" in arm:  # a Flexible set's batch: its members' own operations (shared/workflow/fleet.py)
+        return {"outcome": "submitted", "url": None, "mode": "members", "submittedAt": batch.submitted_at.isoformat(),
+                "retryAfter": None}
     return {"outcome": "submitted", "url": arm.get("asyncOperationUrl") or arm.get("locationUrl"),
             "mode": "async" if arm.get("asyncOperationUrl") else "location",
             "submittedAt": batch.submitted_at.isoformat(), "retryAfter": arm.get("retryAfter")}
@@ -97,9 +100,12 @@ async def submit(runtime: Runtime, client: Any, batch_id: str) -> dict[str, Any]
     if slot is None:
         log.info("batch %s waits: GLOBAL_MAX_REIMAGES_PER_HOUR is spent until %s", batch_id, frees)
         return await _requeue(runtime, record)
-    call = ArmCall.for_batch(parse_target(record.target), record.options, record.cooldown_keys,
-                             runtime.settings.compute_api_version)
-    outcome = await submission.submit(runtime, client, record, call)
+    if fleet.is_flexible_batch(record):  # one single-VM POST per member, at most the cap at once
+        outcome = await fleet.submit(runtime, record)
+    else:
+        call = ArmCall.for_batch(parse_target(record.target), record.options, record.cooldown_keys,
+                                 runtime.settings.compute_api_version)
+        outcome = await submission.submit(runtime, client, record, call)
     if isinstance(outcome, submission.Uncertain):  # ended Failed/SubmissionUncertain with the members' events
         return {"outcome": "ended", "status": OperationStatus.FAILED}
     if isinstance(outcome, submission.NotApplied):

@@ -22,7 +22,7 @@ from shared.domain.health import Health
 from shared.domain.principal import Principal
 from shared.domain.records import OperationRecord, QueueEntry, TargetRecord
 from shared.domain.status import EventStatus, OperationStatus
-from shared.rules import admission, canary
+from shared.rules import admission, canary, fleet
 from shared.rules.admission import lease_until
 from shared.rules.health import member_health
 from shared.runtime import Runtime
@@ -106,7 +106,9 @@ async def finish(runtime: Runtime, operation_id: str, status: OperationStatus, e
     def terminal(r: OperationRecord) -> OperationRecord | None:
         if r.terminal:
             return None
-        r.status, r.error, r.completed_at, r.last_updated_time = status, error, now, now
+        # a Flexible batch with a failed member counts as failed (its failure streak), as a Uniform one would
+        ending = fleet.batch_outcome(r, status, error) if fleet.is_flexible_batch(r) else (status, error)
+        r.status, r.error, r.completed_at, r.last_updated_time = *ending, now, now
         r.secret_fingerprint = None  # polls are over: nothing left to recognise a secret in (docs/operations.md)
         r.applied = r.applied or applied
         r.health = health if health is not None else r.health
@@ -127,7 +129,7 @@ async def finish(runtime: Runtime, operation_id: str, status: OperationStatus, e
     if handoff.suspension is not None:
         await after_suspension(runtime, record.lease_key, handoff.ended)
     if handoff.formed is not None:
-        await start_batch(runtime, client, record.lease_key, handoff.formed, record.target)
+        await start_batch(runtime, client, record.lease_key, handoff.formed, record.governed_by)
     if record.is_batch:
         await runtime.ledger.settled(record.operation_id)
         return record
@@ -143,7 +145,7 @@ async def abandon(runtime: Runtime, client: Any, record: OperationRecord, error:
         if member != record.operation_id:
             await finish_member(runtime, member, refused)
     if handoff.formed is not None:
-        await start_batch(runtime, client, record.lease_key, handoff.formed, record.target)
+        await start_batch(runtime, client, record.lease_key, handoff.formed, record.governed_by)
 
 
 async def finish_member(runtime: Runtime, operation_id: str, batch: OperationRecord) -> OperationRecord | None:
@@ -155,13 +157,19 @@ async def finish_member(runtime: Runtime, operation_id: str, batch: OperationRec
         return member
     if canary.is_part(batch, operation_id):
         return await _after_canary(runtime, member, batch)
-    health, detail = canary.with_part(member, *member_health(batch, member.cooldown_keys))
+    health, detail = member_health(batch, member.cooldown_keys)
+    status, error = batch.status, batch.error
+    own = fleet.member_outcome(batch, member.cooldown_keys)  # a Flexible batch: its own members' outcomes
+    if own is not None:
+        status, error = own[0], own[1]
+        health, detail = (health, detail) if own[2] else (None, None)
+    health, detail = canary.with_part(member, health, detail)
     now = runtime.now()
 
     def terminal(r: OperationRecord) -> OperationRecord | None:
         if r.terminal:
             return None
-        r.status, r.error, r.completed_at, r.last_updated_time = batch.status, batch.error, now, now
+        r.status, r.error, r.completed_at, r.last_updated_time = status, error, now, now
         r.applied, r.batch_id, r.health, r.health_detail = batch.applied, batch.operation_id, health, detail
         r.submitted_at = r.submitted_at or batch.submitted_at
         r.polls, r.arm_status = max(r.polls, batch.polls), batch.arm_status

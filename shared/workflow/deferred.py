@@ -22,6 +22,7 @@ from shared.domain.request import parse_request
 from shared.domain.status import OperationStatus
 from shared.rules import policy
 from shared.runtime import Runtime
+from shared.workflow import fleet
 from shared.workflow.completion import end_waiting, finish
 from shared.workflow.intake import Intake
 from shared.workflow.throttling import wait_of
@@ -87,22 +88,26 @@ async def _admit(runtime: Runtime, client: Any, record: OperationRecord) -> None
     except ComputeThrottled as exc:
         await _wait_again(runtime, record, exc)
         return
-    instances = policy.check_model(request, model, settings)
-    call = request.arm_call(settings.compute_api_version, instance_ids=instances)
+    try:
+        checked = await fleet.preflight(runtime, request, model)  # a Flexible member: its set's (read now)
+    except ComputeThrottled as exc:
+        await _wait_again(runtime, record, exc)
+        return
+    gov, call = checked.governed, checked.call
 
     def ready(r: OperationRecord) -> OperationRecord | None:
         if r.status != OperationStatus.CLAIMED:
             return None
-        r.instance_ids, r.cooldown_keys = instances, policy.cooldown_keys(target, instances)
+        r.instance_ids, r.cooldown_keys = checked.instances, checked.cooldown_keys
+        r.lease_key, r.scale_set = gov.target.lock_key, gov.scale_set
         r.options, r.last_updated_time = call.options(), runtime.now()
         return r
 
     stored = await runtime.ledger.update(record.operation_id, ready)
     if stored is None:
         return
-    capacity = len(model.instance_ids) if model.instance_ids is not None else 1
     log.info("resuming %s for %s: ARM answered its preflight read", record.operation_id, record.target)
-    await Intake(runtime, client).admit_and_submit(stored, call, capacity=capacity, target_id=target.vm_id,
+    await Intake(runtime, client).admit_and_submit(stored, call, capacity=gov.capacity, target_id=gov.target.vm_id,
                                                    secret=False, symptom=not request.all_instances)
 
 

@@ -4,7 +4,8 @@ shared/workflow/submission.py calls `before_post` with the operation about to be
 already marked Submitting, so no other run POSTs it meanwhile. For each machine the POST will reimage whose request
 asks for evidence (`captureEvidence`, else EVIDENCE; a batch takes each instance's widest ask):
 1. its model and instance view: one read for the VM, the instance, or the batch's instances (shared/adapters/arm/
-   evidence.py);
+   evidence.py); a Flexible set's members are VMs of their own, read and asked for their boot diagnostics on
+   their own VM paths (a Flexible batch calls this before its members' single-VM POSTs, shared/workflow/fleet.py);
 2. the instance view is stored in the container `reimager-evidence`, under each request's operation id;
 3. with boot diagnostics enabled: retrieveBootDiagnosticsData, then the serial console log through its SAS URI
    (no bearer token to that host; the last SERIAL_LOG_MAX_BYTES kept), stored beside it;
@@ -27,9 +28,11 @@ from typing import Any
 from shared.adapters.arm.evidence import EvidenceCallFailed
 from shared.adapters.evidence import EvidenceStore, EvidenceUnavailable, download_log
 from shared.domain.evidence import CAPTURED, FAILED, OPERATION_TAG, RETAIN_TAG, SERIAL_LOG_MAX_BYTES, SKIPPED
+from shared.domain.fleet import member_target
 from shared.domain.records import OperationRecord
 from shared.domain.targets import Target, parse_target
 from shared.rules.evidence import Machine, blob_name, item, retain_until, snapshot_name, status_of, stronger
+from shared.rules.fleet import flexible_set
 from shared.runtime import Runtime
 
 log = logging.getLogger("reimager.evidence")
@@ -46,7 +49,12 @@ class _Capture:
     asked: dict[str, OperationRecord]  # operation id -> the request
     modes: dict[str, dict[str, str]]  # operation id -> instance -> its mode
     deadline: float
+    flexible: Target | None = None  # a Flexible set: its members (the keys) are VMs of their own
     found: dict[str, dict[str, dict[str, dict[str, Any]]]] = field(default_factory=dict)  # op -> key -> what -> item
+
+    def machine(self, key: str) -> tuple[Target, str]:
+        """Where a machine's ARM paths are: a Flexible member's own VM, else the target (and the instance id)."""
+        return (member_target(self.flexible, key), "") if self.flexible is not None else (self.target, key)
 
     def owners(self, key: str) -> list[OperationRecord]:
         return [r for op, r in self.asked.items() if key in self.modes[op]]
@@ -102,8 +110,9 @@ async def _before_post(runtime: Runtime, record: OperationRecord) -> OperationRe
     settings = runtime.settings
     loop = asyncio.get_running_loop()
     started, began = runtime.now(), loop.time()
-    capture = _Capture(runtime, parse_target(record.target), runtime.evidence, asked, modes,
-                       started.timestamp() + settings.evidence_timeout_seconds)
+    flexible = flexible_set(record)
+    capture = _Capture(runtime, flexible or parse_target(record.target), runtime.evidence, asked, modes,
+                       started.timestamp() + settings.evidence_timeout_seconds, flexible)
     timed_out = False
     try:
         async with asyncio.timeout(settings.evidence_timeout_seconds):
@@ -173,7 +182,9 @@ async def _record(runtime: Runtime, record: OperationRecord, docs: dict[str, dic
 async def _capture(capture: _Capture, wanted: dict[str, str]) -> None:
     try:
         keys = sorted(wanted, key=lambda k: (len(k), k))
-        docs = await capture.runtime.compute.evidence.machines(capture.target, keys)
+        arm = capture.runtime.compute.evidence
+        docs = await (arm.members(capture.flexible, keys) if capture.flexible is not None
+                      else arm.machines(capture.target, keys))
     except EvidenceCallFailed as exc:
         for key in wanted:
             for what in ("instanceView", "serialLog"):
@@ -230,7 +241,7 @@ async def _serial_log(capture: _Capture, machine: Machine) -> None:
         capture.each(machine.key, "serialLog", item(SKIPPED, reason=skipped))
         return
     try:
-        uri = await capture.runtime.compute.evidence.serial_log_uri(capture.target, machine.key)
+        uri = await capture.runtime.compute.evidence.serial_log_uri(*capture.machine(machine.key))
         # a second past the capture's own bound, which ends it first (and says so): this only stops a stray read
         left = max(1.0, capture.deadline - capture.runtime.now().timestamp()) + 1.0
         data, total, truncated = await download_log(uri, SERIAL_LOG_MAX_BYTES, left)

@@ -30,7 +30,7 @@ from shared.rules import admission, dryrun, freeze, policy
 from shared.rules.policy import needs_approval
 from shared.rules.poll_schedule import next_poll_delay
 from shared.runtime import Runtime
-from shared.workflow import submission, throttling
+from shared.workflow import fleet, submission, throttling
 from shared.workflow.completion import abandon, admit, finish, publish_info, release_lease
 from shared.workflow.orchestration import start_batch, start_monitor
 
@@ -54,6 +54,7 @@ class Planned:
     target: str
     plan: dict[str, Any] | None  # None when the instances cannot be known (the set was not read)
     checks: list[dict[str, Any]]
+    calls: list[dict[str, Any]] | None = None  # a Flexible set: every member's single-VM POST (plan is the first)
 
 
 Result = Accepted | Planned
@@ -101,14 +102,15 @@ class Intake:
                                           reply_to=reply_to, reply_correlation_id=reply_correlation_id,
                                           principal=principal)
             return Accepted(deferred, throttling.wait_of(exc))
-        instances = policy.check_model(request, model, self.settings)
-        call = request.arm_call(self.settings.compute_api_version, instance_ids=instances)
-        cooldown_keys = policy.cooldown_keys(target, instances)
+        # A Flexible member is its set's (shared/workflow/fleet.py): the set's lease, queue, budgets and breaker.
+        checked = await fleet.preflight(self.runtime, request, model)
+        gov, instances, call, cooldown_keys = checked.governed, checked.instances, checked.call, checked.cooldown_keys
+        model = gov.model
 
         now = self.runtime.now()
         # Held for a second person: too wide, a freeze (FREEZE_WINDOWS, the target's tag), or part of a group.
         frozen = freeze.active(self.settings.freeze_schedule, model.tags, self.settings.freeze_tag, now)
-        approval = freeze.held(needs_approval(request, instances, self.settings), frozen, group)
+        approval = freeze.held(needs_approval(gov.request, instances, self.settings), frozen, group)
         if approval and request.os_profile is not None:
             raise ReimagerError(ErrorCode.INVALID_REQUEST, "This request needs a second person's approval "
                                 f"({approval}), and a request that waits may not carry osProfile secrets: they are "
@@ -117,7 +119,7 @@ class Intake:
         # A verified caller (Easy Auth, a signed chat request) wins over the name the body gives.
         verified = principal if principal is not None and principal.is_verified else None
         record = OperationRecord(
-            operation_id=op_id, request_id=key, target=target.id, lease_key=target.lock_key, instance_ids=instances,
+            operation_id=op_id, request_id=key, target=target.id, lease_key=gov.target.lock_key, instance_ids=instances,
             cooldown_keys=cooldown_keys, options=call.options(), trigger=trigger,
             requested_by=verified.name if verified else request.requested_by,
             requested_by_verified=verified.verified if verified else "unverified",
@@ -126,7 +128,7 @@ class Intake:
             reply_correlation_id=reply_correlation_id, created_time=now, last_updated_time=now,
             attempt=uuid.uuid4().hex[:16], claimed_until=now + timedelta(seconds=self.settings.claim_seconds),
             secret_fingerprint=fingerprint(secrets_of_body(call.body)),
-            freeze=frozen.doc() if frozen else None, approval_group=group,
+            freeze=frozen.doc() if frozen else None, approval_group=group, scale_set=gov.scale_set,
             evidence_mode=request.capture_evidence or self.settings.evidence)
         won, existing = await ledger.claim(record)
         if not won:
@@ -138,8 +140,7 @@ class Intake:
             await ledger.index(record)
             return await self._await_approval(record, approval)
         await ledger.index(record)
-        capacity = len(model.instance_ids) if model.instance_ids is not None else 1
-        return await self.admit_and_submit(record, call, capacity=capacity, target_id=target.vm_id,
+        return await self.admit_and_submit(record, call, capacity=gov.capacity, target_id=gov.target.vm_id,
                                            secret=request.os_profile is not None, symptom=not request.all_instances)
 
     async def admit_and_submit(self, record: OperationRecord, call: ArmCall, *, capacity: int, target_id: str,
@@ -234,7 +235,7 @@ class Intake:
             # request sent on its own is told (its batch's POST marked only the requests sealed into it)
             await publish_info(self.runtime, EventType.ACCEPTED, stored)
         if decided.formed is not None:
-            await start_batch(self.runtime, self.client, record.lease_key, decided.formed, record.target)
+            await start_batch(self.runtime, self.client, record.lease_key, decided.formed, record.governed_by)
             stored = await self.runtime.ledger.get(record.operation_id) or stored
         log.info("%s %s for %s (%s)", decided.kind, record.operation_id, record.target, record.trigger)
         gather = self.settings.batch_gather_seconds if decided.kind == "queued" else 0
@@ -326,7 +327,9 @@ class Intake:
         """Another request holds this key. Wait briefly while it is being submitted, then answer with it: its
         operation, its refusal, or (when the ledger proves its owner gone, or a refusal is old) take it over."""
         target = request.resolved_target
-        if existing.lease_key != target.lock_key or existing.target.lower() != target.id.lower():
+        # the same target, whose lease is its own (or, for a Flexible member, its set's)
+        governed = existing.lease_key == target.lock_key or existing.scale_set is not None
+        if not governed or existing.target.lower() != target.id.lower():
             raise ReimagerError(ErrorCode.REQUEST_ID_CONFLICT, "This requestId was already used for another "
                                 "target; use a new requestId for a new request.", target="requestId",
                                 extra={"operationId": existing.operation_id})
@@ -364,16 +367,24 @@ class Intake:
 
     async def _plan(self, request: ReimageRequest) -> Planned:
         # The reads are the shell; shared/rules/dryrun.py decides. Outside the scopes nothing is read from ARM.
-        target, model, not_found = request.resolved_target, None, None
+        target, model, not_found, refused = request.resolved_target, None, None, None
+        asked, governing, calls = request, target, None
         if dryrun.in_scope(request, self.settings):
             try:
                 model = await self.runtime.compute.get_model(target)
+                gov = await fleet.govern(self.runtime, request, model)  # a Flexible member: its set's request
+                asked, governing, model = gov.request, gov.target, gov.model
+                calls = fleet.member_plans(gov, self.settings.compute_api_version)
             except TargetNotFound as exc:
                 not_found = exc
-        record = await self.runtime.ledger.get_target(target.lock_key)
-        result = dryrun.evaluate(request, self.settings, model=model, not_found=not_found, record=record,
-                                 now=self.runtime.now())
-        return Planned(target.id, result.plan, result.checks)
+            except ReimagerError as exc:  # what governs the target could not be read, or refused the request
+                if exc.code not in (ErrorCode.INVALID_REQUEST, ErrorCode.SCOPE_NOT_ALLOWED, ErrorCode.TARGET_NOT_FOUND):
+                    raise
+                refused = exc
+        record = await self.runtime.ledger.get_target(governing.lock_key)
+        result = dryrun.evaluate(asked, self.settings, model=model, not_found=not_found, record=record,
+                                 now=self.runtime.now(), governing=governing, refused=refused, calls=calls)
+        return Planned(target.id, result.plan, result.checks, result.calls)
 
 
 

@@ -77,8 +77,9 @@ class MonitorInput(BaseModel):
         arm = record.arm or {}
         url = arm.get("asyncOperationUrl") or arm.get("locationUrl")
         assert record.submitted_at is not None
-        return cls(operation_id=record.operation_id, url=url,
-                   mode="async" if arm.get("asyncOperationUrl") else "location",
+        # a Flexible set's batch is read member by member (shared/workflow/fleet.py poll)
+        mode = "members" if "members" in arm else "async" if arm.get("asyncOperationUrl") else "location"
+        return cls(operation_id=record.operation_id, url=url, mode=mode,
                    submitted_at=record.submitted_at, last_retry_after=arm.get("retryAfter"),
                    polls=record.polls, poll_min_seconds=settings.poll_min_seconds,
                    poll_max_seconds=settings.poll_max_seconds, poll_default_seconds=settings.poll_default_seconds,

@@ -43,7 +43,7 @@ def monitor_orchestrator(context: Any) -> Steps:
             return ended  # ended (refused, uncertain, empty) or requeued: the activity settled it
     if state.health_since is not None:
         return (yield from _verify(context, state))
-    if not state.url:
+    if not state.url and state.mode != "members":  # a Flexible batch reads its members' own operations
         err = {"code": ErrorCode.NO_OPERATION_URL, "message": "ARM accepted the reimage but returned no operation URL"}
         return (yield from _finish(context, state, OperationStatus.FAILED, err))
     return (yield from _poll(context, state))

@@ -172,7 +172,7 @@ async def _start_held_batch(runtime: Runtime, client: Any, record: OperationReco
                             not_before_time: datetime) -> None:
     """Create the batch's record with its not-before time first, then start it (start_batch finds the record)."""
     now = runtime.now()
-    target_id = parse_target(record.target).vm_id
+    target_id = parse_target(record.governed_by).vm_id
     batch = OperationRecord(operation_id=batch_id, request_id=batch_id, target=target_id, lease_key=record.lease_key,
                             trigger="batch", members=[], created_time=now, last_updated_time=now, batch_id=batch_id,
                             arm={"notBefore": not_before_time.isoformat()})

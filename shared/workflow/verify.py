@@ -19,7 +19,7 @@ from shared.domain.status import OperationStatus
 from shared.domain.targets import TargetKind, parse_target
 from shared.rules.health import summarize
 from shared.runtime import Runtime
-from shared.workflow import throttling
+from shared.workflow import fleet, throttling
 
 
 async def read_health(runtime: Runtime, operation_id: str, *, final: bool, page: str | None = None,
@@ -38,6 +38,8 @@ async def read_health(runtime: Runtime, operation_id: str, *, final: bool, page:
     record = await runtime.ledger.update(operation_id, verifying)
     if record is None:
         return {"done": True, "health": Health.UNKNOWN.value, "detail": None}
+    if fleet.is_flexible_batch(record):  # each reimaged member's own view
+        return await fleet.read_health(runtime, record, final=final, seen=seen)
     target = parse_target(parse_target(record.target).vm_id)
     held = throttling.hold("health", runtime, target.vm_id)
     if held is not None:
@@ -54,6 +56,8 @@ async def read_health(runtime: Runtime, operation_id: str, *, final: bool, page:
         if not final:
             raise
         views, next_page = {k: InstanceHealth(Health.UNKNOWN, exc.error.message) for k in wanted}, None
+    if target.kind is TargetKind.VM and keys != [""]:  # a Flexible member, keyed by its name in its set
+        views = {(keys[0] if k == "" else k): v for k, v in views.items()}
     if page is None and next_page is None:  # the whole list was one page: an id not on it is not in the set
         views = {**{k: InstanceHealth(Health.UNKNOWN, "not in the scale set") for k in wanted}, **views}
     judged = {**healthy, **views}

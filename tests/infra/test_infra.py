@@ -24,8 +24,12 @@ BICEP = sorted((ROOT / "infra").rglob("*.bicep"))
 # The instance-view reads are health verification's (ComputeClient.instance_health):
 # integration/adapters/test_instance_health.py::
 #   test_every_health_read_is_granted_by_the_role_and_every_view_action_is_used
-# runs those reads against the simulator and checks that they need exactly these.
+# runs those reads against the simulator and checks that they need exactly these. The set's instance view (its
+# automatic repairs) and the lock list are the preflight's fleet checks (shared/adapters/arm/fleet.py):
+# integration/adapters/test_fleet_reads.py::test_the_role_grants_exactly_the_reads_the_checks_make.
 ROLE_ACTIONS = {
+    "Microsoft.Authorization/locks/read",
+    "Microsoft.Compute/virtualMachineScaleSets/instanceView/read",
     "Microsoft.Compute/virtualMachines/read",
     "Microsoft.Compute/virtualMachines/instanceView/read",
     "Microsoft.Compute/virtualMachines/reimage/action",

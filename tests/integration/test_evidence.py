@@ -217,3 +217,46 @@ async def test_a_batch_reads_its_instances_once_and_links_each_requests_own_evid
         assert list(d["evidence"]["instances"]) == [key]  # its own instance only
         assert got["serialLog"]["url"].endswith(f"{d['operationId']}/{key}/serial-console.log")
     assert len([r for r in h.dh.sim.boot_diagnostics.requests if r["path"].endswith(".log")]) == 2
+
+
+async def test_a_flexible_sets_members_evidence_is_read_on_their_own_vm_paths(new_host: NewHost) -> None:
+    """A Flexible set's members are VMs of their own: their models, boot diagnostics and OS disks are the VMs',
+    never the set's Uniform instance paths (which a Flexible set does not have). One request naming three members:
+    the canary takes the first (its evidence: that VM's GET), the rest follow in a batch (one filtered VM list read
+    for both); each member's serial log, view and snapshot are captured before its own single-VM POST."""
+    h: Host = await new_host(settings={"BREAKER_PERCENT": "100", "FLEET_BUDGET_PERCENT": "100"})
+    flex = f"{BASE}/virtualMachineScaleSets/flexdiag"
+    h.dh.sim.flex_reimage_any_os_disk = True  # a managed OS disk (a Flexible member's reimage: the spec's reading)
+    h.dh.sim.seed_scale_set(flex, 6, flexible=True, ephemeral=False, boot_diagnostics=True)
+    members = h.dh.sim.members(flex)[:3]
+    names = sorted((m["name"] for m in members), key=lambda n: (len(n), n))
+    s, body, _ = await h.reimage({"target": flex, "instanceIds": names, "requestId": "evidence-flex",
+                                  "captureEvidence": "snapshot"})
+    assert s == 202, body
+    op = body["operationId"]
+    [event] = await h.until_completed(1)
+    d = event["data"]
+    assert d["status"] == "Succeeded" and d["canary"]["instanceIds"] == [names[0]]
+    log = requests(h)
+    assert not [r for r in log if "/virtualmachinescalesets/flexdiag/" in r["path"].lower()]  # no instance path
+    for name in names:
+        vm = f"/virtualMachines/{name}"
+        boot = index_of(h, "POST", rf"{vm}/retrieveBootDiagnosticsData$")
+        assert "virtualMachineScaleSets" not in log[boot]["path"] and boot < index_of(h, "POST", rf"{vm}/reimage$")
+        got = d["evidence"]["instances"][name]
+        assert {what: item["status"] for what, item in got.items()} == {
+            "serialLog": "captured", "instanceView": "captured", "snapshot": "captured"}, got
+        assert got["serialLog"]["url"].endswith(f"{op}/{name}/serial-console.log")
+    # the canary's member: its own GET; the two after it: one read of the group's VM list filtered on the set
+    single = index_of(h, "GET", rf"/virtualMachines/{names[0]}$", **{"$expand": "instanceView"})
+    listed = index_of(h, "GET", r"/resourceGroups/[^/]+/providers/Microsoft.Compute/virtualMachines$",
+                      **{"$expand": "instanceView"})
+    assert single < index_of(h, "POST", rf"/virtualMachines/{names[0]}/reimage$") < listed
+    assert "flexdiag" in log[listed]["query"]["$filter"]
+    disks = {m["name"]: h.dh.sim.resources[m["id"].lower()]["properties"]["storageProfile"]["osDisk"]["managedDisk"][
+        "id"] for m in members}
+    assert sorted(s.source for s in h.dh.sim.snapshots.values()) == sorted(disks.values())  # each member's own disk
+    stored = await blobs(h)
+    for m in members:
+        text = stored[f"{op}/{m['name']}/serial-console.log"]
+        assert b"Linux version" in text and m["id"].encode() in text

@@ -13,6 +13,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -33,6 +34,7 @@ from azure.core.pipeline.policies import (
 from azure.core.rest import HttpRequest
 
 from shared.adapters.arm.evidence import ArmEvidence
+from shared.adapters.arm.fleet import FleetReads, protected
 from shared.adapters.arm.lro import error_from_response, interpret, location_failure, parse_retry_after
 from shared.adapters.arm.quota import QuotaPolicy, QuotaTracker
 from shared.adapters.arm.reads import SharedReads
@@ -180,6 +182,9 @@ class ComputeClient:
         self._same_read: SharedReads[Any] = SharedReads(0, self._now)
         self.quota = QuotaTracker(self._now, settings.arm_quota_low_water)
         self._views = InstanceViews(self.origin, settings.compute_api_version, self._guarded, self._now, same_origin)
+        # Flexible members, automatic repairs, locks: read with the model (shared/adapters/arm/fleet.py)
+        self.fleet = FleetReads(self.origin, settings.compute_api_version, self._guarded, self._now, same_origin,
+                                settings.preflight_cache_seconds)
         # Evidence before the wipe: the machines' views, boot diagnostics, snapshots (shared/adapters/arm/evidence.py)
         self.evidence = ArmEvidence(self.origin, settings.compute_api_version, self._guarded, self._now, same_origin,
                                     sleep)
@@ -235,7 +240,7 @@ class ComputeClient:
     async def get_model(self, target: Target) -> TargetModel:
         """Preflight: the VM's or scale set's model (and a set's instances), read once for every request that needs
         it within PREFLIGHT_CACHE_SECONDS, and once for all that ask at the same time (shared/adapters/arm/reads.py)."""
-        wait = self.quota.blocked_for(target.vm_id, ("model", "instances"))
+        wait = self.quota.blocked_for(target.vm_id, ("model", "instances", "repairs", "locks"))
         if wait > 0:  # ARM throttled these reads and its Retry-After has not passed: asking again would be refused
             raise ComputeThrottled(ErrorCode.COMPUTE_UNAVAILABLE, "reading the target: ARM is throttling reads of it; "
                                    f"not asked again before its Retry-After ({wait:.0f} s left)", arm_status=429,
@@ -256,7 +261,13 @@ class ComputeClient:
         os_disk = (profile.get("storageProfile") or {}).get("osDisk") or {}
         os_type = os_disk.get("osType")
         capacity = (doc.get("sku") or {}).get("capacity") if target.kind is not TargetKind.VM else None
-        instance_ids = await self.list_instance_ids(target) if target.kind is not TargetKind.VM else None
+        fleet = await self.fleet.facts(target, doc)
+        instance_ids = None
+        if fleet.flexible:  # a Flexible set's instances are its member VMs, by name
+            instance_ids = tuple(m.name for m in fleet.members)
+        elif target.kind is not TargetKind.VM:
+            instance_ids, shielded = await self.list_instances(target)
+            fleet = replace(fleet, protected=shielded)
         return TargetModel(
             id=doc.get("id", target.vm_id),
             os_type=os_type if os_type in ("Windows", "Linux") else None,
@@ -264,29 +275,37 @@ class ComputeClient:
             tags={str(k): str(v) for k, v in (doc.get("tags") or {}).items()},
             capacity=int(capacity) if capacity is not None else None,
             instance_ids=instance_ids,
+            fleet=fleet,
         )
 
     async def list_instance_ids(self, target: Target) -> tuple[str, ...]:
         """The scale set's instances now (following nextLink): what `allInstances` resolves to, and what
         named instances must be among."""
+        return (await self.list_instances(target))[0]
+
+    async def list_instances(self, target: Target) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """A Uniform set's instances now, and those protected from scale set actions (read off the same pages: the
+        instance models carry protectionPolicy)."""
         url = f"{self.origin}{target.vm_id}/virtualMachines"
-        request = HttpRequest("GET", url, params={"api-version": self._settings.compute_api_version,
-                                                  "$select": "instanceId"})
+        request = HttpRequest("GET", url, params={"api-version": self._settings.compute_api_version})
         ids: list[str] = []
+        shielded: list[str] = []
         for _ in range(1000):  # a page holds many instances; this bounds a server that loops
             status, headers, body = await self._guarded(request, "listing the scale set's instances", "instances",
                                                         target.vm_id)
             if status != 200:
                 raise error_from_response(status, headers, body, "listing the scale set's instances", self._now())
             doc = json.loads(body)
-            ids += [str(v["instanceId"]) for v in doc.get("value") or [] if v.get("instanceId") is not None]
+            listed = [v for v in doc.get("value") or [] if v.get("instanceId") is not None]
+            ids += [str(v["instanceId"]) for v in listed]
+            shielded += [str(v["instanceId"]) for v in listed if protected(v)]
             link = doc.get("nextLink")
             if not link:
                 break
             if not same_origin(link, self.origin):
                 raise UntrustedOperationUrl(link)
             request = HttpRequest("GET", link)
-        return tuple(ids)
+        return tuple(ids), tuple(shielded)
 
     async def instance_health(self, target: Target, instance_ids: Sequence[str] | None = None
                               ) -> dict[str, InstanceHealth]:

@@ -1,7 +1,9 @@
 """ARM calls of evidence capture (shared/workflow/evidence.py), the fewest that get it (research `arm.md` C10-C12):
 - the machines' models with their instance views: one GET of a VM or one instance (`?$expand=instanceView`), or,
   for several instances of a set, the set's VM list with `$expand=instanceView`, one page at a time until every
-  asked instance was seen (each page one of the set's High Cost Get reads);
+  asked instance was seen (each page one of the set's High Cost Get reads). A Flexible set's members are VMs of
+  their own: one member's GET, or the resource group's VM list filtered on the set (`members`), and each member's
+  boot diagnostics on its own VM path;
 - `retrieveBootDiagnosticsData` (a POST: an ARM write; 200 with read-only SAS URIs of the serial console log and
   the screenshot), one per machine whose boot diagnostics is enabled, asking for short-lived URIs;
 - a snapshot: one PUT of `Microsoft.Compute/snapshots/{name}` (Disk RP, its own api-version; incremental, copied
@@ -74,6 +76,42 @@ class ArmEvidence:
                     found[inst] = item
             link = doc.get("nextLink")
             if wanted <= found.keys() or not link:
+                break
+            if not isinstance(link, str) or not self._same_origin(link, self.origin):
+                raise EvidenceCallFailed(f"{what}: ARM named a next page on another host; not followed")
+            request = HttpRequest("GET", link)
+        return found
+
+    async def members(self, scale_set: Target, names: list[str]) -> dict[str, dict[str, Any]]:
+        """A Flexible set's members (VMs of their own, in the set's resource group), each model with its instance
+        view, keyed by the asked name: one VM's GET for one member; for several, the resource group's VM list
+        filtered on the set with `$expand=instanceView` (VirtualMachines_List: only with a filter), one page at a
+        time until every asked member was seen. Never the set's Uniform instance paths: a Flexible set has none."""
+        params = {"api-version": self.api_version, "$expand": "instanceView"}
+        what = "reading the machine before the reimage"
+        if len(names) == 1:
+            vm = f"{scale_set.resource_group_id}/providers/Microsoft.Compute/virtualMachines/{names[0]}"
+            status, headers, body = await self._call(HttpRequest("GET", f"{self.origin}{vm}", params=params),
+                                                     what, vm)
+            if status != 200:
+                raise self._failed(status, headers, body, what)
+            return {names[0]: _object(body, what)}
+        wanted = {n.lower(): n for n in names}
+        found: dict[str, dict[str, Any]] = {}
+        request = HttpRequest("GET", f"{self.origin}{scale_set.resource_group_id}/providers/Microsoft.Compute/"
+                              "virtualMachines", params={**params, "$filter": "'virtualMachineScaleSet/id' eq "
+                                                         f"'{scale_set.vm_id}'"})
+        for _ in range(_MAX_PAGES):
+            status, headers, body = await self._call(request, what, scale_set.vm_id)
+            if status != 200:
+                raise self._failed(status, headers, body, what)
+            doc = _object(body, what)
+            for item in doc.get("value") or []:
+                name = str(item.get("name") or "").lower() if isinstance(item, dict) else ""
+                if name in wanted:
+                    found[wanted[name]] = item
+            link = doc.get("nextLink")
+            if len(found) == len(wanted) or not link:
                 break
             if not isinstance(link, str) or not self._same_origin(link, self.origin):
                 raise EvidenceCallFailed(f"{what}: ARM named a next page on another host; not followed")

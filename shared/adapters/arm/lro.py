@@ -141,6 +141,8 @@ def error_from_response(status: int, headers: dict[str, str], body: bytes, what:
     said = f"ARM answered {status} {code or ''}: {message or 'no message'}".strip()
     if status == 404:
         return TargetNotFound(ErrorCode.TARGET_NOT_FOUND, f"{what}: {said}", **kw)
+    if status == 409 and code == "ScopeLocked":  # a ReadOnly lock: nothing was applied (LOCKS; arm.md B9)
+        return ComputeError(ErrorCode.TARGET_LOCKED, f"{what}: the resource is under a ReadOnly lock ({said})", **kw)
     if status == 409:
         return ComputeConflict(ErrorCode.OPERATION_IN_PROGRESS, f"{what}: {said}", **kw)
     if status == 429:

@@ -35,6 +35,7 @@ from shared.adapters.ledger.entities import (
 from shared.adapters.ledger.errors import LedgerConflict, LedgerUnavailable, RecordChanged
 from shared.domain.records import OperationRecord
 from shared.domain.status import OperationStatus
+from shared.domain.targets import parse_target
 
 OPEN = "open"  # index partition of operations the sweeper still watches
 
@@ -174,6 +175,8 @@ class Operations(Tables):
         ix = self._table(self.tables[1])
         row = f"{inverted(record.created_time)}-{record.operation_id}"
         entries = [(target_partition(record.lease_key), row), ("all", row), (OPEN, record.operation_id)]
+        if record.scale_set is not None:  # a Flexible member governed by its set: listed under its own VM too
+            entries.append((target_partition(parse_target(record.target).lock_key), row))
         # Three partitions cannot share a batch (a transaction is one partition); send them side by side.
         await self._idempotent("indexing", lambda: asyncio.gather(*(
             ix.upsert_entity({"PartitionKey": partition, "RowKey": key, "op": record.operation_id,

@@ -67,6 +67,29 @@ async def test_one_read_per_vm_one_list_read_for_several_instances(client: Compu
     assert eph.ephemeral and eph.snapshot_skipped() == EPHEMERAL
 
 
+async def test_a_flexible_sets_members_are_read_as_vms_one_get_or_one_filtered_list(client: ComputeClient,
+                                                                                    standins: StandIns) -> None:
+    """A Flexible member is a VM of its own: one member, its VM's GET; several, the group's VM list filtered on the
+    set (one read); its boot diagnostics on its VM path. Never the set's instance paths (it has none)."""
+    flex = f"{BASE}/virtualMachineScaleSets/flex1"
+    standins.sim.seed_scale_set(flex, 3, flexible=True, ephemeral=False, boot_diagnostics=True)
+    names = [m["name"] for m in standins.sim.members(flex)]
+    before = len(standins.sim.requests)
+    one = await client.evidence.members(parse_target(flex), [names[0]])
+    several = await client.evidence.members(parse_target(flex), [names[1].upper(), names[2]])
+    uri = await client.evidence.serial_log_uri(parse_target(f"{BASE}/virtualMachines/{names[1]}"), "")
+    calls = standins.sim.requests[before:]
+    assert [(r["method"], r["path"].split("/providers/Microsoft.Compute/")[1], r["query"].get("$expand"))
+            for r in calls] == [("GET", f"virtualMachines/{names[0]}", "instanceView"),
+                                ("GET", "virtualMachines", "instanceView"),
+                                ("POST", f"virtualMachines/{names[1]}/retrieveBootDiagnosticsData", None)]
+    assert "flex1" in calls[1]["query"]["$filter"] and "sig=" in uri
+    assert list(one) == [names[0]] and set(several) == {names[1].upper(), names[2]}  # keyed as asked
+    machine = Machine.of(names[2], several[names[2]])
+    assert machine.boot_diagnostics and machine.instance_view and not machine.ephemeral
+    assert machine.os_disk_id and machine.os_disk_id != Machine.of(names[0], one[names[0]]).os_disk_id
+
+
 async def test_the_serial_log_comes_through_its_sas_uri_from_another_host_and_needs_no_token(
         client: ComputeClient, standins: StandIns) -> None:
     uri = await client.evidence.serial_log_uri(parse_target(VM), "")
@@ -129,6 +152,9 @@ async def test_every_evidence_call_is_granted_by_the_role(client: ComputeClient,
 
     vm = Machine.of("", (await client.evidence.machines(parse_target(VM), [""]))[""])
     await client.evidence.machines(parse_target(SS), ["1", "2"])
+    flex = f"{BASE}/virtualMachineScaleSets/flex2"
+    standins.sim.seed_scale_set(flex, 2, flexible=True, boot_diagnostics=True)
+    await client.evidence.members(parse_target(flex), [m["name"] for m in standins.sim.members(flex)])
     await client.evidence.serial_log_uri(parse_target(VM), "")
     await client.evidence.serial_log_uri(parse_target(SS), "2")
     assert vm.os_disk_id is not None

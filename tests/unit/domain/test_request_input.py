@@ -48,6 +48,16 @@ def test_instance_ids_must_be_json_strings(bad: list[Any]) -> None:
         assert 'send the number as a JSON string ("0")' in text_of(err)
 
 
+def test_flexible_member_names_are_instance_ids() -> None:
+    """A Flexible set's instances are its member VMs, named by VM name (known as such only at preflight); a name
+    must start with a letter, so a Uniform id written wrongly ("07", "1_0") is still refused."""
+    r = parse_request({"target": VMSS_ID, "instanceIds": ["workers_3f2a9c1e", "web.01-b"]})
+    assert r.effective_instance_ids == ["workers_3f2a9c1e", "web.01-b"]
+    for bad in (["_a"], ["1_0"], ["a" * 81], ["a/b"], ["é"]):
+        err = refused({"target": VMSS_ID, "instanceIds": bad})
+        assert "Flexible scale set's members are named by their VM names" in text_of(err)
+
+
 def test_canonical_instance_ids_still_pass() -> None:
     assert parse_request({"target": VMSS_ID, "instanceIds": ["0", "7", "12", "9999999999"]}).instance_count == 4
 

@@ -48,7 +48,8 @@ def test_a_protected_vm_with_a_wrong_option_reports_both_failures_and_the_rest()
                           record=TargetRecord(key="k"), now=NOW)
     assert [c["name"] for c in run.checks] == list(dryrun.CHECKS)
     assert names(run, "failed") == ["protectTag", "targetModel"]
-    assert names(run, "passed") == ["scope", "targetExists", "instanceCount", "suspension", "cooldown", "freeze"]
+    assert names(run, "passed") == ["scope", "targetExists", "instanceCount", "instanceProtection", "lock",
+                                    "automaticRepairs", "suspension", "cooldown", "freeze"]
     assert not run.passed and run.plan is not None and run.plan["body"] == {"tempDisk": True}
     by = {c["name"]: c for c in run.checks}
     assert by["protectTag"]["code"] == "TargetProtected"
@@ -79,7 +80,8 @@ def test_a_target_outside_the_scopes_is_not_read_and_the_rest_is_skipped() -> No
     assert not dryrun.in_scope(request, s)
     run = dryrun.evaluate(request, s, model=None, not_found=None, record=TargetRecord(key="k"), now=NOW)
     assert names(run, "failed") == ["scope"]
-    assert names(run, "skipped") == ["targetExists", "protectTag", "instanceCount", "targetModel", "freeze"]
+    assert names(run, "skipped") == ["targetExists", "protectTag", "instanceCount", "targetModel",
+                                     "instanceProtection", "lock", "automaticRepairs", "freeze"]
 
 
 def test_all_instances_of_a_set_that_was_not_read_has_no_plan() -> None:
@@ -88,7 +90,8 @@ def test_all_instances_of_a_set_that_was_not_read_has_no_plan() -> None:
     run = dryrun.evaluate(request, make_settings(), model=None, not_found=missing, record=TargetRecord(key="k"),
                           now=NOW)
     assert run.plan is None and names(run, "failed") == ["targetExists"]
-    assert names(run, "skipped") == ["protectTag", "instanceCount", "targetModel", "cooldown", "freeze"]
+    assert names(run, "skipped") == ["protectTag", "instanceCount", "targetModel", "instanceProtection", "lock",
+                                     "automaticRepairs", "cooldown", "freeze"]
 
 
 def test_an_empty_set_fails_instance_count_and_still_checks_the_options() -> None:

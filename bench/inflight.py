@@ -14,7 +14,8 @@ makes ARM ask for 5 s instead (12 reads; 200 polls a second at N = 1,000), the s
 - event-loop lag p99: how late a 50 ms sleep in devhost's loop wakes up while the operations run.
 
 devhost runs each activity once here (`Fidelity.without("duplicate_activities")`): by default it runs
-every activity twice, as hostile as Azure can be, which would double the status reads. Real clock:
+every activity twice, as hostile as Azure can be, which would double the status reads. EVIDENCE=off, as in
+bench.polling: the capture's reads before the POST are not status reads. Real clock:
 lag under load is the point, and a virtual clock has no load.
 """
 
@@ -98,8 +99,10 @@ async def host_main(state_dir: Path) -> None:
 
     standins = json.loads((state_dir / "standins.json").read_text())
     dh = DevHost(port=0, state_dir=state_dir, operation_seconds=OPERATION_SECONDS, retry_after=RETRY_AFTER,
-                 # every operation in flight at once: the global budget (100 an hour) would queue the rest
-                 settings={"COOLDOWN_MINUTES": "0", "GLOBAL_MAX_REIMAGES_PER_HOUR": "100000",
+                 # every operation in flight at once: the global budget (100 an hour) would queue the rest; no
+                 # evidence capture: its reads before the POST are intake's cost (bench.intake counts them) and
+                 # would blur the status reads counted here
+                 settings={"COOLDOWN_MINUTES": "0", "GLOBAL_MAX_REIMAGES_PER_HOUR": "100000", "EVIDENCE": "off",
                            "AzureWebJobsStorage": standins["storage"]},
                  durable_fidelity=Fidelity.without("duplicate_activities"), external_arm=external_arm(standins),
                  seed=False, storage_proxy=False)

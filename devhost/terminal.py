@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("devhost.terminal")
 request_log = logging.getLogger("devhost.requests")  # its own logger: the demo shows these only with -v
 _LOGGED_PREFIXES = ("/api/", "/admin/")
+PRINTED_IDS = 10_000  # the event ids remembered so that a re-sent event is printed once
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -63,12 +65,20 @@ class TerminalPublisher:
 
     def __init__(self, inner: Publisher) -> None:
         self.inner = inner
+        # Events are sent at least once (a redelivered message or a retried request publishes its state again,
+        # with the same id); a topic's duplicate detection drops the copy, and so does this log.
+        self._printed: OrderedDict[str, None] = OrderedDict()
 
     async def reply(self, event: CloudEvent, queue: str, correlation_id: str | None) -> None:
         await self.inner.reply(event, queue, correlation_id)
 
     async def publish(self, event: CloudEvent) -> None:
         await self.inner.publish(event)
+        if event.id in self._printed:
+            return
+        self._printed[event.id] = None
+        if len(self._printed) > PRINTED_IDS:
+            self._printed.popitem(last=False)
         try:
             log.info("%s", event_line(event))
         except Exception:  # a terminal line is never worth failing a publish for

@@ -55,6 +55,20 @@ def _no_such_member(names: list[str], scale_set: Target) -> ReimagerError:
                                                         for n in names[:10]])
 
 
+def _not_listed(vm: Target, scale_set: Target) -> ReimagerError:
+    return ReimagerError(ErrorCode.TARGET_NOT_FOUND, f"The VM {vm.name} in resource group {vm.resource_group} names "
+                         f"the Flexible scale set {scale_set.name}, which lists no such member: its members are "
+                         f"listed in its own resource group ({scale_set.resource_group}), and a member is reimaged "
+                         "there only.", target="target",
+                         details=[ErrorDetail(code=DetailCode.INSTANCE_NOT_FOUND, target="target", message=vm.id)])
+
+
+def _own(member: Member, scale_set: Target) -> bool:
+    """The member's own VM id is the one its POST, evidence and health name (its set's resource group and its name):
+    a member listed anywhere else is not reimaged under a path that could name another VM."""
+    return ascii_fold(member.id) == ascii_fold(member_target(scale_set, member.name).id)
+
+
 def as_set_request(request: ReimageRequest, scale_set: Target, facts: FleetFacts) -> ReimageRequest:
     """The request as its Flexible set sees it: the set, naming the members by ARM's own spelling of their names.
     A request by a member's VM id names that one member. Options a single-VM reimage does not take are refused."""
@@ -70,10 +84,12 @@ def as_set_request(request: ReimageRequest, scale_set: Target, facts: FleetFacts
         return request
     wanted = [target.name] if target.kind is TargetKind.VM else list(request.effective_instance_ids or [])
     found = [facts.member(n) for n in wanted]
-    missing = [n for n, m in zip(wanted, found, strict=True) if m is None]
-    if missing and target.kind is not TargetKind.VM:
+    if target.kind is TargetKind.VM and (found[0] is None or ascii_fold(found[0].id) != ascii_fold(target.vm_id)):
+        raise _not_listed(target, scale_set)  # a name alone could be another member, in the set's resource group
+    missing = [n for n, m in zip(wanted, found, strict=True) if m is None or not _own(m, scale_set)]
+    if missing:
         raise _no_such_member(missing, scale_set)
-    names = list(dict.fromkeys(m.name if m is not None else n for n, m in zip(wanted, found, strict=True)))
+    names = list(dict.fromkeys(m.name for m in found if m is not None))
     if len(names) != len(wanted):
         raise ReimagerError(ErrorCode.INVALID_REQUEST, "instanceIds names the same member twice (VM names are "
                             "compared ignoring case).", target="instanceIds")

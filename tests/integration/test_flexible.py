@@ -427,6 +427,24 @@ async def test_a_request_with_secrets_names_one_member_and_is_sent_from_intake(n
     assert s == 429 and body["error"]["code"] == "CooldownActive"
 
 
+async def test_a_member_in_another_resource_group_is_refused_never_its_namesake_reimaged(new_host: NewHost) -> None:
+    """A VM in another resource group joined the set under the name one of the set's own members has: a request for
+    it is refused as not found (the set's resource group lists no such member), and the namesake is not POSTed."""
+    h, members = await flex_host(new_host, members=2)
+    other = f"/subscriptions/{DEMO_SUBSCRIPTION}/resourceGroups/other-rg/providers/Microsoft.Compute/virtualMachines"
+    twin = f"{other}/{members[0]['name']}"
+    h.dh.sim.upsert(twin, {"location": "westus", "properties": {
+        "virtualMachineScaleSet": {"id": FLEX}, "storageProfile": {"osDisk": {
+            "osType": "Linux", "diffDiskSettings": {"option": "Local"}}}}})
+    assert twin.lower() in {m["id"].lower() for m in h.dh.sim.members(FLEX)}  # a member of the set, elsewhere
+    s, body, _ = await h.reimage({"target": twin, "requestId": "twin"})
+    assert s == 404 and body["error"]["code"] == "TargetNotFound" and body["error"]["target"] == "target", body
+    s, body, _ = await h.post("/api/alerts", vm_alert(twin, "twin-alert"))
+    assert body["accepted"] == [] and h.reimage_posts() == []
+    await later(h, 120)
+    assert h.reimage_posts() == []  # members[0], its namesake in the set's group, is left alone
+
+
 def _ts(iso: str) -> float:
     from datetime import datetime
 

@@ -427,6 +427,27 @@ async def test_a_request_with_secrets_names_one_member_and_is_sent_from_intake(n
     assert s == 429 and body["error"]["code"] == "CooldownActive"
 
 
+async def test_a_lead_sent_to_the_set_reads_its_members_own_health(new_host: NewHost) -> None:
+    """A request with secrets sent to the set naming one member leads (its member's single-VM POST from intake): its
+    health is its member's own VM's view (the set has no instance path for it), so an unhealthy member is Unhealthy,
+    not Unknown, and counts toward the set's breaker."""
+    h: Host = await new_host(settings={**OPEN, "HEALTH_GRACE_MINUTES": "2"}, operation_seconds=10.0,
+                             retry_after=None)
+    h.dh.sim.flex_reimage_any_os_disk = True
+    h.dh.sim.seed_scale_set(FLEX, 3, flexible=True, ephemeral=False)
+    member = h.dh.sim.members(FLEX)[0]
+    h.dh.sim.faults.append(Fault.model_validate({"match": member["name"], "healthAfter": "unhealthy", "times": 100}))
+    s, body, _ = await h.reimage({"target": FLEX, "instanceIds": [member["name"]], "requestId": "lead",
+                                  "osProfile": {"adminPassword": "Str0ng-Passw0rd!"}})
+    assert s == 202 and body["status"] == "Accepted", body
+    [event] = await h.until_completed(1)
+    d = event["data"]
+    assert d["status"] == "Succeeded" and d["health"] == "Unhealthy", d
+    assert list(d["healthDetail"]) == [member["name"]] and "unhealthy" in d["healthDetail"][member["name"]].lower()
+    s, target = await h.get(f"/api/targets?id={FLEX}")
+    assert target["breaker"]["consecutiveFailures"] == 1, target["breaker"]
+
+
 async def test_a_member_in_another_resource_group_is_refused_never_its_namesake_reimaged(new_host: NewHost) -> None:
     """A VM in another resource group joined the set under the name one of the set's own members has: a request for
     it is refused as not found (the set's resource group lists no such member), and the namesake is not POSTed."""

@@ -448,6 +448,24 @@ async def test_a_lead_sent_to_the_set_reads_its_members_own_health(new_host: New
     assert target["breaker"]["consecutiveFailures"] == 1, target["breaker"]
 
 
+async def test_a_throttled_read_of_a_members_set_waits_queued_and_completes_once(new_host: NewHost) -> None:
+    """An alert on a Flexible member whose set's read ARM throttles (429, Retry-After 120) is not refused: it waits
+    Queued (the re-send joins it), is admitted once ARM answers, and ends with one event."""
+    h, members = await flex_host(new_host, members=3)
+    h.dh.sim.faults.append(Fault.model_validate({"match": "virtualMachineScaleSets/flex", "method": "GET",
+                                                 "status": 429, "retryAfter": 120}))
+    s, body, _ = await h.post("/api/alerts", vm_alert(members[0]["id"], "set-throttled"))
+    assert s == 202 and body["refused"] == [] and body["accepted"][0]["status"] == "Queued", body
+    op = body["accepted"][0]["operationId"]
+    s, again, _ = await h.post("/api/alerts", vm_alert(members[0]["id"], "set-throttled"))
+    assert s == 202 and again["accepted"][0]["operationId"] == op
+    [event] = await h.until_completed(1)
+    assert event["data"]["operationId"] == op and event["data"]["status"] == "Succeeded"
+    assert event["data"]["instanceIds"] == [members[0]["name"]]
+    [post] = posts(h)
+    assert post["path"].endswith(f"/virtualMachines/{members[0]['name']}/reimage")
+
+
 async def test_a_member_in_another_resource_group_is_refused_never_its_namesake_reimaged(new_host: NewHost) -> None:
     """A VM in another resource group joined the set under the name one of the set's own members has: a request for
     it is refused as not found (the set's resource group lists no such member), and the namesake is not POSTed."""

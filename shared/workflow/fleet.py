@@ -278,6 +278,7 @@ async def _send_more(runtime: Runtime, record: OperationRecord) -> OperationReco
             if (members.get(s.name) or {}).get("token") == token:
                 members[s.name] = s.doc
                 r.applied = r.applied or s.applied
+        r.arm_seconds = _took(members, r.arm_seconds)  # its last member may end here (refused)
         r.last_updated_time = runtime.now()
         return r
 
@@ -314,6 +315,16 @@ async def _read(runtime: Runtime, name: str, member: dict[str, Any]) -> _Read:
     return read
 
 
+def _took(members: dict[str, dict[str, Any]], known: float | None) -> float | None:
+    """ARM's time for the batch once its last member ended: the longest member operation (ARM's own startTime ->
+    endTime, as a Uniform batch's one operation), for the learned poll schedule; not the batch's wall time, which
+    holds its health check."""
+    if any(m.get("state") not in rules.ENDED for m in members.values()):
+        return known
+    took = [float(m["armSeconds"]) for m in members.values() if m.get("armSeconds") is not None]
+    return max(took) if took else known
+
+
 def _progress(reads: list[_Read], now: datetime, stale: timedelta) -> Callable[[OperationRecord],
                                                                               OperationRecord | None]:
     def apply(r: OperationRecord) -> OperationRecord | None:
@@ -338,6 +349,7 @@ def _progress(reads: list[_Read], now: datetime, stale: timedelta) -> Callable[[
                 members[name] = {"state": OperationState.FAILED.value, "vm": member.get("vm"), "applied": True,
                                  "error": submission.with_uncertain(submission.lost_error(
                                      "this member's POST was being sent when its sender stopped"))}
+        r.arm_seconds = _took(members, r.arm_seconds)
         r.polls += 1
         r.last_updated_time = now
         if r.status == OperationStatus.ACCEPTED:

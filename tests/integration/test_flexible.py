@@ -450,7 +450,8 @@ async def test_a_lead_sent_to_the_set_reads_its_members_own_health(new_host: New
 
 async def test_a_throttled_read_of_a_members_set_waits_queued_and_completes_once(new_host: NewHost) -> None:
     """An alert on a Flexible member whose set's read ARM throttles (429, Retry-After 120) is not refused: it waits
-    Queued (the re-send joins it), is admitted once ARM answers, and ends with one event."""
+    Queued (the re-send joins it), is admitted once ARM answers, and ends with one event; its history is its VM's
+    and, once resumed under its set, its set's."""
     h, members = await flex_host(new_host, members=3)
     h.dh.sim.faults.append(Fault.model_validate({"match": "virtualMachineScaleSets/flex", "method": "GET",
                                                  "status": 429, "retryAfter": 120}))
@@ -464,6 +465,9 @@ async def test_a_throttled_read_of_a_members_set_waits_queued_and_completes_once
     assert event["data"]["instanceIds"] == [members[0]["name"]]
     [post] = posts(h)
     assert post["path"].endswith(f"/virtualMachines/{members[0]['name']}/reimage")
+    for listed_by in (members[0]["id"], FLEX):  # resumed under its set: listed there too, as any member request
+        s, page = await h.get(f"/api/reimage?target={listed_by}")
+        assert s == 200 and [o["operationId"] for o in page["value"]] == [op], listed_by
 
 
 async def test_a_member_in_another_resource_group_is_refused_never_its_namesake_reimaged(new_host: NewHost) -> None:

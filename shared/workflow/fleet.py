@@ -218,7 +218,7 @@ async def submit(runtime: Runtime, record: OperationRecord) -> submission.Outcom
     """The batch's first POSTs (it is Submitting under this run's token): up to the batch cap of its members at
     once, the rest pending. Posted when any may have been applied or some wait their turn; NotApplied when ARM
     applied none (throttled or unreachable: the batch waits and is sent again; all refused: it ends with that)."""
-    await evidence.before_post(runtime, record)  # its members' evidence, on their own VM paths, before any POST
+    record = await evidence.before_post(runtime, record)  # its members' evidence, on their own VM paths, first
     now, batch_id = runtime.now(), record.operation_id
     token = (record.arm or {}).get("submitter")
     scale_set = parse_target(record.target)
@@ -241,7 +241,7 @@ async def submit(runtime: Runtime, record: OperationRecord) -> submission.Outcom
             r.status, r.applied, r.submitted_at, r.last_updated_time = OperationStatus.ACCEPTED, applied, now, now
         return r
 
-    stored = await runtime.ledger.update(batch_id, accepted)
+    stored = await runtime.ledger.update(batch_id, accepted, known=record)  # the evidence's write's ETag, if any
     if stored is None:  # another run took it further: it answers for the batch
         raise ReimagerError(ErrorCode.CLAIM_LOST, f"batch {batch_id} moved on while its members were sent")
     log.info("sent batch %s: %s", batch_id, rules.member_states(members))

@@ -284,13 +284,33 @@ def batch_outcome(record: OperationRecord, status: OperationStatus, error: dict[
     members = (record.arm or {}).get("members") or {}
     if status != OperationStatus.SUCCEEDED:
         return status, error
-    failed = [(k, m) for k, m in sorted(members.items()) if m.get("state") in ENDED[1:]]
-    if not failed:
+    failed = [(k, m) for k, m in sorted(members.items()) if m.get("state") in ENDED[1:] and _applied(m)]
+    if not failed:  # a member ARM refused was not reimaged: no failure of a reimage (a refused Uniform POST's rule)
         return status, error
     name, member = failed[0]
     err = dict(member.get("error") or {"code": ErrorCode.OPERATION_FAILED, "message": ""})
     err["message"] = f"{len(failed)} of {len(members)} members did not reimage; {name}: {err.get('message', '')}"
     return OperationStatus(member["state"]), err
+
+
+def _applied(member: dict[str, Any]) -> bool:
+    """A member's POST may have reached ARM (only one ARM certainly refused says `applied: false`)."""
+    return member.get("applied") is not False
+
+
+def not_applied(record: OperationRecord) -> list[str]:
+    """A Flexible batch's members ARM certainly refused, or never sent (it ended first): nothing applied, so their
+    provisional cooldowns and budget count are withdrawn when the batch ends."""
+    members = (record.arm or {}).get("members") or {}
+    return [k for k, m in members.items() if m.get("state") == PENDING or (m.get("state") in ENDED and not _applied(m))]
+
+
+def members_applied(batch: OperationRecord, keys: list[str]) -> bool | None:
+    """Whether a request's own members of a Flexible batch may have been reimaged (None: not a Flexible batch, or
+    none of them has an entry: the batch's `applied` stands)."""
+    members = (batch.arm or {}).get("members") or {}
+    mine = [members[k] for k in keys if k in members]
+    return any(_applied(m) and m.get("state") != PENDING for m in mine) if mine else None
 
 
 def member_outcome(batch: OperationRecord, keys: list[str]) -> tuple[OperationStatus, dict[str, Any] | None,

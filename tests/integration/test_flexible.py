@@ -404,6 +404,12 @@ async def test_each_member_of_a_batch_ends_with_its_own_outcome(new_host: NewHos
     assert view["status"] == "Failed"  # a batch with a failed member counts toward the failure streak
     s, target = await h.get(f"/api/targets?id={FLEX}")
     assert target["breaker"]["consecutiveFailures"] == 1
+    # the member ARM refused was not reimaged: no cooldown, no count in the fleet budget, `applied: false`
+    ledger = h.dh.runtime.ledger  # type: ignore[union-attr]
+    applied = {n: (await ledger.get(by_vm[n]["operationId"])).applied for n in (locked["name"], fine["name"])}
+    assert applied == {locked["name"]: False, fine["name"]: True}
+    assert set(target["cooldowns"]) == {fine["name"], throttled["name"], failed["name"]}
+    assert target["budget"]["used"] == 3, target["budget"]
 
 
 async def test_a_request_with_secrets_names_one_member_and_is_sent_from_intake(new_host: NewHost) -> None:

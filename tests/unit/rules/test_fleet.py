@@ -203,3 +203,21 @@ def test_the_batch_as_one_operation_and_each_requests_own_outcome() -> None:
     assert fleet.member_outcome(running, ["a"]) is None  # timed out while it ran: the batch's outcome
     uniform = batch.model_copy(update={"options": {"operation": "VirtualMachineScaleSets_Reimage"}})
     assert not fleet.is_flexible_batch(uniform)
+
+
+def test_a_member_arm_refused_is_no_failed_reimage_and_is_withdrawn() -> None:
+    """A member ARM refused (409 ScopeLocked: nothing applied) fails its own request, but the batch is no failed
+    reimage for the breaker, its cooldown and budget count are withdrawn, and its request was not applied."""
+    ms = members(a={"state": "Succeeded", "applied": True}, b={"state": "Failed", "applied": False, "error": {
+        "code": "TargetLocked", "message": "locked"}}, c={"state": "pending"})
+    batch = OperationRecord(operation_id="b-1", request_id="b-1", target=FLEX, lease_key="k", trigger="batch",
+                            created_time=NOW, last_updated_time=NOW, members=["op-a", "op-b"],
+                            options={"operation": "VirtualMachines_Reimage"}, arm={"members": ms},
+                            status=OperationStatus.SUCCEEDED)
+    assert fleet.batch_outcome(batch, OperationStatus.SUCCEEDED, None) == (OperationStatus.SUCCEEDED, None)
+    assert fleet.not_applied(batch) == ["b", "c"]
+    assert fleet.members_applied(batch, ["b"]) is False and fleet.members_applied(batch, ["a", "b"]) is True
+    assert fleet.members_applied(batch, ["c"]) is False and fleet.members_applied(batch, ["x"]) is None
+    own = fleet.member_outcome(batch, ["b"])
+    assert own is not None and own[0] == OperationStatus.FAILED and own[1] is not None
+    assert own[1]["code"] == "TargetLocked"

@@ -375,19 +375,29 @@ class Handoff:
 def release(record: TargetRecord, owner: str, keys: list[str], status: str, ended: datetime, *,
             applied: bool, unhealthy: bool, now: datetime, until: datetime, settings: Settings,
             next_batch_id: str | None = None, operation_id: str | None = None, health: str | None = None,
-            health_detail: dict[str, str] | None = None, duration: float | None = None
-            ) -> tuple[TargetRecord | None, Handoff]:
+            health_detail: dict[str, str] | None = None, duration: float | None = None,
+            withdrawn: list[str] | None = None) -> tuple[TargetRecord | None, Handoff]:
     """End `owner`'s hold on the target: cooldowns from its end (when it may have been applied), provisional
     ones withdrawn (when it certainly was not), the failure streak and the breaker, and the lease, only if
     `owner` still holds it, handed straight to the next batch of queued work (no gap for a newcomer).
     `owner` is the holder (a request's claim attempt, or a batch); `operation_id` names it in cooldowns. When it
     was the set's canary, its verdict is given here (shared/rules/canary.py): it passed, or it suspends the set.
-    `duration`: how long ARM took, when it succeeded (remembered for the learned poll schedule)."""
+    `duration`: how long ARM took, when it succeeded (remembered for the learned poll schedule). `withdrawn`: keys
+    ARM certainly did not reimage although the rest may have been (a Flexible batch's refused members): their
+    provisional cooldowns and their count in the fleet budget are withdrawn."""
     operation_id = operation_id or owner
     if record.batch is not None and record.batch.holder == owner:
         keys = sorted(set(keys) | set(record.batch.keys))
-    changed = _end_cooldowns(record, owner, operation_id, keys, ended,
+    gone = set(withdrawn or ()) & set(keys) if applied else set()
+    changed = _end_cooldowns(record, owner, operation_id, [k for k in keys if k not in gone], ended,
                              settings.cooldown_minutes if applied else 0)
+    if gone:
+        changed = _end_cooldowns(record, owner, operation_id, sorted(gone), ended, 0) or changed
+    if gone and record.lease_owner == owner:  # once: the release that ends its lease (a release may run twice)
+        record.window = [e if e.owner != owner else e.model_copy(update={"count": max(0, e.count - len(gone))})
+                         for e in record.window]
+        record.window = [e for e in record.window if e.count > 0 or e.owner != owner]
+        changed = True
     handoff = Handoff()
     if not applied:
         kept = [e for e in record.window if e.owner != owner]

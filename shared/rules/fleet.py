@@ -55,6 +55,20 @@ def _no_such_member(names: list[str], scale_set: Target) -> ReimagerError:
                                                         for n in names[:10]])
 
 
+def _not_listed(vm: Target, scale_set: Target) -> ReimagerError:
+    return ReimagerError(ErrorCode.TARGET_NOT_FOUND, f"The VM {vm.name} in resource group {vm.resource_group} names "
+                         f"the Flexible scale set {scale_set.name}, which lists no such member: its members are "
+                         f"listed in its own resource group ({scale_set.resource_group}), and a member is reimaged "
+                         "there only.", target="target",
+                         details=[ErrorDetail(code=DetailCode.INSTANCE_NOT_FOUND, target="target", message=vm.id)])
+
+
+def _own(member: Member, scale_set: Target) -> bool:
+    """The member's own VM id is the one its POST, evidence and health name (its set's resource group and its name):
+    a member listed anywhere else is not reimaged under a path that could name another VM."""
+    return ascii_fold(member.id) == ascii_fold(member_target(scale_set, member.name).id)
+
+
 def as_set_request(request: ReimageRequest, scale_set: Target, facts: FleetFacts) -> ReimageRequest:
     """The request as its Flexible set sees it: the set, naming the members by ARM's own spelling of their names.
     A request by a member's VM id names that one member. Options a single-VM reimage does not take are refused."""
@@ -70,10 +84,12 @@ def as_set_request(request: ReimageRequest, scale_set: Target, facts: FleetFacts
         return request
     wanted = [target.name] if target.kind is TargetKind.VM else list(request.effective_instance_ids or [])
     found = [facts.member(n) for n in wanted]
-    missing = [n for n, m in zip(wanted, found, strict=True) if m is None]
-    if missing and target.kind is not TargetKind.VM:
+    if target.kind is TargetKind.VM and (found[0] is None or ascii_fold(found[0].id) != ascii_fold(target.vm_id)):
+        raise _not_listed(target, scale_set)  # a name alone could be another member, in the set's resource group
+    missing = [n for n, m in zip(wanted, found, strict=True) if m is None or not _own(m, scale_set)]
+    if missing:
         raise _no_such_member(missing, scale_set)
-    names = list(dict.fromkeys(m.name if m is not None else n for n, m in zip(wanted, found, strict=True)))
+    names = list(dict.fromkeys(m.name for m in found if m is not None))
     if len(names) != len(wanted):
         raise ReimagerError(ErrorCode.INVALID_REQUEST, "instanceIds names the same member twice (VM names are "
                             "compared ignoring case).", target="instanceIds")
@@ -268,13 +284,33 @@ def batch_outcome(record: OperationRecord, status: OperationStatus, error: dict[
     members = (record.arm or {}).get("members") or {}
     if status != OperationStatus.SUCCEEDED:
         return status, error
-    failed = [(k, m) for k, m in sorted(members.items()) if m.get("state") in ENDED[1:]]
-    if not failed:
+    failed = [(k, m) for k, m in sorted(members.items()) if m.get("state") in ENDED[1:] and _applied(m)]
+    if not failed:  # a member ARM refused was not reimaged: no failure of a reimage (a refused Uniform POST's rule)
         return status, error
     name, member = failed[0]
     err = dict(member.get("error") or {"code": ErrorCode.OPERATION_FAILED, "message": ""})
     err["message"] = f"{len(failed)} of {len(members)} members did not reimage; {name}: {err.get('message', '')}"
     return OperationStatus(member["state"]), err
+
+
+def _applied(member: dict[str, Any]) -> bool:
+    """A member's POST may have reached ARM (only one ARM certainly refused says `applied: false`)."""
+    return member.get("applied") is not False
+
+
+def not_applied(record: OperationRecord) -> list[str]:
+    """A Flexible batch's members ARM certainly refused, or never sent (it ended first): nothing applied, so their
+    provisional cooldowns and budget count are withdrawn when the batch ends."""
+    members = (record.arm or {}).get("members") or {}
+    return [k for k, m in members.items() if m.get("state") == PENDING or (m.get("state") in ENDED and not _applied(m))]
+
+
+def members_applied(batch: OperationRecord, keys: list[str]) -> bool | None:
+    """Whether a request's own members of a Flexible batch may have been reimaged (None: not a Flexible batch, or
+    none of them has an entry: the batch's `applied` stands)."""
+    members = (batch.arm or {}).get("members") or {}
+    mine = [members[k] for k in keys if k in members]
+    return any(_applied(m) and m.get("state") != PENDING for m in mine) if mine else None
 
 
 def member_outcome(batch: OperationRecord, keys: list[str]) -> tuple[OperationStatus, dict[str, Any] | None,

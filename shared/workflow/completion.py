@@ -66,6 +66,7 @@ async def release_lease(runtime: Runtime, record: OperationRecord, *, applied: b
     batch_id = admission.new_batch_id()
 
     took = record.arm_seconds
+    withdrawn = fleet.not_applied(record) if fleet.is_flexible_batch(record) else None
     if took is None and record.submitted_at is not None and record.completed_at is not None:
         took = (record.completed_at - record.submitted_at).total_seconds()  # includes the detection lag
 
@@ -74,7 +75,7 @@ async def release_lease(runtime: Runtime, record: OperationRecord, *, applied: b
                                  unhealthy=record.health == Health.UNHEALTHY, now=now, until=until,
                                  settings=runtime.settings, next_batch_id=batch_id,
                                  operation_id=record.operation_id, health=record.health,
-                                 health_detail=record.health_detail, duration=took)
+                                 health_detail=record.health_detail, duration=took, withdrawn=withdrawn)
 
     return await runtime.ledger.change_target(record.lease_key, decide)
 
@@ -164,13 +165,15 @@ async def finish_member(runtime: Runtime, operation_id: str, batch: OperationRec
         status, error = own[0], own[1]
         health, detail = (health, detail) if own[2] else (None, None)
     health, detail = canary.with_part(member, health, detail)
+    mine = fleet.members_applied(batch, member.cooldown_keys)  # a Flexible batch: its own members' POSTs
+    applied = batch.applied if mine is None else mine
     now = runtime.now()
 
     def terminal(r: OperationRecord) -> OperationRecord | None:
         if r.terminal:
             return None
         r.status, r.error, r.completed_at, r.last_updated_time = status, error, now, now
-        r.applied, r.batch_id, r.health, r.health_detail = batch.applied, batch.operation_id, health, detail
+        r.applied, r.batch_id, r.health, r.health_detail = applied, batch.operation_id, health, detail
         r.submitted_at = r.submitted_at or batch.submitted_at
         r.polls, r.arm_status = max(r.polls, batch.polls), batch.arm_status
         r.canary = canary.ended_doc(batch, r)

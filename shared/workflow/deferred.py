@@ -106,6 +106,8 @@ async def _admit(runtime: Runtime, client: Any, record: OperationRecord) -> None
     stored = await runtime.ledger.update(record.operation_id, ready)
     if stored is None:
         return
+    if stored.lease_key != record.lease_key:  # a Flexible member, now its set's: listed under the set too
+        await runtime.ledger.index(stored)
     log.info("resuming %s for %s: ARM answered its preflight read", record.operation_id, record.target)
     await Intake(runtime, client).admit_and_submit(stored, call, capacity=gov.capacity, target_id=gov.target.vm_id,
                                                    secret=False, symptom=not request.all_instances)

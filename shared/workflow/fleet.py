@@ -218,7 +218,7 @@ async def submit(runtime: Runtime, record: OperationRecord) -> submission.Outcom
     """The batch's first POSTs (it is Submitting under this run's token): up to the batch cap of its members at
     once, the rest pending. Posted when any may have been applied or some wait their turn; NotApplied when ARM
     applied none (throttled or unreachable: the batch waits and is sent again; all refused: it ends with that)."""
-    await evidence.before_post(runtime, record)  # its members' evidence, on their own VM paths, before any POST
+    record = await evidence.before_post(runtime, record)  # its members' evidence, on their own VM paths, first
     now, batch_id = runtime.now(), record.operation_id
     token = (record.arm or {}).get("submitter")
     scale_set = parse_target(record.target)
@@ -241,7 +241,7 @@ async def submit(runtime: Runtime, record: OperationRecord) -> submission.Outcom
             r.status, r.applied, r.submitted_at, r.last_updated_time = OperationStatus.ACCEPTED, applied, now, now
         return r
 
-    stored = await runtime.ledger.update(batch_id, accepted)
+    stored = await runtime.ledger.update(batch_id, accepted, known=record)  # the evidence's write's ETag, if any
     if stored is None:  # another run took it further: it answers for the batch
         raise ReimagerError(ErrorCode.CLAIM_LOST, f"batch {batch_id} moved on while its members were sent")
     log.info("sent batch %s: %s", batch_id, rules.member_states(members))
@@ -278,6 +278,7 @@ async def _send_more(runtime: Runtime, record: OperationRecord) -> OperationReco
             if (members.get(s.name) or {}).get("token") == token:
                 members[s.name] = s.doc
                 r.applied = r.applied or s.applied
+        r.arm_seconds = _took(members, r.arm_seconds)  # its last member may end here (refused)
         r.last_updated_time = runtime.now()
         return r
 
@@ -314,6 +315,16 @@ async def _read(runtime: Runtime, name: str, member: dict[str, Any]) -> _Read:
     return read
 
 
+def _took(members: dict[str, dict[str, Any]], known: float | None) -> float | None:
+    """ARM's time for the batch once its last member ended: the longest member operation (ARM's own startTime ->
+    endTime, as a Uniform batch's one operation), for the learned poll schedule; not the batch's wall time, which
+    holds its health check."""
+    if any(m.get("state") not in rules.ENDED for m in members.values()):
+        return known
+    took = [float(m["armSeconds"]) for m in members.values() if m.get("armSeconds") is not None]
+    return max(took) if took else known
+
+
 def _progress(reads: list[_Read], now: datetime, stale: timedelta) -> Callable[[OperationRecord],
                                                                               OperationRecord | None]:
     def apply(r: OperationRecord) -> OperationRecord | None:
@@ -338,6 +349,7 @@ def _progress(reads: list[_Read], now: datetime, stale: timedelta) -> Callable[[
                 members[name] = {"state": OperationState.FAILED.value, "vm": member.get("vm"), "applied": True,
                                  "error": submission.with_uncertain(submission.lost_error(
                                      "this member's POST was being sent when its sender stopped"))}
+        r.arm_seconds = _took(members, r.arm_seconds)
         r.polls += 1
         r.last_updated_time = now
         if r.status == OperationStatus.ACCEPTED:

@@ -91,6 +91,9 @@ class Intake:
         policy.check_scope(target, self.settings)
         try:
             model = await self.runtime.compute.get_model(target)
+            # A Flexible member is its set's (shared/workflow/fleet.py): the set's lease, queue, budgets and breaker.
+            # Its set is read here too: a throttled read of the set waits Queued as the member's own read would.
+            checked = await fleet.preflight(self.runtime, request, model)
         except ComputeThrottled as exc:  # ARM throttled the read: wait Queued rather than fail (or 503 + Retry-After)
             if not throttling.deferrable(request, self.settings):
                 raise
@@ -102,8 +105,6 @@ class Intake:
                                           reply_to=reply_to, reply_correlation_id=reply_correlation_id,
                                           principal=principal)
             return Accepted(deferred, throttling.wait_of(exc))
-        # A Flexible member is its set's (shared/workflow/fleet.py): the set's lease, queue, budgets and breaker.
-        checked = await fleet.preflight(self.runtime, request, model)
         gov, instances, call, cooldown_keys = checked.governed, checked.instances, checked.call, checked.cooldown_keys
         model = gov.model
 

@@ -13,13 +13,24 @@ from __future__ import annotations
 from typing import Any
 
 from shared.domain.errors import ComputeError
+from shared.domain.fleet import member_target
 from shared.domain.health import Health, InstanceHealth
 from shared.domain.records import OperationRecord
 from shared.domain.status import OperationStatus
-from shared.domain.targets import TargetKind, parse_target
+from shared.domain.targets import Target, TargetKind, parse_target
+from shared.rules import fleet as fleet_rules
 from shared.rules.health import summarize
 from shared.runtime import Runtime
 from shared.workflow import fleet, throttling
+
+
+def health_target(record: OperationRecord) -> Target:
+    """Whose instance view a request's health is: a Flexible member's own VM when the request led its own POST (also
+    when it was sent to the set naming the member: the set has no instance path for it), else its VM or set."""
+    scale_set = fleet_rules.flexible_set(record)
+    if scale_set is not None and not record.is_batch and record.cooldown_keys:
+        return member_target(scale_set, record.cooldown_keys[0])
+    return parse_target(parse_target(record.target).vm_id)
 
 
 async def read_health(runtime: Runtime, operation_id: str, *, final: bool, page: str | None = None,
@@ -40,7 +51,7 @@ async def read_health(runtime: Runtime, operation_id: str, *, final: bool, page:
         return {"done": True, "health": Health.UNKNOWN.value, "detail": None}
     if fleet.is_flexible_batch(record):  # each reimaged member's own view
         return await fleet.read_health(runtime, record, final=final, seen=seen)
-    target = parse_target(parse_target(record.target).vm_id)
+    target = health_target(record)
     held = throttling.hold("health", runtime, target.vm_id)
     if held is not None:
         return held

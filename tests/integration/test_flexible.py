@@ -404,6 +404,12 @@ async def test_each_member_of_a_batch_ends_with_its_own_outcome(new_host: NewHos
     assert view["status"] == "Failed"  # a batch with a failed member counts toward the failure streak
     s, target = await h.get(f"/api/targets?id={FLEX}")
     assert target["breaker"]["consecutiveFailures"] == 1
+    # the member ARM refused was not reimaged: no cooldown, no count in the fleet budget, `applied: false`
+    ledger = h.dh.runtime.ledger  # type: ignore[union-attr]
+    applied = {n: (await ledger.get(by_vm[n]["operationId"])).applied for n in (locked["name"], fine["name"])}
+    assert applied == {locked["name"]: False, fine["name"]: True}
+    assert set(target["cooldowns"]) == {fine["name"], throttled["name"], failed["name"]}
+    assert target["budget"]["used"] == 3, target["budget"]
 
 
 async def test_a_request_with_secrets_names_one_member_and_is_sent_from_intake(new_host: NewHost) -> None:
@@ -425,6 +431,67 @@ async def test_a_request_with_secrets_names_one_member_and_is_sent_from_intake(n
     assert d["status"] == "Succeeded" and d["health"] == "Healthy" and list(d["healthDetail"]) == [members[0]["name"]]
     s, body, _ = await h.reimage({"target": FLEX, "instanceIds": [members[0]["name"]], "requestId": "again"})
     assert s == 429 and body["error"]["code"] == "CooldownActive"
+
+
+async def test_a_lead_sent_to_the_set_reads_its_members_own_health(new_host: NewHost) -> None:
+    """A request with secrets sent to the set naming one member leads (its member's single-VM POST from intake): its
+    health is its member's own VM's view (the set has no instance path for it), so an unhealthy member is Unhealthy,
+    not Unknown, and counts toward the set's breaker."""
+    h: Host = await new_host(settings={**OPEN, "HEALTH_GRACE_MINUTES": "2"}, operation_seconds=10.0,
+                             retry_after=None)
+    h.dh.sim.flex_reimage_any_os_disk = True
+    h.dh.sim.seed_scale_set(FLEX, 3, flexible=True, ephemeral=False)
+    member = h.dh.sim.members(FLEX)[0]
+    h.dh.sim.faults.append(Fault.model_validate({"match": member["name"], "healthAfter": "unhealthy", "times": 100}))
+    s, body, _ = await h.reimage({"target": FLEX, "instanceIds": [member["name"]], "requestId": "lead",
+                                  "osProfile": {"adminPassword": "Str0ng-Passw0rd!"}})
+    assert s == 202 and body["status"] == "Accepted", body
+    [event] = await h.until_completed(1)
+    d = event["data"]
+    assert d["status"] == "Succeeded" and d["health"] == "Unhealthy", d
+    assert list(d["healthDetail"]) == [member["name"]] and "unhealthy" in d["healthDetail"][member["name"]].lower()
+    s, target = await h.get(f"/api/targets?id={FLEX}")
+    assert target["breaker"]["consecutiveFailures"] == 1, target["breaker"]
+
+
+async def test_a_throttled_read_of_a_members_set_waits_queued_and_completes_once(new_host: NewHost) -> None:
+    """An alert on a Flexible member whose set's read ARM throttles (429, Retry-After 120) is not refused: it waits
+    Queued (the re-send joins it), is admitted once ARM answers, and ends with one event; its history is its VM's
+    and, once resumed under its set, its set's."""
+    h, members = await flex_host(new_host, members=3)
+    h.dh.sim.faults.append(Fault.model_validate({"match": "virtualMachineScaleSets/flex", "method": "GET",
+                                                 "status": 429, "retryAfter": 120}))
+    s, body, _ = await h.post("/api/alerts", vm_alert(members[0]["id"], "set-throttled"))
+    assert s == 202 and body["refused"] == [] and body["accepted"][0]["status"] == "Queued", body
+    op = body["accepted"][0]["operationId"]
+    s, again, _ = await h.post("/api/alerts", vm_alert(members[0]["id"], "set-throttled"))
+    assert s == 202 and again["accepted"][0]["operationId"] == op
+    [event] = await h.until_completed(1)
+    assert event["data"]["operationId"] == op and event["data"]["status"] == "Succeeded"
+    assert event["data"]["instanceIds"] == [members[0]["name"]]
+    [post] = posts(h)
+    assert post["path"].endswith(f"/virtualMachines/{members[0]['name']}/reimage")
+    for listed_by in (members[0]["id"], FLEX):  # resumed under its set: listed there too, as any member request
+        s, page = await h.get(f"/api/reimage?target={listed_by}")
+        assert s == 200 and [o["operationId"] for o in page["value"]] == [op], listed_by
+
+
+async def test_a_member_in_another_resource_group_is_refused_never_its_namesake_reimaged(new_host: NewHost) -> None:
+    """A VM in another resource group joined the set under the name one of the set's own members has: a request for
+    it is refused as not found (the set's resource group lists no such member), and the namesake is not POSTed."""
+    h, members = await flex_host(new_host, members=2)
+    other = f"/subscriptions/{DEMO_SUBSCRIPTION}/resourceGroups/other-rg/providers/Microsoft.Compute/virtualMachines"
+    twin = f"{other}/{members[0]['name']}"
+    h.dh.sim.upsert(twin, {"location": "westus", "properties": {
+        "virtualMachineScaleSet": {"id": FLEX}, "storageProfile": {"osDisk": {
+            "osType": "Linux", "diffDiskSettings": {"option": "Local"}}}}})
+    assert twin.lower() in {m["id"].lower() for m in h.dh.sim.members(FLEX)}  # a member of the set, elsewhere
+    s, body, _ = await h.reimage({"target": twin, "requestId": "twin"})
+    assert s == 404 and body["error"]["code"] == "TargetNotFound" and body["error"]["target"] == "target", body
+    s, body, _ = await h.post("/api/alerts", vm_alert(twin, "twin-alert"))
+    assert body["accepted"] == [] and h.reimage_posts() == []
+    await later(h, 120)
+    assert h.reimage_posts() == []  # members[0], its namesake in the set's group, is left alone
 
 
 def _ts(iso: str) -> float:

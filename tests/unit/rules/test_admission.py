@@ -162,6 +162,22 @@ def test_a_release_by_a_former_owner_changes_nothing_of_the_new_one() -> None:
     assert (changed.lease_owner if changed else record.lease_owner) == "op-new" and handoff.members == []
 
 
+def test_a_batchs_members_arm_refused_get_no_cooldown_nor_budget_count_even_released_twice() -> None:
+    s = settings()
+    record = TargetRecord(key=SET)
+    ask(record, "op-a", ["a", "b", "c"], s)
+    changed, _ = admission.seal(record, "b-1", T0, s)
+    assert changed is not None
+    record.__dict__.update(changed.__dict__)
+    assert admission.budget_used(record) == 3 and set(record.cooldowns) == {"a", "b", "c"}
+    for _ in range(2):  # a release run twice withdraws once
+        changed, _handoff = admission.release(record, "b-1", ["a", "b", "c"], "Succeeded", T0, applied=True,
+                                              unhealthy=False, now=T0, until=UNTIL, settings=s, withdrawn=["b"])
+        if changed is not None:
+            record.__dict__.update(changed.__dict__)
+        assert set(record.cooldowns) == {"a", "c"} and admission.budget_used(record) == 2
+
+
 def test_withdraw_forget_and_expire() -> None:
     s = settings()
     record = TargetRecord(key=SET)

@@ -74,6 +74,20 @@ def test_a_name_the_set_does_not_list_is_not_found() -> None:
     assert [d.message for d in err.error.details] == ["flex_gone"]
 
 
+def test_a_member_by_vm_id_must_be_that_very_vm_not_a_namesake_in_the_sets_resource_group() -> None:
+    """rg2/flex_0a1b2c3d names the set, whose resource group lists its own flex_0a1b2c3d: the request is refused,
+    never turned into a reimage of the namesake (the POST is built from the set's group and the name)."""
+    other = f"/subscriptions/{SUB}/resourceGroups/rg2/providers/Microsoft.Compute/virtualMachines"
+    for vm in (f"{other}/flex_0a1b2c3d", f"{other}/only_here", f"{VM}/not_listed"):
+        err = refused(ErrorCode.TARGET_NOT_FOUND, fleet.as_set_request, parse_request({"target": vm}),
+                      parse_target(FLEX), flex_model().fleet)
+        assert err.error.target == "target" and [d.message for d in err.error.details] == [parse_target(vm).id]
+    # a member listed under another resource group (never by the set's group's list) is not reimaged by name either
+    elsewhere = FleetFacts(orchestration_mode="Flexible", members=(Member(name="away", id=f"{other}/away"),))
+    for body in ({"target": FLEX, "instanceIds": ["away"]}, {"target": f"{other}/away"}):
+        refused(ErrorCode.TARGET_NOT_FOUND, fleet.as_set_request, parse_request(body), parse_target(FLEX), elsewhere)
+
+
 def test_the_named_members_disks_decide_the_ephemeral_only_options() -> None:
     mixed = (*MEMBERS, Member(name="managed", id=f"{VM}/managed", os_type="Linux", ephemeral_os_disk=False))
     model = TargetModel(id=FLEX, os_type=None, ephemeral_os_disk=False, fleet=FleetFacts(
@@ -189,3 +203,21 @@ def test_the_batch_as_one_operation_and_each_requests_own_outcome() -> None:
     assert fleet.member_outcome(running, ["a"]) is None  # timed out while it ran: the batch's outcome
     uniform = batch.model_copy(update={"options": {"operation": "VirtualMachineScaleSets_Reimage"}})
     assert not fleet.is_flexible_batch(uniform)
+
+
+def test_a_member_arm_refused_is_no_failed_reimage_and_is_withdrawn() -> None:
+    """A member ARM refused (409 ScopeLocked: nothing applied) fails its own request, but the batch is no failed
+    reimage for the breaker, its cooldown and budget count are withdrawn, and its request was not applied."""
+    ms = members(a={"state": "Succeeded", "applied": True}, b={"state": "Failed", "applied": False, "error": {
+        "code": "TargetLocked", "message": "locked"}}, c={"state": "pending"})
+    batch = OperationRecord(operation_id="b-1", request_id="b-1", target=FLEX, lease_key="k", trigger="batch",
+                            created_time=NOW, last_updated_time=NOW, members=["op-a", "op-b"],
+                            options={"operation": "VirtualMachines_Reimage"}, arm={"members": ms},
+                            status=OperationStatus.SUCCEEDED)
+    assert fleet.batch_outcome(batch, OperationStatus.SUCCEEDED, None) == (OperationStatus.SUCCEEDED, None)
+    assert fleet.not_applied(batch) == ["b", "c"]
+    assert fleet.members_applied(batch, ["b"]) is False and fleet.members_applied(batch, ["a", "b"]) is True
+    assert fleet.members_applied(batch, ["c"]) is False and fleet.members_applied(batch, ["x"]) is None
+    own = fleet.member_outcome(batch, ["b"])
+    assert own is not None and own[0] == OperationStatus.FAILED and own[1] is not None
+    assert own[1]["code"] == "TargetLocked"

@@ -104,3 +104,29 @@ async def test_a_poll_reads_each_running_member_and_records_its_end(world: World
     assert stored is not None and stored.arm is not None and stored.status == OperationStatus.RUNNING
     assert {k: m["state"] for k, m in stored.arm["members"].items()} == {NAMES[0]: "Succeeded", NAMES[1]: "Failed"}
     assert answer["state"] == "Succeeded" and stored.polls == 1
+
+
+async def test_the_batchs_arm_time_is_its_longest_members_once_the_last_ends(world: World) -> None:
+    """The learned poll schedule reads a batch's arm_seconds (else its wall time, health check included): a Flexible
+    batch's is its longest member operation, set when the last member ends."""
+    sub = accepted_202()
+    members = {n: {"state": "running", "vm": f"{RG}/virtualMachines/{n}", "url": f"{sub.async_operation_url}{i}",
+                   "mode": "async"} for i, n in enumerate(NAMES[:2])}
+    await batch(world, OperationStatus.ACCEPTED, members, cap=2)
+    took = {NAMES[0]: 40.0, NAMES[1]: 95.0}
+    done: set[str] = {NAMES[0]}
+
+    async def poll(url: str, mode: str, resource: str | None = None) -> PollResult:
+        name = next(n for n in NAMES[:2] if resource is not None and resource.endswith(n))
+        if name not in done:
+            return PollResult(OperationState.RUNNING)
+        return PollResult(OperationState.SUCCEEDED, arm_seconds=took[name])
+
+    world.compute.poll = poll  # type: ignore[attr-defined]
+    await fleet.poll(world.runtime, "b-flex", 1)
+    stored = await world.ledger.get("b-flex")
+    assert stored is not None and stored.arm_seconds is None  # a member still runs
+    done.add(NAMES[1])
+    await fleet.poll(world.runtime, "b-flex", 2)
+    stored = await world.ledger.get("b-flex")
+    assert stored is not None and stored.arm_seconds == 95.0

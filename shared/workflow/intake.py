@@ -353,6 +353,11 @@ class Intake:
             return await self._take_over(record, request, kw)
         # Submitting: the POST is under way (or its owner died; the sweeper then ends it SubmissionLost).
         # Either way the operation ends with its one event: this request is answered with it.
+        if record.status == OperationStatus.CLAIMED:
+            # Its owner is slow or died between its claim and its index rows, which include the sweeper's work
+            # list: this answer promises an event, so the sweeper must see it (idempotent; ends it NotSubmitted
+            # if nobody sends it).
+            await self.runtime.ledger.index(record)
         # Retry-After: the monitor's pace, from ARM's Retry-After on the 202 (as the first answer said).
         return Accepted(record, self.first_poll((record.arm or {}).get("retryAfter")), duplicate=True)
 

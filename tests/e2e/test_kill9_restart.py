@@ -7,6 +7,7 @@ POSTed twice.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -136,6 +137,52 @@ def test_kill9_in_the_hand_off_between_batches_loses_nothing(tmp_path: Path) -> 
                  if x["method"] == "POST" and REIMAGE.search(x["path"])]
         reimaged = [i for p in posts for i in p["body"]["instanceIds"]]
         assert sorted(reimaged) == sorted(instances)  # each instance once, one per batch
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        stop_azurite(state)
+
+
+def test_kill9_between_the_claim_and_its_index_rows_still_ends_the_retry_it_answered(tmp_path: Path) -> None:
+    """The first delivery claims its key and dies (kill -9) before its index rows, the sweeper's work list among
+    them, are written. After the restart the caller's retry finds the claim, waits for it, and is answered 202
+    with that operation, which nobody is sending: it must still end, with one event and no POST (a seeded soak
+    once left it Claimed forever)."""
+    state = tmp_path / "state"
+    proc, ep = start(state, "CLAIM_SECONDS=60")
+    try:
+        url, key = ep["functions"], {"x-functions-key": ep["functionKey"]}
+        linux = next(r["id"] for r in ep["resources"] if r["osType"] == "Linux" and r["kind"] == "virtualMachine"
+                     and not r["tags"].get("reimager-protect"))
+        r = requests.post(f"{url}/devhost/storage/faults", json={
+            "match": {"table": "*index", "operation": "upsertMerge"}, "effect": "delay", "seconds": 25, "times": 10},
+            timeout=10)
+        assert r.status_code in (200, 201), r.text
+        body = {"target": linux, "requestId": "k9-claimed"}
+        with contextlib.suppress(requests.exceptions.RequestException):  # it never answers: it is killed
+            requests.post(f"{url}/api/reimage", json=body, headers=key, timeout=2)
+        wait_for(lambda: any(x["table"].endswith("ops") and x["operation"] == "insert" for x in requests.get(
+            f"{url}/devhost/storage/requests", timeout=10).json()), 20, "the claim")
+        time.sleep(1)  # its index rows are held in the partition for 25 s: the process dies first
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+
+        proc, ep = start(state, "CLAIM_SECONDS=60")
+        url, key = ep["functions"], {"x-functions-key": ep["functionKey"]}
+        retry = requests.post(f"{url}/api/reimage", json=body, headers=key, timeout=30)
+        assert retry.status_code == 202 and retry.json()["duplicate"] and retry.json()["submittedAt"] is None, \
+            retry.text  # answered with the first delivery's operation, which was never sent
+        op = retry.json()["operationId"]
+        events = wait_for(lambda: completed(url), 60, "the answered retry's completion event")
+        time.sleep(3)  # a second event would show up by now (sweeps every 2 s)
+        events = completed(url)
+        assert [(e["data"]["operationId"], e["data"]["error"]["code"]) for e in events] == [(op, "NotSubmitted")]
+        posts = [x for x in requests.get(f"{url}/devhost/compute/requests", timeout=10).json()
+                 if x["method"] == "POST" and REIMAGE.search(x["path"])]
+        assert posts == []
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=15)
     finally:

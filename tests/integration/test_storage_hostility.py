@@ -172,3 +172,4 @@ async def test_storage_that_keeps_failing_answers_503_with_retry_after_and_aband
     assert s == 202 and out["settlement"] == "completed"
     s, retry, _ = await h.reimage({"target": LINUX_VM, "requestId": "busy"})
     assert s in (202, 200) and retry["operationId"]
+

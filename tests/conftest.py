@@ -17,6 +17,20 @@ from devhost.serving import Served, serve
 from shared.settings import Settings
 from tests.helpers import SUB
 
+# The longest tests (minutes, not seconds) run first: `make test` shares them among its xdist workers
+# (--dist load hands out tests in collection order), so none of them starts last and stretches the run.
+LONGEST_FIRST = ("tests/e2e/test_demo_twice.py", "tests/reliability/test_storage_faults.py",
+                 "tests/e2e/test_soak.py", "tests/reliability/test_crashes_and_load.py",
+                 "tests/integration/test_arm_quota.py", "tests/e2e/test_kill9_restart.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        path = item.nodeid.split("::", 1)[0]
+        return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: every other test keeps its place
+
 
 @dataclass
 class StandIns:

@@ -53,6 +53,20 @@ def stop_azurite(state: Path) -> None:
             pass
 
 
+def reimage_posts(url: str) -> list[dict[str, Any]]:
+    """The simulator's reimage POSTs (not the evidence's retrieveBootDiagnosticsData before them)."""
+    return [x for x in requests.get(f"{url}/devhost/compute/requests", timeout=10).json()
+            if x["method"] == "POST" and REIMAGE.search(x["path"])]
+
+
+def shut(proc: subprocess.Popen[str], state: Path) -> None:
+    """Whatever the test left running: devhost (killed if it is still up) and its Azurite."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    stop_azurite(state)
+
+
 @pytest.mark.parametrize("phase", ["after-202", "mid-poll"])
 def test_kill9_then_restart_ends_every_operation_once(tmp_path: Path, phase: str) -> None:
     state = tmp_path / "state"
@@ -83,8 +97,7 @@ def test_kill9_then_restart_ends_every_operation_once(tmp_path: Path, phase: str
         events = done()
         assert [e["data"]["operationId"] for e in events] == [op]
         assert events[0]["data"]["status"] == "Succeeded"
-        posts = [x for x in requests.get(f"{url}/devhost/compute/requests", timeout=10).json()
-                 if x["method"] == "POST" and REIMAGE.search(x["path"])]  # not retrieveBootDiagnosticsData
+        posts = reimage_posts(url)
         assert len(posts) == 1
         again = requests.post(f"{url}/api/reimage", json={"target": linux, "requestId": f"k9-{phase}"},
                               headers=key, timeout=10)
@@ -92,10 +105,7 @@ def test_kill9_then_restart_ends_every_operation_once(tmp_path: Path, phase: str
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=15)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        stop_azurite(state)
+        shut(proc, state)
 
 
 def test_kill9_in_the_hand_off_between_batches_loses_nothing(tmp_path: Path) -> None:
@@ -133,17 +143,13 @@ def test_kill9_in_the_hand_off_between_batches_loses_nothing(tmp_path: Path) -> 
         events = completed(url)
         assert sorted(e["data"]["operationId"] for e in events) == sorted(ops)  # one event each
         assert {e["data"]["status"] for e in events} == {"Succeeded"}
-        posts = [x for x in requests.get(f"{url}/devhost/compute/requests", timeout=10).json()
-                 if x["method"] == "POST" and REIMAGE.search(x["path"])]
+        posts = reimage_posts(url)
         reimaged = [i for p in posts for i in p["body"]["instanceIds"]]
         assert sorted(reimaged) == sorted(instances)  # each instance once, one per batch
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=15)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        stop_azurite(state)
+        shut(proc, state)
 
 
 def test_kill9_between_the_claim_and_its_index_rows_still_ends_the_retry_it_answered(tmp_path: Path) -> None:
@@ -180,13 +186,9 @@ def test_kill9_between_the_claim_and_its_index_rows_still_ends_the_retry_it_answ
         time.sleep(3)  # a second event would show up by now (sweeps every 2 s)
         events = completed(url)
         assert [(e["data"]["operationId"], e["data"]["error"]["code"]) for e in events] == [(op, "NotSubmitted")]
-        posts = [x for x in requests.get(f"{url}/devhost/compute/requests", timeout=10).json()
-                 if x["method"] == "POST" and REIMAGE.search(x["path"])]
+        posts = reimage_posts(url)
         assert posts == []
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=15)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        stop_azurite(state)
+        shut(proc, state)

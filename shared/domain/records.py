@@ -114,6 +114,9 @@ class OperationRecord(_Doc):
     # A request on a Flexible scale set's member VM (by its VM id): the set it is governed by (its lease, queue,
     # budget, breaker and cooldowns are the set's; shared/workflow/fleet.py). None otherwise.
     scale_set: str | None = None
+    # A same-key delivery was answered 202 with it while it was still Claimed (its owner slow or dead): a promise
+    # of one event, so it is never freed quietly, and a claim that takes it over carries the promise on.
+    promised: bool = False
     etag: str | None = Field(None, exclude=True)
 
     @property
@@ -128,9 +131,10 @@ class OperationRecord(_Doc):
 
     @property
     def answered(self) -> bool:
-        """Its caller was answered 202 before it was admitted (approved later, or queued while ARM throttled its
-        preflight): it ends with its one event, never by freeing its key quietly."""
-        return self.approved_by is not None or self.deferred is not None
+        """Its caller was answered 202 before it was admitted (approved later, queued while ARM throttled its
+        preflight, or a same-key delivery joined its claim): it ends with its one event, never by freeing its key
+        quietly."""
+        return self.approved_by is not None or self.deferred is not None or self.promised
 
     @property
     def holder(self) -> str:

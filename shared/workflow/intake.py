@@ -71,7 +71,10 @@ class Intake:
 
     async def submit(self, request: ReimageRequest, *, trigger: Trigger, default_key: str | None = None,
                      reply_to: str | None = None, reply_correlation_id: str | None = None,
-                     principal: Principal | None = None, group: ApprovalGroup | None = None) -> Result:
+                     principal: Principal | None = None, group: ApprovalGroup | None = None,
+                     promised: bool = False) -> Result:
+        """`promised`: a same-key delivery was answered 202 with this key's operation (a claim taken over carries
+        that on: it ends with its one event, even if refused)."""
         given = request.request_id or default_key
         key = given or f"auto:{uuid.uuid4()}"
         op_id = operation_id(key)
@@ -130,7 +133,7 @@ class Intake:
             attempt=uuid.uuid4().hex[:16], claimed_until=now + timedelta(seconds=self.settings.claim_seconds),
             secret_fingerprint=fingerprint(secrets_of_body(call.body)),
             freeze=frozen.doc() if frozen else None, approval_group=group, scale_set=gov.scale_set,
-            evidence_mode=request.capture_evidence or self.settings.evidence)
+            evidence_mode=request.capture_evidence or self.settings.evidence, promised=promised)
         won, existing = await ledger.claim(record)
         if not won:
             return await self._joined(existing, request, trigger=trigger, default_key=default_key,
@@ -147,7 +150,6 @@ class Intake:
     async def admit_and_submit(self, record: OperationRecord, call: ArmCall, *, capacity: int, target_id: str,
                                secret: bool, symptom: bool) -> Accepted:
         """A claimed request: lead (POST now, from here), ride the running batch, or wait in the queue."""
-        ledger = self.runtime.ledger
         try:
             decided = await admit(self.runtime, record, secret=secret, capacity=capacity, target_id=target_id,
                                   symptom=symptom)
@@ -162,10 +164,8 @@ class Intake:
             raise decided.error
         if decided.kind != "lead":
             return await self._waiting(record, decided)
-        record.status, record.batch_id = OperationStatus.SUBMITTING, record.operation_id
-        record.last_updated_time = self.runtime.now()
         try:
-            record = await ledger.replace(record)  # CAS: fails only if a same-key request took the claim over
+            record = await self._to_submitting(record)  # CAS: fails only if a same-key request took the claim over
         except RecordChanged:
             lost = _claim_lost()
             await abandon(self.runtime, self.client, record, lost.error_dict())
@@ -176,6 +176,23 @@ class Intake:
             assert frees is not None
             return await self._over_global_budget(record, frees, secret)
         return await self._submit(record, call, slot, decided.durations)
+
+    async def _to_submitting(self, record: OperationRecord) -> OperationRecord:
+        """The lead's CAS from Claimed to Submitting. A same-key delivery may have promised the claim meanwhile
+        (`_promise`: the one change another writer makes to a claim it does not take over): keep the promise and
+        write again on the new ETag. Anything else raises RecordChanged."""
+        for _ in range(2):
+            record.status, record.batch_id = OperationStatus.SUBMITTING, record.operation_id
+            record.last_updated_time = self.runtime.now()
+            try:
+                return await self.runtime.ledger.replace(record)
+            except RecordChanged:
+                current = await self.runtime.ledger.get(record.operation_id)
+                if current is None or current.holder != record.holder or current.status != OperationStatus.CLAIMED \
+                        or not current.promised:
+                    raise
+                record.etag, record.promised = current.etag, True
+        raise RecordChanged(record.operation_id)
 
     async def _precheck(self, record: OperationRecord) -> None:
         """Before paging a human: refuse now what admission would refuse anyway (suspended, cooling down).
@@ -287,38 +304,56 @@ class Intake:
         return next_poll_delay(retry_after, s.poll_min_seconds, s.poll_max_seconds, s.poll_default_seconds)
 
     async def _free(self, record: OperationRecord, error: ReimagerError | None) -> None:
-        """Nothing was sent: free the key so the request may be asked again. An approved request was already
-        answered 202 (awaiting approval, or queued after a throttled preflight), so it ends instead, with its one
+        """Nothing was sent: free the key so the request may be asked again. A request already answered 202
+        (awaiting approval, queued after a throttled preflight, or joined while Claimed) ends instead, with its one
         event carrying why."""
-        if record.answered:
-            why = error.error_dict() if error is not None else {"code": ErrorCode.INTERNAL_ERROR,
-                                                                "message": "not submitted"}
-            await finish(self.runtime, record.operation_id, OperationStatus.FAILED, why, applied=False,
-                         client=self.client)
-            if error is not None:
-                error.extra.update(operationId=record.operation_id, completed=True)
-            return
-        await self.runtime.ledger.release_claim(record)
-        await self.runtime.ledger.settled(record.operation_id)
+        if not record.answered:
+            if await self.runtime.ledger.release_claim(record):
+                await self.runtime.ledger.settled(record.operation_id)
+                return
+            current = await self._promised_meanwhile(record)
+            if current is None:
+                return
+            record = current
+        why = error.error_dict() if error is not None else {"code": ErrorCode.INTERNAL_ERROR,
+                                                            "message": "not submitted"}
+        await finish(self.runtime, record.operation_id, OperationStatus.FAILED, why, applied=False,
+                     client=self.client)
+        if error is not None:
+            error.extra.update(operationId=record.operation_id, completed=True)
+
+    async def _promised_meanwhile(self, record: OperationRecord) -> OperationRecord | None:
+        """This attempt's write found the record changed: a same-key delivery promised it (it must end with its
+        event: returned), or another attempt holds the key now (its sweeper entry is its own), or else it is
+        settled as before."""
+        current = await self.runtime.ledger.get(record.operation_id)
+        if current is not None and current.holder == record.holder and current.answered and not current.terminal:
+            return current
+        if current is None or current.holder == record.holder:
+            await self.runtime.ledger.settled(record.operation_id)
+        return None
 
     async def _refused(self, record: OperationRecord, error: ReimagerError) -> None:
         """ARM certainly refused the POST. The key keeps the refusal, so the deliveries of the same request that
         were waiting on this attempt share it (one POST per key); a request that comes after it may try again
-        (it takes the key over). An approved request was already answered 202, so it ends instead, with its one
-        event carrying why (so has one queued while ARM throttled its preflight)."""
+        (it takes the key over). A request already answered 202 ends instead, with its one event carrying why."""
         if record.answered:
             await self._free(record, error)
             return
         now = self.runtime.now()
 
         def refused(r: OperationRecord) -> OperationRecord | None:
-            if r.holder != record.holder or r.terminal:
+            if r.holder != record.holder or r.terminal or r.answered:  # answered: promised meanwhile
                 return None
             r.status, r.error, r.last_updated_time = OperationStatus.REFUSED, error.error_dict(), now
             return r
 
-        await self.runtime.ledger.update(record.operation_id, refused)
-        await self.runtime.ledger.settled(record.operation_id)
+        if await self.runtime.ledger.update(record.operation_id, refused) is not None:
+            await self.runtime.ledger.settled(record.operation_id)
+            return
+        current = await self._promised_meanwhile(record)
+        if current is not None:
+            await self._free(current, error)
 
     def _claim_expired(self, record: OperationRecord) -> bool:
         """The ledger's proof that a Claimed record's owner is gone: its claim ran out without it moving on."""
@@ -354,12 +389,32 @@ class Intake:
         # Submitting: the POST is under way (or its owner died; the sweeper then ends it SubmissionLost).
         # Either way the operation ends with its one event: this request is answered with it.
         if record.status == OperationStatus.CLAIMED:
-            # Its owner is slow or died between its claim and its index rows, which include the sweeper's work
-            # list: this answer promises an event, so the sweeper must see it (idempotent; ends it NotSubmitted
-            # if nobody sends it).
-            await self.runtime.ledger.index(record)
+            promised = await self._promise(record)
+            if promised is None:  # taken over or moved on meanwhile: ask again
+                return await self.submit(request, **kw)
+            record = promised
         # Retry-After: the monitor's pace, from ARM's Retry-After on the 202 (as the first answer said).
         return Accepted(record, self.first_poll((record.arm or {}).get("retryAfter")), duplicate=True)
+
+    async def _promise(self, record: OperationRecord) -> OperationRecord | None:
+        """A claim still Claimed is about to be answered 202: its owner is slow, or died between its claim and its
+        index rows (the sweeper's work list among them). The answer promises an event: the record says so (it is
+        never freed quietly), and the sweeper sees it (idempotent; it ends it NotSubmitted if nobody sends it).
+        None when it moved on meanwhile."""
+        def promise(r: OperationRecord) -> OperationRecord | None:
+            if r.status != OperationStatus.CLAIMED or r.attempt != record.attempt:
+                return None
+            r.promised = True
+            return r
+
+        stored = record if record.promised else await self.runtime.ledger.update(record.operation_id, promise)
+        if stored is None:
+            current = await self.runtime.ledger.get(record.operation_id)
+            if current is None or current.attempt != record.attempt or not current.promised:
+                return None
+            stored = current  # its own write, answered ambiguously, or another joiner's: promised all the same
+        await self.runtime.ledger.index(stored)
+        return stored
 
     async def _take_over(self, record: OperationRecord, request: ReimageRequest, kw: dict[str, Any]) -> Result:
         """Free a key whose claim ran out (its owner stalled or died before the POST) or whose refusal is old, by
@@ -369,7 +424,7 @@ class Intake:
             if record.status == OperationStatus.CLAIMED:
                 await release_lease(self.runtime, record, applied=False)
                 log.warning("took over %s: its claim ran out before it was submitted", record.operation_id)
-        return await self.submit(request, **kw)
+        return await self.submit(request, **{**kw, "promised": record.promised or kw.get("promised", False)})
 
     async def _plan(self, request: ReimageRequest) -> Planned:
         # The reads are the shell; shared/rules/dryrun.py decides. Outside the scopes nothing is read from ARM.

@@ -3,6 +3,7 @@ and what a POST's answer does to its key, its cooldown and its one completion ev
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -124,3 +125,79 @@ async def test_a_cooldown_refusal_frees_the_key(world: World) -> None:
     world.clock.advance(minutes=31)
     answer = await submit(world, target=VM, requestId="k2")  # the same key, once the cooldown is over
     assert answer.record.status == OperationStatus.ACCEPTED and len(world.compute.posts) == 2
+
+
+class _Died(BaseException):
+    """The owner's process stops here: no handler runs (a BaseException, as a kill leaves no clean-up)."""
+
+
+async def _claim_then_die(world: World, monkeypatch: pytest.MonkeyPatch, key: str) -> None:
+    """A delivery of `key` claims it and dies before its index rows (the sweeper's work list) are written."""
+    index = world.ledger.index
+
+    async def dies(record: Any) -> None:
+        raise _Died
+
+    monkeypatch.setattr(world.ledger, "index", dies)
+    with pytest.raises(_Died):
+        await submit(world, target=VM, requestId=key)
+    monkeypatch.setattr(world.ledger, "index", index)
+
+
+async def test_a_delivery_joined_to_a_dead_claim_is_promised_and_the_sweeper_sees_it(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("shared.workflow.intake._JOIN_WAIT_SECONDS", 0.1)
+    await _claim_then_die(world, monkeypatch, "k9")
+    assert await world.ledger.unsettled() == []
+    joined = await submit(world, target=VM, requestId="k9")  # waits for the claim, then is answered with it
+    assert joined.duplicate and joined.record.status == OperationStatus.CLAIMED and joined.record.promised
+    assert await world.ledger.unsettled() == [operation_id("k9")]  # the sweeper will end it if nobody sends it
+
+
+async def test_a_promised_claim_taken_over_and_refused_ends_with_its_one_event(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Answered 202 while Claimed, then taken over once the claim ran out, and refused (the VM cooled down
+    meanwhile): the promised operation ends Failed with one event, never a refusal that leaves it unknown (404)."""
+    monkeypatch.setattr("shared.workflow.intake._JOIN_WAIT_SECONDS", 0.1)
+    await submit(world, target=VM, requestId="k1")
+    await finish(world.runtime, operation_id("k1"), OperationStatus.SUCCEEDED, None, applied=True)
+    await _claim_then_die(world, monkeypatch, "k9")  # it claims before admission, which would refuse it
+    assert (await submit(world, target=VM, requestId="k9")).duplicate
+    world.clock.advance(seconds=world.runtime.settings.claim_seconds + 1)
+    error = await refused(world, target=VM, requestId="k9")  # takes the dead claim over; the cooldown refuses it
+    assert error.code == ErrorCode.COOLDOWN_ACTIVE and error.extra.get("completed") is True
+    stored = await world.ledger.get(operation_id("k9"))
+    assert stored is not None and stored.status == OperationStatus.FAILED
+    events = [e for e in world.publisher.of(EventType.COMPLETED) if e.data.operation_id == operation_id("k9")]
+    assert [e.data.error.code for e in events if e.data.error] == [ErrorCode.COOLDOWN_ACTIVE]
+    assert len(world.compute.posts) == 1  # only k1's
+
+
+async def test_a_slow_owner_refused_by_arm_after_a_delivery_joined_it_ends_with_one_event(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The owner stalls between its claim and its index rows; a same-key delivery is answered 202 with it (a
+    promise); then ARM refuses the owner's POST. The operation ends Failed with one event carrying ARM's refusal,
+    never a refusal kept quietly on the key."""
+    monkeypatch.setattr("shared.workflow.intake._JOIN_WAIT_SECONDS", 0.1)
+    index, stalled = world.ledger.index, asyncio.Event()
+
+    async def slow_once(record: Any) -> None:
+        monkeypatch.setattr(world.ledger, "index", index)
+        await stalled.wait()
+        await index(record)
+
+    monkeypatch.setattr(world.ledger, "index", slow_once)
+    world.compute.answers.append(arm_error(409, "OperationNotAllowed", "the VM is deallocating"))
+    owner = asyncio.create_task(submit(world, target=VM, requestId="k1"))
+    await asyncio.sleep(0.01)
+    joined = await submit(world, target=VM, requestId="k1")
+    assert joined.duplicate and joined.record.promised
+    stalled.set()
+    with pytest.raises(ComputeError):
+        await owner
+    stored = await world.ledger.get(operation_id("k1"))
+    assert stored is not None and stored.status == OperationStatus.FAILED
+    events = [e for e in world.publisher.of(EventType.COMPLETED) if e.data.operation_id == operation_id("k1")]
+    assert len(events) == 1 and len(world.compute.posts) == 1
+    error = events[0].data.error
+    assert error is not None and "OperationNotAllowed" in [error.code, *(d.code for d in error.details)], error

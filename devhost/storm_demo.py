@@ -132,7 +132,8 @@ async def _storm(host: DevHost, run: Run, storm: Storm, targets: list[str], http
                         if e["data"]["operationId"] in ops]
         storm.suspended = [e for e in run.events(host, "reimager.target.suspended")
                            if str(e["data"]["target"]).endswith(f"/{storm.name}")]
-        if len(storm.events) >= len(ops):
+        # a bad image's storm also waits for its suspension's event, which may come just after the last request's
+        if len(storm.events) >= len(ops) and (storm.suspended or not storm.bad):
             break
         await asyncio.sleep(0.25)
     _tally(host, storm)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -154,3 +157,19 @@ def complete_lines(path: Path) -> list[dict[str, Any]]:
         return []
     text = path.read_text(encoding="utf-8")
     return [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines() if line.strip()]
+
+
+@contextmanager
+def peer_identity(dh: Any) -> Iterator[None]:
+    """The peer's ManagedIdentityCredential reads the platform's IDENTITY_* variables: point them at devhost's
+    identity stand-in for the bench, and put back what was there."""
+    saved = {k: os.environ.get(k) for k in ("IDENTITY_ENDPOINT", "IDENTITY_HEADER")}
+    os.environ["IDENTITY_ENDPOINT"], os.environ["IDENTITY_HEADER"] = dh.identity_url, dh.issuer.header_secret
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

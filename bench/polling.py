@@ -33,7 +33,7 @@ from typing import Any
 
 import aiohttp
 
-from bench._host import percentile, tmpfs_dir
+from bench._host import peer_identity, percentile, tmpfs_dir
 from bench._virtual import Activity, drive, virtual_transport
 
 MEDIAN_S, P90_S = 150.0, 300.0
@@ -170,17 +170,11 @@ async def measure(durations: list[list[float]], retry_afters: list[int | None]) 
                  settings={"COOLDOWN_MINUTES": "0", "EVIDENCE": "off"},
                  durable_fidelity=Fidelity.without("duplicate_activities"))
     await dh.start()
-    saved = {k: os.environ.get(k) for k in ("IDENTITY_ENDPOINT", "IDENTITY_HEADER")}
-    os.environ["IDENTITY_ENDPOINT"], os.environ["IDENTITY_HEADER"] = dh.identity_url, dh.issuer.header_secret
     try:
-        return {ra: await run_group(dh, ra, durations) for ra in retry_afters}
+        with peer_identity(dh):
+            return {ra: await run_group(dh, ra, durations) for ra in retry_afters}
     finally:
         await dh.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -25,14 +25,13 @@ from typing import Any
 
 import aiohttp
 
-from bench._host import ROOT, complete_lines, tmpfs_dir
+from bench._host import ROOT, complete_lines, peer_identity, tmpfs_dir
 from bench._virtual import Activity, drive, virtual_transport
-from bench.storm_vmss import RETRY_DELAYS, RETRY_STATUSES, Side, alert_for
+from bench.storm_vmss import RETRY_DELAYS, RETRY_STATUSES, Side, alert_for, peer_runbook
 
 ALERTS = int(os.environ.get("BENCH_STORM_QUOTA", "100"))
 OPERATION_SECONDS = 10.0
 SETTINGS = {"BREAKER_PERCENT": "100", "FLEET_BUDGET_PERCENT": "100", "MAX_INSTANCES_PER_REQUEST": "100"}
-GROUP = "reimager-demo"
 
 
 async def deliver(http: aiohttp.ClientSession, url: str, alert: dict[str, Any], clock: Any,
@@ -49,7 +48,6 @@ async def deliver(http: aiohttp.ClientSession, url: str, alert: dict[str, Any], 
 
 
 async def storm(n: int = ALERTS) -> dict[str, Any]:
-    from azure.core.exceptions import HttpResponseError
     from azure.identity.aio import ManagedIdentityCredential
     from azure.mgmt.compute.aio import ComputeManagementClient
 
@@ -59,63 +57,51 @@ async def storm(n: int = ALERTS) -> dict[str, Any]:
     dh = DevHost(clock=VirtualClock(), state_dir=tmpfs_dir("bench-storm-quota-"),
                  operation_seconds=OPERATION_SECONDS, retry_after=None, settings=SETTINGS)
     await dh.start()  # ARM's limits: the simulator's default, Azure's published ones
-    saved = {k: os.environ.get(k) for k in ("IDENTITY_ENDPOINT", "IDENTITY_HEADER")}
-    os.environ["IDENTITY_ENDPOINT"], os.environ["IDENTITY_HEADER"] = dh.identity_url, dh.issuer.header_secret
-    try:
-        ours, theirs = Side(dh, "quota-ours", n), Side(dh, "quota-peer", n)
-        instances = [str(i) for i in range(n)]
-        sample = json.loads((ROOT / "devhost/samples/activity-log-alert.json").read_text())
-        alerts = [alert_for(sample, f"{ours.id}/virtualMachines/{i}", n, k) for k, i in enumerate(instances)]
-        activity = Activity()
-        credential = ManagedIdentityCredential()
-        peer = ComputeManagementClient(credential, dh.endpoints()["subscriptionId"], base_url=dh.arm_url,
-                                       transport=virtual_transport(dh.clock, activity))
-        answers: list[tuple[int, dict[str, Any]]] = []
-        peer_outcomes: list[str] = []
+    with peer_identity(dh):
+        try:
+            ours, theirs = Side(dh, "quota-ours", n), Side(dh, "quota-peer", n)
+            instances = [str(i) for i in range(n)]
+            sample = json.loads((ROOT / "devhost/samples/activity-log-alert.json").read_text())
+            alerts = [alert_for(sample, f"{ours.id}/virtualMachines/{i}", n, k) for k, i in enumerate(instances)]
+            activity = Activity()
+            credential = ManagedIdentityCredential()
+            peer = ComputeManagementClient(credential, dh.endpoints()["subscriptionId"], base_url=dh.arm_url,
+                                           transport=virtual_transport(dh.clock, activity))
+            answers: list[tuple[int, dict[str, Any]]] = []
+            peer_outcomes: list[str] = []
 
-        async def alerting(alert: dict[str, Any]) -> None:
-            answers.append(await deliver(http, f"{dh.functions_url}/api/alerts", alert, dh.clock, activity))
+            async def alerting(alert: dict[str, Any]) -> None:
+                answers.append(await deliver(http, f"{dh.functions_url}/api/alerts", alert, dh.clock, activity))
 
-        async def runbook(instance: str) -> None:
-            try:
-                poller = await peer.virtual_machine_scale_set_vms.begin_reimage(GROUP, theirs.name, instance,
-                                                                                 enforce_https=False)
-                await poller.result()
-                peer_outcomes.append("Succeeded")
-            except HttpResponseError as exc:
-                peer_outcomes.append(getattr(exc.error, "code", None) or str(exc.status_code))
+            async def runbook(instance: str) -> None:
+                peer_outcomes.append(await peer_runbook(peer, theirs.name, instance))
 
-        def every_request_ended() -> bool:
-            accepted = {a["operationId"] for _, body in answers for a in body.get("accepted", [])}
-            done = {e["data"]["operationId"] for e in complete_lines(dh.events_file)
-                    if e["type"] == "reimager.operation.completed"}
-            return accepted <= done
+            def every_request_ended() -> bool:
+                accepted = {a["operationId"] for _, body in answers for a in body.get("accepted", [])}
+                done = {e["data"]["operationId"] for e in complete_lines(dh.events_file)
+                        if e["type"] == "reimager.operation.completed"}
+                return accepted <= done
 
-        start = dh.clock.now()
-        async with aiohttp.ClientSession(headers={"x-functions-key": dh.function_key}) as http:
-            tasks = activity.lanes([alerting(a) for a in alerts] + [runbook(i) for i in instances])
-            await drive(dh, activity, tasks, until=every_request_ended)
-        await peer.close()
-        await credential.close()
-        counts, ours_last = ours.reimaged(instances)
-        peer_counts, peer_last = theirs.reimaged(instances)
-        return {
-            "alerts": n, "accepted": sum(1 for _, b in answers if b.get("accepted")),
-            "throttled": ours.throttled(), "reads": ours.reads(), "writes": ours.writes(),
-            "reimaged": sum(1 for c in counts.values() if c), "twice": sum(1 for c in counts.values() if c > 1),
-            "all_reimaged_s": (ours_last - start) if ours_last else None,
-            "peer_throttled": theirs.throttled(), "peer_reads": theirs.reads(), "peer_writes": theirs.writes(),
-            "peer_reimaged": sum(1 for c in peer_counts.values() if c),
-            "peer_failed": sum(1 for o in peer_outcomes if o != "Succeeded"),
-            "peer_all_reimaged_s": (peer_last - start) if peer_last else None,
-        }
-    finally:
-        await dh.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+            start = dh.clock.now()
+            async with aiohttp.ClientSession(headers={"x-functions-key": dh.function_key}) as http:
+                tasks = activity.lanes([alerting(a) for a in alerts] + [runbook(i) for i in instances])
+                await drive(dh, activity, tasks, until=every_request_ended)
+            await peer.close()
+            await credential.close()
+            counts, ours_last = ours.reimaged(instances)
+            peer_counts, peer_last = theirs.reimaged(instances)
+            return {
+                "alerts": n, "accepted": sum(1 for _, b in answers if b.get("accepted")),
+                "throttled": ours.throttled(), "reads": ours.reads(), "writes": ours.writes(),
+                "reimaged": sum(1 for c in counts.values() if c), "twice": sum(1 for c in counts.values() if c > 1),
+                "all_reimaged_s": (ours_last - start) if ours_last else None,
+                "peer_throttled": theirs.throttled(), "peer_reads": theirs.reads(), "peer_writes": theirs.writes(),
+                "peer_reimaged": sum(1 for c in peer_counts.values() if c),
+                "peer_failed": sum(1 for o in peer_outcomes if o != "Succeeded"),
+                "peer_all_reimaged_s": (peer_last - start) if peer_last else None,
+            }
+        finally:
+            await dh.stop()
 
 
 def fmt(seconds: float | None) -> str:

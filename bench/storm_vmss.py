@@ -116,8 +116,20 @@ async def deliver(http: aiohttp.ClientSession, url: str, alert: dict[str, Any]) 
     return 0, {}
 
 
-async def storm(dh: Any, n: int) -> dict[str, Any]:
+async def peer_runbook(peer: Any, set_name: str, instance: str) -> str:
+    """The peer: one runbook per alert, `begin_reimage` of the instance and its poller to the end. Its outcome:
+    Succeeded, or ARM's error code."""
     from azure.core.exceptions import HttpResponseError
+
+    try:
+        poller = await peer.virtual_machine_scale_set_vms.begin_reimage(GROUP, set_name, instance, enforce_https=False)
+        await poller.result()
+        return "Succeeded"
+    except HttpResponseError as exc:
+        return getattr(exc.error, "code", None) or str(exc.status_code)
+
+
+async def storm(dh: Any, n: int) -> dict[str, Any]:
     from azure.identity.aio import ManagedIdentityCredential
     from azure.mgmt.compute.aio import ComputeManagementClient
 
@@ -132,14 +144,7 @@ async def storm(dh: Any, n: int) -> dict[str, Any]:
     peer_outcomes: list[str] = []
 
     async def runbook(instance: str) -> None:
-        try:
-            poller = await peer.virtual_machine_scale_set_vms.begin_reimage(GROUP, theirs.name, instance,
-                                                                             enforce_https=False)
-            await poller.result()
-            peer_outcomes.append("Succeeded")
-        except HttpResponseError as exc:
-            code = getattr(exc.error, "code", None) or str(exc.status_code)
-            peer_outcomes.append(code)
+        peer_outcomes.append(await peer_runbook(peer, theirs.name, instance))
 
     start = time.time()
     answers: list[tuple[int, dict[str, Any]]] = []

@@ -152,6 +152,30 @@ def test_kill9_in_the_hand_off_between_batches_loses_nothing(tmp_path: Path) -> 
         shut(proc, state)
 
 
+def linux_vm(ep: dict[str, Any]) -> str:
+    return str(next(r["id"] for r in ep["resources"] if r["osType"] == "Linux" and r["kind"] == "virtualMachine"
+                    and not r["tags"].get("reimager-protect")))
+
+
+def claim_then_kill(state: Path, proc: subprocess.Popen[str], ep: dict[str, Any], body: dict[str, Any],
+                    *settings: str) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    """A delivery of `body` claims its key, and devhost is killed (kill -9) while the claim's index rows, the
+    sweeper's work list among them, are held in their partition; then devhost starts again on the same state."""
+    url, key = ep["functions"], {"x-functions-key": ep["functionKey"]}
+    r = requests.post(f"{url}/devhost/storage/faults", json={
+        "match": {"table": "*index", "operation": "upsertMerge"}, "effect": "delay", "seconds": 25, "times": 10},
+        timeout=10)
+    assert r.status_code in (200, 201), r.text
+    with contextlib.suppress(requests.exceptions.RequestException):  # it never answers: it is killed
+        requests.post(f"{url}/api/reimage", json=body, headers=key, timeout=2)
+    wait_for(lambda: any(x["table"].endswith("ops") and x["operation"] == "insert" for x in requests.get(
+        f"{url}/devhost/storage/requests", timeout=10).json()), 20, "the claim")
+    time.sleep(1)  # its index rows are held in the partition for 25 s: the process dies first
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    return start(state, *settings)
+
+
 def test_kill9_between_the_claim_and_its_index_rows_still_ends_the_retry_it_answered(tmp_path: Path) -> None:
     """The first delivery claims its key and dies (kill -9) before its index rows, the sweeper's work list among
     them, are written. After the restart the caller's retry finds the claim, waits for it, and is answered 202
@@ -160,23 +184,8 @@ def test_kill9_between_the_claim_and_its_index_rows_still_ends_the_retry_it_answ
     state = tmp_path / "state"
     proc, ep = start(state, "CLAIM_SECONDS=60")
     try:
-        url, key = ep["functions"], {"x-functions-key": ep["functionKey"]}
-        linux = next(r["id"] for r in ep["resources"] if r["osType"] == "Linux" and r["kind"] == "virtualMachine"
-                     and not r["tags"].get("reimager-protect"))
-        r = requests.post(f"{url}/devhost/storage/faults", json={
-            "match": {"table": "*index", "operation": "upsertMerge"}, "effect": "delay", "seconds": 25, "times": 10},
-            timeout=10)
-        assert r.status_code in (200, 201), r.text
-        body = {"target": linux, "requestId": "k9-claimed"}
-        with contextlib.suppress(requests.exceptions.RequestException):  # it never answers: it is killed
-            requests.post(f"{url}/api/reimage", json=body, headers=key, timeout=2)
-        wait_for(lambda: any(x["table"].endswith("ops") and x["operation"] == "insert" for x in requests.get(
-            f"{url}/devhost/storage/requests", timeout=10).json()), 20, "the claim")
-        time.sleep(1)  # its index rows are held in the partition for 25 s: the process dies first
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
-
-        proc, ep = start(state, "CLAIM_SECONDS=60")
+        body = {"target": linux_vm(ep), "requestId": "k9-claimed"}
+        proc, ep = claim_then_kill(state, proc, ep, body, "CLAIM_SECONDS=60")
         url, key = ep["functions"], {"x-functions-key": ep["functionKey"]}
         retry = requests.post(f"{url}/api/reimage", json=body, headers=key, timeout=30)
         assert retry.status_code == 202 and retry.json()["duplicate"] and retry.json()["submittedAt"] is None, \
@@ -188,6 +197,45 @@ def test_kill9_between_the_claim_and_its_index_rows_still_ends_the_retry_it_answ
         assert [(e["data"]["operationId"], e["data"]["error"]["code"]) for e in events] == [(op, "NotSubmitted")]
         posts = reimage_posts(url)
         assert posts == []
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)
+    finally:
+        shut(proc, state)
+
+
+def test_kill9_then_a_takeover_refused_still_ends_the_promised_operation(tmp_path: Path) -> None:
+    """As above, but the sweeper is slow (hourly) and the claim runs out first: a later delivery takes the dead
+    claim over and is refused (the VM cooled down meanwhile, after another request's reimage). The operation the
+    retry was answered 202 with must end Failed with that refusal, never vanish (a seeded soak once answered it
+    404 with no event)."""
+    state = tmp_path / "state"
+    settings = ("CLAIM_SECONDS=30", "SWEEP_SCHEDULE=0 0 * * * *")
+    proc, ep = start(state, *settings)
+    try:
+        url, key = ep["functions"], {"x-functions-key": ep["functionKey"]}
+        vm = linux_vm(ep)
+        first = requests.post(f"{url}/api/reimage", json={"target": vm, "requestId": "k9-before"}, headers=key,
+                              timeout=10)
+        assert first.status_code == 202, first.text
+        wait_for(lambda: completed(url), 60, "the first reimage's end (the VM now cools down)")
+        body = {"target": vm, "requestId": "k9-promised"}
+        claimed = time.monotonic()
+        proc, ep = claim_then_kill(state, proc, ep, body, *settings)
+        url, key = ep["functions"], {"x-functions-key": ep["functionKey"]}
+        retry = requests.post(f"{url}/api/reimage", json=body, headers=key, timeout=30)
+        assert retry.status_code == 202 and retry.json()["duplicate"], retry.text  # promised, while Claimed
+        op = retry.json()["operationId"]
+        time.sleep(max(0.0, claimed + 32 - time.monotonic()))  # the dead claim runs out
+        late = requests.post(f"{url}/api/reimage", json=body, headers=key, timeout=30)
+        assert late.status_code == 429 and late.json()["error"]["code"] == "CooldownActive", late.text
+        events = wait_for(lambda: [e for e in completed(url) if e["data"]["operationId"] == op], 20,
+                          "the promised operation's event")
+        time.sleep(2)
+        assert [e["data"]["error"]["code"] for e in completed(url) if e["data"]["operationId"] == op] == \
+            ["CooldownActive"], events
+        stored = requests.get(f"{url}/api/reimage/{op}", headers=key, timeout=10)
+        assert stored.status_code == 200 and stored.json()["status"] == "Failed", stored.text
+        assert len(reimage_posts(url)) == 1  # the first request's only
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=15)
     finally:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -163,13 +162,7 @@ def complete_lines(path: Path) -> list[dict[str, Any]]:
 def peer_identity(dh: Any) -> Iterator[None]:
     """The peer's ManagedIdentityCredential reads the platform's IDENTITY_* variables: point them at devhost's
     identity stand-in for the bench, and put back what was there."""
-    saved = {k: os.environ.get(k) for k in ("IDENTITY_ENDPOINT", "IDENTITY_HEADER")}
-    os.environ["IDENTITY_ENDPOINT"], os.environ["IDENTITY_HEADER"] = dh.identity_url, dh.issuer.header_secret
-    try:
+    from devhost.host import environ
+
+    with environ(IDENTITY_ENDPOINT=dh.identity_url, IDENTITY_HEADER=dh.issuer.header_secret):
         yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value

@@ -15,7 +15,8 @@ import logging
 import os
 import re
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -128,6 +129,25 @@ def _route_regex(template: str) -> re.Pattern[str]:
     pattern = re.sub(r"\{(\w+)(?::[^}]*)?\}", r"(?P<\1>[^/]+)", template.strip("/"))
     return re.compile(f"^{pattern}$", re.IGNORECASE)
 
+
+
+@contextmanager
+def environ(**values: str | None) -> Iterator[None]:
+    """The process environment with `values` set (None: removed) for the block, then put back as it was."""
+    saved = {k: os.environ.get(k) for k in values}
+    for key, value in values.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 class DevHost:
     def __init__(self, *, clock: Clock | None = None, host: str = "127.0.0.1", port: int = 0,
@@ -307,19 +327,10 @@ class DevHost:
         platform's IDENTITY_* variables when it is built, so they are set for that moment only."""
         from azure.identity.aio import ManagedIdentityCredential
 
-        platform = {"IDENTITY_ENDPOINT": self.identity_url, "IDENTITY_HEADER": self.issuer.header_secret}
-        saved = {k: os.environ.get(k) for k in (*platform, "MSI_ENDPOINT")}
-        os.environ.update(platform)
-        os.environ.pop("MSI_ENDPOINT", None)
         assert self.settings is not None  # set by start(), before any credential is needed
-        try:
+        with environ(IDENTITY_ENDPOINT=self.identity_url, IDENTITY_HEADER=self.issuer.header_secret,
+                     MSI_ENDPOINT=None):
             return ManagedIdentityCredential(client_id=self.settings.azure_client_id or None)
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
 
     def _publisher(self, settings: Settings) -> Any:
         """The app's own ServiceBusPublisher on the Service Bus stand-in (or its EVENTS_FILE publisher)."""
